@@ -1,0 +1,139 @@
+"""SecurityDescriptor and AccessCheck: private object security for application data.
+
+A descriptor is an owner plus an ordered list of allow/deny ACEs over an access mask, as the
+seed describes for "private application data". ``access_check`` evaluates it for a token the
+Windows way: deny ACEs are placed before allow ACEs (canonical order), the first ACE that
+denies any requested right wins, and access is granted only when allow ACEs cover every right.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from rpcsec.sspi._errors import AccessDeniedError, NoImpersonationError
+from rpcsec.sspi._flags import ImpersonationLevel
+
+from ._impersonation import current_token
+from ._token import ANONYMOUS_PRINCIPAL, AccessToken
+
+__all__ = [
+    "EVERYONE",
+    "AccessMask",
+    "Ace",
+    "AceType",
+    "SecurityDescriptor",
+    "access_check",
+]
+
+EVERYONE = "group:everyone"
+"""Trustee that matches every authenticated principal (not ANONYMOUS)."""
+
+
+class AccessMask(enum.IntFlag):
+    """Generic rights; applications may define more bits above 0x10000."""
+
+    READ = 0x1
+    WRITE = 0x2
+    EXECUTE = 0x4
+    DELETE = 0x8
+    LIST = 0x10
+    READ_CONTROL = 0x20000
+    WRITE_DAC = 0x40000
+    ALL = 0x1F | 0x20000 | 0x40000
+
+
+class AceType(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Ace:
+    """One access-control entry. ``trustee`` is a principal name or ``group:NAME``."""
+
+    type: AceType
+    trustee: str
+    mask: int
+
+    @classmethod
+    def allow(cls, trustee: str, mask: int) -> Ace:
+        return cls(AceType.ALLOW, trustee, int(mask))
+
+    @classmethod
+    def deny(cls, trustee: str, mask: int) -> Ace:
+        return cls(AceType.DENY, trustee, int(mask))
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityDescriptor:
+    """Owner and DACL. ACEs are kept in canonical order: every DENY before every ALLOW."""
+
+    owner: str
+    aces: tuple[Ace, ...] = ()
+
+    @classmethod
+    def build(cls, owner: str, aces: Iterable[Ace]) -> SecurityDescriptor:
+        entries = list(aces)
+        denies = [ace for ace in entries if ace.type is AceType.DENY]
+        allows = [ace for ace in entries if ace.type is AceType.ALLOW]
+        return cls(owner=owner, aces=tuple(denies + allows))
+
+    def with_ace(self, ace: Ace) -> SecurityDescriptor:
+        return SecurityDescriptor.build(self.owner, (*self.aces, ace))
+
+
+def _matches(trustee: str, token: AccessToken) -> bool:
+    if trustee == token.principal:
+        return True
+    if trustee.startswith("group:"):
+        group = trustee[len("group:") :]
+        if trustee == EVERYONE:
+            return token.principal != ANONYMOUS_PRINCIPAL
+        return group in token.groups
+    return False
+
+
+def access_check(
+    descriptor: SecurityDescriptor,
+    desired: int,
+    token: AccessToken | None = None,
+) -> int:
+    """AccessCheck: return the granted mask or raise ``AccessDeniedError``.
+
+    With no ``token``, the current impersonation token is used (the seed: the access check
+    happens when the server opens the resource as the client). IDENTIFY-level tokens may be
+    inspected but never used for access checks (``NoImpersonationError``); ANONYMOUS is its own
+    principal and matches only ACEs naming it.
+    """
+    if not isinstance(descriptor, SecurityDescriptor):
+        raise TypeError("access_check needs a SecurityDescriptor")
+    desired = int(desired)
+    if desired <= 0:
+        raise ValueError("desired access must name at least one right")
+    if token is None:
+        token = current_token()
+        if token is None:
+            raise NoImpersonationError("access_check without a token needs an impersonation scope")
+    if token.impersonation_level is ImpersonationLevel.IDENTIFY:
+        raise NoImpersonationError(
+            f"{token.principal} is impersonated at IDENTIFY level: it can be identified but not "
+            "used for access checks"
+        )
+    if token.expired():
+        raise AccessDeniedError(f"token of {token.principal} has expired")
+    remaining = desired
+    granted = 0
+    for ace in descriptor.aces:
+        if not _matches(ace.trustee, token):
+            continue
+        if ace.type is AceType.DENY:
+            if ace.mask & desired:
+                raise AccessDeniedError(f"{token.principal} is denied this access")
+        else:
+            granted |= ace.mask & remaining
+            remaining &= ~ace.mask
+            if not remaining:
+                return granted
+    raise AccessDeniedError(f"{token.principal} is not granted this access")

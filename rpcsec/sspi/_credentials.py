@@ -1,0 +1,56 @@
+"""Credentials handles (AcquireCredentialsHandle / FreeCredentialsHandle)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._flags import CredentialUse
+from ._package import SecurityPackage, get_package
+
+__all__ = ["Credentials", "acquire_credentials_handle"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Credentials:
+    """A credentials handle: the package, the principal it speaks for, and opaque material.
+
+    The material (keys, passwords, tickets) is package-private and never printed.
+    """
+
+    package: SecurityPackage
+    principal: str | None
+    use: CredentialUse
+    material: Any = field(repr=False)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def package_name(self) -> str:
+        return self.package.name
+
+    def __repr__(self) -> str:
+        return (
+            f"Credentials(package={self.package.name!r}, principal={self.principal!r}, "
+            f"use={self.use.name})"
+        )
+
+
+def acquire_credentials_handle(
+    package: str,
+    principal: str | None = None,
+    use: CredentialUse = CredentialUse.OUTBOUND,
+    **options: Any,
+) -> Credentials:
+    """AcquireCredentialsHandle: load the credentials ``package`` will use for ``principal``.
+
+    Options are package-specific (x509: ``cert``, ``key``, ``trust``; ntlm: ``password``,
+    ``user_file``; kerberos: ``keytab``, ``ccache``). Raises ``NoCredentialsError`` when the
+    package is unknown, unavailable, or finds nothing usable.
+    """
+    if not isinstance(use, CredentialUse):
+        raise TypeError("use must be a CredentialUse")
+    pkg = get_package(package)
+    material = pkg.acquire_credentials(principal, use, dict(options))
+    return Credentials(
+        package=pkg, principal=principal, use=use, material=material, options=dict(options)
+    )
