@@ -162,7 +162,9 @@ class SecurityContext:
         try:
             self.state = _TRANSITIONS[(self.state, event)]
         except KeyError:
-            raise InvalidStateError(f"cannot {event.value} a context in state {self.state.value}")
+            raise InvalidStateError(
+                f"cannot {event.value} a context in state {self.state.value}"
+            ) from None
 
     def _new_mechanism(self) -> Mechanism:
         raise NotImplementedError
@@ -492,9 +494,13 @@ class SecurityContext:
         bytes it raises ``IncompleteMessageError`` after setting a MISSING buffer, and no state
         changes (seed, "Stream Contexts")."""
         protector = self._ready()
-        if self._stream and len(buffers) >= 2 and buffers[0].type.base is BufferType.DATA:
-            if all(b.type.base is BufferType.EMPTY for b in buffers[1:]):
-                return self._decrypt_stream(buffers, protector)
+        if (
+            self._stream
+            and len(buffers) >= 2
+            and buffers[0].type.base is BufferType.DATA
+            and all(b.type.base is BufferType.EMPTY for b in buffers[1:])
+        ):
+            return self._decrypt_stream(buffers, protector)
         slot = _slot(buffers, (BufferType.TOKEN,))
         token = bytes(slot.data)
         if not token:
