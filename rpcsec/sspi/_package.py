@@ -132,8 +132,43 @@ class SecurityPackage(ABC):
         raise UnsupportedFunctionError(f"package {self.name!r} cannot import contexts")
 
 
+class _UnavailablePackage(SecurityPackage):
+    """Stands in for a package whose backend failed to import (an optional extra)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name  # type: ignore[misc]
+        self._reason = reason
+
+    def availability(self) -> tuple[bool, str]:
+        return False, self._reason
+
+    def acquire_credentials(
+        self, principal: str | None, use: CredentialUse, options: dict[str, Any]
+    ) -> Any:
+        raise NoCredentialsError(f"security package {self.name!r} is not available: {self._reason}")
+
+    def client_mechanism(self, credentials: Any, **kwargs: Any) -> Mechanism:  # type: ignore[override]
+        raise NoCredentialsError(f"security package {self.name!r} is not available")
+
+    def server_mechanism(self, credentials: Any, **kwargs: Any) -> Mechanism:  # type: ignore[override]
+        raise NoCredentialsError(f"security package {self.name!r} is not available")
+
+
 _registry: dict[str, SecurityPackage | Callable[[], SecurityPackage]] = {}
 _registry_lock = threading.Lock()
+
+
+def _resolve(name: str) -> SecurityPackage | None:
+    """The registered package, instantiating a lazy factory once (caller holds the lock)."""
+    entry = _registry.get(name)
+    if entry is None or isinstance(entry, SecurityPackage):
+        return entry
+    try:
+        package = entry()
+    except ImportError as exc:
+        package = _UnavailablePackage(name, f"missing dependency: {exc.name or exc}")
+    _registry[name] = package
+    return package
 
 
 def register_package(name: str, package: SecurityPackage | Callable[[], SecurityPackage]) -> None:
@@ -150,12 +185,9 @@ def get_package(name: str) -> SecurityPackage:
         raise TypeError("package name must be a string")
     _load_builtin_packages()
     with _registry_lock:
-        entry = _registry.get(name.lower())
-        if entry is None:
-            raise NoCredentialsError(f"no security package named {name!r}")
-        if not isinstance(entry, SecurityPackage):
-            entry = entry()
-            _registry[name.lower()] = entry
+        entry = _resolve(name.lower())
+    if entry is None:
+        raise NoCredentialsError(f"no security package named {name!r}")
     available, reason = entry.availability()
     if not available:
         raise NoCredentialsError(f"security package {name!r} is not available here: {reason}")
@@ -170,24 +202,21 @@ def enumerate_security_packages() -> list[PackageInfo]:
     infos = []
     for name in names:
         with _registry_lock:
-            entry = _registry[name]
-            if not isinstance(entry, SecurityPackage):
-                entry = entry()
-                _registry[name] = entry
-        infos.append(entry.info())
+            entry = _resolve(name)
+        if entry is not None:
+            infos.append(entry.info())
     return infos
 
 
 def query_security_package_info(name: str) -> PackageInfo:
     """QuerySecurityPackageInfo for one package (available or not)."""
     _load_builtin_packages()
+    if not isinstance(name, str):
+        raise TypeError("package name must be a string")
     with _registry_lock:
-        entry = _registry.get(name.lower()) if isinstance(name, str) else None
-        if entry is None:
-            raise NoCredentialsError(f"no security package named {name!r}")
-        if not isinstance(entry, SecurityPackage):
-            entry = entry()
-            _registry[name.lower()] = entry
+        entry = _resolve(name.lower())
+    if entry is None:
+        raise NoCredentialsError(f"no security package named {name!r}")
     return entry.info()
 
 
