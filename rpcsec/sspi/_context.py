@@ -383,8 +383,7 @@ class SecurityContext:
         if encrypt:
             if not self._result or not (self._result.granted & ContextReq.CONFIDENTIALITY):
                 raise QopNotSupportedError("context was not established with confidentiality")
-            header = self._header(_KIND_WRAP, seq)
-            return header + protector.seal(seq, header + aad, data)
+            return protector.seal_token(seq, self._header(_KIND_WRAP, seq), aad, data)
         header = self._header(_KIND_SIGNED, seq)
         return header + protector.sign(seq, header + aad, data) + data
 
@@ -400,8 +399,8 @@ class SecurityContext:
         kind = token[0]
         if kind == _KIND_WRAP:
             seq = self._parse_header(token, _KIND_WRAP, HEADER_SIZE)
-            header = bytes(token[:HEADER_SIZE])
-            data = protector.unseal(seq, header + aad, token[HEADER_SIZE:])
+            view = memoryview(token)
+            data = protector.unseal(seq, bytes(view[:HEADER_SIZE]) + aad, view[HEADER_SIZE:])
             qop = int(QOP.DEFAULT)
         elif kind == _KIND_SIGNED:
             size = protector.signature_size

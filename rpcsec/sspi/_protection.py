@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 TAG_SIZE = 16
+# Above this size, integrity tags are computed incrementally over the pieces and sealed tokens
+# are written in place, so a large payload is never copied just to be authenticated.
+LARGE_MESSAGE = 64 * 1024
 EPOCH_BITS = 24  # a fresh key every 2**24 messages per direction
 MAX_SEQUENCE = (1 << 64) - 1
 _KEEP_EPOCHS = 3
@@ -77,6 +81,11 @@ class MessageProtector(ABC):
     def unseal(self, seq: int, aad: bytes, sealed: bytes) -> bytes:
         """Plaintext of a peer's sealed message (DecryptMessage)."""
 
+    def seal_token(self, seq: int, header: bytes, aad: bytes, plaintext: bytes) -> bytes:
+        """``header + seal(seq, header + aad, plaintext)``; protectors that can write in place
+        override this to build the token with a single allocation (the hot path)."""
+        return header + self.seal(seq, header + aad, plaintext)
+
     def secrets(self) -> tuple[bytes, bytes]:
         """The (outbound, inbound) secrets, for ExportSecurityContext; empty if not exportable."""
         return b"", b""
@@ -85,7 +94,7 @@ class MessageProtector(ABC):
 class _Direction:
     """Keys of one direction: the AEAD of each epoch, derived lazily and cached."""
 
-    __slots__ = ("_cache", "_datagram", "_lock", "_secret")
+    __slots__ = ("_cache", "_datagram", "_keys", "_lock", "_secret")
 
     def __init__(self, secret: bytes, datagram: bool) -> None:
         if len(secret) != 32:
@@ -93,6 +102,7 @@ class _Direction:
         self._secret = secret
         self._datagram = datagram
         self._cache: dict[int, tuple[AESGCM | AESGCMSIV, int]] = {}
+        self._keys: dict[int, bytes] = {}
         self._lock = threading.Lock()
 
     def key(self, seq: int) -> tuple[AESGCM | AESGCMSIV, bytes]:
@@ -120,9 +130,31 @@ class _Direction:
             aead: AESGCM | AESGCMSIV = AESGCMSIV(key) if self._datagram else AESGCM(key)
             entry = (aead, iv)
             if len(self._cache) >= _KEEP_EPOCHS:
-                self._cache.pop(min(self._cache))
+                oldest = min(self._cache)
+                self._cache.pop(oldest)
+                self._keys.pop(oldest, None)
             self._cache[epoch] = entry
+            self._keys[epoch] = key
             return entry
+
+    def gmac(self, seq: int, pieces: tuple[bytes, ...], tag: bytes | None = None) -> bytes:
+        """GMAC (RFC 4543) over ``pieces`` without joining them; checks ``tag`` if given.
+
+        Only for GCM directions (datagram contexts use GCM-SIV, which has no streaming form).
+        """
+        _, nonce = self.key(seq)  # derives and caches this epoch's key if needed
+        key = self._keys[seq >> EPOCH_BITS]
+        if tag is None:
+            encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+            for piece in pieces:
+                encryptor.authenticate_additional_data(piece)
+            encryptor.finalize()
+            return encryptor.tag
+        decryptor = Cipher(algorithms.AES(key), modes.GCM(nonce, bytes(tag))).decryptor()
+        for piece in pieces:
+            decryptor.authenticate_additional_data(piece)
+        decryptor.finalize()
+        return b""
 
     def __repr__(self) -> str:
         return "<direction keys hidden>"
@@ -131,20 +163,28 @@ class _Direction:
 class AeadProtector(MessageProtector):
     """AES-256-GCM / GMAC (or GCM-SIV for datagram contexts) keyed per direction."""
 
-    __slots__ = ("_in", "_out", "_secrets")
+    __slots__ = ("_datagram", "_in", "_out", "_secrets")
 
     def __init__(self, outbound_secret: bytes, inbound_secret: bytes, *, datagram: bool = False):
+        self._datagram = datagram
         self._out = _Direction(outbound_secret, datagram)
         self._in = _Direction(inbound_secret, datagram)
         self._secrets = (outbound_secret, inbound_secret)
 
     def sign(self, seq: int, aad: bytes, data: bytes) -> bytes:
+        if len(data) >= LARGE_MESSAGE and not self._datagram:
+            return self._out.gmac(seq, (aad, data))
         aead, nonce = self._out.key(seq)
         return aead.encrypt(nonce, b"", aad + data if data else aad)
 
     def verify(self, seq: int, aad: bytes, data: bytes, tag: bytes) -> None:
-        aead, nonce = self._in.key(seq)
+        if len(tag) != TAG_SIZE:
+            raise MessageAlteredError("message signature has the wrong length")
         try:
+            if len(data) >= LARGE_MESSAGE and not self._datagram:
+                self._in.gmac(seq, (aad, data), tag)
+                return
+            aead, nonce = self._in.key(seq)
             aead.decrypt(nonce, tag, aad + data if data else aad)
         except InvalidTag:
             raise MessageAlteredError("message signature does not verify") from None
@@ -152,6 +192,16 @@ class AeadProtector(MessageProtector):
     def seal(self, seq: int, aad: bytes, plaintext: bytes) -> bytes:
         aead, nonce = self._out.key(seq)
         return aead.encrypt(nonce, plaintext, aad)
+
+    def seal_token(self, seq: int, header: bytes, aad: bytes, plaintext: bytes) -> bytes:
+        aead, nonce = self._out.key(seq)
+        if len(plaintext) < LARGE_MESSAGE:
+            return header + aead.encrypt(nonce, plaintext, header + aad)
+        size = len(header)
+        token = bytearray(size + len(plaintext) + TAG_SIZE)
+        token[:size] = header
+        aead.encrypt_into(nonce, plaintext, header + aad, memoryview(token)[size:])
+        return token  # type: ignore[return-value]  # bytes-like; avoids a second copy
 
     def unseal(self, seq: int, aad: bytes, sealed: bytes) -> bytes:
         if len(sealed) < TAG_SIZE:

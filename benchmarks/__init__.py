@@ -1,0 +1,1 @@
+"""rpcsec benchmarks. ``python -m benchmarks.core`` measures the sans-IO core."""
