@@ -1,0 +1,1 @@
+"""The demo client: ``python -m client --as alice get report.txt``."""

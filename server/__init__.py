@@ -1,0 +1,1 @@
+"""The demo services: ``documents`` (front) and ``storage`` (back). Run ``python -m server``."""
