@@ -21,8 +21,9 @@ system-deps:
 test: system-deps $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
+PACKAGE ?= x509
 demo: $(STAMP)
-	$(PY) -m rpcsec demo
+	$(PY) -m rpcsec demo --package $(PACKAGE)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
