@@ -400,7 +400,8 @@ class SecurityContext:
         if kind == _KIND_WRAP:
             seq = self._parse_header(token, _KIND_WRAP, HEADER_SIZE)
             view = memoryview(token)
-            data = protector.unseal(seq, bytes(view[:HEADER_SIZE]) + aad, view[HEADER_SIZE:])
+            body = view[HEADER_SIZE:] if protector.accepts_views else bytes(view[HEADER_SIZE:])
+            data = protector.unseal(seq, bytes(view[:HEADER_SIZE]) + aad, body)
             qop = int(QOP.DEFAULT)
         elif kind == _KIND_SIGNED:
             size = protector.signature_size

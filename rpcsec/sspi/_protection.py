@@ -64,6 +64,8 @@ class MessageProtector(ABC):
 
     signature_size: int = TAG_SIZE
     trailer_size: int = TAG_SIZE
+    accepts_views: bool = False
+    """True if ``unseal`` takes a memoryview (saves copying large tokens); else it gets bytes."""
 
     @abstractmethod
     def sign(self, seq: int, aad: bytes, data: bytes) -> bytes:
@@ -78,7 +80,7 @@ class MessageProtector(ABC):
         """Ciphertext followed by the tag (EncryptMessage)."""
 
     @abstractmethod
-    def unseal(self, seq: int, aad: bytes, sealed: bytes) -> bytes:
+    def unseal(self, seq: int, aad: bytes, sealed: bytes | memoryview) -> bytes:
         """Plaintext of a peer's sealed message (DecryptMessage)."""
 
     def seal_token(self, seq: int, header: bytes, aad: bytes, plaintext: bytes) -> bytes:
@@ -164,6 +166,7 @@ class AeadProtector(MessageProtector):
     """AES-256-GCM / GMAC (or GCM-SIV for datagram contexts) keyed per direction."""
 
     __slots__ = ("_datagram", "_in", "_out", "_secrets")
+    accepts_views = True
 
     def __init__(self, outbound_secret: bytes, inbound_secret: bytes, *, datagram: bool = False):
         self._datagram = datagram
@@ -203,7 +206,7 @@ class AeadProtector(MessageProtector):
         aead.encrypt_into(nonce, plaintext, header + aad, memoryview(token)[size:])
         return token  # type: ignore[return-value]  # bytes-like; avoids a second copy
 
-    def unseal(self, seq: int, aad: bytes, sealed: bytes) -> bytes:
+    def unseal(self, seq: int, aad: bytes, sealed: bytes | memoryview) -> bytes:
         if len(sealed) < TAG_SIZE:
             raise MessageAlteredError("sealed message is shorter than its tag")
         aead, nonce = self._in.key(seq)
