@@ -51,6 +51,8 @@ def acquire_credentials_handle(
         raise TypeError("use must be a CredentialUse")
     pkg = get_package(package)
     material = pkg.acquire_credentials(principal, use, dict(options))
+    # A package may resolve the principal itself (x509: the certificate's SPIFFE ID).
+    resolved = getattr(material, "principal", principal)
     return Credentials(
-        package=pkg, principal=principal, use=use, material=material, options=dict(options)
+        package=pkg, principal=resolved, use=use, material=material, options=dict(options)
     )

@@ -1,0 +1,105 @@
+"""The ``rpcsec`` command line: ``rpcsec authority init|issue`` (and later ``rpcsec demo``).
+
+Each top-level command is one function that adds its subparser and sets ``handler``; add a
+new command by writing such a function and listing it in ``COMMANDS``. Handlers return the
+process exit code. Errors a user can fix (bad names, existing authority) print one line to
+stderr and exit 1; argparse's usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+
+def _authority_init(args: argparse.Namespace) -> int:
+    from rpcsec.packages.x509 import Authority
+
+    authority = Authority.init(args.directory, args.trust_domain, days=args.days)
+    print(f"created authority for trust domain {authority.trust_domain}")
+    print(f"  trust bundle: {authority.trust_bundle_path}")
+    print(f"  root key:     {authority.directory / 'root.key'} (mode 0600)")
+    return 0
+
+
+def _authority_issue(args: argparse.Namespace) -> int:
+    from rpcsec.packages.x509 import Authority
+
+    authority = Authority.open(args.directory)
+    issued = authority.issue(
+        args.name, service=args.service, groups=args.group or (), days=args.days
+    )
+    print(issued.spiffe_id)
+    print(f"  certificate: {issued.certificate_path}")
+    print(f"  key:         {issued.key_path} (mode 0600)")
+    return 0
+
+
+def add_authority_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``rpcsec authority``: the local x509 certificate authority."""
+    authority = subparsers.add_parser(
+        "authority",
+        help="manage a local x509 authority (SPIFFE identities for the x509 package)",
+        description="A local Ed25519 certificate authority issuing SPIFFE X509-SVIDs.",
+    )
+    actions = authority.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    init = actions.add_parser("init", help="create a new authority (root certificate and key)")
+    init.add_argument("directory", metavar="DIR", help="where to create the authority")
+    init.add_argument(
+        "--trust-domain", required=True, metavar="NAME", help="SPIFFE trust domain, e.g. corp.test"
+    )
+    init.add_argument(
+        "--days", type=float, default=3650, help="root validity in days (default 3650)"
+    )
+    init.set_defaults(handler=_authority_init)
+
+    issue = actions.add_parser("issue", help="issue a user or service identity")
+    issue.add_argument("directory", metavar="DIR", help="an authority made by 'init'")
+    issue.add_argument("name", metavar="NAME", help="user or service name, e.g. alice")
+    issue.add_argument(
+        "--service", action="store_true", help="issue spiffe://TD/svc/NAME instead of /user/NAME"
+    )
+    issue.add_argument(
+        "--group",
+        action="append",
+        metavar="G",
+        help="add the identity to group G (repeatable)",
+    )
+    issue.add_argument(
+        "--days", type=float, default=365, help="certificate validity in days (default 365)"
+    )
+    issue.set_defaults(handler=_authority_issue)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    add_authority_command,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rpcsec", description="Authenticated RPC for Python: tools and demos."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (ValueError, OSError, LookupError) as exc:
+        print(f"rpcsec {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""``X509Package``: the embedded default security package (SPIFFE X509-SVIDs over TLS 1.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from rpcsec.sspi._flags import ContextReq, CredentialUse, ImpersonationLevel, PackageCapability
+from rpcsec.sspi._package import Mechanism, SecurityPackage
+from rpcsec.sspi._protection import AeadProtector, MessageProtector
+
+from ._credential import X509Credential, load_credential
+from ._mechanism import X509ClientMechanism, X509ServerMechanism
+
+__all__ = ["X509Package"]
+
+
+class X509Package(SecurityPackage):
+    """Mutual TLS 1.3 with SPIFFE X509-SVIDs; delegation by RFC 3820 proxy certificates.
+
+    Credential options (AcquireCredentialsHandle): ``cert``, ``key``, ``trust`` (paths or PEM
+    bytes; ``cert`` may hold intermediates after the leaf), or ``authority_dir`` + ``name``
+    for an identity from ``rpcsec authority``. Client context options: ``delegate_to`` (the
+    SPIFFE IDs a delegate may call as you), ``delegation_depth`` (how many more times it may
+    delegate, default 1), ``proxy_lifetime`` (seconds, default 3600). Server context
+    options: ``accept_delegation`` (default True).
+    """
+
+    name: ClassVar[str] = "x509"
+    comment: ClassVar[str] = "X.509 SPIFFE identities over TLS 1.3, RFC 3820 proxy delegation"
+    capabilities: ClassVar[PackageCapability] = (
+        PackageCapability.INTEGRITY
+        | PackageCapability.PRIVACY
+        | PackageCapability.CONNECTION
+        | PackageCapability.DATAGRAM
+        | PackageCapability.STREAM
+        | PackageCapability.MUTUAL_AUTH
+        | PackageCapability.IMPERSONATION
+        | PackageCapability.DELEGATION
+    )
+    max_token: ClassVar[int] = 65536
+
+    def acquire_credentials(
+        self, principal: str | None, use: CredentialUse, options: dict[str, Any]
+    ) -> X509Credential:
+        if principal is not None and not isinstance(principal, str):
+            raise TypeError("principal must be a SPIFFE ID string or None")
+        return load_credential(principal, options)
+
+    def client_mechanism(
+        self,
+        credentials: Any,
+        *,
+        target_name: str | None,
+        requested: ContextReq,
+        impersonation: ImpersonationLevel,
+        options: dict[str, Any],
+        clock: Callable[[], float],
+    ) -> Mechanism:
+        return X509ClientMechanism(
+            self,
+            credentials,
+            target_name=target_name,
+            requested=requested,
+            impersonation=impersonation,
+            options=options,
+            clock=clock,
+        )
+
+    def server_mechanism(
+        self,
+        credentials: Any,
+        *,
+        requested: ContextReq,
+        options: dict[str, Any],
+        clock: Callable[[], float],
+    ) -> Mechanism:
+        return X509ServerMechanism(
+            self, credentials, requested=requested, options=options, clock=clock
+        )
+
+    def import_protector(self, outbound: bytes, inbound: bytes, datagram: bool) -> MessageProtector:
+        return AeadProtector(outbound, inbound, datagram=datagram)

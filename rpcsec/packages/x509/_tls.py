@@ -1,0 +1,203 @@
+"""One TLS 1.3 connection driven through OpenSSL memory BIOs: TLS records in, records out.
+
+The x509 package's handshake tokens *are* TLS records (as in pyspnego's CredSSP, which also
+drives TLS through memory BIOs). No socket exists: ``feed`` writes the peer's token into the
+read BIO, ``take_output`` drains the write BIO into the next token. Every OpenSSL error is
+caught here and becomes a typed ``SecurityError`` (``raise ... from``), so nothing native
+escapes the package.
+
+After the handshake, the package's own messages (offer, grant, proxy chain) travel as TLS
+application data, each framed as ``length:u32 | body`` so a message split across records, or
+a truncated one, is detected.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+import weakref
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+
+from rpcsec.sspi._errors import (
+    CertificateExpiredError,
+    InvalidTokenError,
+    SecurityError,
+    UntrustedRootError,
+)
+
+from ._keys import PrivateKey
+
+__all__ = ["MAX_MESSAGE", "TlsChannel", "build_ssl_context"]
+
+MAX_MESSAGE = 48 * 1024
+_FRAME = struct.Struct(">I")
+_READ_CHUNK = 1 << 16
+# X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED (openssl/x509_vfy.h)
+_VALIDITY_ERRORS = frozenset({9, 10})
+
+
+def _verify_callback(
+    connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+) -> bool:
+    """Keep OpenSSL's verdict, and remember why it failed so we can raise the right error."""
+    if not ok:
+        ref = connection.get_app_data()
+        channel = ref() if isinstance(ref, weakref.ref) else None
+        if isinstance(channel, TlsChannel):
+            channel.verify_errors.append(errno)
+    return bool(ok)
+
+
+def build_ssl_context(
+    certificate: x509.Certificate,
+    key: PrivateKey,
+    chain: tuple[x509.Certificate, ...],
+    anchors: tuple[x509.Certificate, ...],
+    *,
+    verify_time: float | None = None,
+) -> SSL.Context:
+    """A TLS 1.3-only OpenSSL context that proves ``certificate`` and requires the peer's.
+
+    Both roles use the same context shape: mutual authentication is mandatory
+    (VERIFY_PEER | VERIFY_FAIL_IF_NO_PEER_CERT), no session tickets or caching (every context
+    is a fresh full handshake), and peer chains must lead to ``anchors``. With
+    ``verify_time`` OpenSSL checks validity at that instant instead of the system time
+    (the package's injectable clock).
+    """
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_options(SSL.OP_NO_TICKET)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.use_certificate(certificate)
+    for extra in chain:
+        ctx.add_extra_chain_cert(extra)
+    ctx.use_privatekey(key)
+    ctx.check_privatekey()
+    store = ctx.get_cert_store()
+    assert store is not None
+    for anchor in anchors:
+        store.add_cert(crypto.X509.from_cryptography(anchor))
+    if verify_time is not None:
+        store.set_time(datetime.datetime.fromtimestamp(verify_time, tz=datetime.UTC))
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_callback)
+    ctx.set_verify_depth(8)
+    return ctx
+
+
+class TlsChannel:
+    """A TLS connection with memory BIOs on both sides (no socket)."""
+
+    __slots__ = ("__weakref__", "_conn", "_inbox", "verify_errors")
+
+    def __init__(self, context: SSL.Context, *, server: bool) -> None:
+        self._conn = SSL.Connection(context, None)
+        self._conn.set_app_data(weakref.ref(self))  # no cycle through OpenSSL's callback
+        if server:
+            self._conn.set_accept_state()
+        else:
+            self._conn.set_connect_state()
+        self.verify_errors: list[int] = []
+        self._inbox = bytearray()
+
+    def _fail(self, exc: Exception) -> SecurityError:
+        """The typed error for an OpenSSL failure (certificate verdicts first)."""
+        if self.verify_errors:
+            if any(errno in _VALIDITY_ERRORS for errno in self.verify_errors):
+                return CertificateExpiredError("peer certificate is outside its validity period")
+            return UntrustedRootError("peer certificate chain is not trusted")
+        return InvalidTokenError("TLS record rejected")
+
+    def feed(self, token: bytes) -> None:
+        """Hand the peer's token (TLS records) to OpenSSL."""
+        try:
+            self._conn.bio_write(token)
+        except SSL.Error as exc:
+            raise self._fail(exc) from exc
+
+    def handshake(self) -> bool:
+        """Advance the handshake with what was fed; True once it is complete."""
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as exc:
+            raise self._fail(exc) from exc
+        return True
+
+    def take_output(self) -> bytes:
+        """Everything OpenSSL has written since the last call (the next token, maybe empty)."""
+        chunks = []
+        while True:
+            try:
+                chunks.append(self._conn.bio_read(_READ_CHUNK))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+            except SSL.Error as exc:
+                raise self._fail(exc) from exc
+
+    def send(self, message: bytes) -> None:
+        """Write one framed application message (call ``take_output`` to get the records)."""
+        if len(message) > MAX_MESSAGE:
+            raise ValueError("message too large for one handshake leg")
+        data = _FRAME.pack(len(message)) + message
+        try:
+            written = self._conn.send(data)
+        except SSL.Error as exc:
+            raise self._fail(exc) from exc
+        if written != len(data):  # memory BIOs never accept partially; be sure
+            raise InvalidTokenError("TLS write was incomplete")
+
+    def _pull(self) -> bool:
+        try:
+            data = self._conn.recv(_READ_CHUNK)
+        except SSL.WantReadError:
+            return False
+        except SSL.ZeroReturnError as exc:
+            raise InvalidTokenError("peer closed the TLS connection") from exc
+        except SSL.Error as exc:
+            raise self._fail(exc) from exc
+        if not data:
+            return False
+        self._inbox.extend(data)
+        if len(self._inbox) > _FRAME.size + MAX_MESSAGE:
+            raise InvalidTokenError("peer sent too much application data")
+        return True
+
+    def receive(self) -> bytes:
+        """One framed application message from what was fed; InvalidTokenError if truncated."""
+        while True:
+            if len(self._inbox) >= _FRAME.size:
+                (size,) = _FRAME.unpack_from(self._inbox)
+                if size > MAX_MESSAGE:
+                    raise InvalidTokenError("peer message is too large")
+                end = _FRAME.size + size
+                if len(self._inbox) >= end:
+                    message = bytes(self._inbox[_FRAME.size : end])
+                    del self._inbox[:end]
+                    return message
+            if not self._pull():
+                raise InvalidTokenError("peer message is truncated")
+
+    def expect_end(self) -> None:
+        """The token must hold nothing after the message just read."""
+        if self._inbox or self._pull():
+            raise InvalidTokenError("unexpected data after the handshake message")
+
+    def exporter(self, label: bytes, length: int) -> bytes:
+        """TLS 1.3 exporter (RFC 8446 §7.5) with an empty context."""
+        try:
+            return self._conn.export_keying_material(label, length, b"")
+        except SSL.Error as exc:
+            raise InvalidTokenError("TLS exporter unavailable") from exc
+
+    def verified_chain(self) -> list[x509.Certificate]:
+        """The peer's chain as OpenSSL verified it: leaf first, trust anchor last."""
+        chain = self._conn.get_verified_chain(as_cryptography=True)
+        if not chain:
+            raise UntrustedRootError("peer presented no verified certificate")
+        return list(chain)
+
+    def __repr__(self) -> str:
+        return "<TlsChannel>"
