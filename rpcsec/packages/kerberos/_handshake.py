@@ -1,0 +1,316 @@
+"""The kerberos handshake: one round trip carrying AP-REQ/AP-REP and the offer and grant.
+
+::
+
+    C -> S  frame(1, AP-REQ, offer record)        the record is bound into the AP-REQ
+                                                  authenticator by GSS channel bindings
+    S -> C  frame(2, AP-REP or empty, GSS_Wrap(grant))
+
+The server decides the grant with the core's ``decide_grant`` once the AP-REQ verified, and
+returns it integrity-protected under the new context; the client accepts the context only when
+the AP-REP (if it asked for mutual authentication) and the wrapped grant verify. The GSS
+context is established without replay or sequence flags (see ``_flags``), with the TGT
+forwarded only for DELEGATE at the DELEGATE level.
+
+Delegation: with a forwarded TGT and DELEGATE granted, the server's AccessToken carries
+``delegated_credentials``, OUTBOUND kerberos credentials for the client principal. Kerberos
+tickets cannot record which services a request came through, so the chain is *claimed* by the
+party holding the delegated TGT, in its offer record, and bound into its authenticator: it is
+authenticated as coming from a holder of the client's TGT, which is as much as Kerberos can
+say (the KDC marks such tickets FORWARDED but does not name the forwarder).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rpcsec.security._token import AccessToken
+from rpcsec.sspi._credentials import Credentials
+from rpcsec.sspi._errors import InvalidTokenError, NoCredentialsError, TargetUnknownError
+from rpcsec.sspi._flags import (
+    ContextReq,
+    CredentialUse,
+    ImpersonationLevel,
+    PackageCapability,
+    ProtectionLevel,
+)
+from rpcsec.sspi._negotiation import ContextGrant, ContextOffer, decide_grant
+from rpcsec.sspi._package import Mechanism, MechanismResult
+from rpcsec.sspi._protection import hkdf_expand_label
+
+from ._credentials import KerberosCredentials
+from ._errors import Phase, native_call
+from ._flags import to_gss
+from ._names import display, service_name
+from ._native import KRB5_MECH, gss
+from ._protector import GssProtector, session_key
+from ._records import OfferRecord, bindings_data, decode_frame, encode_frame
+
+if TYPE_CHECKING:
+    from rpcsec.sspi._package import SecurityPackage
+
+__all__ = ["CAPABILITIES", "KerberosClient", "KerberosServer"]
+
+MAGIC = b"RK"
+BINDINGS_LABEL = b"rpcsec kerberos offer v1\x00"
+LEG_INITIATE = 1
+LEG_REPLY = 2
+
+CAPABILITIES = (
+    PackageCapability.INTEGRITY
+    | PackageCapability.PRIVACY
+    | PackageCapability.CONNECTION
+    | PackageCapability.DATAGRAM
+    | PackageCapability.STREAM
+    | PackageCapability.MUTUAL_AUTH
+    | PackageCapability.IMPERSONATION
+    | PackageCapability.DELEGATION
+)
+
+
+class _Leg(enum.Enum):
+    START = "start"
+    AWAIT_REPLY = "await-reply"
+    DONE = "done"
+
+
+def protection_level(granted: ContextReq) -> ProtectionLevel:
+    if granted & ContextReq.CONFIDENTIALITY:
+        return ProtectionLevel.PRIVACY
+    if granted & ContextReq.INTEGRITY:
+        return ProtectionLevel.INTEGRITY
+    return ProtectionLevel.NONE
+
+
+def exported_key(key: bytes) -> bytes:
+    """SECPKG_ATTR_SESSION_KEY: derived from, never equal to, the GSS per-message key."""
+    return hkdf_expand_label(key, b"kerberos exported", 32)
+
+
+def _bindings(record: bytes, external: object) -> Any:
+    if not isinstance(external, bytes | bytearray | memoryview):
+        raise TypeError("channel_bindings must be bytes")
+    data = bindings_data(BINDINGS_LABEL, record, bytes(external))
+    return gss.ChannelBindings(application_data=data)
+
+
+class KerberosClient(Mechanism):
+    """InitializeSecurityContext for Kerberos."""
+
+    def __init__(
+        self,
+        credentials: KerberosCredentials,
+        *,
+        target_name: str | None,
+        requested: ContextReq,
+        impersonation: ImpersonationLevel,
+        options: dict[str, Any],
+        clock: Callable[[], float],
+    ) -> None:
+        if credentials.initiator is None:
+            raise NoCredentialsError("kerberos client contexts need OUTBOUND credentials")
+        if target_name is None:
+            raise TargetUnknownError("kerberos needs a target service principal")
+        self._creds = credentials.initiator
+        self._target = service_name(target_name)
+        self._record = OfferRecord(
+            ContextOffer(requested, impersonation), credentials.delegation_chain
+        ).encode()
+        self._offer = ContextOffer(requested, impersonation)
+        self._flags = to_gss(requested, impersonation)
+        self._bindings = _bindings(self._record, options.get("channel_bindings", b""))
+        self._clock = clock
+        self._context: Any = None
+        self._leg = _Leg.START
+
+    def step(self, token: bytes | None) -> bytes | None:
+        if self._leg is _Leg.START:
+            if token is not None:
+                raise InvalidTokenError("kerberos client expects no token on its first step")
+            with native_call(Phase.INITIATE, "cannot make the Kerberos AP-REQ"):
+                result = gss.init_sec_context(
+                    self._target,
+                    creds=self._creds,
+                    mech=KRB5_MECH,
+                    flags=self._flags,
+                    channel_bindings=self._bindings,
+                )
+            self._context = result.context
+            self._leg = _Leg.AWAIT_REPLY
+            return encode_frame(MAGIC, LEG_INITIATE, bytes(result.token or b""), self._record)
+        if self._leg is _Leg.AWAIT_REPLY:
+            if token is None:
+                raise InvalidTokenError("kerberos client expected the server's reply")
+            self._leg = _Leg.DONE
+            self._finish(token)
+            return None
+        raise InvalidTokenError("kerberos handshake has no more steps")
+
+    def _finish(self, token: bytes) -> None:
+        frame = decode_frame(MAGIC, token, LEG_REPLY)
+        with native_call(Phase.INITIATE, "the server's Kerberos AP-REP was rejected"):
+            status = gss.inquire_context(
+                self._context,
+                complete=True,
+                initiator_name=False,
+                target_name=False,
+                lifetime=False,
+                mech=False,
+                flags=False,
+                locally_init=False,
+            )
+            if not status.complete:
+                result = gss.init_sec_context(
+                    self._target,
+                    creds=self._creds,
+                    context=self._context,
+                    mech=KRB5_MECH,
+                    flags=self._flags,
+                    channel_bindings=self._bindings,
+                    input_token=frame.first,
+                )
+                if result.more_steps:
+                    raise InvalidTokenError("Kerberos handshake did not complete")
+            elif frame.first:
+                raise InvalidTokenError("unexpected AP-REP for a context without mutual auth")
+            info = gss.inquire_context(self._context)
+        key, enctype = session_key(self._context)
+        protector = GssProtector(self._context, enctype)
+        grant = ContextGrant.decode(protector.unwrap_record(frame.second))
+        actual = int(info.flags)
+        offered = self._offer
+        if grant.granted & ~offered.requested.normalized():
+            raise InvalidTokenError("server granted attributes that were not requested")
+        if grant.impersonation > offered.impersonation:
+            raise InvalidTokenError("server claimed a higher impersonation level than allowed")
+        if (
+            grant.granted & ContextReq.DELEGATE
+            and not actual & gss.RequirementFlag.delegate_to_peer
+        ):
+            raise InvalidTokenError("server claimed delegation that was not given")
+        if grant.granted & ContextReq.MUTUAL_AUTH and not (
+            actual & gss.RequirementFlag.mutual_authentication
+        ):
+            raise InvalidTokenError("server claimed mutual authentication it did not perform")
+        expires_at = self._clock() + max(0, int(info.lifetime))
+        server = display(info.target_name)
+        self.result = MechanismResult(
+            granted=grant.granted,
+            impersonation_level=grant.impersonation,
+            protector=protector,
+            peer=AccessToken(
+                principal=server,
+                package="kerberos",
+                impersonation_level=ImpersonationLevel.IDENTIFY,
+                protection_level=protection_level(grant.granted),
+                expires_at=expires_at,
+            ),
+            expires_at=expires_at,
+            peer_native_name=server,
+            session_key=exported_key(key),
+        )
+        self.complete = True
+
+
+class KerberosServer(Mechanism):
+    """AcceptSecurityContext for Kerberos."""
+
+    def __init__(
+        self,
+        package: SecurityPackage,
+        credentials: KerberosCredentials,
+        *,
+        requested: ContextReq,
+        options: dict[str, Any],
+        clock: Callable[[], float],
+    ) -> None:
+        if credentials.acceptor is None:
+            raise NoCredentialsError("kerberos server contexts need INBOUND credentials")
+        self._package = package
+        self._creds = credentials.acceptor
+        self._requires = requested
+        self._external = options.get("channel_bindings", b"")
+        self._clock = clock
+        self._done = False
+
+    def step(self, token: bytes | None) -> bytes | None:
+        if self._done:
+            raise InvalidTokenError("kerberos handshake has no more steps")
+        if token is None:
+            raise InvalidTokenError("kerberos server needs the client's token")
+        self._done = True
+        frame = decode_frame(MAGIC, token, LEG_INITIATE)
+        record = OfferRecord.decode(frame.second)
+        with native_call(Phase.ACCEPT, "the client's Kerberos AP-REQ was rejected"):
+            result = gss.accept_sec_context(
+                frame.first,
+                acceptor_creds=self._creds,
+                channel_bindings=_bindings(frame.second, self._external),
+            )
+            if result.more_steps:
+                raise InvalidTokenError("Kerberos handshake did not complete in one step")
+            own = gss.inquire_context(
+                result.context,
+                target_name=True,
+                initiator_name=False,
+                lifetime=False,
+                mech=False,
+                flags=False,
+                locally_init=False,
+                complete=False,
+            ).target_name
+        context = result.context
+        flags = int(result.flags)
+        client = display(result.initiator_name)
+        service = display(own)
+        delegated = result.delegated_creds if flags & gss.RequirementFlag.delegate_to_peer else None
+        capabilities = (
+            CAPABILITIES
+            if delegated is not None
+            else CAPABILITIES & ~(PackageCapability.DELEGATION)
+        )
+        grant = decide_grant(
+            record.offer,
+            capabilities,
+            self._requires,
+            mutual_proven=bool(flags & gss.RequirementFlag.mutual_authentication),
+        )
+        key, enctype = session_key(context)
+        protector = GssProtector(context, enctype)
+        reply = encode_frame(
+            MAGIC, LEG_REPLY, bytes(result.token or b""), protector.wrap_record(grant.encode())
+        )
+        expires_at = self._clock() + max(0, int(result.lifetime or 0))
+        onward = None
+        if grant.granted & ContextReq.DELEGATE and delegated is not None:
+            onward = Credentials(
+                package=self._package,
+                principal=client,
+                use=CredentialUse.OUTBOUND,
+                material=KerberosCredentials(
+                    principal=client,
+                    initiator=delegated,
+                    delegation_chain=(*record.chain, service),
+                ),
+            )
+        self.result = MechanismResult(
+            granted=grant.granted,
+            impersonation_level=grant.impersonation,
+            protector=protector,
+            peer=AccessToken(
+                principal=client,
+                package="kerberos",
+                impersonation_level=grant.impersonation,
+                delegation_chain=record.chain,
+                protection_level=protection_level(grant.granted),
+                expires_at=expires_at,
+                delegated_credentials=onward,
+            ),
+            expires_at=expires_at,
+            peer_native_name=client,
+            session_key=exported_key(key),
+        )
+        self.complete = True
+        return reply

@@ -1,0 +1,72 @@
+"""KerberosPackage: the SecurityPackage that ties the kerberos modules together."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rpcsec.sspi._errors import NoCredentialsError
+from rpcsec.sspi._flags import ContextReq, CredentialUse, ImpersonationLevel
+from rpcsec.sspi._package import Mechanism, SecurityPackage
+
+from ._credentials import KerberosCredentials, acquire
+from ._handshake import CAPABILITIES, KerberosClient, KerberosServer
+from ._native import gssapi_unavailable_reason
+
+__all__ = ["KerberosPackage"]
+
+
+def _material(credentials: Any) -> KerberosCredentials:
+    if not isinstance(credentials, KerberosCredentials):
+        raise NoCredentialsError("these are not kerberos credentials")
+    return credentials
+
+
+class KerberosPackage(SecurityPackage):
+    """MIT Kerberos V5 through python-gssapi: mutual authentication and delegation."""
+
+    name = "kerberos"
+    comment = "Kerberos V5 (RFC 4120/4121) through python-gssapi and MIT krb5"
+    capabilities = CAPABILITIES
+    max_token = 48000
+
+    def availability(self) -> tuple[bool, str]:
+        reason = gssapi_unavailable_reason()
+        return (reason is None, reason or "")
+
+    def acquire_credentials(
+        self, principal: str | None, use: CredentialUse, options: dict[str, Any]
+    ) -> KerberosCredentials:
+        return acquire(principal, use, options)
+
+    def client_mechanism(
+        self,
+        credentials: Any,
+        *,
+        target_name: str | None,
+        requested: ContextReq,
+        impersonation: ImpersonationLevel,
+        options: dict[str, Any],
+        clock: Callable[[], float] = time.time,
+    ) -> Mechanism:
+        return KerberosClient(
+            _material(credentials),
+            target_name=target_name,
+            requested=requested,
+            impersonation=impersonation,
+            options=options,
+            clock=clock,
+        )
+
+    def server_mechanism(
+        self,
+        credentials: Any,
+        *,
+        requested: ContextReq,
+        options: dict[str, Any],
+        clock: Callable[[], float] = time.time,
+    ) -> Mechanism:
+        return KerberosServer(
+            self, _material(credentials), requested=requested, options=options, clock=clock
+        )
