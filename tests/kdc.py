@@ -10,7 +10,10 @@ skew are real failures of real tickets, without sleeping:
   forwardable TGT (kinit -f).
 * ``OTHER.TEST`` (``lab.other``, served by the same KDC process): user carol and its own
   ``storage/localhost`` -- tickets from here must be refused by KRBTEST.COM's services.
-* ``PAST.TEST`` (``lab.past``, a KDC two hours behind): user dave and ``storage/localhost``.
+* ``PAST.TEST`` (``lab.past``, a KDC two hours behind): users dave, whose tickets live at most
+  an hour (so every ticket he gets has already expired by the real clock), and erin (normal
+  tickets, which a client synchronised to the KDC presents with a two-hour clock skew), and
+  ``storage/localhost``.
 
 libkrb5 reads its configuration from ``KRB5_CONFIG`` only, so the lab points that variable at
 its krb5.conf for the whole process (and restores it in ``stop()``). Everything else --
@@ -122,12 +125,13 @@ class _RealmSpec:
     users: tuple[str, ...]
     services: tuple[str, ...]
     kdc: str  # which KDC process serves it: "main" or "past"
+    short_lived: tuple[str, ...] = ()  # users whose tickets live at most an hour
 
 
 _SPECS = (
     _RealmSpec("KRBTEST.COM", ("alice", "bob"), ("documents", "storage", "archive"), "main"),
     _RealmSpec("OTHER.TEST", ("carol",), ("storage",), "main"),
-    _RealmSpec("PAST.TEST", ("dave",), ("storage",), "past"),
+    _RealmSpec("PAST.TEST", ("dave", "erin"), ("storage",), "past", short_lived=("dave",)),
 )
 
 
@@ -364,7 +368,8 @@ class KerberosLab:
             queries = []
             for user in spec.users:
                 realm._passwords[user] = secrets.token_urlsafe(12)
-                queries.append(f"addprinc -pw {realm._passwords[user]} {user}")
+                limit = '-maxlife "1 hour" ' if user in spec.short_lived else ""
+                queries.append(f"addprinc {limit}-pw {realm._passwords[user]} {user}")
             for service in spec.services:
                 principal = realm.service_principal(service)
                 queries += [
