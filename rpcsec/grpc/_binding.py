@@ -1,0 +1,180 @@
+"""A client channel's security: what it asks for, and the context it is bound to.
+
+Shared by the sync and asyncio channels; no I/O. ``ChannelSecurity`` holds the configuration
+(credentials, target, requested and required attributes, impersonation level, protection level)
+and makes the ``ClientContext`` for each bind (InitializeSecurityContext). ``ClientBound`` is an
+established binding: the context, the server's handle, and the per-method signature prefixes,
+with the two operations every call starts with (``keys`` and ``begin``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rpcsec.security import current_token
+from rpcsec.sspi import (
+    ClientContext,
+    ContextReq,
+    Credentials,
+    DelegationPolicyError,
+    ImpersonationLevel,
+    ProtectionLevel,
+    SecurityError,
+)
+
+from ._calls import CallProtection, MethodKeys
+from ._cloaking import resolve_credentials
+from ._handshake import ClientNegotiation
+from ._status import reason_of
+from ._wire import CALL_KEY, CONTEXT_KEY, LEVEL_BYTES
+
+__all__ = ["REBIND_REASONS", "ChannelSecurity", "ClientBound"]
+
+# A call refused for one of these reasons never reached a handler: the server did not know or
+# no longer accepts the context. Re-binding and sending the call again once is safe.
+REBIND_REASONS = frozenset({"context-unknown", "expired"})
+
+_ALWAYS = ContextReq.INTEGRITY
+_ORDERING = ContextReq.REPLAY_DETECT | ContextReq.SEQUENCE_DETECT
+
+
+class ClientBound:
+    """An established binding: context + handle. One per successful handshake."""
+
+    __slots__ = (
+        "_ctx_metadata",
+        "_keys",
+        "_level_byte",
+        "context",
+        "encrypt",
+        "generation",
+        "handle",
+        "level",
+        "protection",
+    )
+
+    def __init__(
+        self, context: ClientContext, handle: bytes, level: ProtectionLevel, generation: int
+    ) -> None:
+        self.context = context
+        self.handle = handle
+        self.level = level
+        self.encrypt = level is ProtectionLevel.PRIVACY
+        self.generation = generation
+        self.protection = CallProtection(context, handle)
+        self._level_byte = LEVEL_BYTES[level]
+        self._ctx_metadata = (CONTEXT_KEY, handle)
+        self._keys: dict[str, MethodKeys] = {}
+
+    def keys(self, method: str) -> MethodKeys:
+        keys = self._keys.get(method)
+        if keys is None:
+            keys = self._keys[method] = MethodKeys(self.handle, method, self.level)
+        return keys
+
+    def begin(self, keys: MethodKeys) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
+        """Sign a new call's header: returns the call sequence and the call's metadata."""
+        header = self.context.sign(b"", aad=keys.call_aad)
+        return header[1:9], (self._ctx_metadata, (CALL_KEY, self._level_byte + header))
+
+    def usable(self, now: float) -> bool:
+        expires = self.context.expires_at
+        return self.context.complete and (expires is None or now < expires)
+
+
+class ChannelSecurity:
+    """A channel's security configuration; makes a fresh ClientContext for each bind."""
+
+    def __init__(
+        self,
+        credentials: Credentials | None,
+        *,
+        target_name: str | None,
+        requirements: ContextReq | None,
+        impersonation: ImpersonationLevel,
+        protection: ProtectionLevel,
+        package_options: dict[str, Any] | None,
+        lifetime: float | None = None,
+        replay_window: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(protection, ProtectionLevel) or protection not in LEVEL_BYTES:
+            raise ValueError("protection must be ProtectionLevel.INTEGRITY or PRIVACY")
+        if not isinstance(impersonation, ImpersonationLevel):
+            raise TypeError("impersonation must be an ImpersonationLevel")
+        if requirements is None:
+            requirements = ContextReq.default()
+        if not isinstance(requirements, ContextReq):
+            raise TypeError("requirements must be ContextReq flags")
+        if target_name is not None and not isinstance(target_name, str):
+            raise TypeError("target_name must be a string")
+        self.credentials, self.owner = resolve_credentials(credentials)
+        required = requirements | _ALWAYS
+        if not required & _ORDERING:
+            # Every call is replay protected: without a receive window a whole call could be
+            # sent again.
+            required |= ContextReq.REPLAY_DETECT
+        if protection is ProtectionLevel.PRIVACY:
+            required |= ContextReq.CONFIDENTIALITY
+        requested = required
+        if impersonation >= ImpersonationLevel.DELEGATE:
+            requested |= ContextReq.DELEGATE  # allowed, not required (the server may decline)
+        self.required = required.normalized()
+        self.requested = requested.normalized()
+        self.target_name = target_name
+        self.impersonation = impersonation
+        self.protection = protection
+        self.package_options = dict(package_options or {})
+        self.clock = clock
+        self._context_kwargs: dict[str, Any] = {"clock": clock}
+        if lifetime is not None:
+            self._context_kwargs["lifetime"] = lifetime
+        if replay_window is not None:
+            self._context_kwargs["replay_window"] = replay_window
+        self._generations = itertools.count(1)
+
+    def negotiation(self) -> ClientNegotiation:
+        context = ClientContext(
+            self.credentials,
+            self.target_name,
+            self.requested,
+            impersonation=self.impersonation,
+            options=self.package_options,
+            **self._context_kwargs,
+        )
+        return ClientNegotiation(context)
+
+    def established(self, negotiation: ClientNegotiation) -> ClientBound:
+        """Check the granted attributes (seed: the caller decides whether they are acceptable)
+        and make the binding. Raises ``InsufficientAttributesError`` on a shortfall."""
+        context = negotiation.context
+        assert negotiation.handle is not None
+        try:
+            context.require(self.required)
+        except SecurityError:
+            context.delete()
+            raise
+        return ClientBound(context, negotiation.handle, self.protection, next(self._generations))
+
+    def check_caller(self) -> None:
+        """A channel speaking for a delegating caller serves that caller only."""
+        owner = self.owner
+        if owner is None:
+            return
+        token = current_token()
+        if token is not None and token is not owner and token.principal != owner.principal:
+            raise DelegationPolicyError(
+                f"this channel speaks for {owner.principal}; it cannot carry a call made as "
+                f"{token.principal}"
+            )
+
+
+def should_rebind(error: BaseException) -> bool:
+    """The server refused a call because it does not know (or no longer accepts) the context."""
+    return reason_of(error) in REBIND_REASONS
+
+
+__all__ += ["should_rebind"]

@@ -1,0 +1,190 @@
+"""Per-call message protection on an established context, for both ends of a call.
+
+``CallProtection`` is one context plus the handle the server gave it; it seals and opens the
+messages of calls as ``_wire`` lays them out. ``Outbound`` / ``Inbound`` are the per-call,
+per-direction cursors (message index, end-of-stream marker). Sans-IO: bindings hand them bytes.
+
+Hot path: the per-method AAD prefixes are computed once (``MethodKeys``) and each message costs
+one AAD concatenation plus the core's wrap/unwrap; nothing else is allocated per message.
+"""
+
+from __future__ import annotations
+
+from rpcsec.sspi import (
+    QOP,
+    InvalidTokenError,
+    MessageAlteredError,
+    ProtectionLevel,
+    SecurityContext,
+)
+
+from ._wire import (
+    END,
+    END_MARKER_KIND,
+    LEVEL_BYTES,
+    REQUEST,
+    RESPONSE,
+    call_prefix,
+    message_prefix,
+    method_part,
+    position,
+)
+
+__all__ = ["FIRST_REQUEST", "FIRST_RESPONSE", "CallProtection", "Inbound", "MethodKeys", "Outbound"]
+
+FIRST_REQUEST = position(REQUEST, 0)
+FIRST_RESPONSE = position(RESPONSE, 0)
+_QOP_FOR_ENCRYPT = {True: int(QOP.DEFAULT), False: int(QOP.WRAP_NO_ENCRYPT)}
+
+
+class MethodKeys:
+    """The constant parts of every signature over calls of one method on one context."""
+
+    __slots__ = ("call_aad", "method", "prefix")
+
+    def __init__(self, handle: bytes, method: str, level: ProtectionLevel) -> None:
+        part = method_part(method)
+        self.method = method
+        self.call_aad = call_prefix(handle) + LEVEL_BYTES[level] + part
+        self.prefix = message_prefix(handle, part)
+
+
+class CallProtection:
+    """One established context and its server-side handle: seal / open call messages."""
+
+    __slots__ = ("context", "handle")
+
+    def __init__(self, context: SecurityContext, handle: bytes) -> None:
+        self.context = context
+        self.handle = handle
+
+    def seal(self, prefix: bytes, call_seq: bytes, pos: bytes, payload: bytes, encrypt: bool):
+        """EncryptMessage (PRIVACY) or an integrity wrap (INTEGRITY) of one message."""
+        return self.context.wrap(payload, aad=prefix + call_seq + pos, encrypt=encrypt)
+
+    def open(
+        self, prefix: bytes, call_seq: bytes, pos: bytes, token: bytes, encrypt: bool
+    ) -> bytes:
+        """DecryptMessage / VerifySignature of one message; it must be at the call's level."""
+        if not token:
+            raise InvalidTokenError("message is not a protected token")
+        data, info = self.context.unwrap_message(token, aad=prefix + call_seq + pos)
+        if info.qop != _QOP_FOR_ENCRYPT[encrypt]:
+            raise MessageAlteredError("message protection does not match the call's level")
+        return data
+
+    def end_marker(self, prefix: bytes, call_seq: bytes, direction: int, count: int) -> bytes:
+        """The signed end of a stream of ``count`` messages."""
+        return self.context.sign(b"", aad=prefix + call_seq + position(direction | END, count))
+
+    def check_end(
+        self, prefix: bytes, call_seq: bytes, direction: int, count: int, token: bytes
+    ) -> None:
+        self.context.verify(b"", token, aad=prefix + call_seq + position(direction | END, count))
+
+
+class Outbound:
+    """The sending side of one stream direction of one call."""
+
+    __slots__ = ("_call_seq", "_direction", "_encrypt", "_prefix", "_protection", "count")
+
+    def __init__(
+        self,
+        protection: CallProtection,
+        prefix: bytes,
+        call_seq: bytes,
+        direction: int,
+        encrypt: bool,
+    ) -> None:
+        self._protection = protection
+        self._prefix = prefix
+        self._call_seq = call_seq
+        self._direction = direction
+        self._encrypt = encrypt
+        self.count = 0
+
+    def seal(self, payload: bytes) -> bytes:
+        index = self.count
+        self.count = index + 1
+        return self._protection.seal(
+            self._prefix, self._call_seq, position(self._direction, index), payload, self._encrypt
+        )
+
+    def end(self) -> bytes:
+        return self._protection.end_marker(
+            self._prefix, self._call_seq, self._direction, self.count
+        )
+
+
+class Inbound:
+    """The receiving side of one stream direction of one call.
+
+    ``open(token)`` returns the next message's payload, or None for a verified end marker; a
+    message after the end, or the transport ending before it (``finish()``), is an alteration.
+    Failure is sticky: once a message failed, every later use raises the same error.
+    """
+
+    __slots__ = (
+        "_call_seq",
+        "_direction",
+        "_encrypt",
+        "_prefix",
+        "_protection",
+        "count",
+        "ended",
+        "error",
+    )
+
+    def __init__(
+        self,
+        protection: CallProtection,
+        prefix: bytes,
+        call_seq: bytes,
+        direction: int,
+        encrypt: bool,
+    ) -> None:
+        self._protection = protection
+        self._prefix = prefix
+        self._call_seq = call_seq
+        self._direction = direction
+        self._encrypt = encrypt
+        self.count = 0
+        self.ended = False
+        self.error: Exception | None = None
+
+    def open(self, token: bytes) -> bytes | None:
+        if self.error is not None:
+            raise self.error
+        try:
+            if self.ended:
+                raise MessageAlteredError("message after the end of the stream")
+            if token[:1] == _END_BYTE:
+                self._protection.check_end(
+                    self._prefix, self._call_seq, self._direction, self.count, token
+                )
+                self.ended = True
+                return None
+            index = self.count
+            data = self._protection.open(
+                self._prefix,
+                self._call_seq,
+                position(self._direction, index),
+                token,
+                self._encrypt,
+            )
+            self.count = index + 1
+            return data
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def finish(self) -> None:
+        """The transport ended the stream: it must have ended with our marker."""
+        if self.error is not None:
+            raise self.error
+        if not self.ended:
+            self.error = MessageAlteredError("stream ended without its end marker (truncated)")
+            raise self.error
+
+
+_END_BYTE = bytes((END_MARKER_KIND,))

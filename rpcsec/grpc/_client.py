@@ -1,0 +1,762 @@
+"""``secure_channel()``: a ``grpc.Channel`` whose every call is authenticated and protected.
+
+Generated stubs use it unchanged. Client interceptors never see bytes, so the channel wraps
+the multicallables instead: the underlying ones are made *without* serializers, and each call
+serializes then seals (EncryptMessage / integrity wrap), and opens then deserializes the
+response. The first call binds: one ``Negotiate`` stream runs the handshake (concurrent first
+calls share it); the granted attributes are checked before any application call is sent.
+A context the server no longer knows makes the channel re-bind and send a unary-request call
+once more (the handler cannot have run). ``close()`` releases the server's context.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from rpcsec.sspi import (
+    ClientContext,
+    ContextExpiredError,
+    ContextReq,
+    Credentials,
+    ImpersonationLevel,
+    InvalidTokenError,
+    ProtectionLevel,
+    SecurityError,
+)
+
+from ._binding import ChannelSecurity, ClientBound, should_rebind
+from ._calls import FIRST_REQUEST, FIRST_RESPONSE, Inbound, MethodKeys, Outbound
+from ._proto import handshake_pb2
+from ._status import error_from_rpc
+from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
+
+__all__ = ["SecureChannel", "secure_channel"]
+
+_LOG = logging.getLogger("rpcsec.grpc")
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _merge(ours: tuple[tuple[str, bytes], ...], theirs: Metadata | None) -> Metadata:
+    return ours if not theirs else ours + tuple(theirs)
+
+
+def _parse_response(raw: bytes) -> handshake_pb2.NegotiateResponse:
+    try:
+        return handshake_pb2.NegotiateResponse.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidTokenError("handshake reply is malformed") from exc
+
+
+class _Session:
+    """One channel's binding: the current ``ClientBound`` and how to make a new one."""
+
+    def __init__(
+        self, raw: grpc.Channel, security: ChannelSecurity, handshake_timeout: float
+    ) -> None:
+        self.raw = raw
+        self.security = security
+        self._timeout = handshake_timeout
+        self._bound: ClientBound | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._negotiate = raw.stream_stream(NEGOTIATE_METHOD)
+        self._release = raw.unary_unary(RELEASE_METHOD)
+        self._check_caller = security.owner is not None
+
+    @property
+    def current(self) -> ClientBound | None:
+        return self._bound
+
+    def bound(self) -> ClientBound:
+        """The established binding, binding first if there is none (or it expired)."""
+        if self._check_caller:
+            self.security.check_caller()
+        bound = self._bound
+        if bound is not None and bound.usable(self.security.clock()):
+            return bound
+        return self._bind(bound)
+
+    def _bind(self, stale: ClientBound | None) -> ClientBound:
+        with self._lock:  # concurrent first calls share one handshake
+            if self._closed:
+                raise ValueError("the channel is closed")
+            bound = self._bound
+            if bound is not None and bound is not stale and bound.usable(self.security.clock()):
+                return bound
+            self._bound = None
+            bound = self._handshake()
+            self._bound = bound
+            return bound
+
+    def invalidate(self, bound: ClientBound) -> None:
+        """The server does not know ``bound`` any more: the next call binds again."""
+        with self._lock:
+            if self._bound is bound:
+                self._bound = None
+
+    def _handshake(self) -> ClientBound:
+        negotiation = self.security.negotiation()
+        outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        outbox.put(negotiation.start().SerializeToString())
+
+        def requests() -> Iterator[bytes]:
+            while (item := outbox.get()) is not None:
+                yield item
+
+        responses = self._negotiate(requests(), timeout=self._timeout)
+        finished = False
+        try:
+            for raw in responses:
+                reply = negotiation.receive(_parse_response(raw))
+                if reply is None:
+                    finished = True
+                    break
+                outbox.put(reply.SerializeToString())
+            if not finished:
+                raise InvalidTokenError("server ended the handshake before completing it")
+        except grpc.RpcError as exc:
+            refusal = error_from_rpc(exc)
+            if refusal is not None:
+                raise refusal from exc
+            raise
+        finally:
+            outbox.put(None)
+            if not finished:
+                responses.cancel()
+        return self.security.established(negotiation)
+
+    def release(self) -> None:
+        """DeleteSecurityContext on both sides; the release call is signed by the context."""
+        with self._lock:
+            self._closed = True
+            bound, self._bound = self._bound, None
+        if bound is None:
+            return
+        try:
+            keys = bound.keys(RELEASE_METHOD)
+            call_seq, metadata = bound.begin(keys)
+            token = bound.protection.seal(keys.prefix, call_seq, FIRST_REQUEST, b"", bound.encrypt)
+            response = self._release(token, metadata=metadata, timeout=self._timeout)
+            bound.protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
+        except (grpc.RpcError, SecurityError) as exc:
+            _LOG.debug("releasing the server context failed: %s", exc)
+        finally:
+            bound.context.delete()
+
+
+class _Multicallable:
+    __slots__ = ("_deserialize", "_method", "_raw", "_serialize", "_session")
+
+    def __init__(
+        self,
+        session: _Session,
+        raw: Any,
+        method: str,
+        serialize: Callable[[Any], bytes] | None,
+        deserialize: Callable[[bytes], Any] | None,
+    ) -> None:
+        self._session = session
+        self._raw = raw
+        self._method = method
+        self._serialize = serialize or _identity
+        self._deserialize = deserialize or _identity
+
+    def _begin(self) -> tuple[ClientBound, MethodKeys, bytes, tuple[tuple[str, bytes], ...]]:
+        session = self._session
+        bound = session.bound()
+        keys = bound.keys(self._method)
+        try:
+            call_seq, metadata = bound.begin(keys)
+        except ContextExpiredError:
+            session.invalidate(bound)
+            bound = session.bound()
+            keys = bound.keys(self._method)
+            call_seq, metadata = bound.begin(keys)
+        return bound, keys, call_seq, metadata
+
+
+class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        return self._invoke(request, timeout, metadata, credentials, wait_for_ready, compression)[0]
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> tuple[Any, grpc.Call]:
+        return self._invoke(request, timeout, metadata, credentials, wait_for_ready, compression)
+
+    def _invoke(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Metadata | None,
+        credentials: grpc.CallCredentials | None,
+        wait_for_ready: bool | None,
+        compression: grpc.Compression | None,
+    ) -> tuple[Any, grpc.Call]:
+        payload = self._serialize(request)
+        for attempt in (0, 1):
+            bound, keys, call_seq, ours = self._begin()
+            protection = bound.protection
+            token = protection.seal(keys.prefix, call_seq, FIRST_REQUEST, payload, bound.encrypt)
+            try:
+                response, call = self._raw.with_call(
+                    token,
+                    timeout=timeout,
+                    metadata=_merge(ours, metadata),
+                    credentials=credentials,
+                    wait_for_ready=wait_for_ready,
+                    compression=compression,
+                )
+            except grpc.RpcError as exc:
+                if attempt == 0 and should_rebind(exc):
+                    self._session.invalidate(bound)
+                    continue
+                raise
+            data = protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
+            return self._deserialize(data), call
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> _VerifiedFuture:
+        """Binds first if needed (blocking); the call itself runs asynchronously. No
+        transparent re-bind: a refusal for ``context-unknown`` surfaces from ``result()``
+        and the next call binds again."""
+        payload = self._serialize(request)
+        bound, keys, call_seq, ours = self._begin()
+        protection = bound.protection
+        token = protection.seal(keys.prefix, call_seq, FIRST_REQUEST, payload, bound.encrypt)
+        raw = self._raw.future(
+            token,
+            timeout=timeout,
+            metadata=_merge(ours, metadata),
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+        return _VerifiedFuture(raw, self._session, bound, self._opener(bound, keys, call_seq))
+
+    def _opener(self, bound: ClientBound, keys: MethodKeys, call_seq: bytes) -> Callable:
+        deserialize = self._deserialize
+
+        def open_response(response: bytes) -> Any:
+            return deserialize(
+                bound.protection.open(
+                    keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt
+                )
+            )
+
+        return open_response
+
+
+class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
+    __slots__ = ()
+
+    def _start(
+        self, request_iterator: Iterable[Any]
+    ) -> tuple[ClientBound, MethodKeys, bytes, Any, Iterator[bytes]]:
+        bound, keys, call_seq, ours = self._begin()
+        outbound = Outbound(bound.protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
+        return (
+            bound,
+            keys,
+            call_seq,
+            ours,
+            _sealed_requests(request_iterator, outbound, self._serialize),
+        )
+
+    def __call__(
+        self,
+        request_iterator: Iterable[Any],
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        return self.with_call(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )[0]
+
+    def with_call(
+        self,
+        request_iterator: Iterable[Any],
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> tuple[Any, grpc.Call]:
+        bound, keys, call_seq, ours, requests = self._start(request_iterator)
+        response, call = self._raw.with_call(
+            requests,
+            timeout=timeout,
+            metadata=_merge(ours, metadata),
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+        data = bound.protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
+        return self._deserialize(data), call
+
+    def future(
+        self,
+        request_iterator: Iterable[Any],
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> _VerifiedFuture:
+        bound, keys, call_seq, ours, requests = self._start(request_iterator)
+        raw = self._raw.future(
+            requests,
+            timeout=timeout,
+            metadata=_merge(ours, metadata),
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+        deserialize = self._deserialize
+
+        def open_response(response: bytes) -> Any:
+            return deserialize(
+                bound.protection.open(
+                    keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt
+                )
+            )
+
+        return _VerifiedFuture(raw, self._session, bound, open_response)
+
+
+def _sealed_requests(
+    request_iterator: Iterable[Any], outbound: Outbound, serialize: Callable[[Any], bytes]
+) -> Iterator[bytes]:
+    for request in request_iterator:
+        yield outbound.seal(serialize(request))
+    yield outbound.end()
+
+
+class _UnaryStream(_Multicallable, grpc.UnaryStreamMultiCallable):
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> _ResponseStream:
+        payload = self._serialize(request)
+
+        def start() -> tuple[Any, Inbound, ClientBound]:
+            bound, keys, call_seq, ours = self._begin()
+            protection = bound.protection
+            token = protection.seal(keys.prefix, call_seq, FIRST_REQUEST, payload, bound.encrypt)
+            raw = self._raw(
+                token,
+                timeout=timeout,
+                metadata=_merge(ours, metadata),
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+            inbound = Inbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
+            return raw, inbound, bound
+
+        return _ResponseStream(self._session, start, self._deserialize, retry=True)
+
+
+class _StreamStream(_Multicallable, grpc.StreamStreamMultiCallable):
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request_iterator: Iterable[Any],
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> _ResponseStream:
+        def start() -> tuple[Any, Inbound, ClientBound]:
+            bound, keys, call_seq, ours = self._begin()
+            protection = bound.protection
+            outbound = Outbound(protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
+            raw = self._raw(
+                _sealed_requests(request_iterator, outbound, self._serialize),
+                timeout=timeout,
+                metadata=_merge(ours, metadata),
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+            inbound = Inbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
+            return raw, inbound, bound
+
+        return _ResponseStream(self._session, start, self._deserialize, retry=False)
+
+
+class _ResponseStream(grpc.Call):
+    """The response iterator of a server-streaming call: every message opened, the end marker
+    checked. Also a ``grpc.Call`` (code, details, metadata, cancel) of the underlying call."""
+
+    def __init__(
+        self,
+        session: _Session,
+        start: Callable[[], tuple[Any, Inbound, ClientBound]],
+        deserialize: Callable[[bytes], Any],
+        *,
+        retry: bool,
+    ) -> None:
+        self._session = session
+        self._start = start
+        self._deserialize = deserialize
+        self._retry = retry
+        self._raw, self._inbound, self._bound = start()
+
+    def __iter__(self) -> _ResponseStream:
+        return self
+
+    def __next__(self) -> Any:
+        inbound = self._inbound
+        while True:
+            try:
+                token = next(self._raw)
+            except StopIteration:
+                inbound.finish()
+                raise
+            except grpc.RpcError as exc:
+                if self._retry and inbound.count == 0 and should_rebind(exc):
+                    self._retry = False
+                    self._session.invalidate(self._bound)
+                    self._raw, self._inbound, self._bound = self._start()
+                    inbound = self._inbound
+                    continue
+                raise
+            self._retry = False
+            try:
+                data = inbound.open(token)
+            except SecurityError:
+                self._raw.cancel()
+                raise
+            if data is None:
+                # The end marker: the transport must end here too (or report the status).
+                for extra in self._raw:
+                    inbound.open(extra)
+                raise StopIteration
+            return self._deserialize(data)
+
+    def next(self) -> Any:
+        return self.__next__()
+
+    # grpc.Call / grpc.RpcContext of the underlying call
+    def initial_metadata(self) -> Any:
+        return self._raw.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._raw.trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return self._raw.code()
+
+    def details(self) -> str:
+        return self._raw.details()
+
+    def is_active(self) -> bool:
+        return self._raw.is_active()
+
+    def time_remaining(self) -> float | None:
+        return self._raw.time_remaining()
+
+    def cancel(self) -> bool:
+        return self._raw.cancel()
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return self._raw.add_callback(callback)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._raw, name)
+
+
+class _VerifiedFuture(grpc.Future, grpc.Call):
+    """A unary-response call's future whose ``result()`` is the *opened* response: a response
+    that does not verify raises its ``SecurityError`` from ``result()``, never returns."""
+
+    def __init__(
+        self,
+        raw: Any,
+        session: _Session,
+        bound: ClientBound,
+        open_response: Callable[[bytes], Any],
+    ) -> None:
+        self._raw = raw
+        self._session = session
+        self._bound = bound
+        self._open = open_response
+        self._lock = threading.Lock()
+        self._outcome: tuple[bool, Any] | None = None
+
+    def _opened(self, response: bytes) -> Any:
+        with self._lock:
+            if self._outcome is None:
+                try:
+                    self._outcome = (True, self._open(response))
+                except SecurityError as exc:
+                    self._outcome = (False, exc)
+            ok, value = self._outcome
+        if ok:
+            return value
+        raise value
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            response = self._raw.result(timeout)
+        except grpc.RpcError as exc:
+            if should_rebind(exc):
+                self._session.invalidate(self._bound)
+            raise
+        return self._opened(response)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        error = self._raw.exception(timeout)
+        if error is not None:
+            return error
+        try:
+            self._opened(self._raw.result())
+        except SecurityError as exc:
+            return exc
+        return None
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return self._raw.traceback(timeout)
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._raw.add_done_callback(lambda _raw: fn(self))
+
+    def cancel(self) -> bool:
+        return self._raw.cancel()
+
+    def cancelled(self) -> bool:
+        return self._raw.cancelled()
+
+    def running(self) -> bool:
+        return self._raw.running()
+
+    def done(self) -> bool:
+        return self._raw.done()
+
+    def initial_metadata(self) -> Any:
+        return self._raw.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._raw.trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return self._raw.code()
+
+    def details(self) -> str:
+        return self._raw.details()
+
+    def is_active(self) -> bool:
+        return self._raw.is_active()
+
+    def time_remaining(self) -> float | None:
+        return self._raw.time_remaining()
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return self._raw.add_callback(callback)
+
+
+def _raw_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    # Whatever else a stub passes (``_registered_method`` and future additions) goes through.
+    return kwargs
+
+
+class SecureChannel(grpc.Channel):
+    """A ``grpc.Channel`` bound to a security context; see ``secure_channel()``."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        security: ChannelSecurity,
+        *,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self._channel = channel
+        self._session = _Session(channel, security, handshake_timeout)
+
+    # -- security --------------------------------------------------------------------------
+
+    def bind(self) -> ClientContext:
+        """Bind now (the first call would), and return the established context."""
+        return self._session.bound().context
+
+    @property
+    def security_context(self) -> ClientContext | None:
+        """The established ClientContext (``attributes``, ``peer`` = the server's identity
+        token, ``query_attributes``), or None before the first call binds."""
+        bound = self._session.current
+        return None if bound is None else bound.context
+
+    @property
+    def protection(self) -> ProtectionLevel:
+        return self._session.security.protection
+
+    # -- grpc.Channel ----------------------------------------------------------------------
+
+    def subscribe(
+        self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False
+    ) -> None:
+        self._channel.subscribe(callback, try_to_connect=try_to_connect)
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        self._channel.unsubscribe(callback)
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        **kwargs: Any,
+    ) -> grpc.UnaryUnaryMultiCallable:
+        raw = self._channel.unary_unary(method, **_raw_kwargs(kwargs))
+        return _UnaryUnary(self._session, raw, method, request_serializer, response_deserializer)
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        **kwargs: Any,
+    ) -> grpc.UnaryStreamMultiCallable:
+        raw = self._channel.unary_stream(method, **_raw_kwargs(kwargs))
+        return _UnaryStream(self._session, raw, method, request_serializer, response_deserializer)
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        **kwargs: Any,
+    ) -> grpc.StreamUnaryMultiCallable:
+        raw = self._channel.stream_unary(method, **_raw_kwargs(kwargs))
+        return _StreamUnary(self._session, raw, method, request_serializer, response_deserializer)
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        **kwargs: Any,
+    ) -> grpc.StreamStreamMultiCallable:
+        raw = self._channel.stream_stream(method, **_raw_kwargs(kwargs))
+        return _StreamStream(self._session, raw, method, request_serializer, response_deserializer)
+
+    def close(self) -> None:
+        """Release the server's context (a signed Release call), then close the channel."""
+        try:
+            self._session.release()
+        finally:
+            self._channel.close()
+
+    def __enter__(self) -> SecureChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def secure_channel(
+    target: str | grpc.Channel,
+    credentials: Credentials | None = None,
+    *,
+    target_name: str | None = None,
+    requirements: ContextReq | None = None,
+    impersonation: ImpersonationLevel = ImpersonationLevel.IMPERSONATE,
+    protection: ProtectionLevel = ProtectionLevel.INTEGRITY,
+    options: Sequence[tuple[str, Any]] | None = None,
+    package_options: dict[str, Any] | None = None,
+    channel_credentials: grpc.ChannelCredentials | None = None,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    lifetime: float | None = None,
+    replay_window: int | None = None,
+    clock: Callable[[], float] = time.time,
+) -> SecureChannel:
+    """A channel to ``target`` whose calls are authenticated as ``credentials``.
+
+    ``credentials`` None: inside a handler (impersonating a caller) the caller's delegated
+    credentials, else ``DelegationRequiredError``; outside, ``set_default_credentials()``'s.
+    ``requirements`` (default ``ContextReq.default()``: MUTUAL_AUTH, REPLAY_DETECT, INTEGRITY,
+    CONNECTION) are requested *and* required: a context granted less fails the first call with
+    ``InsufficientAttributesError`` before anything of the application is sent (NTLM, which
+    cannot prove the server, needs ``requirements`` without MUTUAL_AUTH). ``impersonation`` is
+    the most the server may do as you; DELEGATE also requests delegation. ``protection`` is
+    every call's level: INTEGRITY (signed) or PRIVACY (sealed). ``package_options`` go to the
+    ClientContext (e.g. x509 ``delegate_to``). ``target`` may be an existing ``grpc.Channel``
+    (it is then owned by the secure channel); otherwise ``options`` and
+    ``channel_credentials`` (transport TLS, optional: rpcsec protects messages either way) make
+    one.
+    """
+    security = ChannelSecurity(
+        credentials,
+        target_name=target_name,
+        requirements=requirements,
+        impersonation=impersonation,
+        protection=protection,
+        package_options=package_options,
+        lifetime=lifetime,
+        replay_window=replay_window,
+        clock=clock,
+    )
+    if isinstance(target, grpc.Channel):
+        channel = target
+    elif isinstance(target, str):
+        opts = list(options or ())
+        if channel_credentials is not None:
+            channel = grpc.secure_channel(target, channel_credentials, options=opts)
+        else:
+            channel = grpc.insecure_channel(target, options=opts)
+    else:
+        raise TypeError("target must be an address string or a grpc.Channel")
+    return SecureChannel(channel, security, handshake_timeout=handshake_timeout)

@@ -1,0 +1,1 @@
+"""Generated protobuf code (``make protos``); committed so users need no grpcio-tools."""

@@ -1,0 +1,449 @@
+"""``SecurityInterceptor``: the server side of the binding for ``grpc.server``.
+
+The interceptor serves the handshake service itself and replaces every application handler
+with one that takes and returns *bytes* (``request_deserializer=None``,
+``response_serializer=None``). Inside that wrapped behavior it admits the call (context,
+signed call header, authorization policy), opens the request, runs the application handler
+impersonating the caller (``rpcsec.impersonate``: ImpersonateSecurityContext for the length of
+the handler), then seals the response. A call that fails admission or verification never
+reaches the handler; a ``SecurityError`` from admission, verification or the handler itself
+ends the call with the status ``_status`` maps it to and the reason in trailing metadata.
+
+The behaviors here are synchronous; the asyncio interceptor reuses them for synchronous
+handlers (an aio server runs those in its thread pool with a synchronous context).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, NoReturn
+
+import grpc
+
+from rpcsec.security import impersonate
+from rpcsec.sspi import (
+    DEFAULT_WINDOW,
+    BusyError,
+    ContextReq,
+    Credentials,
+    SecurityError,
+)
+
+from ._calls import Inbound
+from ._policy import AuthorizationPolicy
+from ._server_core import ServerMethod, ServerSecurity
+from ._status import (
+    details_for,
+    passthrough_status,
+    status_for,
+    trailing_metadata_for,
+)
+from ._table import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONTEXTS,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_PEER,
+    ContextTable,
+    HandshakeLimiter,
+)
+from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD
+
+__all__ = ["SecurityInterceptor", "build_security", "secure_server", "sync_handler"]
+
+_LOG = logging.getLogger("rpcsec.grpc")
+_MAX_CACHED_HANDLERS = 1024
+
+
+class BadRequestMessage(Exception):
+    """A verified request that the method's deserializer rejects (the peer's bug, not an
+    attack): INVALID_ARGUMENT, as for any malformed argument."""
+
+
+def build_security(
+    credentials: Credentials | Iterable[Credentials],
+    policy: AuthorizationPolicy | None,
+    *,
+    required: ContextReq,
+    max_contexts: int,
+    idle_timeout: float | None,
+    max_lifetime: float | None,
+    max_handshakes: int,
+    max_handshakes_per_peer: int,
+    handshake_timeout: float,
+    replay_window: int,
+    package_options: Mapping[str, Mapping[str, Any]] | None,
+    clock: Callable[[], float],
+) -> ServerSecurity:
+    """The ``ServerSecurity`` both interceptors are built on (one argument list, two APIs)."""
+    table = ContextTable(
+        max_contexts=max_contexts, idle_timeout=idle_timeout, max_lifetime=max_lifetime, clock=clock
+    )
+    limiter = HandshakeLimiter(
+        max_pending=max_handshakes,
+        max_per_peer=max_handshakes_per_peer,
+        timeout=handshake_timeout,
+        clock=clock,
+    )
+    return ServerSecurity(
+        credentials,
+        policy,
+        required=required,
+        table=table,
+        limiter=limiter,
+        replay_window=replay_window,
+        package_options=package_options,
+        clock=clock,
+    )
+
+
+# -- refusing a call ------------------------------------------------------------------------
+
+
+def log_refusal(method: str, context: Any, error: BaseException, reason: str) -> None:
+    try:
+        peer = context.peer()
+    except Exception:
+        peer = "?"
+    # Local detail for the operator; the peer only learns ``reason``.
+    _LOG.info("refused %s from %s: %s (%s)", method, peer, reason, error)
+
+
+def refuse(context: Any, error: SecurityError, method: str) -> NoReturn:
+    """End the call with the status and reason for ``error`` (raises, as ``abort`` does)."""
+    log_refusal(method, context, error, error.reason)
+    context.set_trailing_metadata(trailing_metadata_for(error.reason))
+    context.abort(status_for(error), details_for(error.reason))
+    raise AssertionError("abort() returned")  # pragma: no cover
+
+
+def pass_through(context: Any, error: grpc.RpcError, method: str) -> NoReturn:
+    """An onward rpcsec call refused inside the handler: end this call the same way, so the
+    first caller learns why; any other RpcError propagates as the handler's own failure."""
+    status = passthrough_status(error)
+    if status is None:
+        raise error
+    code, reason = status
+    log_refusal(method, context, error, reason)
+    context.set_trailing_metadata(trailing_metadata_for(reason))
+    context.abort(code, details_for(reason))
+    raise AssertionError("abort() returned")  # pragma: no cover
+
+
+def bad_request(context: Any, error: BadRequestMessage, method: str) -> NoReturn:
+    log_refusal(method, context, error, "bad-request")
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request message could not be deserialized")
+    raise AssertionError("abort() returned")  # pragma: no cover
+
+
+def deserialize(method: ServerMethod, data: bytes) -> Any:
+    try:
+        return method.deserialize(data)
+    except Exception as exc:
+        raise BadRequestMessage(f"{method.method}: {type(exc).__name__}") from exc
+
+
+def verified_requests(
+    raw: Iterable[bytes], inbound: Inbound, method: ServerMethod
+) -> Iterator[Any]:
+    """The request stream as the handler sees it: each message opened (and deserialized), the
+    end marker checked, a truncated stream refused."""
+    for token in raw:
+        data = inbound.open(token)
+        if data is None:
+            for extra in raw:
+                inbound.open(extra)  # anything after the end marker is an alteration
+            return
+        yield deserialize(method, data)
+    inbound.finish()
+
+
+def _raise_stream_failure(inbound: Inbound) -> None:
+    # A verification failure the handler caught and ignored still fails the call (sticky).
+    if isinstance(inbound.error, SecurityError):
+        raise inbound.error
+
+
+# -- the wrapped behaviors (sync) -----------------------------------------------------------
+
+
+def sync_handler(
+    security: ServerSecurity, method: ServerMethod, handler: grpc.RpcMethodHandler
+) -> grpc.RpcMethodHandler:
+    """``handler`` with a synchronous bytes-in, bytes-out behavior that protects every call."""
+    name = method.method
+    if not handler.request_streaming and not handler.response_streaming:
+        app_uu = handler.unary_unary
+
+        def unary_unary(request: bytes, context: Any) -> bytes:
+            try:
+                call = security.open_call(context.invocation_metadata(), method)
+                message = deserialize(method, call.open_request(request))
+                with impersonate(call.token):
+                    response = app_uu(message, context)
+                if response is None:
+                    return b""
+                return call.seal_response(method.serialize(response))
+            except SecurityError as exc:
+                refuse(context, exc, name)
+            except grpc.RpcError as exc:
+                pass_through(context, exc, name)
+            except BadRequestMessage as exc:
+                bad_request(context, exc, name)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary)
+
+    if not handler.request_streaming:
+        app_us = handler.unary_stream
+
+        def unary_stream(request: bytes, context: Any) -> Iterator[bytes]:
+            try:
+                call = security.open_call(context.invocation_metadata(), method)
+                message = deserialize(method, call.open_request(request))
+                outbound = call.outbound()
+                # The handler's generator runs step by step; each step runs in a context that
+                # holds the caller's token, so nothing leaks into the server's thread.
+                run = contextvars.copy_context()
+                run.run(impersonate, call.token)
+                responses = run.run(lambda: iter(app_us(message, context)))
+                while True:
+                    try:
+                        response = run.run(next, responses)
+                    except StopIteration:
+                        break
+                    yield outbound.seal(method.serialize(response))
+                yield outbound.end()
+            except SecurityError as exc:
+                refuse(context, exc, name)
+            except grpc.RpcError as exc:
+                pass_through(context, exc, name)
+            except BadRequestMessage as exc:
+                bad_request(context, exc, name)
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream)
+
+    if not handler.response_streaming:
+        app_su = handler.stream_unary
+
+        def stream_unary(request_iterator: Iterator[bytes], context: Any) -> bytes:
+            try:
+                call = security.open_call(context.invocation_metadata(), method)
+                inbound = call.inbound()
+                requests = verified_requests(request_iterator, inbound, method)
+                with impersonate(call.token):
+                    response = app_su(requests, context)
+                _raise_stream_failure(inbound)
+                if response is None:
+                    return b""
+                return call.seal_response(method.serialize(response))
+            except SecurityError as exc:
+                refuse(context, exc, name)
+            except grpc.RpcError as exc:
+                pass_through(context, exc, name)
+            except BadRequestMessage as exc:
+                bad_request(context, exc, name)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary)
+
+    app_ss = handler.stream_stream
+
+    def stream_stream(request_iterator: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        try:
+            call = security.open_call(context.invocation_metadata(), method)
+            inbound = call.inbound()
+            outbound = call.outbound()
+            requests = verified_requests(request_iterator, inbound, method)
+            run = contextvars.copy_context()
+            run.run(impersonate, call.token)
+            responses = run.run(lambda: iter(app_ss(requests, context)))
+            while True:
+                try:
+                    response = run.run(next, responses)
+                except StopIteration:
+                    break
+                _raise_stream_failure(inbound)
+                yield outbound.seal(method.serialize(response))
+            _raise_stream_failure(inbound)
+            yield outbound.end()
+        except SecurityError as exc:
+            refuse(context, exc, name)
+        except grpc.RpcError as exc:
+            pass_through(context, exc, name)
+        except BadRequestMessage as exc:
+            bad_request(context, exc, name)
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream)
+
+
+def _negotiate_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
+    def negotiate(request_iterator: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        peer = context.peer()
+        try:
+            ticket = security.limiter.admit(peer, context.cancel)
+        except BusyError as exc:
+            refuse(context, exc, NEGOTIATE_METHOD)
+        negotiation = security.negotiation(peer)
+        done = False
+        try:
+            for raw in request_iterator:
+                reply, done = negotiation.receive_bytes(raw)
+                yield reply
+                if done:
+                    break
+        except grpc.RpcError:
+            pass  # the client cancelled, or the handshake timed out and was cancelled
+        finally:
+            security.limiter.done(ticket)
+            if not done:
+                negotiation.abandon()
+        if negotiation.error is not None:
+            refuse(context, negotiation.error, NEGOTIATE_METHOD)
+
+    return grpc.stream_stream_rpc_method_handler(negotiate)
+
+
+def _release_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
+    method = ServerMethod(RELEASE_METHOD, None, None, authorize=False)
+
+    def release(request: bytes, context: Any) -> bytes:
+        try:
+            call = security.open_call(context.invocation_metadata(), method)
+            call.open_request(request)
+            response = call.seal_response(b"")
+            security.release(call)
+            return response
+        except SecurityError as exc:
+            refuse(context, exc, RELEASE_METHOD)
+
+    return grpc.unary_unary_rpc_method_handler(release)
+
+
+class HandlerCache:
+    """Wrapped handlers per method, so no closure is rebuilt per call. Bounded: a generic
+    handler that accepts any method name cannot make it grow without limit."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler,
+        build: Callable[[ServerMethod, grpc.RpcMethodHandler], grpc.RpcMethodHandler],
+    ) -> grpc.RpcMethodHandler:
+        cached = self._entries.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        server_method = ServerMethod(
+            method, handler.request_deserializer, handler.response_serializer
+        )
+        wrapped = build(server_method, handler)
+        with self._lock:
+            if len(self._entries) < _MAX_CACHED_HANDLERS or method in self._entries:
+                self._entries[method] = (handler, wrapped)
+        return wrapped
+
+
+class SecurityInterceptor(grpc.ServerInterceptor):
+    """Authenticated RPC for a ``grpc.server``: serves the handshake and protects every call.
+
+    ``credentials``: one INBOUND handle or several (one per package the server accepts).
+    ``policy``: an ``AuthorizationPolicy``; None admits every authenticated caller (handlers
+    then do access checks as the caller). ``required``: attributes every context must have
+    (INTEGRITY and REPLAY_DETECT always). The table, handshake and lifetime limits bound what
+    clients can make the server hold; ``clock`` drives every expiry.
+
+    A sync server holds one worker thread per handshake in progress: keep ``max_handshakes``
+    below the server's ``max_workers``.
+    """
+
+    def __init__(
+        self,
+        credentials: Credentials | Iterable[Credentials],
+        policy: AuthorizationPolicy | None = None,
+        *,
+        required: ContextReq = ContextReq.INTEGRITY | ContextReq.REPLAY_DETECT,
+        max_contexts: int = DEFAULT_MAX_CONTEXTS,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        max_lifetime: float | None = None,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+        max_handshakes_per_peer: int = DEFAULT_MAX_HANDSHAKES_PER_PEER,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        replay_window: int = DEFAULT_WINDOW,
+        package_options: Mapping[str, Mapping[str, Any]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.security = build_security(
+            credentials,
+            policy,
+            required=required,
+            max_contexts=max_contexts,
+            idle_timeout=idle_timeout,
+            max_lifetime=max_lifetime,
+            max_handshakes=max_handshakes,
+            max_handshakes_per_peer=max_handshakes_per_peer,
+            handshake_timeout=handshake_timeout,
+            replay_window=replay_window,
+            package_options=package_options,
+            clock=clock,
+        )
+        self._negotiate = _negotiate_handler(self.security)
+        self._release = _release_handler(self.security)
+        self._cache = HandlerCache()
+
+    @property
+    def contexts(self) -> ContextTable:
+        return self.security.table
+
+    @property
+    def handshakes(self) -> HandshakeLimiter:
+        return self.security.limiter
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if method == NEGOTIATE_METHOD:
+            return self._negotiate
+        if method == RELEASE_METHOD:
+            return self._release
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self._cache.get(method, handler, self._build)
+
+    def _build(self, method: ServerMethod, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return sync_handler(self.security, method, handler)
+
+
+def secure_server(
+    credentials: Credentials | Iterable[Credentials],
+    policy: AuthorizationPolicy | None = None,
+    *,
+    max_workers: int = 32,
+    options: Iterable[tuple[str, Any]] | None = None,
+    interceptors: Iterable[grpc.ServerInterceptor] = (),
+    **security_options: Any,
+) -> grpc.Server:
+    """``grpc.server`` with a ``SecurityInterceptor`` first in its chain (gRPC servers take
+    interceptors only when they are made, so security cannot be added to an existing one).
+
+    Handshakes in progress default to half the worker threads, so half-open handshakes can
+    never starve the calls.
+    """
+    from concurrent import futures
+
+    security_options.setdefault("max_handshakes", max(1, max_workers // 2))
+    interceptor = SecurityInterceptor(credentials, policy, **security_options)
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpcsec"),
+        interceptors=[interceptor, *interceptors],
+        options=list(options or ()),
+    )

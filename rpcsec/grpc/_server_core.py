@@ -1,0 +1,201 @@
+"""What the server does for every call, shared by the sync and asyncio interceptors.
+
+``ServerSecurity`` owns the context table, the handshake limiter and the policy. ``open_call``
+is the whole admission of one call, before any handler code runs: find the context named by
+the handle, verify the signed call header (VerifySignature; its sequence number is the call
+sequence and the replay window refuses it if seen before), then check the authorization policy
+with the caller's token at the call's protection level. ``ServerCall`` then opens the request
+messages and seals the responses of that call. No I/O and no grpc objects here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from rpcsec.security import AccessToken
+from rpcsec.sspi import (
+    DEFAULT_WINDOW,
+    ContextReq,
+    Credentials,
+    CredentialUse,
+    InvalidHandleError,
+    InvalidTokenError,
+    ProtectionLevel,
+    ServerContext,
+)
+
+from ._calls import FIRST_REQUEST, FIRST_RESPONSE, CallProtection, Inbound, Outbound
+from ._handshake import ServerNegotiation
+from ._policy import AuthorizationPolicy
+from ._table import ContextEntry, ContextTable, HandshakeLimiter
+from ._wire import (
+    CALL_KEY,
+    CONTEXT_KEY,
+    END_MARKER_KIND,
+    HANDLE_SIZE,
+    REQUEST,
+    RESPONSE,
+    SEQ_SLICE,
+    level_from_byte,
+    method_part,
+)
+
+__all__ = ["ServerCall", "ServerMethod", "ServerSecurity"]
+
+_BINDING_REQUIRES = ContextReq.INTEGRITY | ContextReq.REPLAY_DETECT
+_PRIVACY = ProtectionLevel.PRIVACY
+
+
+class ServerMethod:
+    """Per-method constants, computed once when the interceptor wraps a handler."""
+
+    __slots__ = ("authorize", "deserialize", "method", "part", "serialize")
+
+    def __init__(
+        self,
+        method: str,
+        deserialize: Callable[[bytes], Any] | None,
+        serialize: Callable[[Any], bytes] | None,
+        *,
+        authorize: bool = True,
+    ) -> None:
+        self.method = method
+        self.part = method_part(method)
+        self.deserialize = deserialize or _identity
+        self.serialize = serialize or _identity
+        self.authorize = authorize
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class ServerCall:
+    """One admitted call: the caller's token and the keys to its messages."""
+
+    __slots__ = ("call_seq", "encrypt", "entry", "prefix", "protection", "token")
+
+    def __init__(self, entry: ContextEntry, prefix: bytes, call_seq: bytes, token: AccessToken):
+        self.entry = entry
+        self.protection: CallProtection = entry.protection
+        self.prefix = prefix
+        self.call_seq = call_seq
+        self.token = token
+        self.encrypt = token.protection_level is _PRIVACY
+
+    def open_request(self, token: bytes) -> bytes:
+        return self.protection.open(self.prefix, self.call_seq, FIRST_REQUEST, token, self.encrypt)
+
+    def seal_response(self, payload: bytes) -> bytes:
+        return self.protection.seal(
+            self.prefix, self.call_seq, FIRST_RESPONSE, payload, self.encrypt
+        )
+
+    def inbound(self) -> Inbound:
+        return Inbound(self.protection, self.prefix, self.call_seq, REQUEST, self.encrypt)
+
+    def outbound(self) -> Outbound:
+        return Outbound(self.protection, self.prefix, self.call_seq, RESPONSE, self.encrypt)
+
+
+class ServerSecurity:
+    """The server side of the binding, minus grpc: contexts, handshakes, admission, policy."""
+
+    def __init__(
+        self,
+        credentials: Credentials | Iterable[Credentials],
+        policy: AuthorizationPolicy | None = None,
+        *,
+        required: ContextReq = _BINDING_REQUIRES,
+        table: ContextTable | None = None,
+        limiter: HandshakeLimiter | None = None,
+        replay_window: int = DEFAULT_WINDOW,
+        lifetime: float | None = None,
+        package_options: Mapping[str, Mapping[str, Any]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.credentials = _by_package(credentials)
+        if policy is None:
+            policy = AuthorizationPolicy.any_authenticated()
+        if not isinstance(policy, AuthorizationPolicy):
+            raise TypeError("policy must be an AuthorizationPolicy")
+        if not isinstance(required, ContextReq):
+            raise TypeError("required must be ContextReq flags")
+        self.policy = policy
+        self.required = (required | ContextReq.INTEGRITY).normalized()
+        if not self.required & (ContextReq.REPLAY_DETECT | ContextReq.SEQUENCE_DETECT):
+            self.required |= ContextReq.REPLAY_DETECT
+        self.clock = clock
+        self.table = table if table is not None else ContextTable(clock=clock)
+        self.limiter = limiter if limiter is not None else HandshakeLimiter(clock=clock)
+        self._replay_window = replay_window
+        self._lifetime = lifetime
+        self._package_options = {k.lower(): dict(v) for k, v in (package_options or {}).items()}
+
+    # -- handshakes ------------------------------------------------------------------------
+
+    def negotiation(self, peer: str) -> ServerNegotiation:
+        return ServerNegotiation(
+            self.credentials, self._new_context, lambda context: self.table.add(context, peer)
+        )
+
+    def _new_context(self, credentials: Credentials) -> ServerContext:
+        kwargs: dict[str, Any] = {"replay_window": self._replay_window, "clock": self.clock}
+        if self._lifetime is not None:
+            kwargs["lifetime"] = self._lifetime
+        return ServerContext(
+            credentials,
+            self.required,
+            options=self._package_options.get(credentials.package.name, {}),
+            **kwargs,
+        )
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def open_call(self, metadata: Sequence[Any] | None, method: ServerMethod) -> ServerCall:
+        """Admit one call or raise the ``SecurityError`` that refuses it."""
+        handle = header = None
+        for item in metadata or ():
+            key = item[0]
+            if key == CONTEXT_KEY:
+                handle = item[1]
+            elif key == CALL_KEY:
+                header = item[1]
+        if handle is None:
+            raise InvalidHandleError("call carries no security context handle")
+        if not isinstance(handle, bytes) or len(handle) != HANDLE_SIZE:
+            raise InvalidHandleError("call carries a malformed security context handle")
+        if not isinstance(header, bytes) or len(header) < 10 or header[1] != END_MARKER_KIND:
+            raise InvalidTokenError("call carries no valid call header")
+        entry = self.table.lookup(handle)
+        level = level_from_byte(header[0])
+        if level is None:
+            raise InvalidTokenError("call header names an unknown protection level")
+        signature = header[1:]
+        entry.context.verify(b"", signature, aad=entry.call_prefix + header[:1] + method.part)
+        token = entry.tokens[level]
+        if method.authorize:
+            self.policy.check(method.method, token)
+        return ServerCall(entry, entry.msg_label + method.part, signature[SEQ_SLICE], token)
+
+    def release(self, call: ServerCall) -> None:
+        self.table.release(call.entry.handle)
+
+
+def _by_package(credentials: Credentials | Iterable[Credentials]) -> dict[str, Credentials]:
+    items = [credentials] if isinstance(credentials, Credentials) else list(credentials)
+    if not items:
+        raise ValueError("a SecurityInterceptor needs at least one INBOUND credentials handle")
+    table: dict[str, Credentials] = {}
+    for item in items:
+        if not isinstance(item, Credentials):
+            raise TypeError("credentials must come from acquire_credentials_handle()")
+        if not item.use & CredentialUse.INBOUND:
+            raise ValueError("server credentials must be INBOUND")
+        name = item.package.name.lower()
+        if name in table:
+            raise ValueError(f"two credentials handles for package {name!r}")
+        table[name] = item
+    return table

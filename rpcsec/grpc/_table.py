@@ -1,0 +1,285 @@
+"""The server's memory: established contexts by handle, and handshakes in progress.
+
+``ContextTable`` is bounded (least recently used contexts are evicted first), forgets contexts
+idle too long and refuses those past their lifetime; a client whose context was forgotten
+re-binds (the server says ``context-unknown``). ``HandshakeLimiter`` bounds handshakes in
+progress, globally and per peer, and cancels half-open ones after a timeout, so a flood of
+abandoned handshakes can hold neither memory nor server threads for long (DESIGN §5). Both
+take a ``clock`` so expiry is tested without sleeping. Neither does I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rpcsec.security import AccessToken
+from rpcsec.sspi import (
+    BusyError,
+    ContextExpiredError,
+    InvalidHandleError,
+    ProtectionLevel,
+    ServerContext,
+)
+
+from ._calls import CallProtection
+from ._wire import HANDLE_SIZE, call_prefix, message_prefix
+
+__all__ = ["ContextEntry", "ContextTable", "HandshakeLimiter", "HandshakeTicket"]
+
+_LOG = logging.getLogger("rpcsec.grpc")
+
+DEFAULT_MAX_CONTEXTS = 10_000
+DEFAULT_IDLE_TIMEOUT = 3600.0
+DEFAULT_MAX_HANDSHAKES = 64
+DEFAULT_MAX_HANDSHAKES_PER_PEER = 8
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+
+class ContextEntry:
+    """One established server context and what every call on it needs, computed once."""
+
+    __slots__ = (
+        "call_prefix",
+        "context",
+        "expires_at",
+        "handle",
+        "last_used",
+        "msg_label",
+        "peer",
+        "protection",
+        "tokens",
+    )
+
+    def __init__(
+        self, handle: bytes, context: ServerContext, peer: str, now: float, expires_at: float | None
+    ) -> None:
+        self.handle = handle
+        self.context = context
+        self.peer = peer
+        self.protection = CallProtection(context, handle)
+        self.call_prefix = call_prefix(handle)
+        self.msg_label = message_prefix(handle, b"")
+        self.last_used = now
+        self.expires_at = expires_at
+        caller: AccessToken = context.peer
+        # The caller's token as handlers see it, one per protection level a call may use.
+        self.tokens: dict[ProtectionLevel, AccessToken] = {
+            level: caller.replace(protection_level=level)
+            for level in (ProtectionLevel.INTEGRITY, ProtectionLevel.PRIVACY)
+        }
+
+    def __repr__(self) -> str:
+        return f"<ContextEntry peer={self.peer!r} caller={self.tokens[ProtectionLevel.INTEGRITY]}>"
+
+
+class ContextTable:
+    """Established contexts by handle: bounded, LRU-evicted, with idle and lifetime expiry."""
+
+    def __init__(
+        self,
+        *,
+        max_contexts: int = DEFAULT_MAX_CONTEXTS,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        max_lifetime: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_contexts < 1:
+            raise ValueError("max_contexts must be at least 1")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive")
+        if max_lifetime is not None and max_lifetime <= 0:
+            raise ValueError("max_lifetime must be positive")
+        self.max_contexts = max_contexts
+        self.idle_timeout = idle_timeout
+        self.max_lifetime = max_lifetime
+        self._clock = clock
+        self._entries: OrderedDict[bytes, ContextEntry] = OrderedDict()
+        self._lock = threading.Lock()
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, context: ServerContext, peer: str) -> bytes:
+        """Remember an established context; returns its new, unguessable handle."""
+        now = self._clock()
+        expires_at = context.expires_at
+        if self.max_lifetime is not None:
+            own = now + self.max_lifetime
+            expires_at = own if expires_at is None else min(expires_at, own)
+        handle = secrets.token_bytes(HANDLE_SIZE)
+        entry = ContextEntry(handle, context, peer, now, expires_at)
+        evicted: list[ContextEntry] = []
+        with self._lock:
+            self._entries[handle] = entry
+            while len(self._entries) > self.max_contexts:
+                evicted.append(self._entries.popitem(last=False)[1])
+            self.evictions += len(evicted)
+        for old in evicted:
+            _LOG.info("context of %s evicted (table full)", old.tokens[ProtectionLevel.INTEGRITY])
+            old.context.delete()
+        return handle
+
+    def lookup(self, handle: bytes) -> ContextEntry:
+        """The entry for ``handle``; ``InvalidHandleError`` (context-unknown) if never known,
+        evicted or idle too long, ``ContextExpiredError`` if past its lifetime."""
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(handle)
+            if entry is None:
+                raise InvalidHandleError("no such security context")
+            idle = self.idle_timeout
+            if idle is not None and now - entry.last_used > idle:
+                del self._entries[handle]
+                stale: ContextExpiredError | InvalidHandleError = InvalidHandleError(
+                    "security context was idle too long and has been forgotten"
+                )
+            elif entry.expires_at is not None and now >= entry.expires_at:
+                del self._entries[handle]
+                stale = ContextExpiredError("security context has expired")
+            else:
+                entry.last_used = now
+                self._entries.move_to_end(handle)
+                return entry
+        entry.context.delete()
+        raise stale
+
+    def release(self, handle: bytes) -> bool:
+        """DeleteSecurityContext on the client's behalf (``channel.close()``)."""
+        with self._lock:
+            entry = self._entries.pop(handle, None)
+        if entry is None:
+            return False
+        entry.context.delete()
+        return True
+
+    def purge(self) -> int:
+        """Drop every idle or expired entry now; returns how many."""
+        now = self._clock()
+        dropped: list[ContextEntry] = []
+        with self._lock:
+            for handle, entry in list(self._entries.items()):
+                idle = self.idle_timeout is not None and now - entry.last_used > self.idle_timeout
+                dead = entry.expires_at is not None and now >= entry.expires_at
+                if idle or dead:
+                    dropped.append(self._entries.pop(handle))
+        for entry in dropped:
+            entry.context.delete()
+        return len(dropped)
+
+
+@dataclass(eq=False, slots=True)
+class HandshakeTicket:
+    """One admitted handshake; ``cancel`` ends its stream when it times out half-open."""
+
+    peer: str
+    started_at: float
+    cancel: Callable[[], None]
+
+
+class HandshakeLimiter:
+    """Bounds handshakes in progress globally and per peer (``context.peer()``).
+
+    A new handshake first reaps every one older than ``timeout`` (cancelling its stream, which
+    frees the thread or task serving it), then is admitted only below both limits; otherwise it
+    is refused at once with ``BusyError``. Admission order is start order, so reaping is
+    O(reaped).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_pending: int = DEFAULT_MAX_HANDSHAKES,
+        max_per_peer: int = DEFAULT_MAX_HANDSHAKES_PER_PEER,
+        timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_pending < 1 or max_per_peer < 1:
+            raise ValueError("handshake limits must be at least 1")
+        if timeout <= 0:
+            raise ValueError("handshake timeout must be positive")
+        self.max_pending = max_pending
+        self.max_per_peer = max_per_peer
+        self.timeout = timeout
+        self._clock = clock
+        self._pending: OrderedDict[HandshakeTicket, None] = OrderedDict()
+        self._per_peer: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.refused = 0
+        self.timed_out = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def pending_for(self, peer: str) -> int:
+        return self._per_peer.get(peer, 0)
+
+    @property
+    def peers(self) -> int:
+        return len(self._per_peer)
+
+    def admit(self, peer: str, cancel: Callable[[], None]) -> HandshakeTicket:
+        now = self._clock()
+        reaped = self._reap(now)
+        try:
+            with self._lock:
+                if len(self._pending) >= self.max_pending:
+                    self.refused += 1
+                    raise BusyError("too many handshakes in progress")
+                if self._per_peer.get(peer, 0) >= self.max_per_peer:
+                    self.refused += 1
+                    raise BusyError("too many handshakes in progress from this peer")
+                ticket = HandshakeTicket(peer, now, cancel)
+                self._pending[ticket] = None
+                self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+                return ticket
+        finally:
+            for stale in reaped:
+                _cancel_quietly(stale)
+
+    def reap(self) -> int:
+        """Cancel every handshake older than the timeout now; returns how many."""
+        reaped = self._reap(self._clock())
+        for stale in reaped:
+            _cancel_quietly(stale)
+        return len(reaped)
+
+    def _reap(self, now: float) -> list[HandshakeTicket]:
+        reaped: list[HandshakeTicket] = []
+        with self._lock:
+            while self._pending:
+                oldest = next(iter(self._pending))
+                if now - oldest.started_at < self.timeout:
+                    break
+                self._forget(oldest)
+                reaped.append(oldest)
+            self.timed_out += len(reaped)
+        return reaped
+
+    def done(self, ticket: HandshakeTicket) -> None:
+        """The handshake finished (or failed); idempotent."""
+        with self._lock:
+            if ticket in self._pending:
+                self._forget(ticket)
+
+    def _forget(self, ticket: HandshakeTicket) -> None:
+        del self._pending[ticket]
+        count = self._per_peer[ticket.peer] - 1
+        if count:
+            self._per_peer[ticket.peer] = count
+        else:
+            del self._per_peer[ticket.peer]
+
+
+def _cancel_quietly(ticket: HandshakeTicket) -> None:
+    _LOG.info("half-open handshake from %s timed out", ticket.peer)
+    try:
+        ticket.cancel()
+    except Exception:  # the stream may already be gone; the slot is free either way
+        _LOG.debug("cancelling a timed-out handshake failed", exc_info=True)

@@ -1,0 +1,697 @@
+"""``rpcsec.grpc.aio.secure_channel()``: the asyncio twin of ``rpcsec.grpc.secure_channel``.
+
+Same wire format and rules as the sync channel (``rpcsec.grpc._client``). A call made before the
+channel is bound starts the handshake in the background and returns its call object at once,
+as grpc.aio does; awaiting it (or reading, writing, asking for its code) waits for the bind.
+Concurrent first calls share one handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from rpcsec.sspi import (
+    ClientContext,
+    ContextExpiredError,
+    ContextReq,
+    Credentials,
+    ImpersonationLevel,
+    InvalidTokenError,
+    ProtectionLevel,
+    SecurityError,
+)
+
+from .._binding import ChannelSecurity, ClientBound, should_rebind
+from .._calls import FIRST_REQUEST, FIRST_RESPONSE, Inbound, MethodKeys, Outbound
+from .._client import DEFAULT_HANDSHAKE_TIMEOUT, _parse_response
+from .._status import error_from_rpc
+from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
+
+__all__ = ["SecureChannel", "secure_channel"]
+
+_LOG = logging.getLogger("rpcsec.grpc")
+EOF = grpc.aio.EOF
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _merge(ours: tuple[tuple[str, bytes], ...], theirs: Any) -> Any:
+    return ours if not theirs else ours + tuple(theirs)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # A bind nobody awaited (the call was dropped) must not log "exception never retrieved".
+    if not task.cancelled():
+        task.exception()
+
+
+class _Session:
+    """One aio channel's binding: the current ``ClientBound`` and the handshake."""
+
+    def __init__(
+        self, raw: grpc.aio.Channel, security: ChannelSecurity, handshake_timeout: float
+    ) -> None:
+        self.raw = raw
+        self.security = security
+        self._timeout = handshake_timeout
+        self._bound: ClientBound | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._negotiate = raw.stream_stream(NEGOTIATE_METHOD)
+        self._release = raw.unary_unary(RELEASE_METHOD)
+        self._check_caller = security.owner is not None
+
+    @property
+    def current(self) -> ClientBound | None:
+        return self._bound
+
+    def ready(self) -> ClientBound | None:
+        """The binding if it can be used right now (the fast path, no await)."""
+        if self._check_caller:
+            self.security.check_caller()
+        bound = self._bound
+        if bound is not None and bound.usable(self.security.clock()):
+            return bound
+        return None
+
+    async def bound(self, stale: ClientBound | None = None) -> ClientBound:
+        bound = self.ready()
+        if bound is not None and bound is not stale:
+            return bound
+        async with self._lock:  # concurrent first calls share one handshake
+            if self._closed:
+                raise ValueError("the channel is closed")
+            bound = self._bound
+            if bound is not None and bound is not stale and bound.usable(self.security.clock()):
+                return bound
+            self._bound = None
+            bound = await self._handshake()
+            self._bound = bound
+            return bound
+
+    def invalidate(self, bound: ClientBound) -> None:
+        if self._bound is bound:
+            self._bound = None
+
+    async def _handshake(self) -> ClientBound:
+        negotiation = self.security.negotiation()
+        first = negotiation.start().SerializeToString()
+        call = self._negotiate(timeout=self._timeout)
+        finished = False
+        try:
+            await call.write(first)
+            while True:
+                raw = await call.read()
+                if raw is EOF:
+                    raise InvalidTokenError("server ended the handshake before completing it")
+                reply = negotiation.receive(_parse_response(raw))
+                if reply is None:
+                    finished = True
+                    break
+                await call.write(reply.SerializeToString())
+            await call.done_writing()
+        except grpc.RpcError as exc:
+            refusal = error_from_rpc(exc)
+            if refusal is not None:
+                raise refusal from exc
+            raise
+        finally:
+            if not finished:
+                call.cancel()
+        return self.security.established(negotiation)
+
+    async def release(self) -> None:
+        async with self._lock:
+            self._closed = True
+            bound, self._bound = self._bound, None
+        if bound is None:
+            return
+        try:
+            keys = bound.keys(RELEASE_METHOD)
+            call_seq, metadata = bound.begin(keys)
+            token = bound.protection.seal(keys.prefix, call_seq, FIRST_REQUEST, b"", bound.encrypt)
+            response = await self._release(token, metadata=metadata, timeout=self._timeout)
+            bound.protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
+        except (grpc.RpcError, SecurityError) as exc:
+            _LOG.debug("releasing the server context failed: %s", exc)
+        finally:
+            bound.context.delete()
+
+
+class _Started:
+    """One attempt of a call on one binding: the grpc.aio call and its message cursors."""
+
+    __slots__ = ("bound", "call", "call_seq", "inbound", "keys", "outbound")
+
+    def __init__(
+        self,
+        bound: ClientBound,
+        keys: MethodKeys,
+        call_seq: bytes,
+        call: Any,
+        inbound: Inbound | None,
+        outbound: Outbound | None,
+    ) -> None:
+        self.bound = bound
+        self.keys = keys
+        self.call_seq = call_seq
+        self.call = call
+        self.inbound = inbound
+        self.outbound = outbound
+
+
+class _Call:
+    """The part of ``grpc.aio.Call`` every kind shares; the grpc.aio call starts once bound."""
+
+    def __init__(self, session: _Session, launch: Callable[[ClientBound], _Started]) -> None:
+        self._session = session
+        self._launch = launch
+        self._started: _Started | None = None
+        self._binding: asyncio.Task[ClientBound] | None = None
+        self._callbacks: list[Callable[[Any], None]] = []
+        self._cancelled = False
+        bound = session.ready()
+        if bound is not None:
+            try:
+                self._start(bound)
+                return
+            except ContextExpiredError:
+                pass  # expired between the check and the call header: bind again below
+        self._binding = asyncio.ensure_future(session.bound())
+        self._binding.add_done_callback(_retrieve)
+
+    def _start(self, bound: ClientBound) -> _Started:
+        started = self._launch(bound)
+        self._started = started
+        for callback in self._callbacks:
+            started.call.add_done_callback(lambda _c, cb=callback: cb(self))
+        return started
+
+    async def _ready(self) -> _Started:
+        started = self._started
+        if started is not None:
+            return started
+        if self._cancelled:
+            raise asyncio.CancelledError()
+        assert self._binding is not None
+        bound = await self._binding
+        if self._started is None:
+            return self._start(bound)
+        return self._started
+
+    async def _restart(self, stale: _Started) -> _Started:
+        """Bind again and send the call again (the server did not know the context)."""
+        self._session.invalidate(stale.bound)
+        return self._start(await self._session.bound(stale.bound))
+
+    # grpc.aio.RpcContext / grpc.aio.Call
+    def cancelled(self) -> bool:
+        started = self._started
+        return self._cancelled if started is None else started.call.cancelled()
+
+    def done(self) -> bool:
+        started = self._started
+        return self._cancelled if started is None else started.call.done()
+
+    def time_remaining(self) -> float | None:
+        started = self._started
+        return None if started is None else started.call.time_remaining()
+
+    def cancel(self) -> bool:
+        started = self._started
+        if started is not None:
+            return started.call.cancel()
+        if self._cancelled:
+            return False
+        self._cancelled = True
+        if self._binding is not None:
+            self._binding.cancel()
+        return True
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        started = self._started
+        if started is not None:
+            started.call.add_done_callback(lambda _c: callback(self))
+        else:
+            self._callbacks.append(callback)
+
+    async def initial_metadata(self) -> Any:
+        return await (await self._ready()).call.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await (await self._ready()).call.trailing_metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        return await (await self._ready()).call.code()
+
+    async def details(self) -> str:
+        return await (await self._ready()).call.details()
+
+    async def wait_for_connection(self) -> None:
+        await (await self._ready()).call.wait_for_connection()
+
+
+class _UnaryResponse(_Call):
+    """``await call``: the opened, deserialized response (computed once)."""
+
+    def __init__(
+        self,
+        session: _Session,
+        launch: Callable[[ClientBound], _Started],
+        deserialize: Callable[[bytes], Any],
+        retry: bool,
+    ) -> None:
+        self._deserialize = deserialize
+        self._retry = retry
+        self._outcome: tuple[bool, Any] | None = None
+        super().__init__(session, launch)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if self._outcome is None:
+            try:
+                value = yield from self._receive().__await__()
+            except (grpc.RpcError, SecurityError) as exc:
+                self._outcome = (False, exc)
+                raise
+            self._outcome = (True, value)
+        ok, value = self._outcome
+        if ok:
+            return value
+        raise value
+
+    async def _receive(self) -> Any:
+        started = await self._ready()
+        retry = self._retry
+        while True:
+            try:
+                response = await started.call
+            except grpc.RpcError as exc:
+                if retry and should_rebind(exc):
+                    retry = False
+                    started = await self._restart(started)
+                    continue
+                raise
+            bound = started.bound
+            data = bound.protection.open(
+                started.keys.prefix, started.call_seq, FIRST_RESPONSE, response, bound.encrypt
+            )
+            return self._deserialize(data)
+
+
+class _StreamResponse(_Call):
+    """``async for`` / ``read()``: each response opened, the end marker checked."""
+
+    def __init__(
+        self,
+        session: _Session,
+        launch: Callable[[ClientBound], _Started],
+        deserialize: Callable[[bytes], Any],
+        retry: bool,
+    ) -> None:
+        self._deserialize = deserialize
+        self._retry = retry
+        super().__init__(session, launch)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[Any]:
+        while True:
+            message = await self.read()
+            if message is EOF:
+                return
+            yield message
+
+    async def read(self) -> Any:
+        started = await self._ready()
+        while True:
+            inbound = started.inbound
+            assert inbound is not None
+            try:
+                token = await started.call.read()
+            except grpc.RpcError as exc:
+                if self._retry and inbound.count == 0 and should_rebind(exc):
+                    self._retry = False
+                    started = await self._restart(started)
+                    continue
+                raise
+            self._retry = False
+            if token is EOF:
+                inbound.finish()
+                return EOF
+            try:
+                data = inbound.open(token)
+                if data is None:
+                    extra = await started.call.read()
+                    if extra is not EOF:
+                        inbound.open(extra)  # a message after the end marker
+                    return EOF
+            except SecurityError:
+                started.call.cancel()
+                raise
+            return self._deserialize(data)
+
+
+class _Writer:
+    """``write()`` / ``done_writing()`` for request-streaming calls made without an iterator."""
+
+    _serialize: Callable[[Any], bytes]
+    _ready: Callable[[], Any]  # provided by _Call
+
+    async def write(self, request: Any) -> None:
+        started = await self._ready()
+        assert started.outbound is not None
+        await started.call.write(started.outbound.seal(self._serialize(request)))
+
+    async def done_writing(self) -> None:
+        started = await self._ready()
+        assert started.outbound is not None
+        await started.call.write(started.outbound.end())
+        await started.call.done_writing()
+
+
+class _StreamUnaryCall(_Writer, _UnaryResponse):
+    def __init__(self, serialize: Callable[[Any], bytes], *args: Any) -> None:
+        self._serialize = serialize
+        super().__init__(*args)
+
+
+class _StreamStreamCall(_Writer, _StreamResponse):
+    def __init__(self, serialize: Callable[[Any], bytes], *args: Any) -> None:
+        self._serialize = serialize
+        super().__init__(*args)
+
+
+async def _sealed_requests(
+    requests: Iterable[Any] | AsyncIterable[Any],
+    outbound: Outbound,
+    serialize: Callable[[Any], bytes],
+) -> AsyncIterator[bytes]:
+    if isinstance(requests, AsyncIterable):
+        async for request in requests:
+            yield outbound.seal(serialize(request))
+    else:
+        for request in requests:
+            yield outbound.seal(serialize(request))
+    yield outbound.end()
+
+
+class _Multicallable:
+    def __init__(
+        self,
+        session: _Session,
+        raw: Any,
+        method: str,
+        serialize: Callable[[Any], bytes] | None,
+        deserialize: Callable[[bytes], Any] | None,
+    ) -> None:
+        self._session = session
+        self._raw = raw
+        self._method = method
+        self._serialize = serialize or _identity
+        self._deserialize = deserialize or _identity
+
+    def _begin(self, bound: ClientBound) -> tuple[MethodKeys, bytes, tuple[tuple[str, bytes], ...]]:
+        keys = bound.keys(self._method)
+        try:
+            call_seq, metadata = bound.begin(keys)
+        except ContextExpiredError:
+            # Expired between the check and the signature: the retry path binds again.
+            self._session.invalidate(bound)
+            raise
+        return keys, call_seq, metadata
+
+
+class _UnaryUnaryMultiCallable(_Multicallable, grpc.aio.UnaryUnaryMultiCallable):
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        payload = self._serialize(request)
+
+        def launch(bound: ClientBound) -> _Started:
+            keys, call_seq, ours = self._begin(bound)
+            token = bound.protection.seal(
+                keys.prefix, call_seq, FIRST_REQUEST, payload, bound.encrypt
+            )
+            call = self._raw(
+                token,
+                timeout=timeout,
+                metadata=_merge(ours, metadata),
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+            return _Started(bound, keys, call_seq, call, None, None)
+
+        return _UnaryResponse(self._session, launch, self._deserialize, True)
+
+
+class _UnaryStreamMultiCallable(_Multicallable, grpc.aio.UnaryStreamMultiCallable):
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        payload = self._serialize(request)
+
+        def launch(bound: ClientBound) -> _Started:
+            keys, call_seq, ours = self._begin(bound)
+            protection = bound.protection
+            token = protection.seal(keys.prefix, call_seq, FIRST_REQUEST, payload, bound.encrypt)
+            call = self._raw(
+                token,
+                timeout=timeout,
+                metadata=_merge(ours, metadata),
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+            inbound = Inbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
+            return _Started(bound, keys, call_seq, call, inbound, None)
+
+        return _StreamResponse(self._session, launch, self._deserialize, True)
+
+
+class _StreamUnaryMultiCallable(_Multicallable, grpc.aio.StreamUnaryMultiCallable):
+    def __call__(
+        self,
+        request_iterator: Iterable[Any] | AsyncIterable[Any] | None = None,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        def launch(bound: ClientBound) -> _Started:
+            keys, call_seq, ours = self._begin(bound)
+            outbound = Outbound(bound.protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
+            requests = (
+                None
+                if request_iterator is None
+                else _sealed_requests(request_iterator, outbound, self._serialize)
+            )
+            call = self._raw(
+                requests,
+                timeout=timeout,
+                metadata=_merge(ours, metadata),
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+            return _Started(bound, keys, call_seq, call, None, outbound)
+
+        return _StreamUnaryCall(self._serialize, self._session, launch, self._deserialize, False)
+
+
+class _StreamStreamMultiCallable(_Multicallable, grpc.aio.StreamStreamMultiCallable):
+    def __call__(
+        self,
+        request_iterator: Iterable[Any] | AsyncIterable[Any] | None = None,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        def launch(bound: ClientBound) -> _Started:
+            keys, call_seq, ours = self._begin(bound)
+            protection = bound.protection
+            outbound = Outbound(protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
+            requests = (
+                None
+                if request_iterator is None
+                else _sealed_requests(request_iterator, outbound, self._serialize)
+            )
+            call = self._raw(
+                requests,
+                timeout=timeout,
+                metadata=_merge(ours, metadata),
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+            inbound = Inbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
+            return _Started(bound, keys, call_seq, call, inbound, outbound)
+
+        return _StreamStreamCall(self._serialize, self._session, launch, self._deserialize, False)
+
+
+class SecureChannel(grpc.aio.Channel):
+    """A ``grpc.aio.Channel`` bound to a security context; see ``secure_channel()``."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        security: ChannelSecurity,
+        *,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self._channel = channel
+        self._session = _Session(channel, security, handshake_timeout)
+
+    async def bind(self) -> ClientContext:
+        """Bind now (the first call would), and return the established context."""
+        return (await self._session.bound()).context
+
+    @property
+    def security_context(self) -> ClientContext | None:
+        bound = self._session.current
+        return None if bound is None else bound.context
+
+    @property
+    def protection(self) -> ProtectionLevel:
+        return self._session.security.protection
+
+    async def __aenter__(self) -> SecureChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Release the server's context (a signed Release call), then close the channel."""
+        try:
+            await self._session.release()
+        finally:
+            await self._channel.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        **kwargs: Any,
+    ) -> grpc.aio.UnaryUnaryMultiCallable:
+        raw = self._channel.unary_unary(method, **kwargs)
+        return _UnaryUnaryMultiCallable(
+            self._session, raw, method, request_serializer, response_deserializer
+        )
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        **kwargs: Any,
+    ) -> grpc.aio.UnaryStreamMultiCallable:
+        raw = self._channel.unary_stream(method, **kwargs)
+        return _UnaryStreamMultiCallable(
+            self._session, raw, method, request_serializer, response_deserializer
+        )
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        **kwargs: Any,
+    ) -> grpc.aio.StreamUnaryMultiCallable:
+        raw = self._channel.stream_unary(method, **kwargs)
+        return _StreamUnaryMultiCallable(
+            self._session, raw, method, request_serializer, response_deserializer
+        )
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        **kwargs: Any,
+    ) -> grpc.aio.StreamStreamMultiCallable:
+        raw = self._channel.stream_stream(method, **kwargs)
+        return _StreamStreamMultiCallable(
+            self._session, raw, method, request_serializer, response_deserializer
+        )
+
+
+def secure_channel(
+    target: str | grpc.aio.Channel,
+    credentials: Credentials | None = None,
+    *,
+    target_name: str | None = None,
+    requirements: ContextReq | None = None,
+    impersonation: ImpersonationLevel = ImpersonationLevel.IMPERSONATE,
+    protection: ProtectionLevel = ProtectionLevel.INTEGRITY,
+    options: Sequence[tuple[str, Any]] | None = None,
+    package_options: dict[str, Any] | None = None,
+    channel_credentials: grpc.ChannelCredentials | None = None,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    lifetime: float | None = None,
+    replay_window: int | None = None,
+    clock: Callable[[], float] = time.time,
+) -> SecureChannel:
+    """The asyncio twin of ``rpcsec.grpc.secure_channel`` (same arguments and rules)."""
+    security = ChannelSecurity(
+        credentials,
+        target_name=target_name,
+        requirements=requirements,
+        impersonation=impersonation,
+        protection=protection,
+        package_options=package_options,
+        lifetime=lifetime,
+        replay_window=replay_window,
+        clock=clock,
+    )
+    if isinstance(target, grpc.aio.Channel):
+        channel = target
+    elif isinstance(target, str):
+        opts = list(options or ())
+        if channel_credentials is not None:
+            channel = grpc.aio.secure_channel(target, channel_credentials, options=opts)
+        else:
+            channel = grpc.aio.insecure_channel(target, options=opts)
+    else:
+        raise TypeError("target must be an address string or a grpc.aio.Channel")
+    return SecureChannel(channel, security, handshake_timeout=handshake_timeout)

@@ -1,0 +1,427 @@
+"""``rpcsec.grpc.aio.SecurityInterceptor``: the server side of the binding for ``grpc.aio``.
+
+The same admission, verification, policy and impersonation as the sync interceptor (see
+``rpcsec.grpc._server``). Async handlers get async wrapped behaviors that impersonate inside the
+RPC's own task; synchronous handlers registered on an aio server get the sync wrapped behaviors,
+which the aio server runs in its thread pool, so impersonation is set in that thread, where the
+handler runs (a context variable set in the interceptor would not arrive there). Handshakes
+are served by a coroutine: a half-open one holds no thread and times out on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any, NoReturn
+
+import grpc
+import grpc.aio
+
+from rpcsec.security import ImpersonationScope, impersonate
+from rpcsec.sspi import (
+    DEFAULT_WINDOW,
+    BusyError,
+    ContextExpiredError,
+    ContextReq,
+    Credentials,
+    SecurityError,
+)
+
+from .._calls import Inbound, Outbound
+from .._policy import AuthorizationPolicy
+from .._server import (
+    BadRequestMessage,
+    HandlerCache,
+    build_security,
+    deserialize,
+    log_refusal,
+    sync_handler,
+)
+from .._server_core import ServerMethod, ServerSecurity
+from .._status import details_for, passthrough_status, status_for, trailing_metadata_for
+from .._table import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONTEXTS,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_PEER,
+    ContextTable,
+    HandshakeLimiter,
+)
+from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD
+
+__all__ = ["SecurityInterceptor", "secure_server"]
+
+_LOG = logging.getLogger("rpcsec.grpc")
+EOF = grpc.aio.EOF
+
+
+async def refuse(context: Any, error: SecurityError, method: str) -> NoReturn:
+    log_refusal(method, context, error, error.reason)
+    await context.abort(
+        status_for(error), details_for(error.reason), trailing_metadata_for(error.reason)
+    )
+    raise AssertionError("abort() returned")  # pragma: no cover
+
+
+async def pass_through(context: Any, error: grpc.RpcError, method: str) -> NoReturn:
+    status = passthrough_status(error)
+    if status is None:
+        raise error
+    code, reason = status
+    log_refusal(method, context, error, reason)
+    await context.abort(code, details_for(reason), trailing_metadata_for(reason))
+    raise AssertionError("abort() returned")  # pragma: no cover
+
+
+async def bad_request(context: Any, error: BadRequestMessage, method: str) -> NoReturn:
+    log_refusal(method, context, error, "bad-request")
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT, "request message could not be deserialized"
+    )
+    raise AssertionError("abort() returned")  # pragma: no cover
+
+
+def _revert(scope: ImpersonationScope) -> None:
+    # An abandoned async generator is finalized in another task's context; that task never
+    # held the token, so there is nothing to revert there.
+    with contextlib.suppress(ValueError):
+        scope.revert()
+
+
+async def _verified_requests(
+    raw: AsyncIterable[bytes], inbound: Inbound, method: ServerMethod
+) -> AsyncIterator[Any]:
+    async for token in raw:
+        data = inbound.open(token)
+        if data is None:
+            async for extra in raw:
+                inbound.open(extra)
+            return
+        yield deserialize(method, data)
+    inbound.finish()
+
+
+def _raise_stream_failure(inbound: Inbound | None) -> None:
+    if inbound is not None and isinstance(inbound.error, SecurityError):
+        raise inbound.error
+
+
+class _ProtectedContext:
+    """The servicer context an async streaming handler sees: ``read()`` opens each request and
+    ``write()`` seals each response; everything else is the real context."""
+
+    def __init__(
+        self,
+        context: Any,
+        method: ServerMethod,
+        inbound: Inbound | None,
+        outbound: Outbound | None,
+    ) -> None:
+        self._context = context
+        self._method = method
+        self._inbound = inbound
+        self._outbound = outbound
+        self._eof = False
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._context, name)
+
+    async def read(self) -> Any:
+        inbound = self._inbound
+        if inbound is None:
+            raise RuntimeError("read() is only for request-streaming methods")
+        if self._eof:
+            return EOF
+        token = await self._context.read()
+        if token is EOF:
+            self._eof = True
+            inbound.finish()
+            return EOF
+        data = inbound.open(token)
+        if data is None:
+            extra = await self._context.read()
+            if extra is not EOF:
+                inbound.open(extra)
+            self._eof = True
+            return EOF
+        return deserialize(self._method, data)
+
+    async def write(self, message: Any) -> None:
+        outbound = self._outbound
+        if outbound is None:
+            raise RuntimeError("write() is only for response-streaming methods")
+        await self._context.write(outbound.seal(self._method.serialize(message)))
+
+
+def _is_async(behavior: Any) -> bool:
+    return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+
+
+def async_handler(
+    security: ServerSecurity, method: ServerMethod, handler: grpc.RpcMethodHandler
+) -> grpc.RpcMethodHandler:
+    """``handler`` (async behavior) with an async bytes-in, bytes-out protected behavior."""
+    name = method.method
+
+    if not handler.request_streaming and not handler.response_streaming:
+        app_uu = handler.unary_unary
+
+        async def unary_unary(request: bytes, context: Any) -> bytes:
+            try:
+                call = security.open_call(context.invocation_metadata(), method)
+                message = deserialize(method, call.open_request(request))
+                with impersonate(call.token):
+                    response = await app_uu(message, context)
+                if response is None:
+                    return b""
+                return call.seal_response(method.serialize(response))
+            except SecurityError as exc:
+                await refuse(context, exc, name)
+            except grpc.RpcError as exc:
+                await pass_through(context, exc, name)
+            except BadRequestMessage as exc:
+                await bad_request(context, exc, name)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary)
+
+    if not handler.response_streaming:
+        app_su = handler.stream_unary
+
+        async def stream_unary(request_iterator: AsyncIterable[bytes], context: Any) -> bytes:
+            try:
+                call = security.open_call(context.invocation_metadata(), method)
+                inbound = call.inbound()
+                requests = _verified_requests(request_iterator, inbound, method)
+                proxy = _ProtectedContext(context, method, inbound, None)
+                with impersonate(call.token):
+                    response = await app_su(requests, proxy)
+                _raise_stream_failure(inbound)
+                if response is None:
+                    return b""
+                return call.seal_response(method.serialize(response))
+            except SecurityError as exc:
+                await refuse(context, exc, name)
+            except grpc.RpcError as exc:
+                await pass_through(context, exc, name)
+            except BadRequestMessage as exc:
+                await bad_request(context, exc, name)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary)
+
+    request_streaming = handler.request_streaming
+    app = handler.stream_stream if request_streaming else handler.unary_stream
+
+    async def admit(request: Any, context: Any) -> tuple[Any, Any, _ProtectedContext, Any]:
+        call = security.open_call(context.invocation_metadata(), method)
+        inbound = None
+        if request_streaming:
+            inbound = call.inbound()
+            argument = _verified_requests(request, inbound, method)
+        else:
+            argument = deserialize(method, call.open_request(request))
+        proxy = _ProtectedContext(context, method, inbound, call.outbound())
+        return call, argument, proxy, inbound
+
+    if inspect.isasyncgenfunction(app):
+
+        async def streaming(request: Any, context: Any) -> AsyncIterator[bytes]:
+            try:
+                call, argument, proxy, inbound = await admit(request, context)
+                outbound = proxy._outbound
+                assert outbound is not None
+                scope = impersonate(call.token)
+                try:
+                    async for response in app(argument, proxy):
+                        _raise_stream_failure(inbound)
+                        yield outbound.seal(method.serialize(response))
+                finally:
+                    _revert(scope)
+                _raise_stream_failure(inbound)
+                yield outbound.end()
+            except SecurityError as exc:
+                await refuse(context, exc, name)
+            except grpc.RpcError as exc:
+                await pass_through(context, exc, name)
+            except BadRequestMessage as exc:
+                await bad_request(context, exc, name)
+
+        behavior: Callable[..., Any] = streaming
+    else:
+        # The reader / writer API: the handler writes through the protected context.
+
+        async def streaming_writer(request: Any, context: Any) -> None:
+            try:
+                call, argument, proxy, inbound = await admit(request, context)
+                with impersonate(call.token):
+                    await app(argument, proxy)
+                _raise_stream_failure(inbound)
+                outbound = proxy._outbound
+                assert outbound is not None
+                await context.write(outbound.end())
+            except SecurityError as exc:
+                await refuse(context, exc, name)
+            except grpc.RpcError as exc:
+                await pass_through(context, exc, name)
+            except BadRequestMessage as exc:
+                await bad_request(context, exc, name)
+
+        behavior = streaming_writer
+    if request_streaming:
+        return grpc.stream_stream_rpc_method_handler(behavior)
+    return grpc.unary_stream_rpc_method_handler(behavior)
+
+
+def _negotiate_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
+    limiter = security.limiter
+
+    async def negotiate(
+        request_iterator: AsyncIterable[bytes], context: Any
+    ) -> AsyncIterator[bytes]:
+        peer = context.peer()
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def cancel() -> None:
+            if task is not None:
+                loop.call_soon_threadsafe(task.cancel)
+
+        try:
+            ticket = limiter.admit(peer, cancel)
+        except BusyError as exc:
+            await refuse(context, exc, NEGOTIATE_METHOD)
+        negotiation = security.negotiation(peer)
+        done = False
+        try:
+            messages = request_iterator.__aiter__()
+            while not done:
+                try:
+                    raw = await asyncio.wait_for(messages.__anext__(), limiter.timeout)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    negotiation.refuse(ContextExpiredError("handshake timed out half-open"))
+                    break
+                reply, done = negotiation.receive_bytes(raw)
+                yield reply
+        finally:
+            limiter.done(ticket)
+            if not done:
+                negotiation.abandon()
+        if negotiation.error is not None:
+            await refuse(context, negotiation.error, NEGOTIATE_METHOD)
+
+    return grpc.stream_stream_rpc_method_handler(negotiate)
+
+
+def _release_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
+    method = ServerMethod(RELEASE_METHOD, None, None, authorize=False)
+
+    async def release(request: bytes, context: Any) -> bytes:
+        try:
+            call = security.open_call(context.invocation_metadata(), method)
+            call.open_request(request)
+            response = call.seal_response(b"")
+            security.release(call)
+            return response
+        except SecurityError as exc:
+            await refuse(context, exc, RELEASE_METHOD)
+
+    return grpc.unary_unary_rpc_method_handler(release)
+
+
+def _behavior(handler: grpc.RpcMethodHandler) -> Any:
+    return (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+
+
+class SecurityInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticated RPC for a ``grpc.aio.server``; the arguments are those of
+    ``rpcsec.grpc.SecurityInterceptor``."""
+
+    def __init__(
+        self,
+        credentials: Credentials | Iterable[Credentials],
+        policy: AuthorizationPolicy | None = None,
+        *,
+        required: ContextReq = ContextReq.INTEGRITY | ContextReq.REPLAY_DETECT,
+        max_contexts: int = DEFAULT_MAX_CONTEXTS,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        max_lifetime: float | None = None,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+        max_handshakes_per_peer: int = DEFAULT_MAX_HANDSHAKES_PER_PEER,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        replay_window: int = DEFAULT_WINDOW,
+        package_options: Mapping[str, Mapping[str, Any]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.security = build_security(
+            credentials,
+            policy,
+            required=required,
+            max_contexts=max_contexts,
+            idle_timeout=idle_timeout,
+            max_lifetime=max_lifetime,
+            max_handshakes=max_handshakes,
+            max_handshakes_per_peer=max_handshakes_per_peer,
+            handshake_timeout=handshake_timeout,
+            replay_window=replay_window,
+            package_options=package_options,
+            clock=clock,
+        )
+        self._negotiate = _negotiate_handler(self.security)
+        self._release = _release_handler(self.security)
+        self._cache = HandlerCache()
+
+    @property
+    def contexts(self) -> ContextTable:
+        return self.security.table
+
+    @property
+    def handshakes(self) -> HandshakeLimiter:
+        return self.security.limiter
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        if method == NEGOTIATE_METHOD:
+            return self._negotiate
+        if method == RELEASE_METHOD:
+            return self._release
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # type: ignore[return-value]  # grpc answers UNIMPLEMENTED
+        return self._cache.get(method, handler, self._build)
+
+    def _build(self, method: ServerMethod, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if _is_async(_behavior(handler)):
+            return async_handler(self.security, method, handler)
+        return sync_handler(self.security, method, handler)
+
+
+def secure_server(
+    credentials: Credentials | Iterable[Credentials],
+    policy: AuthorizationPolicy | None = None,
+    *,
+    options: Iterable[tuple[str, Any]] | None = None,
+    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    migration_thread_pool: Any = None,
+    **security_options: Any,
+) -> grpc.aio.Server:
+    """``grpc.aio.server`` with a ``SecurityInterceptor`` first in its chain."""
+    interceptor = SecurityInterceptor(credentials, policy, **security_options)
+    return grpc.aio.server(
+        migration_thread_pool=migration_thread_pool,
+        interceptors=[interceptor, *interceptors],
+        options=list(options or ()),
+    )
