@@ -36,3 +36,77 @@ def kerberos_realm(kerberos_lab):
     """The main realm, KRBTEST.COM: ``client_credentials("alice")``,
     ``server_credentials("storage")``, ``hostbased("storage")`` -> "storage@localhost"."""
     return kerberos_lab.main
+
+
+# -- gRPC binding (tests/helpers/grpc_setup.py): package setups and real servers on port 0 ----
+
+
+def _package_setup(name: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest):
+    from helpers import grpc_setup
+
+    if name == "ntlm":
+        return grpc_setup.ntlm_setup(tmp_path)
+    if name == "x509":
+        return grpc_setup.x509_setup(tmp_path)
+    return grpc_setup.kerberos_setup(request.getfixturevalue("kerberos_realm"))
+
+
+@pytest.fixture(params=["ntlm", "x509"])
+def package_setup(request: pytest.FixtureRequest, tmp_path: pathlib.Path):
+    """The same binding test over each security package (see helpers/grpc_setup.py)."""
+    return _package_setup(request.param, tmp_path, request)
+
+
+@pytest.fixture(params=["ntlm", "x509", pytest.param("kerberos", marks=pytest.mark.kerberos)])
+def any_package_setup(request: pytest.FixtureRequest, tmp_path: pathlib.Path):
+    """``package_setup`` plus kerberos against the real KDC lab (skips without one)."""
+    return _package_setup(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def ntlm_setup(tmp_path: pathlib.Path):
+    from helpers import grpc_setup
+
+    return grpc_setup.ntlm_setup(tmp_path)
+
+
+@pytest.fixture
+def x509_setup(tmp_path: pathlib.Path):
+    from helpers import grpc_setup
+
+    return grpc_setup.x509_setup(tmp_path)
+
+
+@pytest.fixture
+def serve():
+    """``serve(interceptors, servicers, max_workers=16) -> address``: a real ``grpc.server``
+    on 127.0.0.1 port 0, stopped at teardown."""
+    from helpers import grpc_setup
+
+    servers = []
+
+    def start(interceptors, servicers, **kwargs):
+        server, address = grpc_setup.serve_sync(interceptors, servicers, **kwargs)
+        servers.append(server)
+        return address
+
+    yield start
+    for server in servers:
+        server.stop(None).wait()
+
+
+@pytest.fixture
+async def aio_serve():
+    """``await aio_serve(interceptors, servicers) -> address``: a real ``grpc.aio.server``."""
+    from helpers import grpc_setup
+
+    servers = []
+
+    async def start(interceptors, servicers, **kwargs):
+        server, address = await grpc_setup.serve_aio(interceptors, servicers, **kwargs)
+        servers.append(server)
+        return address
+
+    yield start
+    for server in servers:
+        await server.stop(None)

@@ -22,7 +22,6 @@ from rpcsec.sspi import (
     DelegationPolicyError,
     ImpersonationLevel,
     ProtectionLevel,
-    SecurityError,
 )
 
 from ._calls import CallProtection, MethodKeys
@@ -31,7 +30,7 @@ from ._handshake import ClientNegotiation
 from ._status import reason_of
 from ._wire import CALL_KEY, CONTEXT_KEY, LEVEL_BYTES
 
-__all__ = ["REBIND_REASONS", "ChannelSecurity", "ClientBound"]
+__all__ = ["REBIND_REASONS", "ChannelSecurity", "ClientBound", "should_rebind"]
 
 # A call refused for one of these reasons never reached a handler: the server did not know or
 # no longer accepts the context. Re-binding and sending the call again once is safe.
@@ -148,16 +147,16 @@ class ChannelSecurity:
         return ClientNegotiation(context)
 
     def established(self, negotiation: ClientNegotiation) -> ClientBound:
-        """Check the granted attributes (seed: the caller decides whether they are acceptable)
-        and make the binding. Raises ``InsufficientAttributesError`` on a shortfall."""
-        context = negotiation.context
+        """The binding a completed negotiation made (not yet checked: see ``check_granted``)."""
         assert negotiation.handle is not None
-        try:
-            context.require(self.required)
-        except SecurityError:
-            context.delete()
-            raise
-        return ClientBound(context, negotiation.handle, self.protection, next(self._generations))
+        return ClientBound(
+            negotiation.context, negotiation.handle, self.protection, next(self._generations)
+        )
+
+    def check_granted(self, context: ClientContext) -> None:
+        """The seed: "The caller is responsible for determining whether the final context
+        attributes are acceptable". Raises ``InsufficientAttributesError`` on a shortfall."""
+        context.require(self.required)
 
     def check_caller(self) -> None:
         """A channel speaking for a delegating caller serves that caller only."""
@@ -175,6 +174,3 @@ class ChannelSecurity:
 def should_rebind(error: BaseException) -> bool:
     """The server refused a call because it does not know (or no longer accepts) the context."""
     return reason_of(error) in REBIND_REASONS
-
-
-__all__ += ["should_rebind"]

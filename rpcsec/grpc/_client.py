@@ -137,15 +137,23 @@ class _Session:
             outbox.put(None)
             if not finished:
                 responses.cancel()
-        return self.security.established(negotiation)
+        bound = self.security.established(negotiation)
+        try:
+            self.security.check_granted(bound.context)
+        except SecurityError:
+            self._release_bound(bound)  # the server need not keep a context we refuse
+            raise
+        return bound
 
     def release(self) -> None:
         """DeleteSecurityContext on both sides; the release call is signed by the context."""
         with self._lock:
             self._closed = True
             bound, self._bound = self._bound, None
-        if bound is None:
-            return
+        if bound is not None:
+            self._release_bound(bound)
+
+    def _release_bound(self, bound: ClientBound) -> None:
         try:
             keys = bound.keys(RELEASE_METHOD)
             call_seq, metadata = bound.begin(keys)

@@ -211,6 +211,7 @@ class HandshakeLimiter:
         self._pending: OrderedDict[HandshakeTicket, None] = OrderedDict()
         self._per_peer: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self.refused = 0
         self.timed_out = 0
 
@@ -268,6 +269,11 @@ class HandshakeLimiter:
             if ticket in self._pending:
                 self._forget(ticket)
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no handshake is in progress (graceful shutdown, tests)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._pending, timeout)
+
     def _forget(self, ticket: HandshakeTicket) -> None:
         del self._pending[ticket]
         count = self._per_peer[ticket.peer] - 1
@@ -275,6 +281,8 @@ class HandshakeLimiter:
             self._per_peer[ticket.peer] = count
         else:
             del self._per_peer[ticket.peer]
+        if not self._pending:
+            self._idle.notify_all()
 
 
 def _cancel_quietly(ticket: HandshakeTicket) -> None:

@@ -129,14 +129,22 @@ class _Session:
         finally:
             if not finished:
                 call.cancel()
-        return self.security.established(negotiation)
+        bound = self.security.established(negotiation)
+        try:
+            self.security.check_granted(bound.context)
+        except SecurityError:
+            await self._release_bound(bound)  # the server need not keep a context we refuse
+            raise
+        return bound
 
     async def release(self) -> None:
         async with self._lock:
             self._closed = True
             bound, self._bound = self._bound, None
-        if bound is None:
-            return
+        if bound is not None:
+            await self._release_bound(bound)
+
+    async def _release_bound(self, bound: ClientBound) -> None:
         try:
             keys = bound.keys(RELEASE_METHOD)
             call_seq, metadata = bound.begin(keys)
