@@ -32,7 +32,6 @@ SEC_E_INCOMPLETE_MESSAGE (which changes no state). An empty record is the authen
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from rpcsec.sspi import (
@@ -170,6 +169,7 @@ class SockAuthConnection:
         self._record_limit = 0
         self._encrypt = False
         self._error_sent = False
+        self._deferred: SecurityError | None = None
         send, receive = (b"c2s", b"s2c") if self.is_client else (b"s2c", b"c2s")
         self._send_aad = {k: _AAD_PREFIX + send + bytes((k,)) for k in FrameKind}
         self._receive_aad = {k: _AAD_PREFIX + receive + bytes((k,)) for k in FrameKind}
@@ -206,7 +206,11 @@ class SockAuthConnection:
             raise InvalidStateError("only the client initiates the handshake")
         if self.state is not ConnectionState.HANDSHAKE or self._legs:
             raise InvalidStateError("the handshake was already initiated")
-        self._guard(self._client_step, None)
+        try:
+            self._client_step(None)
+        except SecurityError as exc:
+            self._fail(exc)
+            raise
 
     def send_message(self, data: bytes) -> None:
         """Protect one application message and queue it (message mode), or queue it as one or
@@ -267,46 +271,58 @@ class SockAuthConnection:
         """Process bytes read from the peer; ``b""`` means the peer closed its side.
 
         Returns the events, in order. Raises a ``SecurityError`` subclass for anything the peer
-        did wrong (and the connection is FAILED from then on).
+        did wrong; the connection is FAILED from then on. When messages that verified came in
+        the same bytes before the failure, they are returned first (and may be answered) and
+        the connection fails at the next call, which raises the error (``error_pending`` says
+        so; the data passed to that call is ignored).
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError("data must be bytes")
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            self._fail(deferred)
+            raise deferred
         if self.state is ConnectionState.FAILED:
             raise InvalidStateError("the connection failed earlier")
-        if self.state not in _CAN_RECEIVE:
-            if data:
-                return self._guard(self._raise, InvalidTokenError("data after the peer's close"))
-            return []
-        return self._guard(self._receive, bytes(data))
-
-    def _raise(self, error: SecurityError) -> list[Event]:
-        raise error
-
-    def _guard(self, action: Callable[..., list[Event]], arg: object) -> list[Event]:
+        events: list[Event] = []
         try:
-            return action(arg)
+            if self.state not in _CAN_RECEIVE:
+                if data:
+                    raise InvalidTokenError("data after the peer's close")
+                return events
+            self._receive(bytes(data), events)
         except SecurityError as exc:
-            self._fail(exc)
-            raise
+            if not events:
+                self._fail(exc)
+                raise
+            self._deferred = exc
         except (InvalidStateError, TypeError, ValueError) as exc:
-            # The peer drove a context into misuse (e.g. a token after completion).
+            # The peer drove the context into misuse (e.g. a token after completion).
             error = InvalidTokenError("peer sent a message the protocol does not allow here")
-            self._fail(error)
-            raise error from exc
+            error.__cause__ = exc
+            if not events:
+                self._fail(error)
+                raise error from exc
+            self._deferred = error
+        return events
+
+    @property
+    def error_pending(self) -> bool:
+        """True when ``receive_data`` will raise a failure found after returned events."""
+        return self._deferred is not None
 
     def _fail(self, error: SecurityError) -> None:
         self.error = error
         if self.state is not ConnectionState.FAILED:
             self._transition(_Event.FAIL)
 
-    def _receive(self, data: bytes) -> list[Event]:
-        events: list[Event] = []
+    def _receive(self, data: bytes, events: list[Event]) -> None:
         if self._stream:
             if not data:
                 self._end_of_stream()
             self._stream_buffer += data
             self._drain_records(events)
-            return events
+            return
         decoder = self._decoder
         assert decoder is not None
         if not data:
@@ -324,7 +340,6 @@ class SockAuthConnection:
             self._drain_records(events)
         elif decoder.buffered and self.state not in _CAN_RECEIVE:
             raise InvalidTokenError("data after the peer's close")
-        return events
 
     def _end_of_stream(self) -> None:
         if self.state is ConnectionState.HANDSHAKE:

@@ -342,9 +342,12 @@ class AuthHTTPServer(http.server.ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("httpauth: unexpected error serving %s", client_address)
 
-    def start(self) -> threading.Thread:
-        """Run ``serve_forever`` in a daemon thread; leaving the ``with`` block stops it."""
-        thread = threading.Thread(target=self.serve_forever, name="httpauth-server", daemon=True)
+    def start(self, poll_interval: float = 0.5) -> threading.Thread:
+        """Run ``serve_forever`` in a daemon thread; leaving the ``with`` block stops it
+        (within ``poll_interval`` seconds)."""
+        thread = threading.Thread(
+            target=self.serve_forever, args=(poll_interval,), name="httpauth-server", daemon=True
+        )
         self._started = True
         thread.start()
         return thread

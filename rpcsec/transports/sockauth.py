@@ -283,7 +283,8 @@ class AuthSocket:
                     raise ConnectionClosedError("the peer closed the connection")
                 if self._closed:
                     raise ConnectionClosedError("the connection is closed")
-                chunk = self._sock.recv(_RECV_SIZE)
+                # A failure found after messages that verified is raised once they are read.
+                chunk = b"" if self._conn.error_pending else self._sock.recv(_RECV_SIZE)
                 try:
                     self._pending.extend(self._conn.receive_data(chunk))
                 except SecurityError as exc:
@@ -557,9 +558,12 @@ class Server(socketserver.ThreadingTCPServer):
                 sock.shutdown(socket.SHUT_RDWR)
         super().server_close()
 
-    def start(self) -> threading.Thread:
-        """Run ``serve_forever`` in a daemon thread; leaving the ``with`` block stops it."""
-        thread = threading.Thread(target=self.serve_forever, name="sockauth-server", daemon=True)
+    def start(self, poll_interval: float = 0.5) -> threading.Thread:
+        """Run ``serve_forever`` in a daemon thread; leaving the ``with`` block stops it
+        (within ``poll_interval`` seconds)."""
+        thread = threading.Thread(
+            target=self.serve_forever, args=(poll_interval,), name="sockauth-server", daemon=True
+        )
         self._started = True
         thread.start()
         return thread
