@@ -13,6 +13,7 @@ from ._errors import (
     ConnectionClosedError,
     FrameTooLargeError,
     HandshakeTimeoutError,
+    MalformedHeaderError,
     TruncatedFrameError,
 )
 from ._events import CloseReceived, HandshakeComplete, MessageReceived
@@ -25,6 +26,7 @@ __all__ = [
     "FrameTooLargeError",
     "HandshakeComplete",
     "HandshakeTimeoutError",
+    "MalformedHeaderError",
     "MessageReceived",
     "SockAuthConnection",
     "TruncatedFrameError",
