@@ -29,6 +29,7 @@ from rpcsec.security import (
     current_token,
 )
 from rpcsec.sspi import (
+    BusyError,
     ContextReq,
     Credentials,
     CredentialUse,
@@ -509,3 +510,15 @@ def test_scheme_names() -> None:
     assert scheme_for("x509") == "Rpcsec-X509"
     with pytest.raises(MalformedHeaderError):
         decode_token("A" * 70_000)
+
+
+def test_busy_server_answers_503(principals, start_http) -> None:
+    server = start_http(max_connections=1)
+    holder = http.client.HTTPConnection(*server.address, timeout=5)
+    holder.request("GET", "/public")
+    holder.getresponse().read()  # the only slot is held by this keep-alive connection
+    try:
+        with pytest.raises(BusyError):
+            get(principals, server, "/public")
+    finally:
+        holder.close()

@@ -668,3 +668,24 @@ def test_handshake_complete_event_names_the_peer(principals: Principals) -> None
             events += client.receive_data(out)
     complete = [e for e in events if isinstance(e, HandshakeComplete)]
     assert {e.peer.principal for e in complete} >= {principals.client_name}
+
+
+def test_close_from_another_thread_ends_a_blocked_recv(principals, start_server) -> None:
+    server = start_server(principals.server, lambda conn: list(conn))
+    conn = sockauth.connect(server.address, principals.client, target_name=principals.target)
+    outcome: list[BaseException] = []
+    started = threading.Event()
+
+    def reader() -> None:
+        started.set()
+        try:
+            conn.recv()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    started.wait(5)
+    conn.close()
+    thread.join(5)
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionClosedError)

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 from rpcsec.security import AccessToken, impersonate
 from rpcsec.sspi import (
     AccessDeniedError,
+    BusyError,
     ContextReq,
     ContextState,
     Credentials,
@@ -446,6 +447,8 @@ def http_request(
                 response.getheader(REASON_HEADER),
             )
             if authorization is None:
+                if response.status == 503 and not exchange.authenticated:
+                    raise BusyError("server is too busy to authenticate")
                 break
             if response.will_close:
                 raise TruncatedFrameError("server closed the connection during the exchange")
@@ -476,6 +479,8 @@ def http_request(
             server=context.peer if exchange.authenticated else None,
             verified=verified,
         )
+    except http.client.RemoteDisconnected as exc:
+        raise TruncatedFrameError("server closed the connection without a response") from exc
     except http.client.HTTPException as exc:
         raise InvalidTokenError("server sent a malformed HTTP response") from exc
     finally:

@@ -284,7 +284,17 @@ class AuthSocket:
                 if self._closed:
                     raise ConnectionClosedError("the connection is closed")
                 # A failure found after messages that verified is raised once they are read.
-                chunk = b"" if self._conn.error_pending else self._sock.recv(_RECV_SIZE)
+                if self._conn.error_pending:
+                    chunk = b""
+                else:
+                    try:
+                        chunk = self._sock.recv(_RECV_SIZE)
+                    except OSError:
+                        if self._closed:  # close() from another thread woke us
+                            raise ConnectionClosedError("the connection is closed") from None
+                        raise
+                    if self._closed:
+                        raise ConnectionClosedError("the connection is closed")
                 try:
                     self._pending.extend(self._conn.receive_data(chunk))
                 except SecurityError as exc:
