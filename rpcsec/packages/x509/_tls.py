@@ -33,6 +33,10 @@ __all__ = ["MAX_MESSAGE", "TlsChannel", "build_ssl_context"]
 
 MAX_MESSAGE = 48 * 1024
 _FRAME = struct.Struct(">I")
+_RECORD = struct.Struct(">BHH")  # TLSPlaintext / TLSCiphertext header, RFC 8446 §5.1
+_CONTENT_TYPES = frozenset({20, 21, 22, 23})  # change_cipher_spec, alert, handshake, data
+_RECORD_VERSIONS = frozenset({0x0301, 0x0303})  # legacy_record_version values TLS 1.3 sends
+_MAX_RECORD = (1 << 14) + 256
 _READ_CHUNK = 1 << 16
 # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED (openssl/x509_vfy.h)
 _VALIDITY_ERRORS = frozenset({9, 10})
@@ -110,7 +114,9 @@ class TlsChannel:
         return InvalidTokenError("TLS record rejected")
 
     def feed(self, token: bytes) -> None:
-        """Hand the peer's token (TLS records) to OpenSSL."""
+        """Hand the peer's token to OpenSSL. A token must be whole TLS records: a truncated
+        or padded one is refused here, before OpenSSL would quietly wait for the rest."""
+        _check_records(token)
         try:
             self._conn.bio_write(token)
         except SSL.Error as exc:
@@ -201,3 +207,23 @@ class TlsChannel:
 
     def __repr__(self) -> str:
         return "<TlsChannel>"
+
+
+def _check_records(token: bytes) -> None:
+    """``token`` must split exactly into TLS records (RFC 8446 §5.1 framing only)."""
+    if not token:
+        raise InvalidTokenError("empty handshake token")
+    offset, size = 0, len(token)
+    while offset < size:
+        if offset + _RECORD.size > size:
+            raise InvalidTokenError("TLS record header is truncated")
+        content_type, version, length = _RECORD.unpack_from(token, offset)
+        if (
+            content_type not in _CONTENT_TYPES
+            or version not in _RECORD_VERSIONS
+            or length > _MAX_RECORD
+        ):
+            raise InvalidTokenError("handshake token is not a TLS record")
+        offset += _RECORD.size + length
+        if offset > size:
+            raise InvalidTokenError("TLS record is truncated")
