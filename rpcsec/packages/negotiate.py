@@ -205,14 +205,17 @@ def _target(target_name: str | None) -> tuple[str, str]:
 
 
 def _translate(exc: BaseException, phase: Phase, what: str) -> SecurityError:
-    """pyspnego / gssapi / parser failures -> the core's typed errors."""
+    """pyspnego / gssapi / parser failures -> the core's typed errors. pyspnego nests errors
+    (``base_error``); the innermost GSS error, when there is one, says what happened."""
     if isinstance(exc, SecurityError):
         return exc
-    base = getattr(exc, "base_error", None)
-    if gss is not None and isinstance(base, gss.GSSError):
-        return translate(base, phase, what)
-    if gss is not None and isinstance(exc, gss.GSSError):
-        return translate(exc, phase, what)
+    inner: BaseException | None = exc
+    for _ in range(4):
+        if inner is None:
+            break
+        if gss is not None and isinstance(inner, gss.GSSError):
+            return translate(inner, phase, what)
+        inner = getattr(inner, "base_error", None)
     if isinstance(exc, spnego.exceptions.BadBindingsError):
         return BadBindingsError(f"{what}: {exc}")
     if isinstance(exc, spnego.exceptions.BadMICError):
@@ -272,6 +275,17 @@ class _SpnegoHooks:
         except ImportError:  # pragma: no cover
             return False
         return "kerberos" in GSSAPIProxy.available_protocols()
+
+    @staticmethod
+    def deferred_error(mech_context: Any) -> BaseException | None:
+        """The GSS error python-gssapi deferred in pyspnego's Kerberos context, if any.
+
+        python-gssapi's high-level contexts defer step errors to the next attribute access
+        (``__DEFER_STEP_ERRORS__``); pyspnego's next access then fails with an AttributeError
+        that hides the real cause, which is kept in ``_last_err``."""
+        context = _SpnegoHooks.gss_context(mech_context)
+        error = getattr(context, "_last_err", None)
+        return error if isinstance(error, BaseException) else None
 
     @staticmethod
     def gss_context(mech_context: Any) -> Any:
@@ -381,7 +395,8 @@ class _NegotiateClient(Mechanism):
         except SecurityError:
             raise
         except Exception as exc:
-            raise _translate(exc, Phase.INITIATE, "negotiate handshake failed") from exc
+            cause = _SpnegoHooks.deferred_error(self._kerberos) or exc
+            raise _translate(cause, Phase.INITIATE, "negotiate handshake failed") from exc
 
     def _start(self) -> bytes:
         contexts: dict[Any, Any] = {}
@@ -533,7 +548,8 @@ class _NegotiateServer(Mechanism):
             ):
                 # The NTLMv2 response did not verify: wrong password or unknown user.
                 raise LogonDeniedError("ntlm logon failed") from exc
-            raise _translate(exc, Phase.ACCEPT, "negotiate handshake failed") from exc
+            cause = _SpnegoHooks.deferred_error(self._kerberos) or exc
+            raise _translate(cause, Phase.ACCEPT, "negotiate handshake failed") from exc
 
     def _start(self, token: bytes) -> bytes:
         """Prepare the acceptor for the mechanisms the client offered, best first."""
