@@ -522,3 +522,22 @@ def test_busy_server_answers_503(principals, start_http) -> None:
             get(principals, server, "/public")
     finally:
         holder.close()
+
+
+@pytest.mark.kerberos
+def test_kerberos_uses_the_negotiate_scheme(kerberos_realm) -> None:
+    client = kerberos_realm.client_credentials("alice")
+    server = AuthHTTPServer(
+        ("127.0.0.1", 0), Documents, kerberos_realm.server_credentials("storage")
+    )
+    with server:
+        server.start(poll_interval=0.01)
+        response, _ = raw(server)
+        assert response.getheader("WWW-Authenticate") == "Negotiate"
+        result = http_get(
+            server.url + "/nothing", client, target_name=kerberos_realm.hostbased("storage")
+        )
+    assert result.status == 404 and result.verified
+    assert result.principal == kerberos_realm.principal("alice")
+    assert result.server is not None
+    assert result.server.principal == kerberos_realm.service_principal("storage")

@@ -689,3 +689,17 @@ def test_close_from_another_thread_ends_a_blocked_recv(principals, start_server)
     conn.close()
     thread.join(5)
     assert len(outcome) == 1 and isinstance(outcome[0], ConnectionClosedError)
+
+
+@pytest.mark.kerberos
+@pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])
+def test_kerberos_changes_only_the_credentials(kerberos_realm, start_server, stream) -> None:
+    """Seed: "the only modification is the security package name" -- here, the credentials."""
+    client = kerberos_realm.client_credentials("alice")
+    server = start_server(kerberos_realm.server_credentials("storage"))
+    target = kerberos_realm.hostbased("storage")
+    with sockauth.connect(server.address, client, target_name=target, stream=stream) as conn:
+        assert conn.attributes & ContextReq.MUTUAL_AUTH  # required: kerberos can give it
+        assert conn.peer.principal == kerberos_realm.service_principal("storage")
+        conn.send(b"hello")
+        assert conn.recv() == kerberos_realm.principal("alice").encode() + b"|hello"
