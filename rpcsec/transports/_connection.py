@@ -248,13 +248,13 @@ class SockAuthConnection:
         """Queue an ERROR frame telling the peer the coarse reason (never the detail), when the
         framing is still in use; stream records have no room for one, so this is a no-op there.
         """
+        if self.state is not ConnectionState.FAILED:
+            self._transition(_Event.FAIL)
         if self._error_sent or self._stream:
             return
         reason = error.reason if isinstance(error, SecurityError) else "internal-error"
         self._error_sent = True
         self._queue(FrameKind.ERROR, reason.encode("ascii", "replace")[:_MAX_REASON])
-        if self.state is not ConnectionState.FAILED:
-            self._transition(_Event.FAIL)
 
     def _seal_record(self, chunk: bytes | memoryview) -> bytes:
         buffers = [
