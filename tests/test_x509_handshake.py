@@ -545,3 +545,46 @@ def test_keys_never_appear_in_repr(pki, alice, documents):
     )
     for secret in secrets:
         assert secret not in shown
+
+
+def test_certificate_that_is_not_an_svid_is_refused(pki, documents):
+    """A CA-signed leaf with two URI SANs is not an X509-SVID (X509-SVID §2): no principal."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from rpcsec.packages.x509 import TrustBundle, X509Identity
+    from rpcsec.sspi import Credentials
+
+    root_key = serialization.load_pem_private_key((pki.path / "root.key").read_bytes(), None)
+    key = ed25519.Ed25519PrivateKey.generate()
+    now = datetime.datetime.now(UTC)
+    uris = [pki.id("alice"), "https://example.test/alice"]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name.from_rfc4514_string("CN=two-names"))
+        .issuer_name(pki.ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
+            critical=False,
+        )
+        .sign(root_key, None)
+    )
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(NoCredentialsError):
+        acquire_credentials_handle(
+            "x509", cert=cert.public_bytes(pem), key=key_pem, trust=pki.trust_bundle
+        )
+    identity = X509Identity(spiffe_id=pki.id("alice"), certificate=cert, key=key)
+    material = X509Credential(identity, TrustBundle((pki.ca.certificate,)))
+    creds = Credentials(get_package("x509"), pki.id("alice"), CredentialUse.OUTBOUND, material)
+    client, server = pair(pki, creds, documents)
+    with pytest.raises(UntrustedRootError):
+        handshake(client, server)
+    assert server.state is ContextState.FAILED

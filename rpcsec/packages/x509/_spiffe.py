@@ -110,9 +110,9 @@ def certificate_spiffe_id(cert: x509.Certificate) -> SpiffeId:
     Raises ``UntrustedRootError``: a chain that verified but whose leaf is not an SVID does
     not identify anyone we can name.
     """
-    uris = [uri for uri in _uris(cert) if uri.lower().startswith("spiffe:")]
+    uris = _uris(cert)
     if len(uris) != 1:
-        raise UntrustedRootError("certificate does not carry exactly one SPIFFE ID")
+        raise UntrustedRootError("an SVID carries exactly one URI SAN, its SPIFFE ID")
     try:
         basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
