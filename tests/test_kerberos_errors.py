@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 
-import gssapi.raw
 import pytest
 from helpers.pair import handshake
 from hypothesis import HealthCheck, given, settings
@@ -55,7 +54,7 @@ def test_wrong_password_is_logon_denied(kerberos_realm) -> None:
             "kerberos", kerberos_realm.principal("bob"), CredentialUse.OUTBOUND, password="nope"
         )
     assert "nope" not in str(raised.value)
-    assert isinstance(raised.value.__cause__, gssapi.raw.GSSError)
+    assert type(raised.value.__cause__).__module__.startswith("gssapi")  # wrapped, not leaked
 
 
 def test_unknown_user_is_logon_denied(kerberos_realm) -> None:

@@ -94,6 +94,13 @@ def test_falls_back_to_ntlm_without_a_realm(ntlm_user_file, kerberos_realm) -> N
     assert client.unwrap(server.wrap(b"over ntlm")) == b"over ntlm"
 
 
+def test_ntlm_alone_needs_no_kdc(ntlm_user_file) -> None:
+    client, server, legs = _bind(client_creds(None), server_creds(user_file=ntlm_user_file))
+    assert legs == 4
+    assert (server.peer.package, server.peer.principal) == ("ntlm", "RPCSEC\\alice")
+    assert server.unwrap(client.wrap(b"no realm anywhere")) == b"no realm anywhere"
+
+
 def test_falls_back_to_ntlm_when_the_server_has_no_keytab(kerberos_realm, ntlm_user_file) -> None:
     # The client's optimistic Kerberos token is dropped and SPNEGO switches to NTLM.
     _client, server, legs = _bind(
