@@ -5,6 +5,10 @@ set -u
 need=()
 command -v krb5kdc >/dev/null 2>&1 || [ -x /usr/sbin/krb5kdc ] || need+=(krb5-kdc krb5-admin-server krb5-user)
 command -v krb5-config >/dev/null 2>&1 || need+=(libkrb5-dev)
+# The 'kerberos' extra (python-gssapi, pykrb5) compiles against libkrb5: a C compiler and the
+# Python headers of the interpreter that builds the venv.
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+"${PYTHON:-python3}" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null || need+=(python3-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian packages for the Kerberos tests: ${need[*]}"
@@ -12,6 +16,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq >/dev/null && apt-get install -y -qq "${need[@]}" >/dev/null \
     || echo "warning: apt-get could not install ${need[*]}"
 else
-  echo "note: Kerberos tests need: sudo apt-get install ${need[*]} (they skip without it)"
+  echo "note: Kerberos tests need: sudo apt-get install ${need[*]}, then pip install -e '.[kerberos]'" \
+    "(python-gssapi); without them they skip, and with CI=true they fail"
 fi
 exit 0
