@@ -55,6 +55,7 @@ from rpcsec.packages.kerberos._credentials import acquire as acquire_kerberos
 from rpcsec.packages.kerberos._errors import Phase, translate
 from rpcsec.packages.kerberos._native import gss, gssapi_unavailable_reason
 from rpcsec.packages.kerberos._records import (
+    MAX_CHAIN,
     OfferRecord,
     bindings_data,
     decode_frame,
@@ -175,18 +176,36 @@ def _protection_level(granted: ContextReq) -> ProtectionLevel:
     return ProtectionLevel.NONE
 
 
+# The one table between the core's ContextReq and pyspnego's (which maps on to GSS / SSPI).
+_SPNEGO_FLAGS = (
+    (ContextReq.MUTUAL_AUTH, spnego.ContextReq.mutual_auth),
+    (ContextReq.DELEGATE, spnego.ContextReq.delegate),
+    (ContextReq.IDENTIFY, spnego.ContextReq.identify),
+)
+
+
 def _spnego_req(requested: ContextReq, impersonation: ImpersonationLevel) -> Any:
     """pyspnego's context flags. Integrity and confidentiality always (NTLM's KEY_EXCH gives a
-    fresh session key only then); mutual auth as asked; the TGT leaves only for DELEGATE at
-    the DELEGATE level. No replay/sequence flags: the core's window decides ordering."""
+    fresh session key only then); the TGT leaves only for DELEGATE at the DELEGATE level. No
+    replay/sequence flags: the core's window decides ordering."""
+    wanted = requested.normalized()
+    if impersonation < ImpersonationLevel.DELEGATE:
+        wanted &= ~ContextReq.DELEGATE
+    if impersonation <= ImpersonationLevel.IDENTIFY:
+        wanted |= ContextReq.IDENTIFY
     req = spnego.ContextReq.integrity | spnego.ContextReq.confidentiality
-    if requested & ContextReq.MUTUAL_AUTH:
-        req |= spnego.ContextReq.mutual_auth
-    if requested & ContextReq.DELEGATE and impersonation >= ImpersonationLevel.DELEGATE:
-        req |= spnego.ContextReq.delegate
-    if impersonation <= ImpersonationLevel.IDENTIFY or requested & ContextReq.IDENTIFY:
-        req |= spnego.ContextReq.identify
+    for ours, theirs in _SPNEGO_FLAGS:
+        if wanted & ours:
+            req |= theirs
     return req
+
+
+def _from_spnego(attributes: Any) -> ContextReq:
+    result = ContextReq.NONE
+    for ours, theirs in _SPNEGO_FLAGS:
+        if attributes & theirs:
+            result |= ours
+    return result
 
 
 def _target(target_name: str | None) -> tuple[str, str]:
@@ -433,18 +452,18 @@ class _NegotiateClient(Mechanism):
         if not hmac.compare_digest(_grant_mac(session_key, record, self._record), mac):
             raise MessageAlteredError("negotiate grant does not verify")
         grant = ContextGrant.decode(record)
-        attributes = self._spnego.context_attr
+        actual = _from_spnego(self._spnego.context_attr)
         offered = self._offer
         if grant.granted & ~offered.requested.normalized():
             raise InvalidTokenError("server granted attributes that were not requested")
         if grant.impersonation > offered.impersonation:
             raise InvalidTokenError("server claimed a higher impersonation level than allowed")
         if grant.granted & ContextReq.DELEGATE and not (
-            protocol == "kerberos" and attributes & spnego.ContextReq.delegate
+            protocol == "kerberos" and actual & ContextReq.DELEGATE
         ):
             raise InvalidTokenError("server claimed delegation that was not given")
         if grant.granted & ContextReq.MUTUAL_AUTH and not (
-            protocol == "kerberos" and attributes & spnego.ContextReq.mutual_auth
+            protocol == "kerberos" and actual & ContextReq.MUTUAL_AUTH
         ):
             raise InvalidTokenError("server claimed mutual authentication it did not perform")
         peer_name = self._target
@@ -601,7 +620,7 @@ class _NegotiateServer(Mechanism):
         if not principal:
             raise LogonDeniedError("negotiate authentication named no user")
         session_key = bytes(self._native(lambda: spnego_ctx.session_key))
-        attributes = spnego_ctx.context_attr
+        actual = _from_spnego(spnego_ctx.context_attr)
         lifetime = self._lifetime
         delegated = None
         service = ""
@@ -610,8 +629,10 @@ class _NegotiateServer(Mechanism):
             if context is not None:
                 lifetime = float(context.lifetime)
                 service = str(context.target_name)
-                if attributes & spnego.ContextReq.delegate:
+                if actual & ContextReq.DELEGATE:
                     delegated = context.delegated_creds
+        if len(self._offer.chain) >= MAX_CHAIN:
+            delegated = None  # the chain could not be carried one hop further
         capabilities = _CAPABILITIES[protocol]
         if delegated is None:
             capabilities &= ~PackageCapability.DELEGATION
@@ -619,8 +640,7 @@ class _NegotiateServer(Mechanism):
             self._offer.offer,
             capabilities,
             self._requires,
-            mutual_proven=protocol == "kerberos"
-            and bool(attributes & spnego.ContextReq.mutual_auth),
+            mutual_proven=protocol == "kerberos" and bool(actual & ContextReq.MUTUAL_AUTH),
         )
         expires_at = self._clock() + lifetime
         onward = None

@@ -42,11 +42,11 @@ from rpcsec.sspi._protection import hkdf_expand_label
 
 from ._credentials import KerberosCredentials
 from ._errors import Phase, native_call
-from ._flags import to_gss
+from ._flags import from_gss, to_gss
 from ._names import display, service_name
 from ._native import KRB5_MECH, gss
 from ._protector import GssProtector, session_key
-from ._records import OfferRecord, bindings_data, decode_frame, encode_frame
+from ._records import MAX_CHAIN, OfferRecord, bindings_data, decode_frame, encode_frame
 
 if TYPE_CHECKING:
     from rpcsec.sspi._package import SecurityPackage
@@ -179,20 +179,15 @@ class KerberosClient(Mechanism):
         key, enctype = session_key(self._context)
         protector = GssProtector(self._context, enctype)
         grant = ContextGrant.decode(protector.unwrap_record(frame.second))
-        actual = int(info.flags)
+        actual = from_gss(info.flags)  # what GSS really did: AP-REP verified, TGT forwarded
         offered = self._offer
         if grant.granted & ~offered.requested.normalized():
             raise InvalidTokenError("server granted attributes that were not requested")
         if grant.impersonation > offered.impersonation:
             raise InvalidTokenError("server claimed a higher impersonation level than allowed")
-        if (
-            grant.granted & ContextReq.DELEGATE
-            and not actual & gss.RequirementFlag.delegate_to_peer
-        ):
+        if grant.granted & ContextReq.DELEGATE and not actual & ContextReq.DELEGATE:
             raise InvalidTokenError("server claimed delegation that was not given")
-        if grant.granted & ContextReq.MUTUAL_AUTH and not (
-            actual & gss.RequirementFlag.mutual_authentication
-        ):
+        if grant.granted & ContextReq.MUTUAL_AUTH and not actual & ContextReq.MUTUAL_AUTH:
             raise InvalidTokenError("server claimed mutual authentication it did not perform")
         expires_at = self._clock() + max(0, int(info.lifetime))
         server = display(info.target_name)
@@ -262,10 +257,12 @@ class KerberosServer(Mechanism):
                 complete=False,
             ).target_name
         context = result.context
-        flags = int(result.flags)
+        actual = from_gss(result.flags)
         client = display(result.initiator_name)
         service = display(own)
-        delegated = result.delegated_creds if flags & gss.RequirementFlag.delegate_to_peer else None
+        delegated = result.delegated_creds if actual & ContextReq.DELEGATE else None
+        if len(record.chain) >= MAX_CHAIN:
+            delegated = None  # the chain could not be carried one hop further
         capabilities = (
             CAPABILITIES
             if delegated is not None
@@ -275,7 +272,8 @@ class KerberosServer(Mechanism):
             record.offer,
             capabilities,
             self._requires,
-            mutual_proven=bool(flags & gss.RequirementFlag.mutual_authentication),
+            # MIT acceptors send an AP-REP exactly when the client asked for mutual auth.
+            mutual_proven=bool(actual & ContextReq.MUTUAL_AUTH),
         )
         key, enctype = session_key(context)
         protector = GssProtector(context, enctype)
