@@ -162,3 +162,28 @@ def test_a_forged_grant_is_rejected_by_the_client(kerberos_realm) -> None:
     reply = server.step(client.step().token).token
     with pytest.raises((MessageAlteredError, InvalidTokenError)):
         client.step(reply[:-1] + bytes([reply[-1] ^ 1]))
+
+
+def test_a_delegate_cannot_pass_for_the_client(kerberos_realm) -> None:
+    """A delegate that claims no chain is still seen as one: the KDC marked its ticket
+    FORWARDED (RFC 4120 §2.6)."""
+    from rpcsec.packages.kerberos import KerberosCredentials
+    from rpcsec.packages.kerberos._handshake import UNNAMED_DELEGATE
+
+    realm = kerberos_realm
+    _, documents = _bind(realm, realm.client_credentials("alice"), "documents")
+    honest = documents.peer.delegated_credentials
+    hiding = Credentials(
+        package=honest.package,
+        principal=honest.principal,
+        use=CredentialUse.OUTBOUND,
+        material=KerberosCredentials(
+            principal=honest.principal, initiator=honest.material.initiator, delegation_chain=()
+        ),
+    )
+    _, storage = _bind(realm, hiding, "storage")
+    assert storage.peer.principal == "alice@KRBTEST.COM"
+    assert storage.peer.delegation_chain == (UNNAMED_DELEGATE,)
+    # A direct call from alice's own (forwardable, not forwarded) TGT has no chain.
+    _, direct = _bind(realm, realm.client_credentials("alice"), "storage")
+    assert direct.peer.delegation_chain == ()

@@ -53,6 +53,7 @@ from spnego.channel_bindings import GssChannelBindings
 from rpcsec.packages.kerberos._credentials import KerberosCredentials
 from rpcsec.packages.kerberos._credentials import acquire as acquire_kerberos
 from rpcsec.packages.kerberos._errors import Phase, translate
+from rpcsec.packages.kerberos._handshake import claimed_chain, forwarded_ticket
 from rpcsec.packages.kerberos._native import gss, gssapi_unavailable_reason
 from rpcsec.packages.kerberos._records import (
     MAX_CHAIN,
@@ -624,14 +625,19 @@ class _NegotiateServer(Mechanism):
         lifetime = self._lifetime
         delegated = None
         service = ""
+        context_for_flags = None
         if protocol == "kerberos":
             context = _SpnegoHooks.gss_context(self._kerberos)
             if context is not None:
+                context_for_flags = context
                 lifetime = float(context.lifetime)
                 service = str(context.target_name)
                 if actual & ContextReq.DELEGATE:
                     delegated = context.delegated_creds
-        if len(self._offer.chain) >= MAX_CHAIN:
+        chain = self._offer.chain
+        if protocol == "kerberos" and context_for_flags is not None:
+            chain = claimed_chain(chain, forwarded_ticket(context_for_flags))
+        if len(chain) >= MAX_CHAIN:
             delegated = None  # the chain could not be carried one hop further
         capabilities = _CAPABILITIES[protocol]
         if delegated is None:
@@ -650,7 +656,7 @@ class _NegotiateServer(Mechanism):
                 kerberos=KerberosCredentials(
                     principal=principal,
                     initiator=delegated,
-                    delegation_chain=(*self._offer.chain, service),
+                    delegation_chain=(*chain, service),
                 ),
             )
             onward = Credentials(
@@ -667,7 +673,7 @@ class _NegotiateServer(Mechanism):
                 principal=principal,
                 package=protocol,
                 impersonation_level=grant.impersonation,
-                delegation_chain=self._offer.chain,
+                delegation_chain=chain,
                 protection_level=_protection_level(grant.granted),
                 expires_at=expires_at,
                 delegated_credentials=onward,

@@ -17,7 +17,10 @@ Delegation: with a forwarded TGT and DELEGATE granted, the server's AccessToken 
 tickets cannot record which services a request came through, so the chain is *claimed* by the
 party holding the delegated TGT, in its offer record, and bound into its authenticator: it is
 authenticated as coming from a holder of the client's TGT, which is as much as Kerberos can
-say (the KDC marks such tickets FORWARDED but does not name the forwarder).
+say. The KDC does mark every ticket got with a forwarded TGT FORWARDED (RFC 4120 §2.6, which
+lets servers treat such tickets differently), so a delegate cannot pass for the client
+itself: a FORWARDED ticket that comes with an empty chain is recorded as coming through
+``UNNAMED_DELEGATE``.
 """
 
 from __future__ import annotations
@@ -51,12 +54,20 @@ from ._records import MAX_CHAIN, OfferRecord, bindings_data, decode_frame, encod
 if TYPE_CHECKING:
     from rpcsec.sspi._package import SecurityPackage
 
-__all__ = ["CAPABILITIES", "KerberosClient", "KerberosServer"]
+__all__ = [
+    "CAPABILITIES",
+    "UNNAMED_DELEGATE",
+    "KerberosClient",
+    "KerberosServer",
+    "forwarded_ticket",
+]
 
 MAGIC = b"RK"
 BINDINGS_LABEL = b"rpcsec kerberos offer v1\x00"
 LEG_INITIATE = 1
 LEG_REPLY = 2
+UNNAMED_DELEGATE = "(unnamed delegate)"
+_TKT_FLG_FORWARDED = 0x20000000  # krb5.h TKT_FLG_FORWARDED (RFC 4120 §5.3 flag 2)
 
 CAPABILITIES = (
     PackageCapability.INTEGRITY
@@ -96,6 +107,19 @@ def _bindings(record: bytes, external: object) -> Any:
     return gss.ChannelBindings(application_data=data)
 
 
+def forwarded_ticket(context: Any) -> bool:
+    """Whether the acceptor's ticket was got with a forwarded TGT (gss_krb5_get_tkt_flags)."""
+    if not hasattr(gss, "krb5_get_tkt_flags"):  # pragma: no cover - all MIT builds have it
+        return False
+    with native_call(Phase.ACCEPT, "cannot read the ticket flags"):
+        return bool(int(gss.krb5_get_tkt_flags(context)) & _TKT_FLG_FORWARDED)
+
+
+def claimed_chain(chain: tuple[str, ...], forwarded: bool) -> tuple[str, ...]:
+    """The chain to record: the delegate's claim, or the fact that there was a delegate."""
+    return chain if chain or not forwarded else (UNNAMED_DELEGATE,)
+
+
 class KerberosClient(Mechanism):
     """InitializeSecurityContext for Kerberos."""
 
@@ -115,10 +139,8 @@ class KerberosClient(Mechanism):
             raise TargetUnknownError("kerberos needs a target service principal")
         self._creds = credentials.initiator
         self._target = service_name(target_name)
-        self._record = OfferRecord(
-            ContextOffer(requested, impersonation), credentials.delegation_chain
-        ).encode()
         self._offer = ContextOffer(requested, impersonation)
+        self._record = OfferRecord(self._offer, credentials.delegation_chain).encode()
         self._flags = to_gss(requested, impersonation)
         self._bindings = _bindings(self._record, options.get("channel_bindings", b""))
         self._clock = clock
@@ -260,8 +282,9 @@ class KerberosServer(Mechanism):
         actual = from_gss(result.flags)
         client = display(result.initiator_name)
         service = display(own)
+        chain = claimed_chain(record.chain, forwarded_ticket(context))
         delegated = result.delegated_creds if actual & ContextReq.DELEGATE else None
-        if len(record.chain) >= MAX_CHAIN:
+        if len(chain) >= MAX_CHAIN:
             delegated = None  # the chain could not be carried one hop further
         capabilities = (
             CAPABILITIES
@@ -290,7 +313,7 @@ class KerberosServer(Mechanism):
                 material=KerberosCredentials(
                     principal=client,
                     initiator=delegated,
-                    delegation_chain=(*record.chain, service),
+                    delegation_chain=(*chain, service),
                 ),
             )
         self.result = MechanismResult(
@@ -301,7 +324,7 @@ class KerberosServer(Mechanism):
                 principal=client,
                 package="kerberos",
                 impersonation_level=grant.impersonation,
-                delegation_chain=record.chain,
+                delegation_chain=chain,
                 protection_level=protection_level(grant.granted),
                 expires_at=expires_at,
                 delegated_credentials=onward,
