@@ -4,6 +4,8 @@ and print who each service saw, including the delegation chain."""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import pathlib
 import sys
 from collections.abc import Iterator
 
@@ -91,17 +93,20 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
         elif args.command == "whoami":
             print(f"documents saw: {describe(stub.WhoAmI(pb.WhoAmIRequest()))}", file=out)
         elif args.command == "upload":
-            data = open(args.file, "rb").read()  # noqa: SIM115 - small demo files
+            data = pathlib.Path(args.file).read_bytes()
             put = stub.Upload(_chunks(args.name, data))
-            print(f"uploaded {args.name} ({put.size} bytes)", file=out)
+            digest = hashlib.sha256(data).hexdigest()[:16]
+            print(f"uploaded {args.name} ({put.size} bytes, sha256 {digest}...)", file=out)
+            print(f"  storage saw:   {describe(put.storage_saw)}", file=out)
         elif args.command == "download":
-            data = b"".join(
-                chunk.data for chunk in stub.Download(pb.GetDocumentRequest(name=args.name))
-            )
-            sys.stdout.buffer.write(data) if out is sys.stdout else print(data, file=out)
-        security = getattr(channel, "security_context", None)
-        if args.verbose and security is not None:
-            print(f"  channel: granted {security.attributes!r}", file=out)
+            request = pb.GetDocumentRequest(name=args.name)
+            data = b"".join(chunk.data for chunk in stub.Download(request))
+            if args.output:
+                pathlib.Path(args.output).write_bytes(data)
+            digest = hashlib.sha256(data).hexdigest()[:16]
+            print(f"downloaded {args.name} ({len(data)} bytes, sha256 {digest}...)", file=out)
+        if args.verbose:
+            describe_binding(channel, out)
         return 0
     except grpc.RpcError as error:
         print(f"refused: {error_summary(error)}", file=out)
@@ -111,6 +116,22 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
         return 1
     finally:
         channel.close()
+
+
+def flag_names(flags: ContextReq) -> str:
+    return "|".join(flag.name or "" for flag in ContextReq if flag and flag in flags) or "NONE"
+
+
+def describe_binding(channel: grpc.Channel, out) -> None:
+    """The handshake's outcome: who the server proved to be and what was granted."""
+    context = getattr(channel, "security_context", None)
+    if context is None:
+        return
+    server = context.peer
+    proven = "proved" if context.attributes & ContextReq.MUTUAL_AUTH else "claimed (unproven)"
+    print(f"  bound with {context.package.name}: server {proven} {server.principal}", file=out)
+    print(f"  granted: {flag_names(context.attributes)}", file=out)
+    print(f"  server may act as us at level {context.impersonation_level.name}", file=out)
 
 
 def error_summary(error: grpc.RpcError) -> str:
@@ -152,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     upload = commands.add_parser("upload")
     upload.add_argument("name")
     upload.add_argument("file")
-    commands.add_parser("download").add_argument("name")
+    download = commands.add_parser("download")
+    download.add_argument("name")
+    download.add_argument("-o", "--output", help="write the document here")
     return parser
 
 

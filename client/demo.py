@@ -37,11 +37,15 @@ SERVICES = ("documents", "storage")
 def _x509_environment(workdir: pathlib.Path) -> dict:
     authority = workdir / "authority"
     cli = [sys.executable, "-m", "rpcsec", "authority"]
-    subprocess.run([*cli, "init", str(authority), "--trust-domain", TRUST_DOMAIN], check=True)
+    quiet = {"check": True, "stdout": subprocess.DEVNULL}
+    print(f"$ rpcsec authority init {authority} --trust-domain {TRUST_DOMAIN}")
+    subprocess.run([*cli, "init", str(authority), "--trust-domain", TRUST_DOMAIN], **quiet)
     for user in USERS:
-        subprocess.run([*cli, "issue", str(authority), user, "--group", "staff"], check=True)
+        print(f"$ rpcsec authority issue {authority} {user} --group staff")
+        subprocess.run([*cli, "issue", str(authority), user, "--group", "staff"], **quiet)
     for service in SERVICES:
-        subprocess.run([*cli, "issue", str(authority), service, "--service"], check=True)
+        print(f"$ rpcsec authority issue {authority} {service} --service")
+        subprocess.run([*cli, "issue", str(authority), service, "--service"], **quiet)
     options = lambda name: {"authority_dir": str(authority), "name": name}  # noqa: E731
     return {
         "principals": {
@@ -145,6 +149,8 @@ class Step:
 class Story:
     def __init__(self, package: str, env: DemoEnvironment, out=sys.stdout) -> None:
         self.package = package
+        self.workdir = env.path.parent
+        self.workdir = env.path.parent
         self.env = env
         self.out = out
         self.failures: list[str] = []
@@ -195,6 +201,25 @@ class Story:
                     ["--as", "alice", *delegate, "get", "report.txt"],
                     True,
                     "via",
+                )
+            )
+            budget = self.workdir / "budget.csv"
+            budget.write_bytes(b"quarter,amount\n" + b"q3,1200\n" * 20000)
+            upload = ["upload", "budget.csv", str(budget)]
+            self.run(
+                Step(
+                    "alice uploads budget.csv (client streaming) through documents as herself",
+                    ["--as", "alice", *delegate, *upload],
+                    True,
+                    "via",
+                )
+            )
+            self.run(
+                Step(
+                    "alice downloads it back (server streaming)",
+                    ["--as", "alice", *delegate, "download", "budget.csv"],
+                    True,
+                    "160015 bytes",
                 )
             )
             self.run(

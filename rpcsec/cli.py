@@ -1,4 +1,4 @@
-"""The ``rpcsec`` command line: ``rpcsec authority init|issue`` (and later ``rpcsec demo``).
+"""The ``rpcsec`` command line: ``rpcsec authority init|issue`` and ``rpcsec demo``.
 
 Each top-level command is one function that adds its subparser and sets ``handler``; add a
 new command by writing such a function and listing it in ``COMMANDS``. Handlers return the
@@ -75,8 +75,50 @@ def add_authority_command(subparsers: argparse._SubParsersAction[argparse.Argume
     issue.set_defaults(handler=_authority_issue)
 
 
+def _find_demo_checkout() -> str | None:
+    """The source checkout holding ``server/`` and ``client/`` (the demo system is not
+    installed with the library): the current directory or a parent, else this package's."""
+    import pathlib
+
+    here = pathlib.Path.cwd()
+    candidates = [here, *here.parents, pathlib.Path(__file__).resolve().parent.parent]
+    for candidate in candidates:
+        if (candidate / "client" / "demo.py").is_file() and (candidate / "server").is_dir():
+            return str(candidate)
+    return None
+
+
+def _demo(args: argparse.Namespace) -> int:
+    checkout = _find_demo_checkout()
+    if checkout is None:
+        print(
+            "rpcsec demo: the demo system (server/, client/) lives in the source checkout; "
+            "run this from a clone of the repository",
+            file=sys.stderr,
+        )
+        return 1
+    sys.path.insert(0, checkout)
+    from client.demo import main as demo_main  # type: ignore[import-not-found]
+
+    argv = ["--package", args.package] + (["--keep"] if args.keep else [])
+    return int(demo_main(argv))
+
+
+def add_demo_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``rpcsec demo``: the multi-hop story (client -> documents -> storage)."""
+    demo = subparsers.add_parser(
+        "demo",
+        help="run the scripted multi-hop demo on loopback",
+        description="Start the documents and storage services and tell the delegation story.",
+    )
+    demo.add_argument("--package", default="x509", help="security package (x509, ntlm, ...)")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    demo.set_defaults(handler=_demo)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     add_authority_command,
+    add_demo_command,
 ]
 
 

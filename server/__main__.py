@@ -16,7 +16,8 @@ from concurrent import futures
 import grpc
 
 from protos.demo.v1 import documents_pb2_grpc as pb_grpc
-from rpcsec.grpc import AuthorizationPolicy, SecurityInterceptor
+from rpcsec.grpc import AuthorizationPolicy, AuthorizationRule, SecurityInterceptor
+from rpcsec.security import EVERYONE
 from rpcsec.sspi import ImpersonationLevel, ProtectionLevel
 
 from .documents import DocumentsServicer
@@ -26,14 +27,25 @@ from .storage import StorageServicer
 PROTECTION = {"integrity": ProtectionLevel.INTEGRITY, "privacy": ProtectionLevel.PRIVACY}
 
 
+def _any_authenticated(
+    protection: ProtectionLevel, impersonation: ImpersonationLevel
+) -> AuthorizationPolicy:
+    """Any authenticated caller, at least this protection and impersonation level."""
+    rule = AuthorizationRule(
+        "*",
+        allow=frozenset({EVERYONE}),
+        min_protection=protection,
+        min_impersonation=impersonation,
+    )
+    return AuthorizationPolicy([rule])
+
+
 def build_server(args: argparse.Namespace, env: DemoEnvironment) -> tuple[grpc.Server, int]:
     credentials = env.service_credentials(args.package, args.service)
     minimum = PROTECTION[args.min_protection]
     if args.service == "storage":
         # Storage lets any authenticated caller in; its per-document descriptors decide.
-        policy = AuthorizationPolicy.allow_authenticated(
-            min_protection=minimum, min_impersonation=ImpersonationLevel.IMPERSONATE
-        )
+        policy = _any_authenticated(minimum, ImpersonationLevel.IMPERSONATE)
         alice = env.principal(args.package, "alice")
         bob = env.principal(args.package, "bob")
         servicer = StorageServicer(
@@ -44,7 +56,7 @@ def build_server(args: argparse.Namespace, env: DemoEnvironment) -> tuple[grpc.S
         )
         register = pb_grpc.add_StorageServicer_to_server
     else:
-        policy = AuthorizationPolicy.allow_authenticated(min_protection=minimum)
+        policy = _any_authenticated(minimum, ImpersonationLevel.IDENTIFY)
         servicer = DocumentsServicer(
             storage_address=args.storage or env.address("storage"),
             storage_target=env.target_name(args.package, "storage"),

@@ -84,8 +84,8 @@ class MessageProtector(ABC):
         """Plaintext of a peer's sealed message (DecryptMessage)."""
 
     def seal_token(self, seq: int, header: bytes, aad: bytes, plaintext: bytes) -> bytes:
-        """``header + seal(seq, header + aad, plaintext)``; protectors that can write in place
-        override this to build the token with a single allocation (the hot path)."""
+        """``header + seal(seq, header + aad, plaintext)`` as one ``bytes`` (gRPC and sockets
+        take only ``bytes``, so writing in place into a bytearray would only add a copy)."""
         return header + self.seal(seq, header + aad, plaintext)
 
     def secrets(self) -> tuple[bytes, bytes]:
@@ -195,16 +195,6 @@ class AeadProtector(MessageProtector):
     def seal(self, seq: int, aad: bytes, plaintext: bytes) -> bytes:
         aead, nonce = self._out.key(seq)
         return aead.encrypt(nonce, plaintext, aad)
-
-    def seal_token(self, seq: int, header: bytes, aad: bytes, plaintext: bytes) -> bytes:
-        aead, nonce = self._out.key(seq)
-        if len(plaintext) < LARGE_MESSAGE:
-            return header + aead.encrypt(nonce, plaintext, header + aad)
-        size = len(header)
-        token = bytearray(size + len(plaintext) + TAG_SIZE)
-        token[:size] = header
-        aead.encrypt_into(nonce, plaintext, header + aad, memoryview(token)[size:])
-        return token  # type: ignore[return-value]  # bytes-like; avoids a second copy
 
     def unseal(self, seq: int, aad: bytes, sealed: bytes | memoryview) -> bytes:
         if len(sealed) < TAG_SIZE:
