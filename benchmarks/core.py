@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 
+from benchmarks._env import allocator_settings, ensure_allocator_settings
 from rpcsec.sspi import (
     ContextReq,
     CredentialUse,
@@ -79,7 +79,7 @@ def _setups(workdir: pathlib.Path) -> dict[str, Callable[[], tuple[Any, Any, str
         authority = make_authority(workdir / "pki")
         client = authority.credentials("alice", CredentialUse.OUTBOUND)
         server = authority.credentials("storage", CredentialUse.INBOUND)
-        return client, server, authority.spiffe_id("storage")
+        return client, server, authority.id("storage")
 
     return {"x509": x509, "ntlm": ntlm}
 
@@ -130,21 +130,6 @@ def run(packages: list[str], quick: bool = False) -> dict[str, Any]:
     return results
 
 
-ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": "67108864", "MALLOC_MMAP_THRESHOLD_": "8388608"}
-"""glibc returns freed megabyte buffers to the OS after every message by default (trim and mmap
-thresholds near 1-2 MiB), so each 1 MiB message then pays ~500 fresh page faults -- the
-allocator, not the cipher, dominates (measured here: 0.9 GB/s vs 4.5 GB/s). Long-running
-servers that move large messages should set these too; the benchmark sets them for every
-configuration alike and records them in its output."""
-
-
-def ensure_allocator_settings() -> None:
-    """Re-run this process with ALLOCATOR_ENV unless ``--default-allocator`` was given."""
-    if "--default-allocator" in sys.argv or all(os.environ.get(k) for k in ALLOCATOR_ENV):
-        return
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **ALLOCATOR_ENV})
-
-
 def main(argv: list[str] | None = None) -> int:
     ensure_allocator_settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -156,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     results = run(args.packages.split(","), quick=args.quick)
-    allocator = {k: os.environ.get(k, "default") for k in ALLOCATOR_ENV}
+    allocator = allocator_settings()
     print(f"allocator: {allocator}")
     for package, entry in results.items():
         print(f"== {package}")

@@ -1,0 +1,285 @@
+"""The configurations the suite compares, all served by this process on 127.0.0.1.
+
+* ``plain``: gRPC over an insecure channel -- the floor.
+* ``grpc_tls``: gRPC's own mutual TLS (``ssl_channel_credentials`` / ``ssl_server_credentials``)
+  with certificates from the same rpcsec authority (ECDSA P-256 leaves, see ``_pki``).
+* ``x509_integrity`` / ``x509_privacy`` / ``ntlm_integrity`` (and ``kerberos_integrity`` /
+  ``kerberos_privacy`` when a real KDC can be started): rpcsec ``secure_channel`` over an
+  insecure gRPC channel, the server's ``SecurityInterceptor`` in front of the same handlers.
+
+Two servers, same handler functions, same thread pool size: one carries the plain port and the
+TLS port, the other the rpcsec interceptor (one interceptor, one credentials handle per package,
+as a real multi-package server would have).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from rpcsec.grpc import SecurityInterceptor, secure_channel
+from rpcsec.sspi import ContextReq, Credentials, CredentialUse, ProtectionLevel
+
+from ._pki import BenchPki, make_pki
+from ._service import CpuAccountingExecutor, start_server
+
+__all__ = ["BASELINES", "Config", "Lab", "start_lab"]
+
+BASELINES = ("plain", "grpc_tls")
+FRESH = [("grpc.use_local_subchannel_pool", 1)]
+"""gRPC shares connections between channels with the same target; a channel made to measure a
+*new* connection (and its handshake) must not find the one already open."""
+MAX_WORKERS = 16
+NTLM_USER = "RPCSEC\\alice"
+NTLM_PASSWORD = "Alice-Pa55!"
+NTLM_REQUIREMENTS = ContextReq.REPLAY_DETECT | ContextReq.INTEGRITY | ContextReq.CONNECTION
+"""NTLM cannot prove the server (no MUTUAL_AUTH), so its channels do not require it."""
+
+
+@dataclass
+class PackageIdentity:
+    """How a client and the server of one rpcsec package get credentials (also handed to the
+    memory probe's subprocess, so only picklable strings)."""
+
+    package: str
+    client_principal: str | None
+    client_options: dict[str, str]
+    server_principal: str | None
+    server_options: dict[str, str]
+    target: str | None
+    requirements: int
+
+    def client(self) -> Credentials:
+        from rpcsec.sspi import acquire_credentials_handle
+
+        return acquire_credentials_handle(
+            self.package, self.client_principal, CredentialUse.OUTBOUND, **self.client_options
+        )
+
+    def server(self) -> Credentials:
+        from rpcsec.sspi import acquire_credentials_handle
+
+        return acquire_credentials_handle(
+            self.package, self.server_principal, CredentialUse.INBOUND, **self.server_options
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> PackageIdentity:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class Config:
+    """One way to call the echo service: how to make a channel, and what serves it."""
+
+    name: str
+    label: str
+    fresh_channel: Callable[[], grpc.Channel]
+    executor: CpuAccountingExecutor
+    identity: PackageIdentity | None = None
+    protection: ProtectionLevel | None = None
+    _channel: grpc.Channel | None = None
+
+    @property
+    def rpcsec(self) -> bool:
+        return self.identity is not None
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The long-lived channel the call workloads share (connected and bound once)."""
+        if self._channel is None:
+            self._channel = self.fresh_channel()
+        return self._channel
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+
+@dataclass
+class Lab:
+    """Everything the suite started: servers, configurations, the KDC when there is one."""
+
+    configs: list[Config]
+    servers: list[grpc.Server]
+    notes: list[str]
+    identities: dict[str, PackageIdentity]
+    kerberos: Any = None
+
+    def stop(self) -> None:
+        for config in self.configs:
+            config.close()
+        for server in self.servers:
+            server.stop(None)
+        if self.kerberos is not None:
+            self.kerberos.stop()
+
+
+def _ntlm_identity(directory: pathlib.Path) -> PackageIdentity:
+    users = directory / "ntlm-users"
+    users.write_text(f"RPCSEC:alice:{NTLM_PASSWORD}\n")
+    return PackageIdentity(
+        package="ntlm",
+        client_principal=NTLM_USER,
+        client_options={"password": NTLM_PASSWORD},
+        server_principal=None,
+        server_options={"user_file": str(users)},
+        target="host@echo",
+        requirements=int(NTLM_REQUIREMENTS),
+    )
+
+
+def _x509_identity(pki: BenchPki) -> PackageIdentity:
+    directory = str(pki.authority.directory)
+    return PackageIdentity(
+        package="x509",
+        client_principal=None,
+        client_options={"authority_dir": directory, "name": "alice"},
+        server_principal=None,
+        server_options={"authority_dir": directory, "name": "echo"},
+        target=pki.target,
+        requirements=int(ContextReq.default()),
+    )
+
+
+def _kerberos(directory: pathlib.Path, notes: list[str]) -> tuple[Any, PackageIdentity | None]:
+    """Start the tests' real-KDC lab if this machine can run one."""
+    tests = pathlib.Path(__file__).resolve().parent.parent / "tests"
+    if str(tests) not in sys.path:
+        sys.path.insert(0, str(tests))
+    try:
+        import kdc
+    except ImportError as exc:  # pragma: no cover - tests/ not shipped
+        notes.append(f"kerberos: not measured (tests/kdc.py not importable: {exc})")
+        return None, None
+    reason = kdc.kerberos_unavailable_reason()
+    if reason is not None:
+        notes.append(f"kerberos: not measured ({reason}; {kdc.INSTALL_HINT})")
+        return None, None
+    (directory / "krb5").mkdir()
+    lab = kdc.start_lab(directory / "krb5")
+    realm = lab.main
+    client_ccache = realm.ccache("alice")
+    notes.append("kerberos: measured against a real MIT KDC on loopback (tests/kdc.py lab)")
+    return lab, PackageIdentity(
+        package="kerberos",
+        client_principal=realm.principal("alice"),
+        client_options={"ccache": client_ccache},
+        server_principal=realm.service_principal("storage"),
+        server_options={"keytab": realm.keytab("storage"), "rcache": realm.rcache("storage")},
+        target=realm.hostbased("storage"),
+        requirements=int(ContextReq.default()),
+    )
+
+
+def _rpcsec_config(
+    name: str,
+    label: str,
+    address: str,
+    identity: PackageIdentity,
+    protection: ProtectionLevel,
+    executor: CpuAccountingExecutor,
+) -> Config:
+    credentials = identity.client()
+
+    def fresh() -> grpc.Channel:
+        return secure_channel(
+            address,
+            credentials,
+            target_name=identity.target,
+            requirements=ContextReq(identity.requirements),
+            protection=protection,
+            options=FRESH,
+        )
+
+    return Config(
+        name=name,
+        label=label,
+        fresh_channel=fresh,
+        executor=executor,
+        identity=identity,
+        protection=protection,
+    )
+
+
+def start_lab(directory: pathlib.Path, *, kerberos: bool = True) -> Lab:
+    """Make the identities, start both servers (and a KDC), and describe each configuration."""
+    notes: list[str] = [
+        "grpc_tls: ECDSA P-256 leaves with a DNS SAN 'localhost', issued under the rpcsec "
+        "authority's Ed25519 root by the benchmark (grpcio's BoringSSL refuses Ed25519 leaf "
+        "keys: NO_COMMON_SIGNATURE_ALGORITHMS)",
+    ]
+    pki = make_pki(directory)
+    identities = {"x509": _x509_identity(pki), "ntlm": _ntlm_identity(directory)}
+    krb_lab = None
+    if kerberos:
+        krb_lab, krb_identity = _kerberos(directory, notes)
+        if krb_identity is not None:
+            identities["kerberos"] = krb_identity
+    else:
+        notes.append("kerberos: not measured (--no-kerberos)")
+
+    tls_server = grpc.ssl_server_credentials(
+        [(pki.tls_server.key, pki.tls_server.certificate)],
+        root_certificates=pki.root_pem,
+        require_client_auth=True,
+    )
+    base_server, base_executor, plain_port, tls_port = start_server(
+        max_workers=MAX_WORKERS, tls=tls_server
+    )
+    interceptor = SecurityInterceptor(
+        [identity.server() for identity in identities.values()],
+        max_handshakes=MAX_WORKERS // 2,
+    )
+    rpcsec_server, rpcsec_executor, rpcsec_port, _ = start_server(
+        [interceptor], max_workers=MAX_WORKERS
+    )
+    tls_client = grpc.ssl_channel_credentials(
+        pki.root_pem, pki.tls_client.key, pki.tls_client.certificate
+    )
+    tls_options = [*FRESH, ("grpc.ssl_target_name_override", "localhost")]
+
+    configs = [
+        Config(
+            "plain",
+            "gRPC plain",
+            lambda: grpc.insecure_channel(f"127.0.0.1:{plain_port}", options=FRESH),
+            base_executor,
+        ),
+        Config(
+            "grpc_tls",
+            "gRPC mTLS",
+            lambda: grpc.secure_channel(f"127.0.0.1:{tls_port}", tls_client, options=tls_options),
+            base_executor,
+        ),
+    ]
+    address = f"127.0.0.1:{rpcsec_port}"
+    integrity, privacy = ProtectionLevel.INTEGRITY, ProtectionLevel.PRIVACY
+    wanted = [
+        ("x509_integrity", "rpcsec x509 INTEGRITY", "x509", integrity),
+        ("x509_privacy", "rpcsec x509 PRIVACY", "x509", privacy),
+        ("ntlm_integrity", "rpcsec ntlm INTEGRITY", "ntlm", integrity),
+        ("kerberos_integrity", "rpcsec kerberos INTEGRITY", "kerberos", integrity),
+        ("kerberos_privacy", "rpcsec kerberos PRIVACY", "kerberos", privacy),
+    ]
+    for name, label, package, level in wanted:
+        identity = identities.get(package)
+        if identity is not None:
+            configs.append(_rpcsec_config(name, label, address, identity, level, rpcsec_executor))
+    return Lab(
+        configs=configs,
+        servers=[base_server, rpcsec_server],
+        notes=notes,
+        identities=identities,
+        kerberos=krb_lab,
+    )

@@ -1,0 +1,266 @@
+"""``python -m benchmarks``: rpcsec side by side with what users would pick instead.
+
+One process, loopback only. Every configuration (``_configs``) runs every workload
+(``_workloads``) once per round; each round visits the configurations in a rotated order and
+each workload's samples are taken back to back across configurations, so drift of the machine
+hits all of them alike. Results: median, min and max over the rounds, and each configuration's
+ratio to plain gRPC and to gRPC TLS, written to ``benchmarks/results/latest.json`` and rendered
+into ``docs/BENCHMARKS.md`` with a chart (``docs/benchmarks.png``).
+
+``--quick`` (CI) runs every configuration briefly and fails only if one of them errors -- never
+on a timing -- and writes nothing unless asked to (``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any
+
+from ._env import ensure_allocator_settings, load_average, machine_info
+from ._targets import evaluate_targets
+from ._workloads import WORKLOADS, Budget, Workload
+
+__all__ = ["main", "run_suite"]
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
+DEFAULT_DOC = ROOT / "docs" / "BENCHMARKS.md"
+DEFAULT_CHART = ROOT / "docs" / "benchmarks.png"
+BASELINE_KEYS = {"plain": "ratio_to_plain", "grpc_tls": "ratio_to_grpc_tls"}
+MEMORY = Workload(
+    "memory_per_context_bytes",
+    "server memory per idle context",
+    "B",
+    False,
+    lambda config, budget: None,
+    rpcsec_only=True,
+)
+
+
+class Progress:
+    """One line per sample on stderr, with the time spent so far."""
+
+    def __init__(self, total: int, stream: Any = sys.stderr) -> None:
+        self.total = total
+        self.done = 0
+        self.start = time.monotonic()
+        self.stream = stream
+
+    def report(self, text: str) -> None:
+        self.done += 1
+        elapsed = int(time.monotonic() - self.start)
+        print(
+            f"[{self.done:3d}/{self.total}] {elapsed // 60:2d}:{elapsed % 60:02d}  {text}",
+            file=self.stream,
+            flush=True,
+        )
+
+    def note(self, text: str) -> None:
+        print(f"          {text}", file=self.stream, flush=True)
+
+
+def _short(key: str) -> str:
+    """``unary_latency_us`` -> ``unary_latency`` (the ratio tables' keys)."""
+    for unit in ("_us", "_ms", "_cps", "_MBps", "_per_s", "_per_core_s", "_bytes"):
+        if key.endswith(unit):
+            return key[: -len(unit)]
+    return key
+
+
+def _summary(samples: list[float]) -> dict[str, Any]:
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "samples": samples,
+    }
+
+
+def _format(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if value >= 1000:
+        return f"{value:,.0f} {unit}"
+    if value >= 100:
+        return f"{value:.0f} {unit}"
+    return f"{value:.2f} {unit}" if value < 10 else f"{value:.1f} {unit}"
+
+
+def run_suite(
+    budget: Budget,
+    *,
+    kerberos: bool = True,
+    only: set[str] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run every workload on every configuration; returns the results document."""
+    from ._configs import start_lab
+    from ._memory import probe
+
+    machine = machine_info()
+    samples: dict[str, dict[str, list[float]]] = {}
+    errors: dict[str, dict[str, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="rpcsec-bench-") as tmp:
+        lab = start_lab(pathlib.Path(tmp), kerberos=kerberos)
+        try:
+            configs = [c for c in lab.configs if only is None or c.name in only]
+            memory_packages = sorted({c.identity.package for c in configs if c.identity})
+            per_round = sum(1 for w in WORKLOADS for c in configs if c.rpcsec or not w.rpcsec_only)
+            if progress is None:
+                progress = Progress(per_round * budget.rounds + len(memory_packages))
+            for note in lab.notes:
+                progress.note(note)
+            for config in configs:
+                samples[config.name] = {}
+                try:
+                    config.channel.unary_unary("/rpcsec.bench.v1.Echo/Unary")(b"warm")
+                except Exception as exc:
+                    errors.setdefault(config.name, {})["setup"] = _describe(exc)
+            for round_index in range(budget.rounds):
+                shift = round_index % len(configs)
+                order = configs[shift:] + configs[:shift]
+                for workload in WORKLOADS:
+                    for config in order:
+                        if workload.rpcsec_only and not config.rpcsec:
+                            continue
+                        if workload.key in errors.get(config.name, {}):
+                            progress.report(f"{config.name}: {workload.key} skipped (failed)")
+                            continue
+                        label = f"round {round_index + 1}/{budget.rounds}  {workload.key:28s}"
+                        try:
+                            value = workload.run(config, budget)
+                        except Exception as exc:
+                            errors.setdefault(config.name, {})[workload.key] = _describe(exc)
+                            progress.report(f"{label} {config.name:18s} FAILED: {exc!r}")
+                            continue
+                        if value is not None:
+                            samples[config.name].setdefault(workload.key, []).append(value)
+                        progress.report(
+                            f"{label} {config.name:18s} {_format(value, workload.unit)}"
+                        )
+            memory: dict[str, dict[str, Any]] = {}
+            for package in memory_packages:
+                count = budget.memory_contexts if package == "x509" else budget.memory_contexts // 5
+                count = max(count, 20)
+                try:
+                    memory[package] = probe(lab.identities[package].to_json(), count)
+                except Exception as exc:
+                    for config in configs:
+                        if config.identity and config.identity.package == package:
+                            errors.setdefault(config.name, {})[MEMORY.key] = _describe(exc)
+                    progress.report(f"memory {package}: FAILED {exc}")
+                    continue
+                per = memory[package]["bytes_per_context"]
+                progress.report(
+                    f"memory    {package:8s} {per:,.0f} B per idle context "
+                    f"({count:,} contexts established)"
+                )
+            for config in configs:
+                if config.identity and config.identity.package in memory:
+                    per = memory[config.identity.package]["bytes_per_context"]
+                    samples[config.name][MEMORY.key] = [per]
+            labels = {c.name: c.label for c in configs}
+            notes = list(lab.notes)
+            memory_counts = {p: m["contexts"] for p, m in memory.items()}
+        finally:
+            lab.stop()
+    machine["load_average_after"] = load_average()
+    document = _document(machine, samples, labels, errors, budget, notes, memory_counts)
+    document["targets"] = evaluate_targets(document)
+    return document
+
+
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def _document(
+    machine: dict[str, Any],
+    samples: dict[str, dict[str, list[float]]],
+    labels: dict[str, str],
+    errors: dict[str, dict[str, str]],
+    budget: Budget,
+    notes: list[str],
+    memory_counts: dict[str, int],
+) -> dict[str, Any]:
+    workloads = [*WORKLOADS, MEMORY]
+    configs: dict[str, Any] = {}
+    for name, by_key in samples.items():
+        entry: dict[str, Any] = {"label": labels[name]}
+        for workload in workloads:
+            values = by_key.get(workload.key)
+            entry[workload.key] = _summary(values) if values else None
+        configs[name] = entry
+    for entry in configs.values():
+        for baseline, ratio_key in BASELINE_KEYS.items():
+            base = configs.get(baseline)
+            ratios: dict[str, float | None] = {}
+            for workload in workloads:
+                mine = entry.get(workload.key)
+                theirs = base.get(workload.key) if base else None
+                ratios[_short(workload.key)] = (
+                    mine["median"] / theirs["median"]
+                    if mine and theirs and theirs["median"]
+                    else None
+                )
+            entry[ratio_key] = ratios
+    return {
+        "machine": machine,
+        "budget": budget.__dict__,
+        "workloads": {
+            w.key: {"title": w.title, "unit": w.unit, "higher_is_better": w.higher_is_better}
+            for w in workloads
+        },
+        "configs": configs,
+        "memory_contexts_measured": memory_counts,
+        "errors": errors,
+        "notes": notes,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ensure_allocator_settings()
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="every configuration, briefly (CI)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 5, quick 1)")
+    parser.add_argument("--only", help="comma-separated configurations (plain,grpc_tls,...)")
+    parser.add_argument("--no-kerberos", action="store_true", help="do not start a KDC")
+    parser.add_argument(
+        "--json", type=pathlib.Path, help=f"results file (full run: {DEFAULT_JSON})"
+    )
+    parser.add_argument("--no-write", action="store_true", help="write no results, docs or chart")
+    parser.add_argument(
+        "--default-allocator", action="store_true", help="keep glibc's default thresholds"
+    )
+    args = parser.parse_args(argv)
+    budget = Budget.quick() if args.quick else Budget.full()
+    if args.rounds:
+        budget = Budget(**{**budget.__dict__, "rounds": args.rounds})
+    only = set(args.only.split(",")) if args.only else None
+    document = run_suite(budget, kerberos=not args.no_kerberos, only=only)
+    document["machine"]["mode"] = "quick" if args.quick else "full"
+
+    from ._report import render_table, write_outputs
+
+    print(render_table(document))
+    errors = document["errors"]
+    if not args.no_write:
+        json_path = args.json or (None if args.quick else DEFAULT_JSON)
+        if json_path is not None:
+            docs = not args.quick and args.json is None
+            write_outputs(document, json_path, DEFAULT_DOC if docs else None, DEFAULT_CHART)
+            print(f"wrote {json_path}" + (f", {DEFAULT_DOC}, {DEFAULT_CHART}" if docs else ""))
+    if errors:
+        for config, failures in errors.items():
+            for key, text in failures.items():
+                print(f"ERROR {config} {key}: {text}", file=sys.stderr)
+        return 1
+    return 0
