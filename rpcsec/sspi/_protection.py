@@ -31,6 +31,7 @@ from ._errors import ContextExpiredError, MessageAlteredError
 
 __all__ = [
     "EPOCH_BITS",
+    "MAX_EPOCH_LEAD",
     "MAX_SEQUENCE",
     "TAG_SIZE",
     "AeadProtector",
@@ -43,6 +44,11 @@ TAG_SIZE = 16
 # are written in place, so a large payload is never copied just to be authenticated.
 LARGE_MESSAGE = 64 * 1024
 EPOCH_BITS = 24  # a fresh key every 2**24 messages per direction
+MAX_EPOCH_LEAD = 2
+"""How many epochs beyond the last *verified* one a peer's message may name. A peer advances
+one sequence number per message, so in practice it leads by at most one epoch; without a bound
+a forged sequence number near 2**64 would make the receiver walk ~2**40 KeyUpdate links (one
+unauthenticated message pinning a CPU and the direction's lock)."""
 MAX_SEQUENCE = (1 << 64) - 1
 _KEEP_EPOCHS = 3
 
@@ -96,13 +102,15 @@ class MessageProtector(ABC):
 class _Direction:
     """Keys of one direction: the AEAD of each epoch, derived lazily and cached."""
 
-    __slots__ = ("_cache", "_datagram", "_keys", "_lock", "_secret")
+    __slots__ = ("_cache", "_datagram", "_inbound", "_keys", "_lock", "_secret", "_verified")
 
-    def __init__(self, secret: bytes, datagram: bool) -> None:
+    def __init__(self, secret: bytes, datagram: bool, *, inbound: bool = False) -> None:
         if len(secret) != 32:
             raise ValueError("direction secret must be 32 bytes")
         self._secret = secret
         self._datagram = datagram
+        self._inbound = inbound
+        self._verified = 0  # highest epoch of a message that verified (inbound only)
         self._cache: dict[int, tuple[AESGCM | AESGCMSIV, int]] = {}
         self._keys: dict[int, bytes] = {}
         self._lock = threading.Lock()
@@ -113,9 +121,17 @@ class _Direction:
         epoch = seq >> EPOCH_BITS
         entry = self._cache.get(epoch)
         if entry is None:
+            if self._inbound and epoch > self._verified + MAX_EPOCH_LEAD:
+                raise MessageAlteredError("message sequence number is implausibly far ahead")
             entry = self._derive(epoch)
         aead, iv = entry
         return aead, (iv ^ seq).to_bytes(12, "big")
+
+    def verified(self, seq: int) -> None:
+        """A message numbered ``seq`` verified: later ones may lead from its epoch."""
+        epoch = seq >> EPOCH_BITS
+        if epoch > self._verified:
+            self._verified = epoch
 
     def _derive(self, epoch: int) -> tuple[AESGCM | AESGCMSIV, int]:
         with self._lock:
@@ -171,7 +187,7 @@ class AeadProtector(MessageProtector):
     def __init__(self, outbound_secret: bytes, inbound_secret: bytes, *, datagram: bool = False):
         self._datagram = datagram
         self._out = _Direction(outbound_secret, datagram)
-        self._in = _Direction(inbound_secret, datagram)
+        self._in = _Direction(inbound_secret, datagram, inbound=True)
         self._secrets = (outbound_secret, inbound_secret)
 
     def sign(self, seq: int, aad: bytes, data: bytes) -> bytes:
@@ -186,11 +202,12 @@ class AeadProtector(MessageProtector):
         try:
             if len(data) >= LARGE_MESSAGE and not self._datagram:
                 self._in.gmac(seq, (aad, data), tag)
-                return
-            aead, nonce = self._in.key(seq)
-            aead.decrypt(nonce, tag, aad + data if data else aad)
+            else:
+                aead, nonce = self._in.key(seq)
+                aead.decrypt(nonce, tag, aad + data if data else aad)
         except InvalidTag:
             raise MessageAlteredError("message signature does not verify") from None
+        self._in.verified(seq)
 
     def seal(self, seq: int, aad: bytes, plaintext: bytes) -> bytes:
         aead, nonce = self._out.key(seq)
@@ -201,9 +218,11 @@ class AeadProtector(MessageProtector):
             raise MessageAlteredError("sealed message is shorter than its tag")
         aead, nonce = self._in.key(seq)
         try:
-            return aead.decrypt(nonce, sealed, aad)
+            plaintext = aead.decrypt(nonce, sealed, aad)
         except InvalidTag:
             raise MessageAlteredError("sealed message does not verify") from None
+        self._in.verified(seq)
+        return plaintext
 
     def secrets(self) -> tuple[bytes, bytes]:
         return self._secrets
