@@ -179,10 +179,7 @@ class _X509Mechanism(Mechanism):
         try:
             handler: Callable[[bytes | None], bytes | None] = getattr(self, name)
             return handler(token)
-        except SecurityError:
-            self._abort()
-            raise
-        except InvalidStateError:
+        except (SecurityError, InvalidStateError):
             self._abort()
             raise
         except Exception as exc:  # nothing native (OpenSSL, cryptography) escapes
@@ -190,8 +187,13 @@ class _X509Mechanism(Mechanism):
             raise InvalidTokenError("x509 handshake failed") from exc
 
     def _abort(self) -> None:
+        """Sticky failure: forget the TLS connection (and any key) for good."""
         self._state = _State.FAILED
         self._channel = None
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop per-context secrets a subclass holds."""
 
     def _verify_time(self) -> float | None:
         """Let OpenSSL verify at the injected clock's time (the system time by default)."""
@@ -465,6 +467,9 @@ class X509ServerMechanism(_X509Mechanism):
         self._proxy_key: ed25519.Ed25519PrivateKey | None = None
         self._granted = ContextReq.NONE
         self._level = ImpersonationLevel.ANONYMOUS
+
+    def _forget(self) -> None:
+        self._proxy_key = None
 
     def _tls(self, token: bytes | None) -> bytes | None:
         if self._channel is None:
