@@ -33,6 +33,7 @@ SAY = "/rpcsec.test.v1.Echo/Say"
 REPEAT = "/rpcsec.test.v1.Echo/Repeat"
 COLLECT = "/rpcsec.test.v1.Echo/Collect"
 NEGOTIATE = "/rpcsec.v1.SecurityHandshake/Negotiate"
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 RELEASE = "/rpcsec.v1.SecurityHandshake/Release"
 
 
@@ -540,7 +541,8 @@ def test_half_open_handshake_flood_from_one_peer(ntlm_setup, serve) -> None:
         return "admitted" if reply.token else f"error:{reply.error.reason}"
 
     async def flood() -> tuple[int, int, list]:
-        channel = grpc.aio.insecure_channel(address)
+        # The attacker's own connection (grpc would otherwise share one between channels).
+        channel = grpc.aio.insecure_channel(address, options=OWN_CONNECTION)
         negotiate = channel.stream_stream(NEGOTIATE)
         calls = [negotiate() for _ in range(1000)]
         outcomes = await asyncio.gather(*(attempt(call) for call in calls))
