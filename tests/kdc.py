@@ -39,7 +39,7 @@ import shutil
 import socket
 import subprocess
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,15 +135,21 @@ _SPECS = (
 )
 
 
-@dataclass(eq=False)
 class KerberosRealm:
-    """One realm of the lab: principal names, passwords, keytabs, credential caches."""
+    """One realm of the lab: principal names, passwords, keytabs, credential caches.
 
-    name: str
-    lab: KerberosLab = field(repr=False)
-    _passwords: dict[str, str] = field(default_factory=dict, repr=False)
-    _ccaches: dict[tuple[Any, ...], str] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    A plain class, not a dataclass, so that no printer (pytest's, hypothesis') shows the
+    passwords it holds."""
+
+    def __init__(self, name: str, lab: KerberosLab) -> None:
+        self.name = name
+        self.lab = lab
+        self._passwords: dict[str, str] = {}
+        self._ccaches: dict[tuple[Any, ...], str] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<KerberosRealm {self.name}>"
 
     # names --------------------------------------------------------------------------------
 
@@ -438,10 +444,21 @@ class KerberosLab:
 
 
 def start_lab(directory: Path) -> KerberosLab:
-    """Create and start the lab in ``directory`` (about 0.2 s); call ``stop()`` when done."""
-    lab = KerberosLab(directory)
-    try:
-        return lab.start()
-    except BaseException:
-        lab.stop()
-        raise
+    """Create and start the lab in ``directory`` (about 0.2 s); call ``stop()`` when done.
+
+    Ports are picked free just before the KDCs bind them; if another process wins that race,
+    the lab is rebuilt once or twice with new ports."""
+    directory = Path(directory)
+    for attempt in range(3):
+        lab = KerberosLab(directory if attempt == 0 else directory / f"retry-{attempt}")
+        lab.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            return lab.start()
+        except RuntimeError:
+            lab.stop()
+            if attempt == 2:
+                raise
+        except BaseException:
+            lab.stop()
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
