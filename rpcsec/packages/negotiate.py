@@ -62,6 +62,9 @@ from rpcsec.packages.kerberos._records import (
     decode_frame,
     encode_frame,
 )
+
+# The ntlm package owns the NTLM user file and the guarded NTLM_USER_FILE swap pyspnego's
+# acceptor needs; negotiate reuses both rather than keeping a second copy.
 from rpcsec.packages.ntlm import (
     NtlmClientCredentials,
     NtlmPackage,
