@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._errors import NoCredentialsError, UnsupportedFunctionError
@@ -56,7 +56,7 @@ class MechanismResult:
     """Server side: the client. Client side: the server (the identity it proved)."""
     expires_at: float | None
     peer_native_name: str = ""
-    session_key: bytes = b""
+    session_key: bytes = field(default=b"", repr=False)
 
 
 class Mechanism(ABC):

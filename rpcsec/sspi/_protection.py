@@ -10,8 +10,9 @@ GSS wrap/get_mic). ``MessageProtector`` is the interface; ``AeadProtector`` is t
 * the nonce is the per-direction sequence number XORed into a secret IV, as TLS 1.3 does
   (RFC 8446 §5.3) -- never random, unique because a sequence number is never sent twice;
 * keys and IVs derived with HKDF (RFC 5869) labels in the style of RFC 8446 §7.1, and a new
-  key every 2**24 messages (RFC 8446 §5.5 limits AES-GCM keys to 2**24.5 records), chained
-  like TLS 1.3 KeyUpdate so both sides derive it from the sequence number alone;
+  key every 2**24 messages (RFC 8446 §5.5 limits AES-GCM keys to 2**24.5 records), each
+  epoch's secret expanded from the direction secret with the epoch in its label, so both sides
+  derive it from the sequence number alone, in constant time;
 * datagram contexts, whose sequence numbers the *caller* supplies, use AES-256-GCM-SIV
   (RFC 8452) so that a caller reusing a number cannot break confidentiality or forge.
 """
@@ -102,7 +103,7 @@ class MessageProtector(ABC):
 class _Direction:
     """Keys of one direction: the AEAD of each epoch, derived lazily and cached."""
 
-    __slots__ = ("_cache", "_datagram", "_inbound", "_keys", "_lock", "_secret", "_verified")
+    __slots__ = ("_cache", "_datagram", "_inbound", "_lock", "_secret", "_verified")
 
     def __init__(self, secret: bytes, datagram: bool, *, inbound: bool = False) -> None:
         if len(secret) != 32:
@@ -111,8 +112,7 @@ class _Direction:
         self._datagram = datagram
         self._inbound = inbound
         self._verified = 0  # highest epoch of a message that verified (inbound only)
-        self._cache: dict[int, tuple[AESGCM | AESGCMSIV, int]] = {}
-        self._keys: dict[int, bytes] = {}
+        self._cache: dict[int, tuple[AESGCM | AESGCMSIV, int, bytes]] = {}
         self._lock = threading.Lock()
 
     def key(self, seq: int) -> tuple[AESGCM | AESGCMSIV, bytes]:
@@ -124,8 +124,7 @@ class _Direction:
             if self._inbound and epoch > self._verified + MAX_EPOCH_LEAD:
                 raise MessageAlteredError("message sequence number is implausibly far ahead")
             entry = self._derive(epoch)
-        aead, iv = entry
-        return aead, (iv ^ seq).to_bytes(12, "big")
+        return entry[0], (entry[1] ^ seq).to_bytes(12, "big")
 
     def verified(self, seq: int) -> None:
         """A message numbered ``seq`` verified: later ones may lead from its epoch."""
@@ -133,35 +132,31 @@ class _Direction:
         if epoch > self._verified:
             self._verified = epoch
 
-    def _derive(self, epoch: int) -> tuple[AESGCM | AESGCMSIV, int]:
+    def _derive(self, epoch: int) -> tuple[AESGCM | AESGCMSIV, int, bytes]:
+        # Each epoch's secret comes straight from the base secret (one HKDF-Expand-Label with
+        # the epoch in the label), never by walking a chain: the sequence number -- hence the
+        # epoch -- arrives before the tag is checked, so a forged far-future number must cost
+        # no more than any other.
+        secret = hkdf_expand_label(self._secret, b"epoch" + epoch.to_bytes(5, "big"), 32)
+        key = hkdf_expand_label(secret, b"key", 32)
+        iv = int.from_bytes(hkdf_expand_label(secret, b"iv", 12), "big")
+        aead: AESGCM | AESGCMSIV = AESGCMSIV(key) if self._datagram else AESGCM(key)
+        entry = (aead, iv, key)
         with self._lock:
-            entry = self._cache.get(epoch)
-            if entry is not None:
-                return entry
-            secret = self._secret
-            # KeyUpdate chain (RFC 8446 §7.2): secret_n+1 = Expand-Label(secret_n, "upd").
-            # Epochs are short chains from the base secret; the base never leaves this object.
-            for _ in range(epoch):
-                secret = hkdf_expand_label(secret, b"upd", 32)
-            key = hkdf_expand_label(secret, b"key", 32)
-            iv = int.from_bytes(hkdf_expand_label(secret, b"iv", 12), "big")
-            aead: AESGCM | AESGCMSIV = AESGCMSIV(key) if self._datagram else AESGCM(key)
-            entry = (aead, iv)
             if len(self._cache) >= _KEEP_EPOCHS:
-                oldest = min(self._cache)
-                self._cache.pop(oldest)
-                self._keys.pop(oldest, None)
+                self._cache.pop(min(self._cache), None)
             self._cache[epoch] = entry
-            self._keys[epoch] = key
-            return entry
+        return entry
 
     def gmac(self, seq: int, pieces: tuple[bytes, ...], tag: bytes | None = None) -> bytes:
         """GMAC (RFC 4543) over ``pieces`` without joining them; checks ``tag`` if given.
 
         Only for GCM directions (datagram contexts use GCM-SIV, which has no streaming form).
         """
-        _, nonce = self.key(seq)  # derives and caches this epoch's key if needed
-        key = self._keys[seq >> EPOCH_BITS]
+        _, nonce = self.key(seq)  # checks the sequence number; derives the epoch if needed
+        epoch = seq >> EPOCH_BITS
+        entry = self._cache.get(epoch) or self._derive(epoch)
+        key = entry[2]
         if tag is None:
             encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
             for piece in pieces:
