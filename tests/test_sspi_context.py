@@ -327,3 +327,19 @@ def test_eight_threads_signing_one_context_no_false_rejections(creds) -> None:
         thread.join()
     seqs = {pair.server.verify(data, signature) for data, signature in tokens}
     assert len(seqs) == 4000  # every message accepted once, all sequence numbers distinct
+
+
+@pytest.mark.parametrize("high_byte", [1, 2, 4])
+def test_forged_far_future_sequence_numbers_fail_fast(creds, high_byte: int) -> None:
+    """The sequence number is read before the tag is checked: a forged one must not make the
+    receiver derive keys for billions of epochs (or move its window)."""
+    import time
+
+    pair = make_pair(creds)
+    token = bytearray(pair.client.wrap(b"x"))
+    token[high_byte] = 0xFF
+    started = time.perf_counter()
+    with pytest.raises(MessageAlteredError):
+        pair.server.unwrap(bytes(token))
+    assert time.perf_counter() - started < 0.5
+    assert pair.server.unwrap(pair.client.wrap(b"still fine")) == b"still fine"
