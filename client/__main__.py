@@ -49,7 +49,8 @@ def required_flags(package: str, protection: ProtectionLevel) -> ContextReq:
 
 def open_channel(args: argparse.Namespace, env: DemoEnvironment) -> grpc.Channel:
     package_options = {}
-    if args.delegate_to:
+    if args.delegate_to and args.package == "x509":  # proxy-certificate policy; Kerberos
+        # forwards the TGT itself and has no per-target policy of ours
         package_options["delegate_to"] = [
             env.target_name(args.package, service) for service in args.delegate_to
         ]
@@ -72,6 +73,7 @@ def _chunks(name: str, data: bytes, size: int = 64 * 1024) -> Iterator[pb.Chunk]
 
 def run(args: argparse.Namespace, out=sys.stdout) -> int:
     env = DemoEnvironment.load(args.env)
+    env.apply_process_env(args.package)
     channel = open_channel(args, env)
     stub = pb_grpc.DocumentsStub(channel)
     try:

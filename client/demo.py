@@ -84,9 +84,53 @@ def _ntlm_environment(workdir: pathlib.Path) -> dict:
     }
 
 
+_labs: list = []
+
+
+def _kerberos_environment(workdir: pathlib.Path, package: str = "kerberos") -> dict:
+    """A real MIT realm on loopback: the same lab the tests use (tests/kdc.py), started here
+    and stopped when the demo ends. The services' processes get its KRB5_CONFIG."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from kdc import kerberos_unavailable_reason, start_lab  # type: ignore[import-not-found]
+
+    reason = kerberos_unavailable_reason()
+    if reason:
+        raise SystemExit(f"the {package} demo needs a Kerberos KDC: {reason}")
+    lab = start_lab(workdir / "realm")
+    _labs.append(lab)
+    realm = lab.main
+    ntlm = _ntlm_environment(workdir) if package == "negotiate" else None
+    principals = {}
+    for user in USERS:
+        options = {"ccache": realm.ccache(user)}
+        if ntlm is not None:  # negotiate can fall back to NTLM with these
+            options |= {
+                "password": ntlm["principals"][user]["options"]["password"],
+                "ntlm_principal": f"RPCSEC\\{user}",
+            }
+        principals[user] = {"principal": realm.principal(user), "options": options}
+    services = {}
+    for service in SERVICES:
+        options = {"keytab": realm.keytab(service), "rcache": realm.rcache(service)}
+        if ntlm is not None:
+            options |= ntlm["services"][service]["options"]
+        services[service] = {
+            "principal": realm.service_principal(service),
+            "target_name": realm.hostbased(service),
+            "options": options,
+        }
+    return {
+        "principals": principals,
+        "services": services,
+        "process_env": {"KRB5_CONFIG": os.environ["KRB5_CONFIG"]},
+    }
+
+
 ENVIRONMENTS: dict[str, Callable[[pathlib.Path], dict]] = {
     "x509": _x509_environment,
     "ntlm": _ntlm_environment,
+    "kerberos": _kerberos_environment,
+    "negotiate": lambda workdir: _kerberos_environment(workdir, "negotiate"),
 }
 
 
@@ -299,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             proxy.stop()
         if services is not None:
             services.stop()
+        for lab in _labs:
+            lab.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"[{args.service}] %(levelname)s %(name)s: %(message)s",
     )
     env = DemoEnvironment.load(args.env)
+    env.apply_process_env(args.package)
     server, port = build_server(args, env)
     server.start()
     print(f"READY 127.0.0.1:{port}", flush=True)

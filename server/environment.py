@@ -72,5 +72,10 @@ class DemoEnvironment:
             package, entry.get("principal"), CredentialUse.BOTH, **entry["options"]
         )
 
+    def apply_process_env(self, package: str) -> None:
+        """Set what the package's native libraries read from the environment (Kerberos:
+        KRB5_CONFIG) before any credentials are acquired."""
+        os.environ.update(self._package(package).get("process_env", {}))
+
     def address(self, service: str) -> str:
         return self.data["addresses"][service]
