@@ -24,6 +24,7 @@ import base64
 import enum
 import itertools
 import json
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from ._errors import (
     InsufficientAttributesError,
     InvalidStateError,
     InvalidTokenError,
+    MessageAlteredError,
     QopNotSupportedError,
     SecurityError,
 )
@@ -72,6 +74,9 @@ _KIND_WRAP = 0x57
 _KIND_SIGNED = 0x53
 _KIND_STREAM = 0x17
 HEADER_SIZE = 9
+_HEADER = struct.Struct(">BQ")  # kind:u8 | seq:u64
+_QOP_DEFAULT = int(QOP.DEFAULT)
+_QOP_NO_ENCRYPT = int(QOP.WRAP_NO_ENCRYPT)
 STREAM_HEADER_SIZE = 13
 MAX_STREAM_RECORD = 1 << 24
 
@@ -155,6 +160,7 @@ class SecurityContext:
         self._started_at = clock()
         self._datagram = False
         self._stream = False
+        self._confidential = False
 
     # -- state machine -------------------------------------------------------------------
 
@@ -180,7 +186,8 @@ class SecurityContext:
             if self._mechanism is None:
                 self._mechanism = self._new_mechanism()
             out = self._mechanism.step(bytes(token) if token is not None else None)
-            if self._mechanism.complete:
+            complete = self._mechanism.complete
+            if complete:
                 self._establish()
         except SecurityError:
             self._fail()
@@ -188,7 +195,11 @@ class SecurityContext:
         except Exception as exc:  # a package bug must not look like success or leak natives
             self._fail()
             raise InvalidTokenError("handshake token rejected") from exc
-        if self._mechanism.complete:
+        if complete:
+            # Everything an established context needs is in the result; the handshake state
+            # (a TLS object, the peer's parsed certificate chain) would only cost memory per
+            # context for as long as the context lives.
+            self._mechanism = None
             self._transition(_Event.STEP_COMPLETE)
             return StepResult(SecStatus.OK, out)
         self._transition(_Event.STEP_CONTINUE)
@@ -208,6 +219,7 @@ class SecurityContext:
         granted = result.granted
         self._datagram = bool(granted & ContextReq.DATAGRAM)
         self._stream = bool(granted & ContextReq.STREAM)
+        self._confidential = bool(granted & ContextReq.CONFIDENTIALITY)
         if granted & ContextReq.SEQUENCE_DETECT:
             self._receive = SequenceCounter(0)
         elif granted & ContextReq.REPLAY_DETECT:
@@ -332,7 +344,7 @@ class SecurityContext:
         return seq
 
     def _header(self, kind: int, seq: int) -> bytes:
-        return bytes((kind,)) + seq.to_bytes(8, "big")
+        return _HEADER.pack(kind, seq)
 
     def _parse_header(self, token: bytes, kind: int, minimum: int) -> int:
         if len(token) < minimum:
@@ -350,13 +362,14 @@ class SecurityContext:
         if receive is not None:
             receive.accept(seq)
 
-    # bytes conveniences (the hot path of the bindings)
+    # bytes conveniences (the hot path of the bindings: every call runs several of these, so
+    # the helpers above are inlined where that saves a Python call per message)
 
     def sign(self, data: bytes, *, aad: bytes = b"", seq: int | None = None) -> bytes:
         """MakeSignature over ``aad`` and ``data``: returns the signature token."""
         protector = self._ready()
-        seq = self._next_seq(seq)
-        header = self._header(_KIND_MIC, seq)
+        seq = next(self._send_seq) if seq is None and not self._datagram else self._next_seq(seq)
+        header = _HEADER.pack(_KIND_MIC, seq)
         return header + protector.sign(seq, header + aad, data)
 
     def verify(self, data: bytes, signature: bytes, *, aad: bytes = b"") -> int:
@@ -365,7 +378,9 @@ class SecurityContext:
         protector = self._ready()
         seq = self._parse_header(signature, _KIND_MIC, HEADER_SIZE + 1)
         protector.verify(seq, bytes(signature[:HEADER_SIZE]) + aad, data, signature[HEADER_SIZE:])
-        self._record(seq)
+        receive = self._receive
+        if receive is not None:
+            receive.accept(seq)
         return seq
 
     def wrap(
@@ -379,20 +394,32 @@ class SecurityContext:
         """EncryptMessage (or, with ``encrypt=False``, an integrity-only wrap) of ``data``,
         binding ``aad`` too. Returns one token holding the message."""
         protector = self._ready()
-        seq = self._next_seq(seq)
+        if encrypt and not self._confidential:
+            raise QopNotSupportedError("context was not established with confidentiality")
+        seq = next(self._send_seq) if seq is None and not self._datagram else self._next_seq(seq)
         if encrypt:
-            if not self._result or not (self._result.granted & ContextReq.CONFIDENTIALITY):
-                raise QopNotSupportedError("context was not established with confidentiality")
-            return protector.seal_token(seq, self._header(_KIND_WRAP, seq), aad, data)
-        header = self._header(_KIND_SIGNED, seq)
+            return protector.seal_token(seq, _HEADER.pack(_KIND_WRAP, seq), aad, data)
+        header = _HEADER.pack(_KIND_SIGNED, seq)
         return header + protector.sign(seq, header + aad, data) + data
 
-    def unwrap(self, token: bytes, *, aad: bytes = b"") -> bytes:
-        """DecryptMessage / integrity unwrap of a token made by the peer's ``wrap``."""
-        return self.unwrap_message(token, aad=aad)[0]
+    def unwrap(self, token: bytes, *, aad: bytes = b"", encrypted: bool | None = None) -> bytes:
+        """DecryptMessage / integrity unwrap of a token made by the peer's ``wrap``.
+
+        ``encrypted`` True (False) requires a sealed (signed-only) token, for callers that fix
+        the protection level: the other kind raises ``MessageAlteredError``, so a peer cannot
+        turn a sealed exchange into a readable one. None accepts either.
+        """
+        data, qop, _seq = self._unwrap(token, aad)
+        if encrypted is not None and (qop == _QOP_DEFAULT) is not encrypted:
+            raise MessageAlteredError("message protection does not match the expected level")
+        return data
 
     def unwrap_message(self, token: bytes, *, aad: bytes = b"") -> tuple[bytes, MessageInfo]:
         """``unwrap`` that also reports the QOP and the sender's sequence number."""
+        data, qop, seq = self._unwrap(token, aad)
+        return data, MessageInfo(qop=qop, seq=seq)
+
+    def _unwrap(self, token: bytes, aad: bytes) -> tuple[bytes, int, int]:
         protector = self._ready()
         if not token:
             raise InvalidTokenError("empty message token")
@@ -402,18 +429,20 @@ class SecurityContext:
             view = memoryview(token)
             body = view[HEADER_SIZE:] if protector.accepts_views else bytes(view[HEADER_SIZE:])
             data = protector.unseal(seq, bytes(view[:HEADER_SIZE]) + aad, body)
-            qop = int(QOP.DEFAULT)
+            qop = _QOP_DEFAULT
         elif kind == _KIND_SIGNED:
             size = protector.signature_size
             seq = self._parse_header(token, _KIND_SIGNED, HEADER_SIZE + size)
             header = bytes(token[:HEADER_SIZE])
             data = bytes(token[HEADER_SIZE + size :])
             protector.verify(seq, header + aad, data, token[HEADER_SIZE : HEADER_SIZE + size])
-            qop = int(QOP.WRAP_NO_ENCRYPT)
+            qop = _QOP_NO_ENCRYPT
         else:
             raise InvalidTokenError("message token has the wrong type")
-        self._record(seq)
-        return data, MessageInfo(qop=qop, seq=seq)
+        receive = self._receive
+        if receive is not None:
+            receive.accept(seq)
+        return data, qop, seq
 
     # buffer-level API (SecBufferDesc), as the seed's Sender / Receiver use it
 
@@ -625,6 +654,7 @@ class SecurityContext:
         granted = result.granted
         self._datagram = bool(granted & ContextReq.DATAGRAM)
         self._stream = bool(granted & ContextReq.STREAM)
+        self._confidential = bool(granted & ContextReq.CONFIDENTIALITY)
         self._send_seq = itertools.count(send_seq)
         if granted & ContextReq.SEQUENCE_DETECT:
             self._receive = SequenceCounter(highest + 1)
