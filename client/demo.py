@@ -34,18 +34,21 @@ SERVICES = ("documents", "storage")
 # -- environments, one builder per package ---------------------------------------------------
 
 
+def _quiet(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
+
 def _x509_environment(workdir: pathlib.Path) -> dict:
     authority = workdir / "authority"
     cli = [sys.executable, "-m", "rpcsec", "authority"]
-    quiet = {"check": True, "stdout": subprocess.DEVNULL}
     print(f"$ rpcsec authority init {authority} --trust-domain {TRUST_DOMAIN}")
-    subprocess.run([*cli, "init", str(authority), "--trust-domain", TRUST_DOMAIN], **quiet)
+    _quiet([*cli, "init", str(authority), "--trust-domain", TRUST_DOMAIN])
     for user in USERS:
         print(f"$ rpcsec authority issue {authority} {user} --group staff")
-        subprocess.run([*cli, "issue", str(authority), user, "--group", "staff"], **quiet)
+        _quiet([*cli, "issue", str(authority), user, "--group", "staff"])
     for service in SERVICES:
         print(f"$ rpcsec authority issue {authority} {service} --service")
-        subprocess.run([*cli, "issue", str(authority), service, "--service"], **quiet)
+        _quiet([*cli, "issue", str(authority), service, "--service"])
     options = lambda name: {"authority_dir": str(authority), "name": name}  # noqa: E731
     return {
         "principals": {
