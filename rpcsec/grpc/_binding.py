@@ -49,6 +49,7 @@ class ClientBound:
         "_level_byte",
         "context",
         "encrypt",
+        "expires_at",
         "generation",
         "handle",
         "level",
@@ -67,6 +68,7 @@ class ClientBound:
         self._level_byte = LEVEL_BYTES[level]
         self._ctx_metadata = (CONTEXT_KEY, handle)
         self._keys: dict[str, MethodKeys] = {}
+        self.expires_at = context.expires_at  # fixed once established
 
     def keys(self, method: str) -> MethodKeys:
         keys = self._keys.get(method)
@@ -80,8 +82,9 @@ class ClientBound:
         return header[1:9], (self._ctx_metadata, (CALL_KEY, self._level_byte + header))
 
     def usable(self, now: float) -> bool:
-        expires = self.context.expires_at
-        return self.context.complete and (expires is None or now < expires)
+        """Not expired (a deleted context makes the next signature raise, which re-binds)."""
+        expires = self.expires_at
+        return expires is None or now < expires
 
 
 class ChannelSecurity:

@@ -209,7 +209,9 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        return self._invoke(request, timeout, metadata, credentials, wait_for_ready, compression)[0]
+        return self._invoke(
+            request, timeout, metadata, credentials, wait_for_ready, compression, False
+        )[0]
 
     def with_call(
         self,
@@ -220,7 +222,9 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> tuple[Any, grpc.Call]:
-        return self._invoke(request, timeout, metadata, credentials, wait_for_ready, compression)
+        return self._invoke(
+            request, timeout, metadata, credentials, wait_for_ready, compression, True
+        )
 
     def _invoke(
         self,
@@ -230,14 +234,16 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         credentials: grpc.CallCredentials | None,
         wait_for_ready: bool | None,
         compression: grpc.Compression | None,
-    ) -> tuple[Any, grpc.Call]:
+        with_call: bool,
+    ) -> tuple[Any, grpc.Call | None]:
         payload = self._serialize(request)
+        send = self._raw.with_call if with_call else self._raw
         for attempt in (0, 1):
             bound, keys, call_seq, ours = self._begin()
             protection = bound.protection
             token = protection.seal(keys.prefix, call_seq, FIRST_REQUEST, payload, bound.encrypt)
             try:
-                response, call = self._raw.with_call(
+                outcome = send(
                     token,
                     timeout=timeout,
                     metadata=_merge(ours, metadata),
@@ -250,6 +256,7 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
                     self._session.invalidate(bound)
                     continue
                 raise
+            response, call = outcome if with_call else (outcome, None)
             data = protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
             return self._deserialize(data), call
         raise AssertionError("unreachable")  # pragma: no cover
