@@ -635,3 +635,32 @@ def test_client_from_an_untrusted_authority(x509_setup, serve, tmp_path) -> None
     assert interceptor.handshakes.wait_idle(5)
     assert len(interceptor.contexts) == 0
     _still_serves(setup, address)
+
+
+def test_half_open_handshake_is_reaped_without_new_traffic(ntlm_setup, serve) -> None:
+    # On a sync server a half-open handshake holds a worker thread; a background reaper frees
+    # it after the timeout even if no other handshake ever arrives.
+    setup = ntlm_setup
+    clock = Clock()
+    interceptor = SecurityInterceptor(setup.server(), handshake_timeout=1.0, clock=clock)
+    address = serve([interceptor], [EchoServicer()])
+    channel, negotiate = _negotiate_raw(address)
+    first = handshake_pb2.NegotiateRequest(
+        package="ntlm",
+        token=ClientContext(setup.client(), setup.target(), setup.requirements).step(None).token,
+    ).SerializeToString()
+    import queue
+
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+    outbox.put(first)
+    call = negotiate(iter(outbox.get, None))
+    assert handshake_pb2.NegotiateResponse.FromString(next(call)).token
+    assert len(interceptor.handshakes) == 1
+    assert not interceptor.handshakes.wait_idle(0.1)  # held while the clock stands still
+    clock.now += 2
+    assert interceptor.handshakes.wait_idle(10)
+    assert interceptor.handshakes.timed_out == 1
+    with pytest.raises(grpc.RpcError):
+        next(call)  # the server cancelled the stream
+    outbox.put(None)
+    channel.close()

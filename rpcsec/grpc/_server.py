@@ -19,6 +19,7 @@ import contextvars
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NoReturn
 
@@ -279,8 +280,40 @@ def sync_handler(
     return grpc.stream_stream_rpc_method_handler(stream_stream)
 
 
+class _Reaper:
+    """Times half-open handshakes out on a sync server even when no new handshake arrives to
+    reap them (each holds a worker thread, blocked reading the next leg). One daemon thread per
+    interceptor, started with the first handshake; it ends when the interceptor is dropped."""
+
+    def __init__(self, limiter: HandshakeLimiter) -> None:
+        self._limiter = weakref.ref(limiter)
+        self._interval = max(0.5, limiter.timeout / 2)
+        self._started = False
+        self._lock = threading.Lock()
+
+    def ensure_running(self) -> None:
+        if self._started:
+            return
+        with self._lock:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._run, name="rpcsec-reaper", daemon=True).start()
+
+    def _run(self) -> None:
+        pause = threading.Event()
+        while not pause.wait(self._interval):
+            limiter = self._limiter()
+            if limiter is None:
+                return
+            limiter.reap()
+            del limiter
+
+
 def _negotiate_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
+    reaper = _Reaper(security.limiter)
+
     def negotiate(request_iterator: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        reaper.ensure_running()
         peer = context.peer()
         try:
             ticket = security.limiter.admit(peer, context.cancel)
@@ -359,7 +392,8 @@ class SecurityInterceptor(grpc.ServerInterceptor):
     clients can make the server hold; ``clock`` drives every expiry.
 
     A sync server holds one worker thread per handshake in progress: keep ``max_handshakes``
-    below the server's ``max_workers``.
+    below the server's ``max_workers`` (``secure_server`` does). A half-open handshake is
+    cancelled after ``handshake_timeout``, by the next handshake or by a background reaper.
     """
 
     def __init__(

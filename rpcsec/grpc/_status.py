@@ -52,8 +52,7 @@ for _status in SecStatus:
     else:
         _BY_STATUS[_status] = grpc.StatusCode.UNAUTHENTICATED
 
-# Codes an onward rpcsec refusal may carry back through a handler unchanged.
-_PASS_THROUGH = frozenset(_BY_STATUS.values())
+_REASONS = frozenset(status.value for status in _BY_STATUS)
 
 
 def status_for(error: SecurityError) -> grpc.StatusCode:
@@ -100,12 +99,14 @@ def passthrough_status(error: BaseException) -> tuple[grpc.StatusCode, str] | No
     reason = reason_of(error)
     if reason is None:
         return None
+    if reason not in _REASONS:
+        return None  # not a reason rpcsec gives: do not repeat what another server made up
     code_of = getattr(error, "code", None)
     try:
         code = code_of() if callable(code_of) else None
     except Exception:
         code = None
-    if code not in _PASS_THROUGH:
+    if code is not _BY_STATUS[SecStatus(reason)]:
         return None
     return code, reason
 
