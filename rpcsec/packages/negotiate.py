@@ -27,7 +27,10 @@ keytab other than the environment's, and its acceptor does not discard an optimi
 for a mechanism it cannot accept. So this module hands pyspnego prepared mechanism contexts
 (the ``_gssapi_credential`` / ``_negotiate_contexts`` keyword arguments), restricts the server's
 to the mechanisms the client offered, and drops an optimistic token the server cannot use, as
-RFC 4178 §3.2 prescribes. Those private hooks are all in ``_SpnegoHooks``.
+RFC 4178 §3.2 prescribes. Those private hooks are all in ``_SpnegoHooks``. A handle's GSS
+credentials are adopted once, when acquired or delegated, into the python-gssapi ``Credentials``
+that all its contexts then share: wrapping them per context would move the GSS handle out of
+the stored one (``_SpnegoHooks.adopt``), and later contexts would use the default ccache.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from hashlib import sha256
 from typing import Any
 
@@ -316,15 +319,33 @@ class _SpnegoHooks:
         return getattr(mech_context, "_context", None)
 
     @staticmethod
-    def kerberos(hostname: str, service: str, usage: str, creds: Any, **kwargs: Any) -> Any:
+    def adopt(creds: Any) -> Any:
+        """A python-gssapi ``Credentials`` (the type ``_gssapi_credential`` takes) for a raw
+        ``gssapi.raw.Creds`` handle, made once where the handle is acquired or delegated.
+
+        ``gssapi.Credentials(base=raw)`` *moves* the GSS handle -- python-gssapi's
+        ``Creds(cpy)`` takes ``cpy.raw_creds`` and sets it to ``GSS_C_NO_CREDENTIAL`` -- so
+        wrapping per context would leave the stored handle empty after the first context and
+        every later one would silently fall back to the default ccache / keytab. Only call
+        this on a handle nothing else holds; credentials already high-level are returned as
+        they are (the same object), so calling it twice is harmless."""
         import gssapi
 
+        if creds is None or isinstance(creds, gssapi.Credentials):
+            return creds
+        return gssapi.Credentials(base=creds)
+
+    @staticmethod
+    def kerberos(hostname: str, service: str, usage: str, creds: Any, **kwargs: Any) -> Any:
+        """pyspnego's Kerberos proxy on ``creds``, shared, never wrapped: every context of a
+        credentials handle, in any thread, uses the same GSS credential (MIT krb5 locks it),
+        as the kerberos package does with its raw handle."""
         make = spnego.client if usage == "initiate" else spnego.server
         return make(
             hostname=hostname,
             service=service,
             protocol="kerberos",
-            _gssapi_credential=gssapi.Credentials(base=creds),
+            _gssapi_credential=creds,
             **kwargs,
         )
 
@@ -636,7 +657,7 @@ class _NegotiateServer(Mechanism):
                 lifetime = float(context.lifetime)
                 service = str(context.target_name)
                 if actual & ContextReq.DELEGATE:
-                    delegated = context.delegated_creds
+                    delegated = _SpnegoHooks.adopt(context.delegated_creds)
         chain = self._offer.chain
         if protocol == "kerberos" and context_for_flags is not None:
             chain = claimed_chain(chain, forwarded_ticket(context_for_flags))
@@ -757,6 +778,14 @@ def _acquire(
             raise NoCredentialsError(
                 "negotiate server credentials need a Kerberos keytab or an NTLM user file"
             )
+    if kerberos is not None:
+        # The handles were just acquired and nothing else holds them: adopt them once into the
+        # python-gssapi Credentials that every context of this handle then shares.
+        kerberos = replace(
+            kerberos,
+            initiator=_SpnegoHooks.adopt(kerberos.initiator),
+            acceptor=_SpnegoHooks.adopt(kerberos.acceptor),
+        )
     name = kerberos.principal if kerberos is not None and kerberos.principal else principal
     return NegotiateCredentials(
         principal=name, kerberos=kerberos, ntlm_client=ntlm_client, ntlm_server=ntlm_server
