@@ -492,3 +492,24 @@ def test_stream_cursors(ntlm_setup) -> None:
                 inbound.open(tokens[0])
         with pytest.raises(MessageAlteredError):
             inbound.finish()  # sticky
+
+
+def test_import_rpcsec_does_not_import_grpc() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rpcsec\n"
+        "assert 'grpc' not in sys.modules, 'import rpcsec pulled in grpc'\n"
+        "assert rpcsec.grpc.secure_channel and 'grpc' in sys.modules\n"
+        "assert rpcsec.grpc.aio.secure_channel\n"
+    )
+    import pathlib
+
+    import rpcsec
+
+    root = pathlib.Path(rpcsec.__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=root
+    )
+    assert done.returncode == 0, done.stderr
