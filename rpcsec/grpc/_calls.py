@@ -11,7 +11,6 @@ one AAD concatenation plus the core's wrap/unwrap; nothing else is allocated per
 from __future__ import annotations
 
 from rpcsec.sspi import (
-    QOP,
     InvalidTokenError,
     MessageAlteredError,
     ProtectionLevel,
@@ -34,7 +33,6 @@ __all__ = ["FIRST_REQUEST", "FIRST_RESPONSE", "CallProtection", "Inbound", "Meth
 
 FIRST_REQUEST = position(REQUEST, 0)
 FIRST_RESPONSE = position(RESPONSE, 0)
-_QOP_FOR_ENCRYPT = {True: int(QOP.DEFAULT), False: int(QOP.WRAP_NO_ENCRYPT)}
 
 
 class MethodKeys:
@@ -68,10 +66,9 @@ class CallProtection:
         """DecryptMessage / VerifySignature of one message; it must be at the call's level."""
         if not token:
             raise InvalidTokenError("message is not a protected token")
-        data, info = self.context.unwrap_message(token, aad=prefix + call_seq + pos)
-        if info.qop != _QOP_FOR_ENCRYPT[encrypt]:
-            raise MessageAlteredError("message protection does not match the call's level")
-        return data
+        # ``encrypted=`` refuses a token of the other kind (MessageAlteredError) without building
+        # a MessageInfo per message.
+        return self.context.unwrap(token, aad=prefix + call_seq + pos, encrypted=encrypt)
 
     def end_marker(self, prefix: bytes, call_seq: bytes, direction: int, count: int) -> bytes:
         """The signed end of a stream of ``count`` messages."""
