@@ -89,13 +89,26 @@ def unary_latency_us(config: Config, budget: Budget) -> float:
         call(PAYLOAD)
     samples = []
     clock = time.perf_counter_ns
+    cpu_before = config.executor.cpu_seconds
     for _ in range(budget.latency_calls):
         start = clock()
         response = call(PAYLOAD)
         samples.append(clock() - start)
         if len(response) != len(PAYLOAD):
             raise AssertionError("echo returned the wrong payload")
+    _SERVER_CPU[config.name] = (config.executor.cpu_seconds - cpu_before) / budget.latency_calls
     return statistics.median(samples) / 1000
+
+
+_SERVER_CPU: dict[str, float] = {}
+
+
+def server_cpu_per_call_us(config: Config, budget: Budget) -> float | None:
+    """CPU time the server's thread pool spent per call during ``unary_latency_us`` (thread
+    CPU time, so it does not count waiting for a core on a busy machine): the server's share
+    of a unary call, handler, interceptor and message protection included."""
+    spent = _SERVER_CPU.get(config.name)
+    return None if spent is None else spent * 1e6
 
 
 def unary_throughput_cps(config: Config, budget: Budget) -> float:
@@ -254,6 +267,9 @@ def server_handshakes_per_core_s(config: Config, budget: Budget) -> float | None
 
 WORKLOADS: list[Workload] = [
     Workload("unary_latency_us", "unary 100 B latency", "µs", False, unary_latency_us),
+    Workload(
+        "server_cpu_per_call_us", "server CPU per unary call", "µs", False, server_cpu_per_call_us
+    ),
     Workload(
         "unary_throughput_cps", "unary 100 B, 8 threads", "calls/s", True, unary_throughput_cps
     ),

@@ -67,7 +67,7 @@ class Progress:
 
 def _short(key: str) -> str:
     """``unary_latency_us`` -> ``unary_latency`` (the ratio tables' keys)."""
-    for unit in ("_us", "_ms", "_cps", "_MBps", "_per_s", "_per_core_s", "_bytes"):
+    for unit in ("_per_call_us", "_us", "_ms", "_cps", "_MBps", "_per_core_s", "_per_s", "_bytes"):
         if key.endswith(unit):
             return key[: -len(unit)]
     return key
