@@ -18,7 +18,7 @@ import json
 import pathlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -45,13 +45,14 @@ NTLM_REQUIREMENTS = ContextReq.REPLAY_DETECT | ContextReq.INTEGRITY | ContextReq
 @dataclass
 class PackageIdentity:
     """How a client and the server of one rpcsec package get credentials (also handed to the
-    memory probe's subprocess, so only picklable strings)."""
+    memory probe's subprocess on its stdin, so only strings). The options may hold a password:
+    they stay out of the repr."""
 
     package: str
     client_principal: str | None
-    client_options: dict[str, str]
+    client_options: dict[str, str] = field(repr=False)
     server_principal: str | None
-    server_options: dict[str, str]
+    server_options: dict[str, str] = field(repr=False)
     target: str | None
     requirements: int
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rpcsec.packages.x509 import Authority
-from rpcsec.sspi import Credentials, CredentialUse, acquire_credentials_handle
 
 __all__ = ["BenchPki", "TlsLeaf", "make_pki"]
 
@@ -37,8 +36,8 @@ SERVICE = "echo"
 class TlsLeaf:
     """PEM key and certificate for ``grpc.ssl_*_credentials``."""
 
-    key: bytes
-    certificate: bytes
+    key: bytes = field(repr=False)
+    certificate: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -51,24 +50,6 @@ class BenchPki:
     @property
     def target(self) -> str:
         return self.authority.spiffe_id(SERVICE, service=True)
-
-    def client_credentials(self) -> Credentials:
-        return acquire_credentials_handle(
-            "x509",
-            None,
-            CredentialUse.OUTBOUND,
-            authority_dir=str(self.authority.directory),
-            name=CLIENT,
-        )
-
-    def server_credentials(self) -> Credentials:
-        return acquire_credentials_handle(
-            "x509",
-            None,
-            CredentialUse.INBOUND,
-            authority_dir=str(self.authority.directory),
-            name=SERVICE,
-        )
 
 
 def _tls_leaf(authority: Authority, name: str, kind: str) -> TlsLeaf:
