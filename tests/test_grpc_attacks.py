@@ -18,7 +18,7 @@ import grpc
 import grpc.aio
 import pytest
 from helpers.echo import AdminServicer, EchoServicer
-from helpers.wiretap import Wiretap, craft_call, flip
+from helpers.wiretap import Wiretap, craft_call, craft_stream_call, flip
 
 from rpcsec.grpc import SecurityInterceptor, reason_of, secure_channel
 from rpcsec.grpc._proto import handshake_pb2
@@ -80,28 +80,36 @@ def _still_serves(setup, address) -> None:
 
 def test_missing_unknown_and_malformed_handles(tapped) -> None:
     setup, echo, _, address, tap, channel = tapped
-    echo_pb2_grpc.EchoStub(channel).Say(echo_pb2.EchoRequest(text="bind"))
+    stub = echo_pb2_grpc.EchoStub(channel)
+    stub.Say(echo_pb2.EchoRequest(text="bind"))
+    stub.Collect(iter([echo_pb2.EchoRequest(text="bind")]))
     calls_before = echo.calls
-    recorded = tap.app_calls()[-1]
-    header = recorded.value("rpcsec-call-bin")
+    said, collected = tap.app_calls()[-2:]
+    handle = said.value("rpcsec-context-bin")
+    header = collected.value("rpcsec-call-bin")
     raw = grpc.insecure_channel(address)
     say = raw.unary_unary(SAY)
+    collect = raw.stream_unary(COLLECT)
     assert _refused(lambda: say(_say("no metadata"))) == "context-unknown"
-    assert (
-        _refused(lambda: say(_say("x"), metadata=(("rpcsec-call-bin", header),)))
-        == "context-unknown"
-    )
-    unknown = (("rpcsec-context-bin", os.urandom(16)), ("rpcsec-call-bin", header))
-    assert _refused(lambda: say(recorded.requests[0], metadata=unknown)) == "context-unknown"
-    short = (("rpcsec-context-bin", b"\x01\x02"), ("rpcsec-call-bin", header))
-    assert _refused(lambda: say(recorded.requests[0], metadata=short)) == "context-unknown"
-    handle = recorded.value("rpcsec-context-bin")
+    assert _refused(lambda: collect(iter([_say("x")]))) == "context-unknown"
+    for bad_handle in (os.urandom(16), b"\x01\x02", handle + b"\x00"):
+        metadata = (("rpcsec-context-bin", bad_handle), ("rpcsec-call-bin", header))
+        assert _refused(lambda m=metadata: say(said.requests[0], metadata=m)) == "context-unknown"
+        assert (
+            _refused(lambda m=metadata: collect(iter(collected.requests), metadata=m))
+            == "context-unknown"
+        )
+    # A known handle, but no call opening: an unprotected request, or no valid call header.
+    known = (("rpcsec-context-bin", handle),)
+    for request in (b"", _say("plain"), b"\x4d" + os.urandom(30)):
+        assert _refused(lambda r=request: say(r, metadata=known)) == "invalid-token"
     for bad_header in (b"", b"\x05", b"\x05" + b"\x4d" * 3, flip(header, 0), b"\x05" + header[2:]):
-        metadata = (("rpcsec-context-bin", handle), ("rpcsec-call-bin", bad_header))
-        assert _refused(lambda m=metadata: say(recorded.requests[0], metadata=m)) in {
+        metadata = (*known, ("rpcsec-call-bin", bad_header))
+        assert _refused(lambda m=metadata: collect(iter(collected.requests), metadata=m)) in {
             "invalid-token",
             "message-altered",
         }
+    assert _refused(lambda: collect(iter(collected.requests), metadata=known)) == "invalid-token"
     assert echo.calls == calls_before  # nothing reached the handler
     raw.close()
     _still_serves(setup, address)
@@ -154,28 +162,38 @@ def test_altered_requests(tapped) -> None:
     setup, echo, _, address, tap, channel = tapped
     stub = echo_pb2_grpc.EchoStub(channel)
     stub.Say(echo_pb2.EchoRequest(text="bind"))
+    requests = [echo_pb2.EchoRequest(text=t) for t in "ab"]
     before = echo.calls
-    for position in (-1, -17, 12, 0):  # tag, payload, sequence number, token kind
+    # The message that opens a unary call: tag, payload, sequence number, token kind (the
+    # kind is the call's protection level, so flipping it is a downgrade attempt).
+    for position in (-1, -17, 12, 0):
         tap.requests = lambda method, messages, p=position: [flip(messages[0], p)]
         reason = _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="altered")))
-        assert reason in {"message-altered", "invalid-token", "replay"}
+        assert reason in {"message-altered", "invalid-token"}
+    level_swapped = {0x53: 0x57, 0x57: 0x53}
+    tap.requests = lambda method, messages: [
+        bytes([level_swapped[messages[0][0]]]) + messages[0][1:]
+    ]
+    assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="x"))) == "message-altered"
     tap.requests = None
 
+    # A request stream's call header: its signature, and the protection level it names.
     def alter_header(method: str, metadata: tuple) -> tuple:
         return tuple((k, flip(v, -3) if k == "rpcsec-call-bin" else v) for k, v in metadata)
 
-    tap.metadata = alter_header
-    assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="x"))) == "message-altered"
-
-    def downgrade(method: str, metadata: tuple) -> tuple:  # claim the other protection level
+    def downgrade(method: str, metadata: tuple) -> tuple:
         return tuple(
             (k, bytes([11 - v[0]]) + v[1:] if k == "rpcsec-call-bin" else v) for k, v in metadata
         )
 
-    tap.metadata = downgrade
-    assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="x"))) == "message-altered"
+    for tamper in (alter_header, downgrade):
+        tap.metadata = tamper
+        assert _refused(lambda: stub.Collect(iter(requests))) == "message-altered"
     tap.metadata = None
-    assert echo.calls == before
+    tap.requests = lambda method, messages: [flip(messages[0], -1), *messages[1:]]
+    assert _refused(lambda: stub.Collect(iter(requests))) == "message-altered"
+    tap.requests = None
+    assert echo.calls == before + 1  # the stream's handler starts; the others never ran
     assert stub.Say(echo_pb2.EchoRequest(text="fine")).text == "fine"
     _still_serves(setup, address)
 
@@ -185,57 +203,93 @@ def test_replayed_calls_and_messages(tapped) -> None:
     stub = echo_pb2_grpc.EchoStub(channel)
     stub.Say(echo_pb2.EchoRequest(text="first"))
     first = tap.app_calls()[-1]
+    requests = [echo_pb2.EchoRequest(text=t) for t in "ab"]
+    stub.Collect(iter(requests))
+    stream = tap.app_calls()[-1]
     before = echo.calls
     attacker = grpc.insecure_channel(address)
 
-    # The whole call again, same method and to another one: the call header was seen before.
+    # Whole calls again, to the same method and to another one: their opening token (the
+    # request message, or the stream's call header) was seen before.
     say = attacker.unary_unary(SAY)
     assert _refused(lambda: say(first.requests[0], metadata=first.metadata)) == "replay"
     admin = attacker.unary_unary("/rpcsec.test.v1.Admin/Shutdown")
     assert _refused(lambda: admin(first.requests[0], metadata=first.metadata)) == "replay"
+    collect = attacker.stream_unary(COLLECT)
+    assert _refused(lambda: collect(iter(stream.requests), metadata=stream.metadata)) == "replay"
 
-    # The first call's request message inside a new, legitimate call.
+    # An earlier call's request message inside a new, legitimate call.
     tap.requests = lambda method, messages: [first.requests[0]]
     assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="second"))) == "replay"
+    tap.requests = lambda method, messages: [stream.requests[0], *messages[1:]]
+    assert _refused(lambda: stub.Collect(iter(requests))) == "replay"
 
-    # A message that was never delivered (the attacker swallowed it) pasted into the next
-    # call: fresh sequence number, but signed for another call.
+    # A stream message that was never delivered (the attacker swallowed it) pasted into the
+    # next stream: fresh sequence number, but protected for another call.
     swallowed: list[bytes] = []
 
     def swallow(method: str, messages: list[bytes]) -> list[bytes]:
         swallowed.append(messages[0])
-        return [b"\x57" + os.urandom(40)]
+        return [b"\x53" + os.urandom(40), *messages[1:]]
 
     tap.requests = swallow
-    assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="lost"))) == "message-altered"
-    tap.requests = lambda method, messages: [swallowed[0]]
-    assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="next"))) == "message-altered"
+    assert _refused(lambda: stub.Collect(iter(requests))) == "message-altered"
+    tap.requests = lambda method, messages: [swallowed[0], *messages[1:]]
+    assert _refused(lambda: stub.Collect(iter(requests))) == "message-altered"
     tap.requests = None
-    assert echo.calls == before
+    assert echo.calls == before + 3  # the stream handlers started; no unary handler ran
     attacker.close()
     _still_serves(setup, address)
 
 
-def test_call_header_is_bound_to_its_method(tapped) -> None:
+def test_a_withheld_unary_call_is_only_ever_itself(tapped) -> None:
+    # A unary call's request message *is* the call. An attacker who withholds it and delivers
+    # it later runs exactly that call (same method, same argument, once); it cannot make it
+    # answer another call: the client refuses a response that belongs to a different call.
+    _setup, echo, _, _address, tap, channel = tapped
+    stub = echo_pb2_grpc.EchoStub(channel)
+    stub.Say(echo_pb2.EchoRequest(text="bind"))
+    before = echo.calls
+    withheld: list[bytes] = []
+
+    def withhold(method: str, messages: list[bytes]) -> list[bytes]:
+        withheld.append(messages[0])
+        return [b"\x53" + os.urandom(40)]
+
+    tap.requests = withhold
+    assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="withheld"))) == ("message-altered")
+    tap.requests = lambda method, messages: [withheld[0]]
+    with pytest.raises(MessageAlteredError):
+        stub.Say(echo_pb2.EchoRequest(text="next"))  # answered for the withheld call: refused
+    tap.requests = lambda method, messages: [withheld[0]]
+    assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="again"))) == "replay"
+    tap.requests = None
+    assert echo.calls == before + 1  # the withheld call ran once, as itself
+
+
+def test_calls_are_bound_to_their_method(tapped) -> None:
     _setup, echo, _, address, tap, channel = tapped
     echo_pb2_grpc.EchoStub(channel).Say(echo_pb2.EchoRequest(text="bind"))
     handle = tap.app_calls()[-1].value("rpcsec-context-bin")
+    context = channel.security_context
     before = echo.calls
     attacker = grpc.insecure_channel(address)
-    metadata, token, _ = craft_call(
-        channel.security_context,
-        handle,
-        SAY,
-        _say("x"),
-        header_method="/rpcsec.test.v1.Admin/Shutdown",
+    say = attacker.unary_unary(SAY)
+    collect = attacker.stream_unary(COLLECT)
+    shutdown = "/rpcsec.test.v1.Admin/Shutdown"
+    metadata, token, _ = craft_call(context, handle, SAY, _say("x"), aad_method=shutdown)
+    assert _refused(lambda: say(token, metadata=metadata)) == "message-altered"
+    metadata, tokens, _ = craft_stream_call(
+        context, handle, COLLECT, [_say("x")], header_method=shutdown
     )
-    assert _refused(lambda: attacker.unary_unary(SAY)(token, metadata=metadata)) == (
-        "message-altered"
-    )
+    assert _refused(lambda: collect(iter(tokens), metadata=metadata)) == "message-altered"
+    assert echo.calls == before
     # The same crafting done right is accepted: the test's wire format is the real one.
-    metadata, token, _call_seq = craft_call(channel.security_context, handle, SAY, _say("ok"))
-    response = attacker.unary_unary(SAY)(token, metadata=metadata)
-    assert response and echo.calls == before + 1
+    metadata, token, _ = craft_call(context, handle, SAY, _say("ok"))
+    assert say(token, metadata=metadata)
+    metadata, tokens, _ = craft_stream_call(context, handle, COLLECT, [_say("a"), _say("b")])
+    assert collect(iter(tokens), metadata=metadata)
+    assert echo.calls == before + 2
     attacker.close()
 
 
@@ -317,7 +371,10 @@ def test_release_must_be_signed(tapped) -> None:
     assert _refused(lambda: release(b"", metadata=(("rpcsec-context-bin", handle),))) == (
         "invalid-token"
     )
-    assert _refused(lambda: release(b"", metadata=recorded.metadata)) == "replay"
+    # Another call's opening token, replayed, or protected for another method.
+    assert _refused(lambda: release(recorded.requests[0], metadata=recorded.metadata)) == "replay"
+    metadata, token, _ = craft_call(channel.security_context, handle, SAY, b"")
+    assert _refused(lambda: release(token, metadata=metadata)) == "message-altered"
     assert len(interceptor.contexts) == 1
     channel.close()  # the real, signed release
     assert len(interceptor.contexts) == 0

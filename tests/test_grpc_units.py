@@ -431,28 +431,31 @@ def test_garbage_call_metadata_is_refused_with_security_errors(admitted, metadat
 
 
 def test_admission_and_messages_in_memory(admitted) -> None:
-    from helpers.wiretap import craft_call, message_aad
+    from helpers.wiretap import craft_call, craft_stream_call, message_aad
 
     security, client, handle = admitted
     method = ServerMethod("/a.Svc/M", None, None)
     metadata, token, call_seq = craft_call(client, handle, "/a.Svc/M", b"payload")
-    call = security.open_call(metadata, method)
-    assert call.open_request(token) == b"payload"
+    call, payload = security.open_unary(metadata, method, token)
+    assert payload == b"payload"
     assert call.token.protection_level is ProtectionLevel.INTEGRITY
     response = call.seal_response(b"answer")
     assert client.unwrap(response, aad=message_aad(handle, "/a.Svc/M", call_seq, 0x02, 0)) == (
         b"answer"
     )
     with pytest.raises(SecurityError):
-        security.open_call(metadata, method)  # the same call header again: replay
-    # A privacy-level call whose message is only signed does not pass.
-    metadata, _, call_seq = craft_call(client, handle, "/a.Svc/M", b"", ProtectionLevel.PRIVACY)
+        security.open_unary(metadata, method, token)  # the same call again: replay
+    # A privacy call is opened by a sealed message; its stream messages must be sealed too.
+    metadata, _, call_seq = craft_stream_call(
+        client, handle, "/a.Svc/M", [], ProtectionLevel.PRIVACY
+    )
     call = security.open_call(metadata, method)
+    assert call.token.protection_level is ProtectionLevel.PRIVACY
     signed = client.wrap(
         b"x", aad=message_aad(handle, "/a.Svc/M", call_seq, 0x01, 0), encrypt=False
     )
     with pytest.raises(MessageAlteredError):
-        call.open_request(signed)
+        call.inbound().open(signed)
 
 
 def test_stream_cursors(ntlm_setup) -> None:

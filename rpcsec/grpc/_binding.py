@@ -28,7 +28,7 @@ from ._calls import CallProtection, MethodKeys
 from ._cloaking import resolve_credentials
 from ._handshake import ClientNegotiation
 from ._status import reason_of
-from ._wire import CALL_KEY, CONTEXT_KEY, LEVEL_BYTES
+from ._wire import CALL_KEY, CONTEXT_KEY, LEVEL_BYTES, SEQ_SLICE
 
 __all__ = ["REBIND_REASONS", "ChannelSecurity", "ClientBound", "should_rebind"]
 
@@ -47,6 +47,7 @@ class ClientBound:
         "_ctx_metadata",
         "_keys",
         "_level_byte",
+        "_metadata",
         "context",
         "encrypt",
         "expires_at",
@@ -67,6 +68,7 @@ class ClientBound:
         self.protection = CallProtection(context, handle)
         self._level_byte = LEVEL_BYTES[level]
         self._ctx_metadata = (CONTEXT_KEY, handle)
+        self._metadata = (self._ctx_metadata,)
         self._keys: dict[str, MethodKeys] = {}
         self.expires_at = context.expires_at  # fixed once established
 
@@ -77,9 +79,18 @@ class ClientBound:
         return keys
 
     def begin(self, keys: MethodKeys) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
-        """Sign a new call's header: returns the call sequence and the call's metadata."""
+        """Open a request-streaming call with a signed call header: returns the call sequence
+        and the call's metadata."""
         header = self.context.sign(b"", aad=keys.call_aad)
-        return header[1:9], (self._ctx_metadata, (CALL_KEY, self._level_byte + header))
+        return header[SEQ_SLICE], (self._ctx_metadata, (CALL_KEY, self._level_byte + header))
+
+    def open_unary(
+        self, keys: MethodKeys, payload: bytes
+    ) -> tuple[bytes, tuple[tuple[str, bytes], ...], bytes]:
+        """Open a single-request call with its request message: returns the call sequence,
+        the call's metadata and the request token."""
+        token = self.context.wrap(payload, aad=keys.open_aad, encrypt=self.encrypt)
+        return token[SEQ_SLICE], self._metadata, token
 
     def usable(self, now: float) -> bool:
         """Not expired (a deleted context makes the next signature raise, which re-binds)."""

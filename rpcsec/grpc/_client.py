@@ -33,7 +33,7 @@ from rpcsec.sspi import (
 )
 
 from ._binding import ChannelSecurity, ClientBound, should_rebind
-from ._calls import FIRST_REQUEST, FIRST_RESPONSE, Inbound, MethodKeys, Outbound
+from ._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from ._proto import handshake_pb2
 from ._status import error_from_rpc
 from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
@@ -156,8 +156,7 @@ class _Session:
     def _release_bound(self, bound: ClientBound) -> None:
         try:
             keys = bound.keys(RELEASE_METHOD)
-            call_seq, metadata = bound.begin(keys)
-            token = bound.protection.seal(keys.prefix, call_seq, FIRST_REQUEST, b"", bound.encrypt)
+            call_seq, metadata, token = bound.open_unary(keys, b"")
             response = self._release(token, metadata=metadata, timeout=self._timeout)
             bound.protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
         except (grpc.RpcError, SecurityError) as exc:
@@ -183,18 +182,27 @@ class _Multicallable:
         self._serialize = serialize or _identity
         self._deserialize = deserialize or _identity
 
-    def _begin(self) -> tuple[ClientBound, MethodKeys, bytes, tuple[tuple[str, bytes], ...]]:
+    def _open_call(
+        self, payload: bytes | None
+    ) -> tuple[ClientBound, MethodKeys, bytes, tuple[tuple[str, bytes], ...], bytes]:
+        """Bind if needed and open a call: with its single request message (``payload``), or
+        with a call header (None: request-streaming). Returns the binding, the method's keys,
+        the call sequence, the metadata and the request token (b"" for a header)."""
         session = self._session
-        bound = session.bound()
-        keys = bound.keys(self._method)
-        try:
-            call_seq, metadata = bound.begin(keys)
-        except ContextExpiredError:
-            session.invalidate(bound)
+        for attempt in (0, 1):
             bound = session.bound()
             keys = bound.keys(self._method)
-            call_seq, metadata = bound.begin(keys)
-        return bound, keys, call_seq, metadata
+            try:
+                if payload is None:
+                    call_seq, metadata = bound.begin(keys)
+                    return bound, keys, call_seq, metadata, b""
+                call_seq, metadata, token = bound.open_unary(keys, payload)
+                return bound, keys, call_seq, metadata, token
+            except ContextExpiredError:
+                if attempt:
+                    raise
+                session.invalidate(bound)  # expired between the check and the signature
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
@@ -239,9 +247,8 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         payload = self._serialize(request)
         send = self._raw.with_call if with_call else self._raw
         for attempt in (0, 1):
-            bound, keys, call_seq, ours = self._begin()
+            bound, keys, call_seq, ours, token = self._open_call(payload)
             protection = bound.protection
-            token = protection.seal(keys.prefix, call_seq, FIRST_REQUEST, payload, bound.encrypt)
             try:
                 outcome = send(
                     token,
@@ -273,10 +280,7 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         """Binds first if needed (blocking); the call itself runs asynchronously. No
         transparent re-bind: a refusal for ``context-unknown`` surfaces from ``result()``
         and the next call binds again."""
-        payload = self._serialize(request)
-        bound, keys, call_seq, ours = self._begin()
-        protection = bound.protection
-        token = protection.seal(keys.prefix, call_seq, FIRST_REQUEST, payload, bound.encrypt)
+        bound, keys, call_seq, ours, token = self._open_call(self._serialize(request))
         raw = self._raw.future(
             token,
             timeout=timeout,
@@ -306,7 +310,7 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
     def _start(
         self, request_iterator: Iterable[Any]
     ) -> tuple[ClientBound, MethodKeys, bytes, Any, Iterator[bytes]]:
-        bound, keys, call_seq, ours = self._begin()
+        bound, keys, call_seq, ours, _ = self._open_call(None)
         outbound = Outbound(bound.protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
         return (
             bound,
@@ -403,9 +407,8 @@ class _UnaryStream(_Multicallable, grpc.UnaryStreamMultiCallable):
         payload = self._serialize(request)
 
         def start() -> tuple[Any, Inbound, ClientBound]:
-            bound, keys, call_seq, ours = self._begin()
+            bound, keys, call_seq, ours, token = self._open_call(payload)
             protection = bound.protection
-            token = protection.seal(keys.prefix, call_seq, FIRST_REQUEST, payload, bound.encrypt)
             raw = self._raw(
                 token,
                 timeout=timeout,
@@ -433,7 +436,7 @@ class _StreamStream(_Multicallable, grpc.StreamStreamMultiCallable):
         compression: grpc.Compression | None = None,
     ) -> _ResponseStream:
         def start() -> tuple[Any, Inbound, ClientBound]:
-            bound, keys, call_seq, ours = self._begin()
+            bound, keys, call_seq, ours, _ = self._open_call(None)
             protection = bound.protection
             outbound = Outbound(protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
             raw = self._raw(

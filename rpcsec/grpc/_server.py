@@ -182,8 +182,8 @@ def sync_handler(
 
         def unary_unary(request: bytes, context: Any) -> bytes:
             try:
-                call = security.open_call(context.invocation_metadata(), method)
-                message = deserialize(method, call.open_request(request))
+                call, data = security.open_unary(context.invocation_metadata(), method, request)
+                message = deserialize(method, data)
                 with impersonate(call.token):
                     response = app_uu(message, context)
                 if response is None:
@@ -203,8 +203,8 @@ def sync_handler(
 
         def unary_stream(request: bytes, context: Any) -> Iterator[bytes]:
             try:
-                call = security.open_call(context.invocation_metadata(), method)
-                message = deserialize(method, call.open_request(request))
+                call, data = security.open_unary(context.invocation_metadata(), method, request)
+                message = deserialize(method, data)
                 outbound = call.outbound()
                 # The handler's generator runs step by step; each step runs in a context that
                 # holds the caller's token, so nothing leaks into the server's thread.
@@ -344,8 +344,7 @@ def _release_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
 
     def release(request: bytes, context: Any) -> bytes:
         try:
-            call = security.open_call(context.invocation_metadata(), method)
-            call.open_request(request)
+            call, _ = security.open_unary(context.invocation_metadata(), method, request)
             response = call.seal_response(b"")
             security.release(call)
             return response

@@ -1,11 +1,12 @@
 """What the server does for every call, shared by the sync and asyncio interceptors.
 
-``ServerSecurity`` owns the context table, the handshake limiter and the policy. ``open_call``
-is the whole admission of one call, before any handler code runs: find the context named by
-the handle, verify the signed call header (VerifySignature; its sequence number is the call
-sequence and the replay window refuses it if seen before), then check the authorization policy
-with the caller's token at the call's protection level. ``ServerCall`` then opens the request
-messages and seals the responses of that call. No I/O and no grpc objects here.
+``ServerSecurity`` owns the context table, the handshake limiter and the policy.
+``open_unary`` / ``open_call`` are the whole admission of one call, before any handler code
+runs: find the context named by the handle, verify the token that opens the call (the single
+request message, or the signed call header of a request stream; its sequence number is the
+call sequence and the replay window refuses it if seen before), then check the authorization
+policy with the caller's token at the call's protection level. ``ServerCall`` then opens the
+request stream's messages and seals the responses of that call. No I/O, no grpc objects.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from rpcsec.sspi import (
     ServerContext,
 )
 
-from ._calls import FIRST_REQUEST, FIRST_RESPONSE, CallProtection, Inbound, Outbound
+from ._calls import FIRST_RESPONSE, CallProtection, Inbound, Outbound
 from ._handshake import ServerNegotiation
 from ._policy import AuthorizationPolicy
 from ._table import ContextEntry, ContextTable, HandshakeLimiter
@@ -37,7 +38,9 @@ from ._wire import (
     HANDLE_SIZE,
     REQUEST,
     RESPONSE,
+    SEALED_KIND,
     SEQ_SLICE,
+    SIGNED_KIND,
     level_from_byte,
     method_part,
 )
@@ -84,9 +87,6 @@ class ServerCall:
         self.call_seq = call_seq
         self.token = token
         self.encrypt = token.protection_level is _PRIVACY
-
-    def open_request(self, token: bytes) -> bytes:
-        return self.protection.open(self.prefix, self.call_seq, FIRST_REQUEST, token, self.encrypt)
 
     def seal_response(self, payload: bytes) -> bytes:
         return self.protection.seal(
@@ -154,8 +154,7 @@ class ServerSecurity:
 
     # -- calls -----------------------------------------------------------------------------
 
-    def open_call(self, metadata: Sequence[Any] | None, method: ServerMethod) -> ServerCall:
-        """Admit one call or raise the ``SecurityError`` that refuses it."""
+    def _find(self, metadata: Sequence[Any] | None) -> tuple[ContextEntry, Any]:
         handle = header = None
         for item in metadata or ():
             key = item[0]
@@ -167,18 +166,47 @@ class ServerSecurity:
             raise InvalidHandleError("call carries no security context handle")
         if not isinstance(handle, bytes) or len(handle) != HANDLE_SIZE:
             raise InvalidHandleError("call carries a malformed security context handle")
+        return self.table.lookup(handle), header
+
+    def _admit(
+        self, entry: ContextEntry, method: ServerMethod, level: ProtectionLevel, call_seq: bytes
+    ) -> ServerCall:
+        token = entry.tokens[level]
+        if method.authorize:
+            self.policy.check(method.method, token)
+        return ServerCall(entry, entry.msg_label + method.part, call_seq, token)
+
+    def open_unary(
+        self, metadata: Sequence[Any] | None, method: ServerMethod, request: bytes
+    ) -> tuple[ServerCall, bytes]:
+        """Admit a single-request call, opened by its request message; returns the call and
+        the request's payload, or raises the ``SecurityError`` that refuses it."""
+        entry, _ = self._find(metadata)
+        if not isinstance(request, bytes) or not request:
+            raise InvalidTokenError("call does not open with a protected message")
+        kind = request[0]
+        if kind == SEALED_KIND:
+            level = ProtectionLevel.PRIVACY
+        elif kind == SIGNED_KIND:
+            level = ProtectionLevel.INTEGRITY
+        else:
+            raise InvalidTokenError("call does not open with a protected message")
+        payload = entry.context.unwrap(
+            request, aad=entry.open_prefix + method.part, encrypted=level is _PRIVACY
+        )
+        return self._admit(entry, method, level, request[SEQ_SLICE]), payload
+
+    def open_call(self, metadata: Sequence[Any] | None, method: ServerMethod) -> ServerCall:
+        """Admit a request-streaming call, opened by the signed call header in its metadata."""
+        entry, header = self._find(metadata)
         if not isinstance(header, bytes) or len(header) < 10 or header[1] != END_MARKER_KIND:
             raise InvalidTokenError("call carries no valid call header")
-        entry = self.table.lookup(handle)
         level = level_from_byte(header[0])
         if level is None:
             raise InvalidTokenError("call header names an unknown protection level")
         signature = header[1:]
         entry.context.verify(b"", signature, aad=entry.call_prefix + header[:1] + method.part)
-        token = entry.tokens[level]
-        if method.authorize:
-            self.policy.check(method.method, token)
-        return ServerCall(entry, entry.msg_label + method.part, signature[SEQ_SLICE], token)
+        return self._admit(entry, method, level, signature[SEQ_SLICE])
 
     def release(self, call: ServerCall) -> None:
         self.table.release(call.entry.handle)

@@ -28,7 +28,7 @@ from rpcsec.sspi import (
 )
 
 from ._calls import CallProtection
-from ._wire import HANDLE_SIZE, call_prefix, message_prefix
+from ._wire import HANDLE_SIZE, call_prefix, message_prefix, open_aad
 
 __all__ = ["ContextEntry", "ContextTable", "HandshakeLimiter", "HandshakeTicket"]
 
@@ -51,6 +51,7 @@ class ContextEntry:
         "handle",
         "last_used",
         "msg_label",
+        "open_prefix",
         "peer",
         "protection",
         "tokens",
@@ -65,6 +66,7 @@ class ContextEntry:
         self.protection = CallProtection(context, handle)
         self.call_prefix = call_prefix(handle)
         self.msg_label = message_prefix(handle, b"")
+        self.open_prefix = open_aad(handle, b"")
         self.last_used = now
         self.expires_at = expires_at
         caller: AccessToken = context.peer

@@ -1,18 +1,27 @@
 """The binding's per-call wire format: metadata keys and what each signature covers.
 
-Every call carries, in its request metadata::
+Every call names its context in the request metadata::
 
     rpcsec-context-bin : the 16-byte context handle the server returned from Negotiate
-    rpcsec-call-bin    : level:u8 | MIC token = ctx.sign(b"", aad=CALL_AAD)
 
-    CALL_AAD = "rpcsec call v1" 0x00 | handle | level:u8 | len(method):u16 | method
+and is *opened* by exactly one token the context made, whose sequence number (bytes 1..9 of a
+core token, see ``rpcsec.sspi._context``) becomes the *call sequence*. The server's replay
+window accepts each sequence number once, so an opening token is never accepted twice.
 
-The MIC's sequence number (bytes 1..9 of a core MIC token, see ``rpcsec.sspi._context``) is the
-*call sequence*. The server's replay window accepts each sequence number once, so a replayed
-call header is refused even when the call has no request message at all.
+* A call with a single request message (unary and server-streaming) is opened by that message
+  itself, one core wrap token (``ctx.wrap``: sealed for PRIVACY, signed for INTEGRITY; the
+  token's kind is the call's protection level) binding::
 
-Every request and response message is one core token (``ctx.wrap``: sealed for PRIVACY, signed
-for INTEGRITY) over the serialized message, binding::
+      OPEN_AAD = "rpcsec open v1" 0x00 | handle | len(method):u16 | method
+
+* A request-streaming call may carry any number of messages, none at all included, so it is
+  opened by a call header in the metadata instead::
+
+      rpcsec-call-bin : level:u8 | MIC token = ctx.sign(b"", aad=CALL_AAD)
+      CALL_AAD = "rpcsec call v1" 0x00 | handle | level:u8 | len(method):u16 | method
+
+Every other message -- each message of a request stream, every response -- is one wrap token
+at the call's level binding::
 
     MSG_AAD = "rpcsec msg v1" 0x00 | handle | len(method):u16 | method
               | call_seq:u64 | direction:u8 | index:u32
@@ -22,6 +31,10 @@ does not verify (DESIGN §5). A *stream* direction ends with an end-of-stream ma
 (``ctx.sign(b"", aad=MSG_AAD with direction | END and index = message count)``) whose kind byte
 differs from every wrap token's, so truncating a stream is detected as well. Unary directions
 carry exactly one message and need no marker.
+
+Not protected: the gRPC status, its details and any metadata the application sets. An attacker
+on the path can always turn a call into a failure; what it cannot do is make a client accept a
+response, or a server run a handler, that the peer did not send for that very call.
 """
 
 from __future__ import annotations
@@ -41,11 +54,14 @@ __all__ = [
     "RELEASE_METHOD",
     "REQUEST",
     "RESPONSE",
+    "SEALED_KIND",
     "SEQ_SLICE",
+    "SIGNED_KIND",
     "call_prefix",
     "level_from_byte",
     "message_prefix",
     "method_part",
+    "open_aad",
     "position",
 ]
 
@@ -61,12 +77,15 @@ REQUEST = 0x01
 RESPONSE = 0x02
 END = 0x80
 
-# The core's MIC token kind (0x4D, rpcsec.sspi._context): wrap tokens are 0x57 or 0x53.
+# The core's token kinds (rpcsec.sspi._context): MIC, sealed wrap, signed-only wrap.
 END_MARKER_KIND = 0x4D
+SEALED_KIND = 0x57
+SIGNED_KIND = 0x53
 # Where a core token carries its sequence number (kind:u8 | seq:u64 | ...).
 SEQ_SLICE = slice(1, 9)
 
 _CALL_LABEL = b"rpcsec call v1\x00"
+_OPEN_LABEL = b"rpcsec open v1\x00"
 _MSG_LABEL = b"rpcsec msg v1\x00"
 _POSITION = struct.Struct(">BI")
 
@@ -88,6 +107,11 @@ def method_part(method: str) -> bytes:
 def call_prefix(handle: bytes) -> bytes:
     """CALL_AAD up to the level byte."""
     return _CALL_LABEL + handle
+
+
+def open_aad(handle: bytes, method: bytes) -> bytes:
+    """OPEN_AAD; ``method`` is ``method_part(path)``."""
+    return _OPEN_LABEL + handle + method
 
 
 def message_prefix(handle: bytes, method: bytes) -> bytes:

@@ -18,7 +18,16 @@ import grpc
 
 from rpcsec.sspi import ProtectionLevel, SecurityContext
 
-__all__ = ["Recorded", "Wiretap", "call_aad", "craft_call", "flip", "message_aad"]
+__all__ = [
+    "Recorded",
+    "Wiretap",
+    "call_aad",
+    "craft_call",
+    "craft_stream_call",
+    "flip",
+    "message_aad",
+    "open_aad",
+]
 
 
 def flip(data: bytes, index: int = -1) -> bytes:
@@ -249,6 +258,10 @@ def message_aad(handle: bytes, method: str, call_seq: bytes, direction: int, ind
     )
 
 
+def open_aad(handle: bytes, method: str) -> bytes:
+    return b"rpcsec open v1\x00" + handle + _method(method)
+
+
 def craft_call(
     context: SecurityContext,
     handle: bytes,
@@ -256,19 +269,39 @@ def craft_call(
     payload: bytes,
     level: ProtectionLevel = ProtectionLevel.INTEGRITY,
     *,
-    header_method: str | None = None,
+    aad_method: str | None = None,
 ) -> tuple[tuple[tuple[str, bytes], ...], bytes, bytes]:
-    """A unary call as a correct client would send it: (metadata, request token, call_seq).
-    ``header_method`` signs the call header for another method (a cut-and-paste attempt)."""
-    header = context.sign(b"", aad=call_aad(handle, level, header_method or method))
-    call_seq = header[1:9]
+    """A single-request call as a correct client sends it: (metadata, request token,
+    call_seq). ``aad_method`` protects it for another method (a cut-and-paste attempt)."""
     token = context.wrap(
         payload,
-        aad=message_aad(handle, method, call_seq, 0x01, 0),
+        aad=open_aad(handle, aad_method or method),
         encrypt=level is ProtectionLevel.PRIVACY,
     )
+    return (("rpcsec-context-bin", handle),), token, token[1:9]
+
+
+def craft_stream_call(
+    context: SecurityContext,
+    handle: bytes,
+    method: str,
+    payloads: list[bytes],
+    level: ProtectionLevel = ProtectionLevel.INTEGRITY,
+    *,
+    header_method: str | None = None,
+) -> tuple[tuple[tuple[str, bytes], ...], list[bytes], bytes]:
+    """A request-streaming call: (metadata with the call header, request tokens ending with
+    the end marker, call_seq). ``header_method`` signs the header for another method."""
+    header = context.sign(b"", aad=call_aad(handle, level, header_method or method))
+    call_seq = header[1:9]
+    encrypt = level is ProtectionLevel.PRIVACY
+    tokens = [
+        context.wrap(p, aad=message_aad(handle, method, call_seq, 0x01, i), encrypt=encrypt)
+        for i, p in enumerate(payloads)
+    ]
+    tokens.append(context.sign(b"", aad=message_aad(handle, method, call_seq, 0x81, len(payloads))))
     metadata = (
         ("rpcsec-context-bin", handle),
         ("rpcsec-call-bin", bytes([int(level)]) + header),
     )
-    return metadata, token, call_seq
+    return metadata, tokens, call_seq

@@ -29,7 +29,7 @@ from rpcsec.sspi import (
 )
 
 from .._binding import ChannelSecurity, ClientBound, should_rebind
-from .._calls import FIRST_REQUEST, FIRST_RESPONSE, Inbound, MethodKeys, Outbound
+from .._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from .._client import DEFAULT_HANDSHAKE_TIMEOUT, _parse_response
 from .._status import error_from_rpc
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
@@ -147,8 +147,7 @@ class _Session:
     async def _release_bound(self, bound: ClientBound) -> None:
         try:
             keys = bound.keys(RELEASE_METHOD)
-            call_seq, metadata = bound.begin(keys)
-            token = bound.protection.seal(keys.prefix, call_seq, FIRST_REQUEST, b"", bound.encrypt)
+            call_seq, metadata, token = bound.open_unary(keys, b"")
             response = await self._release(token, metadata=metadata, timeout=self._timeout)
             bound.protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
         except (grpc.RpcError, SecurityError) as exc:
@@ -430,15 +429,22 @@ class _Multicallable:
         self._serialize = serialize or _identity
         self._deserialize = deserialize or _identity
 
-    def _begin(self, bound: ClientBound) -> tuple[MethodKeys, bytes, tuple[tuple[str, bytes], ...]]:
+    def _open_call(
+        self, bound: ClientBound, payload: bytes | None
+    ) -> tuple[MethodKeys, bytes, tuple[tuple[str, bytes], ...], bytes]:
+        """Open a call on ``bound``: with its single request message, or (None) with a call
+        header. Returns the keys, the call sequence, the metadata and the request token."""
         keys = bound.keys(self._method)
         try:
-            call_seq, metadata = bound.begin(keys)
+            if payload is None:
+                call_seq, metadata = bound.begin(keys)
+                return keys, call_seq, metadata, b""
+            call_seq, metadata, token = bound.open_unary(keys, payload)
+            return keys, call_seq, metadata, token
         except ContextExpiredError:
-            # Expired between the check and the signature: the retry path binds again.
+            # Expired between the check and the signature: the call binds again.
             self._session.invalidate(bound)
             raise
-        return keys, call_seq, metadata
 
 
 class _UnaryUnaryMultiCallable(_Multicallable, grpc.aio.UnaryUnaryMultiCallable):
@@ -455,10 +461,7 @@ class _UnaryUnaryMultiCallable(_Multicallable, grpc.aio.UnaryUnaryMultiCallable)
         payload = self._serialize(request)
 
         def launch(bound: ClientBound) -> _Started:
-            keys, call_seq, ours = self._begin(bound)
-            token = bound.protection.seal(
-                keys.prefix, call_seq, FIRST_REQUEST, payload, bound.encrypt
-            )
+            keys, call_seq, ours, token = self._open_call(bound, payload)
             call = self._raw(
                 token,
                 timeout=timeout,
@@ -486,9 +489,8 @@ class _UnaryStreamMultiCallable(_Multicallable, grpc.aio.UnaryStreamMultiCallabl
         payload = self._serialize(request)
 
         def launch(bound: ClientBound) -> _Started:
-            keys, call_seq, ours = self._begin(bound)
+            keys, call_seq, ours, token = self._open_call(bound, payload)
             protection = bound.protection
-            token = protection.seal(keys.prefix, call_seq, FIRST_REQUEST, payload, bound.encrypt)
             call = self._raw(
                 token,
                 timeout=timeout,
@@ -514,7 +516,7 @@ class _StreamUnaryMultiCallable(_Multicallable, grpc.aio.StreamUnaryMultiCallabl
         compression: grpc.Compression | None = None,
     ) -> Any:
         def launch(bound: ClientBound) -> _Started:
-            keys, call_seq, ours = self._begin(bound)
+            keys, call_seq, ours, _ = self._open_call(bound, None)
             outbound = Outbound(bound.protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
             requests = (
                 None
@@ -545,7 +547,7 @@ class _StreamStreamMultiCallable(_Multicallable, grpc.aio.StreamStreamMultiCalla
         compression: grpc.Compression | None = None,
     ) -> Any:
         def launch(bound: ClientBound) -> _Started:
-            keys, call_seq, ours = self._begin(bound)
+            keys, call_seq, ours, _ = self._open_call(bound, None)
             protection = bound.protection
             outbound = Outbound(protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
             requests = (

@@ -175,8 +175,8 @@ def async_handler(
 
         async def unary_unary(request: bytes, context: Any) -> bytes:
             try:
-                call = security.open_call(context.invocation_metadata(), method)
-                message = deserialize(method, call.open_request(request))
+                call, data = security.open_unary(context.invocation_metadata(), method, request)
+                message = deserialize(method, data)
                 with impersonate(call.token):
                     response = await app_uu(message, context)
                 if response is None:
@@ -219,13 +219,15 @@ def async_handler(
     app = handler.stream_stream if request_streaming else handler.unary_stream
 
     async def admit(request: Any, context: Any) -> tuple[Any, Any, _ProtectedContext, Any]:
-        call = security.open_call(context.invocation_metadata(), method)
+        metadata = context.invocation_metadata()
         inbound = None
         if request_streaming:
+            call = security.open_call(metadata, method)
             inbound = call.inbound()
-            argument = _verified_requests(request, inbound, method)
+            argument: Any = _verified_requests(request, inbound, method)
         else:
-            argument = deserialize(method, call.open_request(request))
+            call, data = security.open_unary(metadata, method, request)
+            argument = deserialize(method, data)
         proxy = _ProtectedContext(context, method, inbound, call.outbound())
         return call, argument, proxy, inbound
 
@@ -325,8 +327,7 @@ def _release_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
 
     async def release(request: bytes, context: Any) -> bytes:
         try:
-            call = security.open_call(context.invocation_metadata(), method)
-            call.open_request(request)
+            call, _ = security.open_unary(context.invocation_metadata(), method, request)
             response = call.seal_response(b"")
             security.release(call)
             return response
