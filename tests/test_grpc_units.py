@@ -118,6 +118,7 @@ def test_context_table_lru_idle_and_lifetime(ntlm_setup) -> None:
     a = table.add(servers[0], "peer-a")
     b = table.add(servers[1], "peer-b")
     assert len(table) == 2 and a != b and len(a) == 16
+    clock.now += 2  # (the LRU order is refreshed at most once a second per entry)
     table.lookup(a)  # a is now the most recently used
     c = table.add(servers[2], "peer-c")  # evicts b, the least recently used
     assert len(table) == 2 and table.evictions == 1
@@ -129,7 +130,7 @@ def test_context_table_lru_idle_and_lifetime(ntlm_setup) -> None:
         ProtectionLevel.PRIVACY
     )
 
-    clock.now += 31  # idle longer than 30 s: forgotten, and reported as unknown
+    clock.now += 32  # idle longer than 30 s: forgotten, and reported as unknown
     with pytest.raises(InvalidHandleError):
         table.lookup(a)
     assert table.purge() == 1  # c idled out too

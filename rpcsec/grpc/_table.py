@@ -39,6 +39,7 @@ DEFAULT_IDLE_TIMEOUT = 3600.0
 DEFAULT_MAX_HANDSHAKES = 64
 DEFAULT_MAX_HANDSHAKES_PER_PEER = 8
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+_TOUCH = 1.0  # seconds between LRU refreshes of one entry
 
 
 class ContextEntry:
@@ -130,27 +131,33 @@ class ContextTable:
 
     def lookup(self, handle: bytes) -> ContextEntry:
         """The entry for ``handle``; ``InvalidHandleError`` (context-unknown) if never known,
-        evicted or idle too long, ``ContextExpiredError`` if past its lifetime."""
+        evicted or idle too long, ``ContextExpiredError`` if past its lifetime.
+
+        The hot path takes no lock: a dict read and an attribute write are atomic, and the LRU
+        order is refreshed at most once per ``_TOUCH`` seconds per entry (eviction order is
+        exact to within that)."""
         now = self._clock()
+        entry = self._entries.get(handle)
+        if entry is None:
+            raise InvalidHandleError("no such security context")
+        idle = self.idle_timeout
+        last = entry.last_used
+        if (idle is None or now - last <= idle) and (
+            entry.expires_at is None or now < entry.expires_at
+        ):
+            entry.last_used = now
+            if now - last >= _TOUCH:
+                with self._lock:
+                    if handle in self._entries:
+                        self._entries.move_to_end(handle)
+            return entry
         with self._lock:
-            entry = self._entries.get(handle)
-            if entry is None:
-                raise InvalidHandleError("no such security context")
-            idle = self.idle_timeout
-            if idle is not None and now - entry.last_used > idle:
+            if self._entries.get(handle) is entry:
                 del self._entries[handle]
-                stale: ContextExpiredError | InvalidHandleError = InvalidHandleError(
-                    "security context was idle too long and has been forgotten"
-                )
-            elif entry.expires_at is not None and now >= entry.expires_at:
-                del self._entries[handle]
-                stale = ContextExpiredError("security context has expired")
-            else:
-                entry.last_used = now
-                self._entries.move_to_end(handle)
-                return entry
         entry.context.delete()
-        raise stale
+        if idle is not None and now - last > idle:
+            raise InvalidHandleError("security context was idle too long and has been forgotten")
+        raise ContextExpiredError("security context has expired")
 
     def release(self, handle: bytes) -> bool:
         """DeleteSecurityContext on the client's behalf (``channel.close()``)."""
