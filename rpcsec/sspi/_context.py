@@ -182,9 +182,16 @@ class SecurityContext:
             raise InvalidStateError(f"cannot step a context in state {self.state.value}")
         if token is not None and not isinstance(token, bytes | bytearray | memoryview):
             raise TypeError("token must be bytes")
-        try:
-            if self._mechanism is None:
+        if self._mechanism is None:
+            # A caller's mistake (bad options, a malformed target name) stays a ValueError /
+            # TypeError for the caller, not a token error blamed on the peer; a refusal by the
+            # package (e.g. a delegation policy) fails the context like any other.
+            try:
                 self._mechanism = self._new_mechanism()
+            except SecurityError:
+                self._fail()
+                raise
+        try:
             out = self._mechanism.step(bytes(token) if token is not None else None)
             complete = self._mechanism.complete
             if complete:
