@@ -14,6 +14,7 @@ on a timing -- and writes nothing unless asked to (``--json``).
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import statistics
 import sys
@@ -238,9 +239,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-write", action="store_true", help="write no results, docs or chart")
     parser.add_argument(
+        "--render",
+        type=pathlib.Path,
+        metavar="JSON",
+        help="measure nothing: render docs/BENCHMARKS.md and the chart from a results file",
+    )
+    parser.add_argument(
         "--default-allocator", action="store_true", help="keep glibc's default thresholds"
     )
     args = parser.parse_args(argv)
+    if args.render:
+        from ._report import write_outputs
+
+        document = json.loads(args.render.read_text())
+        write_outputs(document, None, DEFAULT_DOC, DEFAULT_CHART)
+        print(f"wrote {DEFAULT_DOC}, {DEFAULT_CHART}")
+        return 0
     budget = Budget.quick() if args.quick else Budget.full()
     if args.rounds:
         budget = Budget(**{**budget.__dict__, "rounds": args.rounds})
