@@ -48,8 +48,6 @@ from typing import Any
 
 import spnego
 import spnego.exceptions
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
 from spnego._context import GSSMech
 from spnego.channel_bindings import GssChannelBindings
 
@@ -94,7 +92,7 @@ from rpcsec.sspi._flags import (
 )
 from rpcsec.sspi._negotiation import OFFER_SIZE, ContextGrant, ContextOffer, decide_grant
 from rpcsec.sspi._package import Mechanism, MechanismResult, SecurityPackage
-from rpcsec.sspi._protection import AeadProtector, MessageProtector
+from rpcsec.sspi._protection import AeadProtector, MessageProtector, session_key_kdf
 
 __all__ = ["NegotiateCredentials", "NegotiatePackage"]
 
@@ -151,18 +149,7 @@ class NegotiateCredentials:
 
 
 def _derive(session_key: bytes, label: bytes) -> bytes:
-    """SP 800-108 counter-mode KDF with HMAC-SHA256 (as SMB 3 derives its keys)."""
-    return KBKDFHMAC(
-        algorithm=hashes.SHA256(),
-        mode=Mode.CounterMode,
-        length=32,
-        rlen=4,
-        llen=4,
-        location=CounterLocation.BeforeFixed,
-        label=b"rpcsec negotiate " + label,
-        context=b"",
-        fixed=None,
-    ).derive(session_key)
+    return session_key_kdf(session_key, b"rpcsec negotiate" + b" " + label)
 
 
 def _grant_mac(session_key: bytes, grant: bytes, record: bytes) -> bytes:
@@ -170,9 +157,12 @@ def _grant_mac(session_key: bytes, grant: bytes, record: bytes) -> bytes:
 
 
 def _protector(session_key: bytes, *, client: bool, granted: ContextReq) -> MessageProtector:
-    c2s, s2c = _derive(session_key, b"c2s"), _derive(session_key, b"s2c")
-    outbound, inbound = (c2s, s2c) if client else (s2c, c2s)
-    return AeadProtector(outbound, inbound, datagram=bool(granted & ContextReq.DATAGRAM))
+    return AeadProtector.from_session_key(
+        session_key,
+        b"rpcsec negotiate",
+        client=client,
+        datagram=bool(granted & ContextReq.DATAGRAM),
+    )
 
 
 def _protection_level(granted: ContextReq) -> ProtectionLevel:

@@ -37,8 +37,6 @@ from typing import Any
 
 import spnego
 import spnego.exceptions
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
 
 from rpcsec.security._token import AccessToken
 from rpcsec.sspi._errors import (
@@ -51,7 +49,7 @@ from rpcsec.sspi._errors import (
 from rpcsec.sspi._flags import ContextReq, CredentialUse, ImpersonationLevel, PackageCapability
 from rpcsec.sspi._negotiation import OFFER_SIZE, ContextGrant, ContextOffer, decide_grant
 from rpcsec.sspi._package import Mechanism, MechanismResult, SecurityPackage
-from rpcsec.sspi._protection import AeadProtector, MessageProtector
+from rpcsec.sspi._protection import AeadProtector, MessageProtector, session_key_kdf
 
 __all__ = ["NtlmClientCredentials", "NtlmPackage", "NtlmServerCredentials"]
 
@@ -105,18 +103,7 @@ def _acceptor_environment(user_file: str) -> Iterator[None]:
 
 
 def _kdf(session_key: bytes, label: bytes) -> bytes:
-    """SP 800-108 counter-mode KDF with HMAC-SHA256, as SMB 3 derives its keys."""
-    return KBKDFHMAC(
-        algorithm=hashes.SHA256(),
-        mode=Mode.CounterMode,
-        length=32,
-        rlen=4,
-        llen=4,
-        location=CounterLocation.BeforeFixed,
-        label=b"rpcsec ntlm " + label,
-        context=b"",
-        fixed=None,
-    ).derive(session_key)
+    return session_key_kdf(session_key, b"rpcsec ntlm" + b" " + label)
 
 
 def _frame(kind: int, ntlm: bytes, extra: bytes = b"") -> bytes:
@@ -306,9 +293,9 @@ class _NtlmServer(Mechanism):
 
 
 def _protector(session_key: bytes, *, client: bool, granted: ContextReq) -> MessageProtector:
-    c2s, s2c = _kdf(session_key, b"c2s"), _kdf(session_key, b"s2c")
-    outbound, inbound = (c2s, s2c) if client else (s2c, c2s)
-    return AeadProtector(outbound, inbound, datagram=bool(granted & ContextReq.DATAGRAM))
+    return AeadProtector.from_session_key(
+        session_key, b"rpcsec ntlm", client=client, datagram=bool(granted & ContextReq.DATAGRAM)
+    )
 
 
 class NtlmPackage(SecurityPackage):

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
 
 from ._errors import ContextExpiredError, MessageAlteredError
 
@@ -38,6 +39,7 @@ __all__ = [
     "AeadProtector",
     "MessageProtector",
     "hkdf_expand_label",
+    "session_key_kdf",
 ]
 
 TAG_SIZE = 16
@@ -52,6 +54,23 @@ a forged sequence number near 2**64 would make the receiver walk ~2**40 KeyUpdat
 unauthenticated message pinning a CPU and the direction's lock)."""
 MAX_SEQUENCE = (1 << 64) - 1
 _KEEP_EPOCHS = 3
+
+
+def session_key_kdf(session_key: bytes, label: bytes) -> bytes:
+    """A 32-byte key from an authentication protocol's session key: the SP 800-108
+    counter-mode KDF with HMAC-SHA256, the way SMB 3 derives its signing and encryption keys
+    from the NTLM or Kerberos session key (MS-SMB2 §3.1.4.2)."""
+    return KBKDFHMAC(
+        algorithm=hashes.SHA256(),
+        mode=Mode.CounterMode,
+        length=32,
+        rlen=4,
+        llen=4,
+        location=CounterLocation.BeforeFixed,
+        label=label,
+        context=b"",
+        fixed=None,
+    ).derive(session_key)
 
 
 def hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
@@ -221,6 +240,18 @@ class AeadProtector(MessageProtector):
 
     def secrets(self) -> tuple[bytes, bytes]:
         return self._secrets
+
+    @classmethod
+    def from_session_key(
+        cls, session_key: bytes, label: bytes, *, client: bool, datagram: bool = False
+    ) -> AeadProtector:
+        """Per-direction keys from a package's session key (``session_key_kdf`` with
+        ``label + b" c2s"`` / ``b" s2c"``), for packages whose native per-message protection
+        cannot serve out-of-order calls (NTLM's RC4 keystream is strictly ordered)."""
+        c2s = session_key_kdf(session_key, label + b" c2s")
+        s2c = session_key_kdf(session_key, label + b" s2c")
+        outbound, inbound = (c2s, s2c) if client else (s2c, c2s)
+        return cls(outbound, inbound, datagram=datagram)
 
     def __repr__(self) -> str:
         return "AeadProtector(<keys hidden>)"
