@@ -40,6 +40,8 @@ class Budget:
     handshake_seconds: float
     handshake_threads: int
     memory_contexts: int
+    interleave_latency: int = 1
+    interleave_throughput: int = 1
 
     @classmethod
     def full(cls) -> Budget:
@@ -53,6 +55,8 @@ class Budget:
             handshake_seconds=1.5,
             handshake_threads=4,
             memory_contexts=10_000,
+            interleave_latency=10,
+            interleave_throughput=4,
         )
 
     @classmethod
@@ -78,32 +82,44 @@ class Workload:
     title: str
     unit: str
     higher_is_better: bool
-    run: Callable[[Config, Budget], float | None]
+    run: Callable[[Config, Budget, int], Any]
     rpcsec_only: bool = False
+    slices: Callable[[Budget], int] = lambda budget: 1
+    """How many slices a round's work is cut into: the suite runs slice 1 of every
+    configuration, then slice 2, ..., so drift within a round hits all configurations alike."""
+    combine: Callable[[Config, list[Any]], float | None] = lambda config, parts: parts[0]
+    """The round's sample from its slices' results."""
 
 
-def unary_latency_us(config: Config, budget: Budget) -> float:
-    """One client, one call at a time: the median round trip of ``latency_calls`` calls."""
+def unary_latency_slice(config: Config, budget: Budget, slices: int) -> tuple[list[int], float]:
+    """One client, one call at a time: round trips (ns) of a slice of ``latency_calls`` calls,
+    and the server CPU seconds they used."""
     call = config.channel.unary_unary(UNARY_METHOD)
-    for _ in range(max(5, budget.latency_calls // 10)):
+    for _ in range(5):
         call(PAYLOAD)
     samples = []
     clock = time.perf_counter_ns
     cpu_before = config.executor.cpu_seconds
-    for _ in range(budget.latency_calls):
+    for _ in range(max(1, budget.latency_calls // slices)):
         start = clock()
         response = call(PAYLOAD)
         samples.append(clock() - start)
         if len(response) != len(PAYLOAD):
             raise AssertionError("echo returned the wrong payload")
-    _SERVER_CPU[config.name] = (config.executor.cpu_seconds - cpu_before) / budget.latency_calls
+    return samples, config.executor.cpu_seconds - cpu_before
+
+
+def unary_latency_us(config: Config, parts: list[tuple[list[int], float]]) -> float:
+    """The median round trip over the round's calls (all slices)."""
+    samples = [sample for part, _cpu in parts for sample in part]
+    _SERVER_CPU[config.name] = sum(cpu for _part, cpu in parts) / len(samples)
     return statistics.median(samples) / 1000
 
 
 _SERVER_CPU: dict[str, float] = {}
 
 
-def server_cpu_per_call_us(config: Config, budget: Budget) -> float | None:
+def server_cpu_per_call_us(config: Config, budget: Budget, slices: int) -> float | None:
     """CPU time the server's thread pool spent per call during ``unary_latency_us`` (thread
     CPU time, so it does not count waiting for a core on a busy machine): the server's share
     of a unary call, handler, interceptor and message protection included."""
@@ -111,9 +127,9 @@ def server_cpu_per_call_us(config: Config, budget: Budget) -> float | None:
     return None if spent is None else spent * 1e6
 
 
-def unary_throughput_cps(config: Config, budget: Budget) -> float:
-    """``throughput_threads`` client threads sharing one channel, each calling in a loop for
-    ``throughput_seconds``: completed calls per second."""
+def unary_throughput_slice(config: Config, budget: Budget, slices: int) -> tuple[int, float]:
+    """``throughput_threads`` client threads sharing one channel, each calling in a loop for a
+    slice of ``throughput_seconds``: (completed calls, seconds)."""
     call = config.channel.unary_unary(UNARY_METHOD)
     threads = budget.throughput_threads
     counts = [0] * threads
@@ -141,17 +157,22 @@ def unary_throughput_cps(config: Config, budget: Budget) -> float:
     with contextlib.suppress(threading.BrokenBarrierError):
         barrier.wait()
     start = time.perf_counter()
-    stop.wait(budget.throughput_seconds)
+    stop.wait(budget.throughput_seconds / slices)
     stop.set()
     for worker in workers:
         worker.join()
     elapsed = time.perf_counter() - start
     if errors:
         raise errors[0]
-    return sum(counts) / elapsed
+    return sum(counts), elapsed
 
 
-def stream_mbps(config: Config, budget: Budget) -> float:
+def unary_throughput_cps(config: Config, parts: list[tuple[int, float]]) -> float:
+    """Completed calls per second over the round's slices."""
+    return sum(calls for calls, _ in parts) / sum(seconds for _, seconds in parts)
+
+
+def stream_mbps(config: Config, budget: Budget, slices: int) -> float:
     """One server-streaming call of ``stream_bytes`` in 1 MiB messages: MB/s (10**6 B/s)."""
     call = config.channel.unary_stream(STREAM_METHOD)
     count = budget.stream_bytes // STREAM_MESSAGE
@@ -167,7 +188,7 @@ def stream_mbps(config: Config, budget: Budget) -> float:
     return received / elapsed / 1e6
 
 
-def first_call_ms(config: Config, budget: Budget) -> float:
+def first_call_ms(config: Config, budget: Budget, slices: int) -> float:
     """A new channel's first call, from nothing to the response: TCP connect, the TLS or rpcsec
     handshake, the call. Median over ``first_calls`` channels."""
     samples = []
@@ -242,7 +263,7 @@ def _close_quietly(channel: Any) -> None:
 _LAST_HANDSHAKE: dict[str, _HandshakeRun] = {}
 
 
-def handshakes_per_s(config: Config, budget: Budget) -> float:
+def handshakes_per_s(config: Config, budget: Budget, slices: int) -> float:
     """New bindings completed per second, ``handshake_threads`` clients at once. A binding is
     a new channel's first call, as in ``first_call_ms``: plain = TCP + HTTP/2, TLS = + mutual
     TLS handshake, rpcsec = + the Negotiate exchange (the channel is then closed, which releases
@@ -254,7 +275,7 @@ def handshakes_per_s(config: Config, budget: Budget) -> float:
     return run.count / run.elapsed
 
 
-def server_handshakes_per_core_s(config: Config, budget: Budget) -> float | None:
+def server_handshakes_per_core_s(config: Config, budget: Budget, slices: int) -> float | None:
     """Bindings per second one core could serve: bindings / server CPU seconds spent on them
     (the server's thread pool's CPU time during ``handshakes_per_s``: Negotiate, the first call
     and Release included). rpcsec only: gRPC's TLS handshakes run inside its C core, which this
@@ -266,12 +287,26 @@ def server_handshakes_per_core_s(config: Config, budget: Budget) -> float | None
 
 
 WORKLOADS: list[Workload] = [
-    Workload("unary_latency_us", "unary 100 B latency", "µs", False, unary_latency_us),
+    Workload(
+        "unary_latency_us",
+        "unary 100 B latency",
+        "µs",
+        False,
+        unary_latency_slice,
+        slices=lambda budget: budget.interleave_latency,
+        combine=unary_latency_us,
+    ),
     Workload(
         "server_cpu_per_call_us", "server CPU per unary call", "µs", False, server_cpu_per_call_us
     ),
     Workload(
-        "unary_throughput_cps", "unary 100 B, 8 threads", "calls/s", True, unary_throughput_cps
+        "unary_throughput_cps",
+        "unary 100 B, 8 threads",
+        "calls/s",
+        True,
+        unary_throughput_slice,
+        slices=lambda budget: budget.interleave_throughput,
+        combine=unary_throughput_cps,
     ),
     Workload("stream_MBps", "stream 64 MiB in 1 MiB messages", "MB/s", True, stream_mbps),
     Workload("first_call_ms", "first call on a new channel", "ms", False, first_call_ms),

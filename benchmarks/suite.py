@@ -39,7 +39,7 @@ MEMORY = Workload(
     "server memory per idle context",
     "B",
     False,
-    lambda config, budget: None,
+    lambda config, budget, slices: None,
     rpcsec_only=True,
 )
 
@@ -127,19 +127,31 @@ def run_suite(
                 shift = round_index % len(configs)
                 order = configs[shift:] + configs[:shift]
                 for workload in WORKLOADS:
+                    active = [
+                        c
+                        for c in order
+                        if (c.rpcsec or not workload.rpcsec_only)
+                        and workload.key not in errors.get(c.name, {})
+                    ]
+                    slices = workload.slices(budget)
+                    parts: dict[str, list[Any]] = {c.name: [] for c in active}
+                    for _ in range(slices):
+                        for config in active:
+                            if workload.key in errors.get(config.name, {}):
+                                continue
+                            try:
+                                parts[config.name].append(workload.run(config, budget, slices))
+                            except Exception as exc:
+                                errors.setdefault(config.name, {})[workload.key] = _describe(exc)
+                    label = f"round {round_index + 1}/{budget.rounds}  {workload.key:28s}"
                     for config in order:
                         if workload.rpcsec_only and not config.rpcsec:
                             continue
-                        if workload.key in errors.get(config.name, {}):
-                            progress.report(f"{config.name}: {workload.key} skipped (failed)")
+                        failure = errors.get(config.name, {}).get(workload.key)
+                        if failure is not None:
+                            progress.report(f"{label} {config.name:18s} FAILED: {failure}")
                             continue
-                        label = f"round {round_index + 1}/{budget.rounds}  {workload.key:28s}"
-                        try:
-                            value = workload.run(config, budget)
-                        except Exception as exc:
-                            errors.setdefault(config.name, {})[workload.key] = _describe(exc)
-                            progress.report(f"{label} {config.name:18s} FAILED: {exc!r}")
-                            continue
+                        value = workload.combine(config, parts[config.name])
                         if value is not None:
                             samples[config.name].setdefault(workload.key, []).append(value)
                         progress.report(
