@@ -22,7 +22,8 @@ test: system-deps $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 PACKAGE ?= x509
-demo: $(STAMP)
+# kerberos and negotiate stories start a real MIT KDC: install it first when we can.
+demo: $(if $(filter kerberos negotiate,$(PACKAGE)),system-deps) $(STAMP)
 	$(PY) -m rpcsec demo --package $(PACKAGE)
 
 bench: $(STAMP)
