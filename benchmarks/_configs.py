@@ -1,4 +1,4 @@
-"""The configurations the suite compares, all served by this process on 127.0.0.1.
+"""The configurations the suite compares, all served on 127.0.0.1 by one server process.
 
 * ``plain``: gRPC over an insecure channel -- the floor.
 * ``grpc_tls``: gRPC's own mutual TLS (``ssl_channel_credentials`` / ``ssl_server_credentials``)
@@ -7,14 +7,17 @@
   ``kerberos_privacy`` when a real KDC can be started): rpcsec ``secure_channel`` over an
   insecure gRPC channel, the server's ``SecurityInterceptor`` in front of the same handlers.
 
-Two servers, same handler functions, same thread pool size: one carries the plain port and the
-TLS port, the other the rpcsec interceptor (one interceptor, one credentials handle per package,
-as a real multi-package server would have).
+The clients run in the suite's process; the servers in a child process of their own
+(``_server``), so the two ends do not share a GIL. Two servers there, same handler functions,
+same thread pool size: one carries the plain port and the TLS port, the other the rpcsec
+interceptor (one interceptor, one credentials handle per package, as a real multi-package
+server would have).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Callable
@@ -23,11 +26,11 @@ from typing import Any
 
 import grpc
 
-from rpcsec.grpc import SecurityInterceptor, secure_channel
+from rpcsec.grpc import secure_channel
 from rpcsec.sspi import ContextReq, Credentials, CredentialUse, ProtectionLevel
 
 from ._pki import BenchPki, make_pki
-from ._service import CpuAccountingExecutor, start_server
+from ._server import ServerProcess
 
 __all__ = ["BASELINES", "Config", "Lab", "start_lab"]
 
@@ -80,12 +83,13 @@ class PackageIdentity:
 
 @dataclass
 class Config:
-    """One way to call the echo service: how to make a channel, and what serves it."""
+    """One way to call the echo service: how to make a channel, and the CPU seconds its
+    server's thread pool has spent so far (``server_cpu``, read from the server process)."""
 
     name: str
     label: str
     fresh_channel: Callable[[], grpc.Channel]
-    executor: CpuAccountingExecutor
+    server_cpu: Callable[[], float]
     identity: PackageIdentity | None = None
     protection: ProtectionLevel | None = None
     _channel: grpc.Channel | None = None
@@ -109,10 +113,11 @@ class Config:
 
 @dataclass
 class Lab:
-    """Everything the suite started: servers, configurations, the KDC when there is one."""
+    """Everything the suite started: the server process, configurations, the KDC when there
+    is one."""
 
     configs: list[Config]
-    servers: list[grpc.Server]
+    servers: ServerProcess
     notes: list[str]
     identities: dict[str, PackageIdentity]
     kerberos: Any = None
@@ -120,10 +125,11 @@ class Lab:
     def stop(self) -> None:
         for config in self.configs:
             config.close()
-        for server in self.servers:
-            server.stop(None)
-        if self.kerberos is not None:
-            self.kerberos.stop()
+        try:
+            self.servers.stop()
+        finally:
+            if self.kerberos is not None:
+                self.kerberos.stop()
 
 
 def _ntlm_identity(directory: pathlib.Path) -> PackageIdentity:
@@ -189,7 +195,7 @@ def _rpcsec_config(
     address: str,
     identity: PackageIdentity,
     protection: ProtectionLevel,
-    executor: CpuAccountingExecutor,
+    server_cpu: Callable[[], float],
 ) -> Config:
     credentials = identity.client()
 
@@ -207,18 +213,21 @@ def _rpcsec_config(
         name=name,
         label=label,
         fresh_channel=fresh,
-        executor=executor,
+        server_cpu=server_cpu,
         identity=identity,
         protection=protection,
     )
 
 
 def start_lab(directory: pathlib.Path, *, kerberos: bool = True) -> Lab:
-    """Make the identities, start both servers (and a KDC), and describe each configuration."""
+    """Make the identities, start the KDC (when there is one) and the server process, and
+    describe each configuration."""
     notes: list[str] = [
         "grpc_tls: ECDSA P-256 leaves with a DNS SAN 'localhost', issued under the rpcsec "
         "authority's Ed25519 root by the benchmark (grpcio's BoringSSL refuses Ed25519 leaf "
         "keys: NO_COMMON_SIGNATURE_ALGORITHMS)",
+        "servers: all in one child process (python -m benchmarks._server), the clients in the "
+        "suite's process, so the two ends do not share a GIL",
     ]
     pki = make_pki(directory)
     identities = {"x509": _x509_identity(pki), "ntlm": _ntlm_identity(directory)}
@@ -229,22 +238,60 @@ def start_lab(directory: pathlib.Path, *, kerberos: bool = True) -> Lab:
             identities["kerberos"] = krb_identity
     else:
         notes.append("kerberos: not measured (--no-kerberos)")
+    try:
+        servers = _start_servers(pki, identities, krb_lab)
+    except BaseException:
+        if krb_lab is not None:
+            krb_lab.stop()
+        raise
+    try:
+        configs = _configs(pki, identities, servers)
+    except BaseException:
+        try:
+            servers.stop()
+        finally:
+            if krb_lab is not None:
+                krb_lab.stop()
+        raise
+    return Lab(
+        configs=configs,
+        servers=servers,
+        notes=notes,
+        identities=identities,
+        kerberos=krb_lab,
+    )
 
-    tls_server = grpc.ssl_server_credentials(
-        [(pki.tls_server.key, pki.tls_server.certificate)],
-        root_certificates=pki.root_pem,
-        require_client_auth=True,
-    )
-    base_server, base_executor, plain_port, tls_port = start_server(
-        max_workers=MAX_WORKERS, tls=tls_server
-    )
-    interceptor = SecurityInterceptor(
-        [identity.server() for identity in identities.values()],
-        max_handshakes=MAX_WORKERS // 2,
-    )
-    rpcsec_server, rpcsec_executor, rpcsec_port, _ = start_server(
-        [interceptor], max_workers=MAX_WORKERS
-    )
+
+def _start_servers(
+    pki: BenchPki, identities: dict[str, PackageIdentity], krb_lab: Any
+) -> ServerProcess:
+    """The server process, with the same interpreter and allocator environment as this one;
+    libkrb5 there finds the lab's KDC through ``KRB5_CONFIG``."""
+    spec = {
+        "max_workers": MAX_WORKERS,
+        "tls_key": pki.tls_server.key.decode(),
+        "tls_certificate": pki.tls_server.certificate.decode(),
+        "tls_root": pki.root_pem.decode(),
+        "identities": [identity.__dict__ for identity in identities.values()],
+    }
+    env = dict(os.environ)
+    if krb_lab is not None:
+        env["KRB5_CONFIG"] = str(krb_lab.krb5_conf)
+    return ServerProcess(spec, env)
+
+
+def _configs(
+    pki: BenchPki, identities: dict[str, PackageIdentity], servers: ServerProcess
+) -> list[Config]:
+    ports = servers.ports
+    plain_port, tls_port = ports["plain"], ports["tls"]
+
+    def plain_cpu() -> float:
+        return servers.cpu_seconds()["plain"]
+
+    def rpcsec_cpu() -> float:
+        return servers.cpu_seconds()["rpcsec"]
+
     tls_client = grpc.ssl_channel_credentials(
         pki.root_pem, pki.tls_client.key, pki.tls_client.certificate
     )
@@ -255,16 +302,16 @@ def start_lab(directory: pathlib.Path, *, kerberos: bool = True) -> Lab:
             "plain",
             "gRPC plain",
             lambda: grpc.insecure_channel(f"127.0.0.1:{plain_port}", options=FRESH),
-            base_executor,
+            plain_cpu,
         ),
         Config(
             "grpc_tls",
             "gRPC mTLS",
             lambda: grpc.secure_channel(f"127.0.0.1:{tls_port}", tls_client, options=tls_options),
-            base_executor,
+            plain_cpu,
         ),
     ]
-    address = f"127.0.0.1:{rpcsec_port}"
+    address = f"127.0.0.1:{ports['rpcsec']}"
     integrity, privacy = ProtectionLevel.INTEGRITY, ProtectionLevel.PRIVACY
     wanted = [
         ("x509_integrity", "rpcsec x509 INTEGRITY", "x509", integrity),
@@ -276,11 +323,5 @@ def start_lab(directory: pathlib.Path, *, kerberos: bool = True) -> Lab:
     for name, label, package, level in wanted:
         identity = identities.get(package)
         if identity is not None:
-            configs.append(_rpcsec_config(name, label, address, identity, level, rpcsec_executor))
-    return Lab(
-        configs=configs,
-        servers=[base_server, rpcsec_server],
-        notes=notes,
-        identities=identities,
-        kerberos=krb_lab,
-    )
+            configs.append(_rpcsec_config(name, label, address, identity, level, rpcsec_cpu))
+    return configs

@@ -11,7 +11,8 @@ port and the rpcsec ``SecurityInterceptor``.
 ``CpuAccountingExecutor`` is the servers' thread pool: it adds up the CPU time (``thread_time``)
 of every piece of work the gRPC server gives it. In a sync gRPC server that is all the Python
 work of a call -- interceptor behaviors, handshake steps, handlers -- so it measures what the
-*server* spends per call or per handshake even though the client runs in the same process.
+*server* spends per call or per handshake. The servers run in their own process (``_server``),
+which reports these sums to the suite on request.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """``python -m benchmarks``: rpcsec side by side with what users would pick instead.
 
-One process, loopback only. Every configuration (``_configs``) runs every workload
+Loopback only. The clients run in this process, every server in one child process of its own
+(``_server``, started once per run): in one process client and server would share a GIL, and
+every microsecond either side spends would also delay the other, which no real deployment
+does. Every configuration (``_configs``) runs every workload
 (``_workloads``) once per round; each round visits the configurations in a rotated order and
 each workload's samples are taken back to back across configurations, so drift of the machine
 hits all of them alike. Results: median, min and max over the rounds, and each configuration's

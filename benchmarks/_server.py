@@ -1,0 +1,173 @@
+"""``python -m benchmarks._server``: the suite's echo servers, in a process of their own.
+
+Client and server never share an interpreter in a real deployment. In one process they share
+one GIL, so every microsecond of Python work rpcsec adds on one side also delays the other, and
+the numbers charge rpcsec for contention that does not exist in production. So the suite runs
+all its servers -- the plain and gRPC TLS ports and the rpcsec ``SecurityInterceptor`` server --
+in ONE child process (the same interpreter, the same allocator environment), every
+configuration alike.
+
+Protocol, all on the child's stdin/stdout (its stderr is the suite's):
+
+* stdin, first line: the spec as JSON -- the TLS key pair and roots (PEM text), the package
+  identities (``PackageIdentity`` fields: credentials options such as the authority directory,
+  the NTLM user file, the Kerberos keytab and replay cache). It holds keys, so it never goes on
+  the command line. ``KRB5_CONFIG`` comes in the environment (libkrb5 reads nothing else).
+* stdout: ``READY {"plain": port, "tls": port, "rpcsec": port}`` once every server listens.
+* then one command per stdin line, one JSON answer line each: ``stats`` returns the CPU seconds
+  (``thread_time``) each server's thread pool has spent so far, ``{"plain": s, "rpcsec": s}``
+  (the plain and TLS ports share the ``plain`` pool). ``stop``, or end of input (the suite
+  died), stops the servers and exits.
+
+The control channel is a pipe served by the child's main thread, not an RPC: it runs outside
+the servers' thread pools, so asking for the CPU time does not add to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+from typing import IO, Any
+
+__all__ = ["ServerProcess", "serve"]
+
+READY = "READY "
+START_TIMEOUT = 120.0
+REPLY_TIMEOUT = 30.0
+
+
+def serve(spec: dict[str, Any], commands: IO[str], replies: IO[str]) -> None:
+    """Start the servers ``spec`` describes, answer ``commands`` until ``stop`` or EOF."""
+    import grpc
+
+    from rpcsec.grpc import SecurityInterceptor
+
+    from ._configs import PackageIdentity
+    from ._service import start_server
+
+    max_workers = int(spec["max_workers"])
+    tls = grpc.ssl_server_credentials(
+        [(spec["tls_key"].encode(), spec["tls_certificate"].encode())],
+        root_certificates=spec["tls_root"].encode(),
+        require_client_auth=True,
+    )
+    identities = [PackageIdentity(**fields) for fields in spec["identities"]]
+    base, base_pool, plain_port, tls_port = start_server(max_workers=max_workers, tls=tls)
+    servers = [base]
+    try:
+        interceptor = SecurityInterceptor(
+            [identity.server() for identity in identities],
+            max_handshakes=max_workers // 2,
+        )
+        rpcsec, rpcsec_pool, rpcsec_port, _ = start_server([interceptor], max_workers=max_workers)
+        servers.append(rpcsec)
+        ports = {"plain": plain_port, "tls": tls_port, "rpcsec": rpcsec_port}
+        replies.write(READY + json.dumps(ports) + "\n")
+        replies.flush()
+        for line in commands:
+            command = line.strip()
+            if command == "stats":
+                stats = {"plain": base_pool.cpu_seconds, "rpcsec": rpcsec_pool.cpu_seconds}
+                replies.write(json.dumps(stats) + "\n")
+                replies.flush()
+            elif command == "stop":
+                break
+            else:
+                replies.write(json.dumps({"error": f"unknown command {command!r}"}) + "\n")
+                replies.flush()
+    finally:
+        for server in servers:
+            server.stop(None)
+
+
+class ServerProcess:
+    """The parent's handle on the server process: start it, read its CPU time, stop it."""
+
+    def __init__(self, spec: dict[str, Any], env: dict[str, str]) -> None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self._lock = threading.Lock()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._server"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=env,
+            cwd=root,
+        )
+        try:
+            assert self._process.stdin is not None
+            self._process.stdin.write(json.dumps(spec) + "\n")
+            self._process.stdin.flush()
+            line = self._read_line(START_TIMEOUT)
+            if not line.startswith(READY):
+                raise RuntimeError(f"server process did not start: {line[:200]!r}")
+            self.ports: dict[str, int] = json.loads(line[len(READY) :])
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read_line(self, timeout: float) -> str:
+        stdout = self._process.stdout
+        assert stdout is not None
+        # Replies come one line per request, so nothing is ever left in the reader's buffer
+        # and waiting on the file descriptor is exact.
+        ready, _, _ = select.select([stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"server process did not answer within {timeout:.0f} s")
+        line = stdout.readline()
+        if not line:
+            code = self._process.poll()
+            raise RuntimeError(f"server process exited (code {code}); its stderr is above")
+        return line.rstrip("\n")
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds each server pool has spent so far: ``{"plain": s, "rpcsec": s}``."""
+        with self._lock:
+            stdin = self._process.stdin
+            assert stdin is not None
+            stdin.write("stats\n")
+            stdin.flush()
+            reply = json.loads(self._read_line(REPLY_TIMEOUT))
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return {name: float(value) for name, value in reply.items()}
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the process to stop; terminate (then kill) it if it does not."""
+        process = self._process
+        if process.poll() is None:
+            with contextlib.suppress(OSError):  # BrokenPipeError: it is gone already
+                assert process.stdin is not None
+                process.stdin.write("stop\n")
+                process.stdin.close()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.terminate()
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        for stream in (process.stdin, process.stdout):
+            if stream is not None and not stream.closed:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def main() -> int:
+    spec = json.loads(sys.stdin.readline())
+    serve(spec, sys.stdin, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
