@@ -19,6 +19,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import grpc
+
+from protos.demo.v1 import documents_pb2 as pb
+from protos.demo.v1 import documents_pb2_grpc as pb_grpc
 from rpcsec.sspi import PackageCapability, query_security_package_info
 from server.environment import DemoEnvironment
 
@@ -309,6 +313,26 @@ class Story:
             ),
             target=proxy.address,
         )
+        self.unauthenticated_caller()
+
+    def unauthenticated_caller(self) -> None:
+        """A plain gRPC client (no rpcsec, no credentials) calls documents directly: refused
+        before any handler runs, with a one-line reason, and the service keeps serving."""
+        title = "a caller without rpcsec (plain grpc.insecure_channel) is refused"
+        self.say(f"\n== {title}")
+        with grpc.insecure_channel(self.env.address("documents")) as channel:
+            stub = pb_grpc.DocumentsStub(channel)
+            try:
+                stub.GetDocument(pb.GetDocumentRequest(name="report.txt"))
+                outcome = "served (!)"
+            except grpc.RpcError as error:
+                outcome = f"refused: {client_cli.error_summary(error)}"
+        self.say(f"   {outcome}")
+        if "UNAUTHENTICATED" not in outcome:
+            self.failures.append(title)
+            self.say("   !! unexpected outcome (wanted UNAUTHENTICATED)")
+        else:
+            self.say("   -> as expected")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ def test_demo_story(package: str, expected: str) -> None:
     assert "Demo complete" in result.stdout
     assert expected in result.stdout
     assert "UNAUTHENTICATED message-altered" in result.stdout
+    assert "refused: UNAUTHENTICATED context-unknown" in result.stdout  # no rpcsec at all
     assert "Traceback" not in result.stdout + result.stderr
 
 
