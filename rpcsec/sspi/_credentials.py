@@ -15,14 +15,14 @@ __all__ = ["Credentials", "acquire_credentials_handle"]
 class Credentials:
     """A credentials handle: the package, the principal it speaks for, and opaque material.
 
-    The material (keys, passwords, tickets) is package-private and never printed.
+    The material (keys, passwords, tickets) is package-private and never printed; the options
+    it was acquired with are not kept (they may hold passwords or inline PEM keys).
     """
 
     package: SecurityPackage
     principal: str | None
     use: CredentialUse
     material: Any = field(repr=False)
-    options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def package_name(self) -> str:
@@ -53,6 +53,4 @@ def acquire_credentials_handle(
     material = pkg.acquire_credentials(principal, use, dict(options))
     # A package may resolve the principal itself (x509: the certificate's SPIFFE ID).
     resolved = getattr(material, "principal", principal)
-    return Credentials(
-        package=pkg, principal=resolved, use=use, material=material, options=dict(options)
-    )
+    return Credentials(package=pkg, principal=resolved, use=use, material=material)
