@@ -343,3 +343,12 @@ def test_forged_far_future_sequence_numbers_fail_fast(creds, high_byte: int) -> 
         pair.server.unwrap(bytes(token))
     assert time.perf_counter() - started < 0.5
     assert pair.server.unwrap(pair.client.wrap(b"still fine")) == b"still fine"
+
+
+def test_datagram_callers_may_number_far_ahead(creds) -> None:
+    """Datagram sequence numbers are the caller's (e.g. DCE call ids or timestamps): a jump of
+    many key epochs is legitimate there, and GCM-SIV keeps a reused number safe."""
+    pair = make_pair(creds, PRIVATE | ContextReq.DATAGRAM)
+    for seq in (5, 2**40, 2**63):
+        data, info = pair.server.unwrap_message(pair.client.wrap(b"dgram", seq=seq))
+        assert (data, info.seq) == (b"dgram", seq)

@@ -672,6 +672,7 @@ class SecurityContext:
                 for seq in range(max(0, highest - window.size + 1), highest + 1):
                     window.accept(seq)
             self._receive = window
+        result.protector.resume(highest)
         self._expires_at = result.expires_at
         self.state = ContextState.ESTABLISHED
 

@@ -118,6 +118,10 @@ class MessageProtector(ABC):
         """The (outbound, inbound) secrets, for ExportSecurityContext; empty if not exportable."""
         return b"", b""
 
+    def resume(self, highest_inbound: int) -> None:  # noqa: B027 - optional hook
+        """ImportSecurityContext: the exporter had verified peer messages up to this number
+        (nothing to do for protectors that keep no receive-side state)."""
+
 
 class _Direction:
     """Keys of one direction: the AEAD of each epoch, derived lazily and cached."""
@@ -140,7 +144,7 @@ class _Direction:
         epoch = seq >> EPOCH_BITS
         entry = self._cache.get(epoch)
         if entry is None:
-            if self._inbound and epoch > self._verified + MAX_EPOCH_LEAD:
+            if self._inbound and not self._datagram and epoch > self._verified + MAX_EPOCH_LEAD:
                 raise MessageAlteredError("message sequence number is implausibly far ahead")
             entry = self._derive(epoch)
         return entry[0], (entry[1] ^ seq).to_bytes(12, "big")
@@ -240,6 +244,10 @@ class AeadProtector(MessageProtector):
 
     def secrets(self) -> tuple[bytes, bytes]:
         return self._secrets
+
+    def resume(self, highest_inbound: int) -> None:
+        if highest_inbound >= 0:
+            self._in.verified(highest_inbound)
 
     @classmethod
     def from_session_key(
