@@ -27,13 +27,14 @@ from .storage import StorageServicer
 PROTECTION = {"integrity": ProtectionLevel.INTEGRITY, "privacy": ProtectionLevel.PRIVACY}
 
 
-def _any_authenticated(
-    protection: ProtectionLevel, impersonation: ImpersonationLevel
+def _policy(
+    allow: list[str], protection: ProtectionLevel, impersonation: ImpersonationLevel
 ) -> AuthorizationPolicy:
-    """Any authenticated caller, at least this protection and impersonation level."""
+    """Who may call this service (``--allow``, default every authenticated principal), at
+    least this protection and impersonation level; everything else is PERMISSION_DENIED."""
     rule = AuthorizationRule(
         "*",
-        allow=frozenset({EVERYONE}),
+        allow=frozenset(allow or {EVERYONE}),
         min_protection=protection,
         min_impersonation=impersonation,
     )
@@ -41,11 +42,12 @@ def _any_authenticated(
 
 
 def build_server(args: argparse.Namespace, env: DemoEnvironment) -> tuple[grpc.Server, int]:
-    credentials = env.service_credentials(args.package, args.service)
+    overrides = {"trust": args.trust} if args.trust else {}
+    credentials = env.service_credentials(args.package, args.identity or args.service, **overrides)
     minimum = PROTECTION[args.min_protection]
     if args.service == "storage":
         # Storage lets any authenticated caller in; its per-document descriptors decide.
-        policy = _any_authenticated(minimum, ImpersonationLevel.IMPERSONATE)
+        policy = _policy(args.allow, minimum, ImpersonationLevel.IMPERSONATE)
         alice = env.principal(args.package, "alice")
         bob = env.principal(args.package, "bob")
         servicer = StorageServicer(
@@ -56,7 +58,7 @@ def build_server(args: argparse.Namespace, env: DemoEnvironment) -> tuple[grpc.S
         )
         register = pb_grpc.add_StorageServicer_to_server
     else:
-        policy = _any_authenticated(minimum, ImpersonationLevel.IDENTIFY)
+        policy = _policy(args.allow, minimum, ImpersonationLevel.IDENTIFY)
         servicer = DocumentsServicer(
             storage_address=args.storage or env.address("storage"),
             storage_target=env.target_name(args.package, "storage"),
@@ -77,6 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", help="demo environment file (default: demo-env.json)")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
     parser.add_argument("--storage", help="storage address for the documents service")
+    parser.add_argument(
+        "--identity", help="the demo identity to serve as (default: the service's own name)"
+    )
+    parser.add_argument("--trust", help="x509 trust bundle (default: the demo authority's)")
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="TRUSTEE",
+        help="principal or group:NAME allowed to call (repeatable; default: any authenticated)",
+    )
     parser.add_argument("--min-protection", choices=list(PROTECTION), default="integrity")
     parser.add_argument("--onward-protection", choices=list(PROTECTION), default="privacy")
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -66,10 +66,15 @@ class DemoEnvironment:
             package, entry["principal"], CredentialUse.OUTBOUND, **entry["options"]
         )
 
-    def service_credentials(self, package: str, service: str) -> Credentials:
-        entry = self._package(package)["services"][service]
+    def service_credentials(self, package: str, service: str, **overrides: Any) -> Credentials:
+        """The service's own credentials; ``overrides`` replace package options (e.g. the
+        x509 ``trust`` bundle)."""
+        entry = self._package(package)["services"].get(service)
+        if entry is None:
+            raise SystemExit(f"unknown demo identity {service!r} for package {package!r}")
+        options = {**entry["options"], **overrides}
         return acquire_credentials_handle(
-            package, entry.get("principal"), CredentialUse.BOTH, **entry["options"]
+            package, entry.get("principal"), CredentialUse.BOTH, **options
         )
 
     def apply_process_env(self, package: str) -> None:
