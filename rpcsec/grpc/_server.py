@@ -381,19 +381,10 @@ class HandlerCache:
         return wrapped
 
 
-class SecurityInterceptor(grpc.ServerInterceptor):
-    """Authenticated RPC for a ``grpc.server``: serves the handshake and protects every call.
-
-    ``credentials``: one INBOUND handle or several (one per package the server accepts).
-    ``policy``: an ``AuthorizationPolicy``; None admits every authenticated caller (handlers
-    then do access checks as the caller). ``required``: attributes every context must have
-    (INTEGRITY and REPLAY_DETECT always). The table, handshake and lifetime limits bound what
-    clients can make the server hold; ``clock`` drives every expiry.
-
-    A sync server holds one worker thread per handshake in progress: keep ``max_handshakes``
-    below the server's ``max_workers`` (``secure_server`` does). A half-open handshake is
-    cancelled after ``handshake_timeout``, by the next handshake or by a background reaper.
-    """
+class InterceptorBase:
+    """What the sync and asyncio interceptors share: the server's security state (context table,
+    handshake limits, policy), the handshake service's handlers, and the per-method cache of
+    wrapped handlers. Subclasses say how to build the handshake handlers and wrap a method."""
 
     def __init__(
         self,
@@ -425,8 +416,7 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             package_options=package_options,
             clock=clock,
         )
-        self._negotiate = _negotiate_handler(self.security)
-        self._release = _release_handler(self.security)
+        self._negotiate, self._release = self._handshake_handlers(self.security)
         self._cache = HandlerCache()
 
     @property
@@ -437,20 +427,55 @@ class SecurityInterceptor(grpc.ServerInterceptor):
     def handshakes(self) -> HandshakeLimiter:
         return self.security.limiter
 
+    def _own_handler(self, method: str) -> grpc.RpcMethodHandler | None:
+        """The handshake service's handler for ``method``, if it is one of ours."""
+        if method == NEGOTIATE_METHOD:
+            return self._negotiate
+        if method == RELEASE_METHOD:
+            return self._release
+        return None
+
+    def _handshake_handlers(
+        self, security: ServerSecurity
+    ) -> tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]:
+        raise NotImplementedError
+
+    def _build(self, method: ServerMethod, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class SecurityInterceptor(InterceptorBase, grpc.ServerInterceptor):
+    """Authenticated RPC for a ``grpc.server``: serves the handshake and protects every call.
+
+    ``credentials``: one INBOUND handle or several (one per package the server accepts).
+    ``policy``: an ``AuthorizationPolicy``; None admits every authenticated caller (handlers
+    then do access checks as the caller). ``required``: attributes every context must have
+    (INTEGRITY and REPLAY_DETECT always). The table, handshake and lifetime limits bound what
+    clients can make the server hold; ``clock`` drives every expiry.
+
+    A sync server holds one worker thread per handshake in progress: keep ``max_handshakes``
+    below the server's ``max_workers`` (``secure_server`` does). A half-open handshake is
+    cancelled after ``handshake_timeout``, by the next handshake or by a background reaper.
+    """
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
-        if method == NEGOTIATE_METHOD:
-            return self._negotiate
-        if method == RELEASE_METHOD:
-            return self._release
+        own = self._own_handler(method)
+        if own is not None:
+            return own
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         return self._cache.get(method, handler, self._build)
+
+    def _handshake_handlers(
+        self, security: ServerSecurity
+    ) -> tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]:
+        return _negotiate_handler(security), _release_handler(security)
 
     def _build(self, method: ServerMethod, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return sync_handler(self.security, method, handler)

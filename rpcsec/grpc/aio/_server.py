@@ -14,8 +14,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, NoReturn
 
 import grpc
@@ -23,10 +22,8 @@ import grpc.aio
 
 from rpcsec.security import ImpersonationScope, impersonate
 from rpcsec.sspi import (
-    DEFAULT_WINDOW,
     BusyError,
     ContextExpiredError,
-    ContextReq,
     Credentials,
     SecurityError,
 )
@@ -35,23 +32,13 @@ from .._calls import Inbound, Outbound
 from .._policy import AuthorizationPolicy
 from .._server import (
     BadRequestMessage,
-    HandlerCache,
-    build_security,
+    InterceptorBase,
     deserialize,
     log_refusal,
     sync_handler,
 )
 from .._server_core import ServerMethod, ServerSecurity
 from .._status import details_for, passthrough_status, status_for, trailing_metadata_for
-from .._table import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONTEXTS,
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_PEER,
-    ContextTable,
-    HandshakeLimiter,
-)
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD
 
 __all__ = ["SecurityInterceptor", "secure_server"]
@@ -343,51 +330,9 @@ def _behavior(handler: grpc.RpcMethodHandler) -> Any:
     )
 
 
-class SecurityInterceptor(grpc.aio.ServerInterceptor):
+class SecurityInterceptor(InterceptorBase, grpc.aio.ServerInterceptor):
     """Authenticated RPC for a ``grpc.aio.server``; the arguments are those of
     ``rpcsec.grpc.SecurityInterceptor``."""
-
-    def __init__(
-        self,
-        credentials: Credentials | Iterable[Credentials],
-        policy: AuthorizationPolicy | None = None,
-        *,
-        required: ContextReq = ContextReq.INTEGRITY | ContextReq.REPLAY_DETECT,
-        max_contexts: int = DEFAULT_MAX_CONTEXTS,
-        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
-        max_lifetime: float | None = None,
-        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
-        max_handshakes_per_peer: int = DEFAULT_MAX_HANDSHAKES_PER_PEER,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-        replay_window: int = DEFAULT_WINDOW,
-        package_options: Mapping[str, Mapping[str, Any]] | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.security = build_security(
-            credentials,
-            policy,
-            required=required,
-            max_contexts=max_contexts,
-            idle_timeout=idle_timeout,
-            max_lifetime=max_lifetime,
-            max_handshakes=max_handshakes,
-            max_handshakes_per_peer=max_handshakes_per_peer,
-            handshake_timeout=handshake_timeout,
-            replay_window=replay_window,
-            package_options=package_options,
-            clock=clock,
-        )
-        self._negotiate = _negotiate_handler(self.security)
-        self._release = _release_handler(self.security)
-        self._cache = HandlerCache()
-
-    @property
-    def contexts(self) -> ContextTable:
-        return self.security.table
-
-    @property
-    def handshakes(self) -> HandshakeLimiter:
-        return self.security.limiter
 
     async def intercept_service(
         self,
@@ -395,14 +340,18 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
-        if method == NEGOTIATE_METHOD:
-            return self._negotiate
-        if method == RELEASE_METHOD:
-            return self._release
+        own = self._own_handler(method)
+        if own is not None:
+            return own
         handler = await continuation(handler_call_details)
         if handler is None:
             return None  # type: ignore[return-value]  # grpc answers UNIMPLEMENTED
         return self._cache.get(method, handler, self._build)
+
+    def _handshake_handlers(
+        self, security: ServerSecurity
+    ) -> tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]:
+        return _negotiate_handler(security), _release_handler(security)
 
     def _build(self, method: ServerMethod, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if _is_async(_behavior(handler)):
