@@ -352,3 +352,23 @@ def test_datagram_callers_may_number_far_ahead(creds) -> None:
     for seq in (5, 2**40, 2**63):
         data, info = pair.server.unwrap_message(pair.client.wrap(b"dgram", seq=seq))
         assert (data, info.seq) == (b"dgram", seq)
+
+
+def test_traffic_crosses_a_key_epoch_and_sequence_numbers_never_wrap(creds) -> None:
+    """A new key every 2**24 messages (RFC 8446 §5.5 limits); both sides derive it from the
+    sequence number alone. After 2**64 - 1 the context refuses instead of reusing a nonce."""
+    import itertools
+
+    from rpcsec.sspi._protection import EPOCH_BITS, MAX_SEQUENCE
+
+    pair = make_pair(creds)
+    boundary = 1 << EPOCH_BITS
+    pair.client._send_seq = itertools.count(boundary - 2)  # as if 2**24 - 2 messages were sent
+    tokens = [pair.client.wrap(bytes([i])) for i in range(4)]
+    assert [pair.server.unwrap(t) for t in tokens] == [bytes([i]) for i in range(4)]
+    # The same plaintext at the same offset in two epochs is sealed under different keys.
+    assert tokens[0][9:] != tokens[2][9:]
+    pair.client._send_seq = itertools.count(MAX_SEQUENCE)
+    pair.client.wrap(b"last number")
+    with pytest.raises(ContextExpiredError):
+        pair.client.wrap(b"would wrap around")

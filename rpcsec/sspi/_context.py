@@ -351,7 +351,10 @@ class SecurityContext:
         return seq
 
     def _header(self, kind: int, seq: int) -> bytes:
-        return _HEADER.pack(kind, seq)
+        try:
+            return _HEADER.pack(kind, seq)
+        except struct.error:
+            raise _exhausted() from None
 
     def _parse_header(self, token: bytes, kind: int, minimum: int) -> int:
         if len(token) < minimum:
@@ -376,7 +379,10 @@ class SecurityContext:
         """MakeSignature over ``aad`` and ``data``: returns the signature token."""
         protector = self._ready()
         seq = next(self._send_seq) if seq is None and not self._datagram else self._next_seq(seq)
-        header = _HEADER.pack(_KIND_MIC, seq)
+        try:
+            header = _HEADER.pack(_KIND_MIC, seq)
+        except struct.error:
+            raise _exhausted() from None
         return header + protector.sign(seq, header + aad, data)
 
     def verify(self, data: bytes, signature: bytes, *, aad: bytes = b"") -> int:
@@ -404,9 +410,12 @@ class SecurityContext:
         if encrypt and not self._confidential:
             raise QopNotSupportedError("context was not established with confidentiality")
         seq = next(self._send_seq) if seq is None and not self._datagram else self._next_seq(seq)
+        try:
+            header = _HEADER.pack(_KIND_WRAP if encrypt else _KIND_SIGNED, seq)
+        except struct.error:
+            raise _exhausted() from None
         if encrypt:
-            return protector.seal_token(seq, _HEADER.pack(_KIND_WRAP, seq), aad, data)
-        header = _HEADER.pack(_KIND_SIGNED, seq)
+            return protector.seal_token(seq, header, aad, data)
         return header + protector.sign(seq, header + aad, data) + data
 
     def unwrap(self, token: bytes, *, aad: bytes = b"", encrypted: bool | None = None) -> bytes:
@@ -578,6 +587,8 @@ class SecurityContext:
         return seq
 
     def _stream_header(self, seq: int, length: int) -> bytes:
+        if seq > MAX_SEQUENCE:
+            raise _exhausted()
         return bytes((_KIND_STREAM,)) + seq.to_bytes(8, "big") + length.to_bytes(4, "big")
 
     def _decrypt_stream(self, buffers: list[SecBuffer], protector: MessageProtector) -> MessageInfo:
@@ -830,6 +841,11 @@ def import_security_context(
         raise
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidTokenError("exported context is malformed") from exc
+
+
+def _exhausted() -> ContextExpiredError:
+    """The send counter passed 2**64 - 1: a nonce would repeat, so the context is over."""
+    return ContextExpiredError("sequence numbers exhausted: the context must be renewed")
 
 
 def _join(buffers: Sequence[SecBuffer], select: Callable[[BufferType], bool]) -> bytes:
