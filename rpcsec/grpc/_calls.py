@@ -82,8 +82,9 @@ class CallProtection:
         self.context.verify(b"", token, aad=prefix + call_seq + position(direction | END, count))
 
 
-class Outbound:
-    """The sending side of one stream direction of one call."""
+class _Direction:
+    """One stream direction of one call: what every message of it is bound to, and how many
+    have passed."""
 
     __slots__ = ("_call_seq", "_direction", "_encrypt", "_prefix", "_protection", "count")
 
@@ -102,6 +103,12 @@ class Outbound:
         self._encrypt = encrypt
         self.count = 0
 
+
+class Outbound(_Direction):
+    """The sending side of one stream direction of one call."""
+
+    __slots__ = ()
+
     def seal(self, payload: bytes) -> bytes:
         index = self.count
         self.count = index + 1
@@ -115,7 +122,7 @@ class Outbound:
         )
 
 
-class Inbound:
+class Inbound(_Direction):
     """The receiving side of one stream direction of one call.
 
     ``open(token)`` returns the next message's payload, or None for a verified end marker; a
@@ -123,16 +130,7 @@ class Inbound:
     Failure is sticky: once a message failed, every later use raises the same error.
     """
 
-    __slots__ = (
-        "_call_seq",
-        "_direction",
-        "_encrypt",
-        "_prefix",
-        "_protection",
-        "count",
-        "ended",
-        "error",
-    )
+    __slots__ = ("ended", "error")
 
     def __init__(
         self,
@@ -142,12 +140,7 @@ class Inbound:
         direction: int,
         encrypt: bool,
     ) -> None:
-        self._protection = protection
-        self._prefix = prefix
-        self._call_seq = call_seq
-        self._direction = direction
-        self._encrypt = encrypt
-        self.count = 0
+        super().__init__(protection, prefix, call_seq, direction, encrypt)
         self.ended = False
         self.error: Exception | None = None
 

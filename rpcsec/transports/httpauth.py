@@ -27,7 +27,6 @@ Scheme names: ``Negotiate`` (negotiate, kerberos), ``NTLM`` (ntlm), ``Rpcsec-X50
 
 from __future__ import annotations
 
-import contextlib
 import email.message
 import http.client
 import http.server
@@ -69,6 +68,7 @@ from ._httpexchange import (
     response_aad,
 )
 from ._requirements import client_requirements, server_requirements
+from ._serving import BoundedConnections
 
 __all__ = [
     "PRINCIPAL_HEADER",
@@ -264,7 +264,7 @@ class AuthHTTPRequestHandler(http.server.BaseHTTPRequestHandler):
         log.debug("httpauth: %s " + format, self.client_address[0], *args)
 
 
-class AuthHTTPServer(http.server.ThreadingHTTPServer):
+class AuthHTTPServer(BoundedConnections, http.server.ThreadingHTTPServer):
     """A threaded HTTP server whose ``handler_class`` authenticates every request.
 
     At most ``max_connections`` connections at once (more get 503); each connection holds at
@@ -275,6 +275,10 @@ class AuthHTTPServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = True
+
+    busy_reply = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
 
     def __init__(
         self,
@@ -295,15 +299,13 @@ class AuthHTTPServer(http.server.ThreadingHTTPServer):
             raise TypeError("handler_class must subclass AuthHTTPRequestHandler")
         if not isinstance(credentials, Credentials) or not credentials.use & CredentialUse.INBOUND:
             raise ValueError("a server needs INBOUND credentials from acquire_credentials_handle()")
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+        self._limit_connections(max_connections)
         self.credentials = credentials
         self.required = server_requirements(protection, ordered=False)
         self.sign_responses = sign_responses
         self.idle_timeout = idle_timeout
         self.max_body = max_body
         self.options = dict(options or {})
-        self._slots = threading.BoundedSemaphore(max_connections)
         self._started = False
         super().__init__(address, handler_class)
 
@@ -316,29 +318,6 @@ class AuthHTTPServer(http.server.ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.address
         return f"http://{host}:{port}"
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.warning("httpauth: refusing %s: too many connections", client_address)
-            with contextlib.suppress(OSError):
-                request.settimeout(0)
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                    b"Connection: close\r\n\r\n"
-                )
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("httpauth: unexpected error serving %s", client_address)

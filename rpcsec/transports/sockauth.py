@@ -66,6 +66,7 @@ from ._errors import ConnectionClosedError, HandshakeTimeoutError
 from ._events import CloseReceived, Event, HandshakeComplete, MessageReceived
 from ._framing import encode_frame
 from ._requirements import client_requirements, server_requirements
+from ._serving import BoundedConnections
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
@@ -436,7 +437,7 @@ def accept(
         raise
 
 
-class Server(socketserver.ThreadingTCPServer):
+class Server(BoundedConnections, socketserver.ThreadingTCPServer):
     """A threaded sockauth server: authenticate each connection, then run ``handler(conn)``
     impersonating the client (ImpersonateSecurityContext for the handler's whole run).
 
@@ -450,6 +451,8 @@ class Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = True
+
+    busy_reply = encode_frame(bytes((FrameKind.ERROR,)) + b"busy")
 
     def __init__(
         self,
@@ -468,8 +471,7 @@ class Server(socketserver.ThreadingTCPServer):
             raise TypeError("handler must be callable")
         if not isinstance(credentials, Credentials) or not credentials.use & CredentialUse.INBOUND:
             raise ValueError("a server needs INBOUND credentials from acquire_credentials_handle()")
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+        self._limit_connections(max_connections)
         server_requirements(protection)  # validate early
         self.credentials = credentials
         self.handler = handler
@@ -478,7 +480,6 @@ class Server(socketserver.ThreadingTCPServer):
         self.idle_timeout = idle_timeout
         self.max_message = max_message
         self.options = dict(options or {})
-        self._slots = threading.BoundedSemaphore(max_connections)
         self._live: set[socket.socket] = set()
         self._live_lock = threading.Lock()
         self._started = False
@@ -489,28 +490,6 @@ class Server(socketserver.ThreadingTCPServer):
         """The bound (host, port); with port 0 this is the port the OS chose."""
         host, port = self.server_address[:2]
         return str(host), int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.warning("sockauth: refusing %s: too many connections", client_address)
-            try:
-                request.settimeout(0)
-                request.sendall(encode_frame(bytes((FrameKind.ERROR,)) + b"busy"))
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         with self._live_lock:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ._extensions import groups_extension
+from ._extensions import SIGNING_ONLY, groups_extension
 from ._keys import write_private_file
 from ._spiffe import parse_spiffe_id, validate_name, validate_trust_domain
 
@@ -273,17 +273,7 @@ class Authority:
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                SIGNING_ONLY,
                 critical=True,
             )
             .add_extension(

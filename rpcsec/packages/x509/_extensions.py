@@ -51,6 +51,7 @@ from ._der import (
 from ._spiffe import parse_spiffe_id
 
 __all__ = [
+    "SIGNING_ONLY",
     "GROUPS_OID",
     "MAX_GROUPS",
     "MAX_TARGETS",
@@ -205,3 +206,18 @@ def decode_proxy_cert_info(data: bytes) -> ProxyCertInfo:
 def proxy_cert_info_extension(info: ProxyCertInfo) -> x509.UnrecognizedExtension:
     """The extension value to add (critical, RFC 3820 §3.8)."""
     return x509.UnrecognizedExtension(PROXY_CERT_INFO_OID, encode_proxy_cert_info(info))
+
+
+SIGNING_ONLY = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+"""KeyUsage of every leaf and proxy certificate: the key only signs (TLS 1.3 CertificateVerify,
+proof of possession, a next proxy) -- it never encrypts and never certifies."""

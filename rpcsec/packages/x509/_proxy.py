@@ -40,6 +40,7 @@ from rpcsec.sspi._errors import (
 
 from ._extensions import (
     PROXY_CERT_INFO_OID,
+    SIGNING_ONLY,
     ProxyCertInfo,
     certificate_groups,
     decode_proxy_cert_info,
@@ -170,17 +171,7 @@ def issue_proxy(
         .add_extension(proxy_cert_info_extension(info), critical=True)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            SIGNING_ONLY,
             critical=True,
         )
         .sign(signer_key, signature_hash(signer_key))
