@@ -166,3 +166,18 @@ def test_delegated_credentials_are_never_printed() -> None:
     token = ALICE.replace(delegated_credentials=object())
     assert "delegated" not in repr(token)
     assert token == ALICE  # credentials do not take part in equality
+
+
+def test_descriptor_built_directly_is_put_in_canonical_order() -> None:
+    # Regression (issue 10 item 8): SecurityDescriptor(...) kept an allow before a deny and
+    # granted what the deny refuses.
+    bob_writer = AccessToken("bob", "x509", groups=frozenset({"writers"}))
+    descriptor = SecurityDescriptor(
+        "alice", (Ace.allow("group:writers", AccessMask.WRITE), Ace.deny("bob", AccessMask.WRITE))
+    )
+    assert [ace.type.value for ace in descriptor.aces] == ["deny", "allow"]
+    with pytest.raises(AccessDeniedError):
+        access_check(descriptor, AccessMask.WRITE, bob_writer)
+    assert access_check(descriptor, AccessMask.WRITE, ALICE.replace(groups=frozenset({"writers"})))
+    with pytest.raises(TypeError):
+        SecurityDescriptor("alice", ("allow alice",))  # type: ignore[arg-type]

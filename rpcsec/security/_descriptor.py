@@ -73,12 +73,23 @@ class SecurityDescriptor:
     owner: str
     aces: tuple[Ace, ...] = ()
 
+    def __post_init__(self) -> None:
+        # Canonical order is enforced here, not only in ``build``: a descriptor built directly
+        # with an allow before a deny would otherwise grant what the deny refuses.
+        if not isinstance(self.owner, str):
+            raise TypeError("owner must be a principal name")
+        entries = tuple(self.aces)
+        for ace in entries:
+            if not isinstance(ace, Ace):
+                raise TypeError("aces must be Ace objects")
+        denies = tuple(ace for ace in entries if ace.type is AceType.DENY)
+        allows = tuple(ace for ace in entries if ace.type is AceType.ALLOW)
+        object.__setattr__(self, "aces", denies + allows)
+
     @classmethod
     def build(cls, owner: str, aces: Iterable[Ace]) -> SecurityDescriptor:
-        entries = list(aces)
-        denies = [ace for ace in entries if ace.type is AceType.DENY]
-        allows = [ace for ace in entries if ace.type is AceType.ALLOW]
-        return cls(owner=owner, aces=tuple(denies + allows))
+        """A descriptor from ACEs in any order (kept stable within denies and allows)."""
+        return cls(owner=owner, aces=tuple(aces))
 
     def with_ace(self, ace: Ace) -> SecurityDescriptor:
         return SecurityDescriptor.build(self.owner, (*self.aces, ace))
