@@ -286,9 +286,10 @@ def test_export_import_continues_the_context(creds) -> None:
     pair = make_pair(creds)
     early = pair.client.wrap(b"before export")
     assert pair.server.unwrap(early) == b"before export"
+    caller = pair.server.peer.principal
     blob = pair.server.export()
     imported = import_security_context(blob, creds[1])
-    assert imported.peer.principal == pair.server.peer.principal
+    assert imported.peer.principal == caller
     assert imported.unwrap(pair.client.wrap(b"after")) == b"after"
     with pytest.raises(ReplayError):
         imported.unwrap(early)  # what the exporter saw stays seen

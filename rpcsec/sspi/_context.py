@@ -20,10 +20,8 @@ cryptographic check and recorded only after it passed.
 
 from __future__ import annotations
 
-import base64
 import enum
 import itertools
-import json
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +50,7 @@ from ._errors import (
     QopNotSupportedError,
     SecurityError,
 )
+from ._export import ExportedContext, ExportedPeer
 from ._flags import QOP, ContextReq, CredentialUse, ImpersonationLevel, ProtectionLevel
 from ._package import Mechanism, MechanismResult, get_package
 from ._protection import MAX_SEQUENCE, MessageProtector
@@ -86,6 +85,7 @@ class ContextState(enum.Enum):
     IN_PROGRESS = "in-progress"
     ESTABLISHED = "established"
     FAILED = "failed"
+    EXPORTED = "exported"
     DELETED = "deleted"
 
 
@@ -93,6 +93,7 @@ class _Event(enum.Enum):
     STEP_CONTINUE = "step-continue"
     STEP_COMPLETE = "step-complete"
     STEP_FAILED = "step-failed"
+    EXPORT = "export"
     DELETE = "delete"
 
 
@@ -107,6 +108,8 @@ _TRANSITIONS: dict[tuple[ContextState, _Event], ContextState] = {
     (ContextState.NEW, _Event.DELETE): ContextState.DELETED,
     (ContextState.IN_PROGRESS, _Event.DELETE): ContextState.DELETED,
     (ContextState.ESTABLISHED, _Event.DELETE): ContextState.DELETED,
+    (ContextState.ESTABLISHED, _Event.EXPORT): ContextState.EXPORTED,
+    (ContextState.EXPORTED, _Event.DELETE): ContextState.DELETED,
     (ContextState.FAILED, _Event.DELETE): ContextState.DELETED,
     (ContextState.DELETED, _Event.DELETE): ContextState.DELETED,
 }
@@ -254,6 +257,8 @@ class SecurityContext:
         if self.state is not ContextState.ESTABLISHED or self._result is None:
             if self.state is ContextState.DELETED:
                 raise ContextExpiredError("context was deleted")
+            if self.state is ContextState.EXPORTED:
+                raise ContextExpiredError("context was exported: only the importer continues it")
             raise InvalidStateError(f"context is {self.state.value}, not established")
         return self._result
 
@@ -624,7 +629,11 @@ class SecurityContext:
     # -- export / import -------------------------------------------------------------------
 
     def export(self) -> bytes:
-        """ExportSecurityContext: a blob another process can import to continue this context.
+        """ExportSecurityContext: a blob another process imports to continue this context.
+
+        The exporter is retired (SECPKG_CONTEXT_EXPORT_DELETE_OLD): afterwards every message
+        call on it raises ``ContextExpiredError``, because the importer seals under the same
+        keys and sequence numbers and two live copies would reuse AES-GCM nonces.
 
         WARNING: the blob holds the context's message keys. Protect it like a private key.
         """
@@ -641,29 +650,32 @@ class SecurityContext:
         elif isinstance(receive, SequenceCounter):
             highest = receive.expected - 1
         peer = result.peer
-        state = {
-            "v": 1,
-            "package": self.package.name,
-            "client": self.is_client,
-            "granted": int(result.granted),
-            "requested": int(self.requested),
-            "level": int(result.impersonation_level),
-            "out": base64.b64encode(outbound).decode(),
-            "in": base64.b64encode(inbound).decode(),
-            "send_seq": next(self._send_seq),
-            "highest": highest,
-            "window": self._replay_window,
-            "expires": self._expires_at,
-            "peer": {
-                "principal": peer.principal,
-                "package": peer.package,
-                "level": int(peer.impersonation_level),
-                "groups": sorted(peer.groups),
-                "chain": list(peer.delegation_chain),
-                "expires": peer.expires_at,
-            },
-        }
-        return json.dumps(state).encode()
+        blob = ExportedContext(
+            blob_id=ExportedContext.new_id(),
+            package=self.package.name,
+            client=self.is_client,
+            granted=int(result.granted),
+            requested=int(self.requested),
+            level=int(result.impersonation_level),
+            outbound=outbound,
+            inbound=inbound,
+            send_seq=next(self._send_seq),
+            highest=highest,
+            window=self._replay_window,
+            expires=self._expires_at,
+            peer=ExportedPeer(
+                principal=peer.principal,
+                package=peer.package,
+                level=int(peer.impersonation_level),
+                groups=tuple(sorted(peer.groups)),
+                chain=tuple(peer.delegation_chain),
+                expires=peer.expires_at,
+            ),
+        ).encode()
+        self._transition(_Event.EXPORT)
+        self._protector = None
+        self._receive = None
+        return blob
 
     def _establish_from_import(self, send_seq: int, highest: int) -> None:
         """Finish ImportSecurityContext: counters and window resume where the exporter was."""
@@ -785,46 +797,56 @@ def import_security_context(
     """ImportSecurityContext: continue a context another process exported.
 
     Messages the exporter had already received are rejected as replays; the import starts its
-    window just above the highest one the exporter saw.
+    window just above the highest one the exporter saw, and its send counter where the
+    exporter stopped.
+
+    A blob opens once per credentials handle: importing it again with the same ``credentials``
+    raises ``ReplayError``. Importing it into several processes (several handles) is allowed,
+    but then each copy sends under the same keys from the same sequence number: only a
+    caller that keeps their outbound sequence spaces apart itself (as a session layer that
+    numbers responses per call does) may do that; anyone else imports a blob exactly once.
+
+    Raises ``InvalidTokenError`` for a blob that is not one (never a bare ``ValueError``),
+    ``NoCredentialsError`` for an unknown package, ``ReplayError`` as above.
     """
     from rpcsec.security._token import AccessToken
 
+    if not isinstance(credentials, Credentials):
+        raise TypeError("credentials must come from acquire_credentials_handle()")
+    state = ExportedContext.decode(blob)
+    package = get_package(state.package)
+    if package is not credentials.package:
+        raise InvalidTokenError("exported context belongs to another package's credentials")
+    granted = ContextReq(state.granted)
+    level = ImpersonationLevel(state.level)
+    peer_state = state.peer
     try:
-        state = json.loads(bytes(blob))
-        if state.get("v") != 1:
-            raise ValueError("unknown export version")
-        package = get_package(state["package"])
-        if package is not credentials.package:
-            raise ValueError("credentials are for another package")
-        granted = ContextReq(state["granted"])
+        window_size = state.window
         protector = package.import_protector(
-            base64.b64decode(state["out"]),
-            base64.b64decode(state["in"]),
-            bool(granted & ContextReq.DATAGRAM),
+            state.outbound, state.inbound, bool(granted & ContextReq.DATAGRAM)
         )
-        peer_state = state["peer"]
         peer = AccessToken(
-            principal=str(peer_state["principal"]),
-            package=str(peer_state["package"]),
-            impersonation_level=ImpersonationLevel(peer_state["level"]),
-            groups=frozenset(peer_state["groups"]),
-            delegation_chain=tuple(peer_state["chain"]),
-            expires_at=peer_state["expires"],
+            principal=peer_state.principal,
+            package=peer_state.package,
+            impersonation_level=ImpersonationLevel(peer_state.level),
+            groups=frozenset(peer_state.groups),
+            delegation_chain=peer_state.chain,
+            expires_at=peer_state.expires,
         )
         result = MechanismResult(
             granted=granted,
-            impersonation_level=ImpersonationLevel(state["level"]),
+            impersonation_level=level,
             protector=protector,
             peer=peer,
-            expires_at=state["expires"],
+            expires_at=state.expires,
         )
-        cls: type[SecurityContext] = ClientContext if state["client"] else ServerContext
+        cls: type[SecurityContext] = ClientContext if state.client else ServerContext
         context = cls.__new__(cls)
         SecurityContext.__init__(
             context,
             credentials,
-            ContextReq(state["requested"]),
-            replay_window=int(state["window"]),
+            ContextReq(state.requested),
+            replay_window=window_size,
             clock=clock,
         )
         if isinstance(context, ClientContext):
@@ -835,12 +857,14 @@ def import_security_context(
             context._options = {}
         context._result = result
         context._protector = protector
-        context._establish_from_import(int(state["send_seq"]), int(state["highest"]))
-        return context
+        context._establish_from_import(state.send_seq, state.highest)
     except SecurityError:
         raise
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:  # e.g. a secret of the wrong size, a bad window
         raise InvalidTokenError("exported context is malformed") from exc
+    # Claimed last: a blob that failed to import can be retried; one that imported cannot.
+    credentials.import_ledger.claim(state.blob_id, state.expires)
+    return context
 
 
 def _exhausted() -> ContextExpiredError:

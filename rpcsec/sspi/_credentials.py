@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._export import ImportLedger
 from ._flags import CredentialUse
 from ._package import SecurityPackage, get_package
 
@@ -17,12 +18,15 @@ class Credentials:
 
     The material (keys, passwords, tickets) is package-private and never printed; the options
     it was acquired with are not kept (they may hold passwords or inline PEM keys).
+    ``import_ledger`` remembers which exported contexts were imported with this handle (each
+    opens once per handle: see ``import_security_context``).
     """
 
     package: SecurityPackage
     principal: str | None
     use: CredentialUse
     material: Any = field(repr=False)
+    import_ledger: ImportLedger = field(default_factory=ImportLedger, repr=False, compare=False)
 
     @property
     def package_name(self) -> str:
