@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from helpers.pair import handshake
 from helpers.pki import make_authority
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import rpcsec.packages.x509._mechanism as mechanism_module
 from rpcsec.packages.x509 import (
@@ -23,6 +25,7 @@ from rpcsec.packages.x509 import (
     issue_proxy,
 )
 from rpcsec.packages.x509._extensions import decode_proxy_cert_info
+from rpcsec.packages.x509._proxy import verify_delegation
 from rpcsec.sspi import (
     ContextAttribute,
     ContextReq,
@@ -31,6 +34,8 @@ from rpcsec.sspi import (
     CredentialUse,
     DelegationPolicyError,
     ImpersonationLevel,
+    InvalidTokenError,
+    SecurityError,
     UntrustedRootError,
     accept_security_context,
     get_package,
@@ -577,3 +582,50 @@ def test_delegated_credentials_never_show_keys(pki):
     )
     assert raw.hex() not in shown and repr(raw)[2:-1] not in shown
     assert "documents" in repr(creds.material)
+
+
+# -- malformed proxy certificates through the public verify_delegation (issue 10 item 11) ---
+
+
+def _proxy_der(pki):
+    cert, key = leaf(pki, "alice")
+    now = time.time()
+    info = ProxyCertInfo(path_len=0, delegate=pki.id("documents"), targets=frozenset())
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    proxy = issue_proxy(cert, key, public, info, now=now, lifetime=600, not_after_limit=now + 3600)
+    return cert, proxy, proxy.public_bytes(serialization.Encoding.DER)
+
+
+def _anchors(pki):
+    return (x509.load_pem_x509_certificate(pki.trust_bundle.read_bytes()),)
+
+
+def test_verify_delegation_with_an_unparsable_name_is_a_typed_error(pki):
+    # Regression: a proxy whose subject does not parse raised a bare ValueError.
+    cert, proxy, der = _proxy_der(pki)
+    at = der.index(str(proxy.serial_number).encode())  # the CN (UTF8String) RFC 3820 adds
+    broken = x509.load_der_x509_certificate(der[:at] + b"\xff" + der[at + 1 :])
+    with pytest.raises(InvalidTokenError):
+        verify_delegation((cert,), (broken,), _anchors(pki), time.time())
+
+
+@pytest.fixture(scope="module")
+def signed_proxy(pki):
+    return _proxy_der(pki)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_verify_delegation_with_any_corrupted_proxy_is_a_typed_error(pki, signed_proxy, data):
+    cert, _proxy, der = signed_proxy
+    position = data.draw(st.integers(0, len(der) - 1), label="position")
+    value = data.draw(st.integers(0, 255), label="value")
+    assume(der[position] != value)
+    try:
+        corrupted = x509.load_der_x509_certificate(
+            der[:position] + bytes([value]) + der[position + 1 :]
+        )
+    except ValueError:
+        return  # cryptography refused it at load: it never reaches verify_delegation
+    with pytest.raises(SecurityError):
+        verify_delegation((cert,), (corrupted,), _anchors(pki), time.time())

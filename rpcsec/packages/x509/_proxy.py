@@ -231,10 +231,23 @@ def verify_delegation(
 
     Raises ``UntrustedRootError`` / ``CertificateExpiredError`` when the principal's own
     certificate fails, ``DelegationPolicyError`` when a proxy is forged, expired, too deep or
-    outside the policy, ``InvalidTokenError`` when something is malformed.
+    outside the policy, ``InvalidTokenError`` when something is malformed (a name or an
+    extension that does not parse, too).
     """
     if not 1 <= len(proxies) <= MAX_PROXIES:
         raise DelegationPolicyError("delegation chain has an invalid length")
+    try:
+        return _verify_delegation(principal_chain, proxies, anchors, now)
+    except ValueError as exc:  # cryptography parses names and extensions lazily
+        raise InvalidTokenError("delegation chain holds a malformed certificate") from exc
+
+
+def _verify_delegation(
+    principal_chain: tuple[x509.Certificate, ...],
+    proxies: tuple[x509.Certificate, ...],
+    anchors: tuple[x509.Certificate, ...],
+    now: float,
+) -> Delegation:
     principal, groups, expires = verify_principal(principal_chain, anchors, now)
     issuer = principal_chain[0]
     allowed = MAX_PROXIES  # how many proxies may still be appended
