@@ -51,7 +51,14 @@ from ._errors import (
     SecurityError,
 )
 from ._export import ExportedContext, ExportedPeer
-from ._flags import QOP, ContextReq, CredentialUse, ImpersonationLevel, ProtectionLevel
+from ._flags import (
+    NOT_IMPLEMENTED,
+    QOP,
+    ContextReq,
+    CredentialUse,
+    ImpersonationLevel,
+    ProtectionLevel,
+)
 from ._package import Mechanism, MechanismResult, get_package
 from ._protection import MAX_SEQUENCE, MessageProtector
 from ._replay import DEFAULT_WINDOW, ReceiveOrder, ReplayWindow, SequenceCounter
@@ -145,6 +152,9 @@ class SecurityContext:
             raise TypeError("credentials must come from acquire_credentials_handle()")
         if not isinstance(requested, ContextReq):
             raise TypeError("requested must be ContextReq flags")
+        unsupported = requested & NOT_IMPLEMENTED
+        if unsupported:
+            raise ValueError(f"no rpcsec package implements {unsupported!r}")
         if lifetime is not None and lifetime <= 0:
             raise ValueError("lifetime must be positive")
         self.credentials = credentials
@@ -721,7 +731,11 @@ class ClientContext(SecurityContext):
         options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(credentials, requested or ContextReq.default(), **kwargs)
+        # None asks for the default; an explicit ContextReq.NONE asks for nothing beyond
+        # authentication (it is falsy, so ``requested or default`` would lose it).
+        if requested is None:
+            requested = ContextReq.default()
+        super().__init__(credentials, requested, **kwargs)
         if not credentials.use & CredentialUse.OUTBOUND:
             raise ValueError("client contexts need OUTBOUND credentials")
         if not isinstance(impersonation, ImpersonationLevel):
@@ -752,7 +766,7 @@ class ServerContext(SecurityContext):
         options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(credentials, requested or ContextReq.NONE, **kwargs)
+        super().__init__(credentials, ContextReq.NONE if requested is None else requested, **kwargs)
         if not credentials.use & CredentialUse.INBOUND:
             raise ValueError("server contexts need INBOUND credentials")
         self._options = dict(options or {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "NOT_IMPLEMENTED",
     "ContextReq",
     "CredentialUse",
     "ImpersonationLevel",
@@ -55,6 +56,19 @@ class ContextReq(enum.IntFlag):
         if value & (ContextReq.REPLAY_DETECT | ContextReq.SEQUENCE_DETECT):
             value |= ContextReq.INTEGRITY
         return value
+
+
+NOT_IMPLEMENTED = (
+    ContextReq.USE_SESSION_KEY
+    | ContextReq.USE_SUPPLIED_CREDS
+    | ContextReq.USE_DCE_STYLE
+    | ContextReq.EXTENDED_ERROR
+)
+"""Context requirements no rpcsec package implements: asking for one raises ``ValueError``
+(it would otherwise be dropped silently or, worse, granted without any behaviour).
+USE_SESSION_KEY is Kerberos user-to-user, USE_DCE_STYLE the DCE three-leg style,
+EXTENDED_ERROR error tokens sent to the peer; USE_SUPPLIED_CREDS has no meaning of its own
+here, since a context only ever uses the credentials handle it is given."""
 
 
 class ImpersonationLevel(enum.IntEnum):

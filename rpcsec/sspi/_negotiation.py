@@ -97,7 +97,7 @@ def granted_from_capabilities(capabilities: PackageCapability) -> ContextReq:
         PackageCapability.IMPERSONATION: ContextReq.IDENTIFY,
         PackageCapability.ANONYMOUS: ContextReq.ANONYMOUS,
     }
-    supported = ContextReq.EXTENDED_ERROR | ContextReq.USE_SESSION_KEY
+    supported = ContextReq.NONE  # nothing without a behaviour behind it (see NOT_IMPLEMENTED)
     for capability, flags in table.items():
         if capabilities & capability:
             supported |= flags
