@@ -12,7 +12,8 @@ Rules name a method (``/pkg.Svc/Method``), a whole service (``/pkg.Svc/*``) or e
 
 ``default`` is DENY: a method nobody wrote a rule for (one added later, a debug service) is
 not silently exposed; fail closed. Trustees are principals, ``group:NAME``, or
-``group:everyone`` (every authenticated principal except ANONYMOUS). A refusal raises
+``group:everyone`` (every authenticated principal except ANONYMOUS); an ANONYMOUS-level caller
+is admitted only by a rule naming ``anonymous``, whatever ``default`` says. A refusal raises
 ``AccessDeniedError`` (PERMISSION_DENIED, reason ``access-denied``).
 """
 
@@ -23,7 +24,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rpcsec.security import ANONYMOUS_PRINCIPAL, EVERYONE, AccessToken
+from rpcsec.security import EVERYONE, AccessToken, matches_trustees
 from rpcsec.sspi import AccessDeniedError, ImpersonationLevel, ProtectionLevel
 
 __all__ = ["AuthorizationPolicy", "AuthorizationRule", "Decision"]
@@ -89,11 +90,7 @@ class _Effective:
 
 
 def _matches(trustees: frozenset[str], token: AccessToken) -> bool:
-    if token.principal in trustees:
-        return True
-    if EVERYONE in trustees and token.principal != ANONYMOUS_PRINCIPAL:
-        return True
-    return any(f"group:{group}" in trustees for group in token.groups)
+    return matches_trustees(trustees, token)  # anonymity by the token's level (issue 10)
 
 
 class AuthorizationPolicy:
@@ -155,8 +152,8 @@ class AuthorizationPolicy:
             )
         if rules.allow and _matches(rules.allow, token):
             return
-        if self.default is Decision.ALLOW:
-            return
+        if self.default is Decision.ALLOW and not token.is_anonymous:
+            return  # an ANONYMOUS caller is admitted only by a rule naming "anonymous"
         raise AccessDeniedError(f"{token.principal} is not allowed {method}")
 
     def __repr__(self) -> str:

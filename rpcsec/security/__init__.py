@@ -1,6 +1,14 @@
 """Who the caller is: access tokens, impersonation and access checks. No I/O."""
 
-from ._descriptor import EVERYONE, AccessMask, Ace, AceType, SecurityDescriptor, access_check
+from ._descriptor import (
+    EVERYONE,
+    AccessMask,
+    Ace,
+    AceType,
+    SecurityDescriptor,
+    access_check,
+    matches_trustees,
+)
 from ._impersonation import ImpersonationScope, current_token, impersonate, revert_to_self
 from ._token import ANONYMOUS_PRINCIPAL, AccessToken
 
@@ -16,5 +24,6 @@ __all__ = [
     "access_check",
     "current_token",
     "impersonate",
+    "matches_trustees",
     "revert_to_self",
 ]

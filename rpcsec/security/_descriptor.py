@@ -9,7 +9,7 @@ denies any requested right wins, and access is granted only when allow ACEs cove
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from rpcsec.sspi._errors import AccessDeniedError, NoImpersonationError
@@ -25,6 +25,7 @@ __all__ = [
     "AceType",
     "SecurityDescriptor",
     "access_check",
+    "matches_trustees",
 ]
 
 EVERYONE = "group:everyone"
@@ -95,15 +96,22 @@ class SecurityDescriptor:
         return SecurityDescriptor.build(self.owner, (*self.aces, ace))
 
 
-def _matches(trustee: str, token: AccessToken) -> bool:
-    if trustee == token.principal:
+def matches_trustees(trustees: Collection[str], token: AccessToken) -> bool:
+    """Whether ``token`` is one of ``trustees`` (principals, ``group:NAME``, ``EVERYONE``).
+
+    Anonymity is the token's *level*, not its name: an ANONYMOUS-level token matches only the
+    ``anonymous`` trustee (never a principal, group or EVERYONE, whatever its fields say), and
+    a token that is not anonymous never matches ``anonymous`` even if it is called that.
+    The one matching rule for ACEs and for the gRPC authorization policy.
+    """
+    if token.is_anonymous:
+        return ANONYMOUS_PRINCIPAL in trustees
+    principal = token.principal
+    if principal != ANONYMOUS_PRINCIPAL and principal in trustees:
         return True
-    if trustee.startswith("group:"):
-        group = trustee[len("group:") :]
-        if trustee == EVERYONE:
-            return token.principal != ANONYMOUS_PRINCIPAL
-        return group in token.groups
-    return False
+    if EVERYONE in trustees:
+        return True
+    return any(f"group:{group}" in trustees for group in token.groups)
 
 
 def access_check(
@@ -115,8 +123,8 @@ def access_check(
 
     With no ``token``, the current impersonation token is used (the seed: the access check
     happens when the server opens the resource as the client). IDENTIFY-level tokens may be
-    inspected but never used for access checks (``NoImpersonationError``); ANONYMOUS is its own
-    principal and matches only ACEs naming it.
+    inspected but never used for access checks (``NoImpersonationError``); an ANONYMOUS-level
+    token is its own principal and matches only ACEs naming ``anonymous`` (not EVERYONE).
     """
     if not isinstance(descriptor, SecurityDescriptor):
         raise TypeError("access_check needs a SecurityDescriptor")
@@ -137,7 +145,7 @@ def access_check(
     remaining = desired
     granted = 0
     for ace in descriptor.aces:
-        if not _matches(ace.trustee, token):
+        if not matches_trustees((ace.trustee,), token):
             continue
         if ace.type is AceType.DENY:
             if ace.mask & desired:

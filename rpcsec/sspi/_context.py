@@ -20,6 +20,7 @@ cryptographic check and recorded only after it passed.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import struct
@@ -234,6 +235,7 @@ class SecurityContext:
         result = self._mechanism.result
         if result is None:
             raise InvalidTokenError("package completed without a result")
+        result = self._as_seen(result)
         self._result = result
         self._protector = result.protector
         granted = result.granted
@@ -249,6 +251,21 @@ class SecurityContext:
             own = self._started_at + self._lifetime
             expiry = own if expiry is None else min(expiry, own)
         self._expires_at = expiry
+
+    def _as_seen(self, result: MechanismResult) -> MechanismResult:
+        """The result as this side may see it. A server whose client allowed only ANONYMOUS
+        gets the anonymous token (no name, groups, chain or delegated credentials) for every
+        package: the package authenticated the client, but the client did not let the server
+        know who it is (SECURITY_IMPERSONATION_LEVEL SecurityAnonymous)."""
+        if self.is_client or result.impersonation_level is not ImpersonationLevel.ANONYMOUS:
+            return result
+        from rpcsec.security._token import AccessToken
+
+        peer = result.peer
+        anonymous = AccessToken.anonymous(self.package.name).replace(
+            protection_level=peer.protection_level, expires_at=peer.expires_at
+        )
+        return dataclasses.replace(result, peer=anonymous, peer_native_name="")
 
     def delete(self) -> None:
         """DeleteSecurityContext: forget keys; every later call raises."""
@@ -869,7 +886,7 @@ def import_security_context(
             context._options = {}
         elif isinstance(context, ServerContext):
             context._options = {}
-        context._result = result
+        context._result = result = context._as_seen(result)
         context._protector = protector
         context._establish_from_import(state.send_seq, state.highest)
     except SecurityError:

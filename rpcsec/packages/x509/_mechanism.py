@@ -570,20 +570,17 @@ class X509ServerMechanism(_X509Mechanism):
         else:
             principal, groups, chain = client.spiffe_id, client.groups, ()
             native_name = client.subject
-        if level is ImpersonationLevel.ANONYMOUS:
-            peer = AccessToken.anonymous(self._package.name)
-            native_name = ""
-        else:
-            peer = AccessToken(
-                principal=principal,
-                package=self._package.name,
-                impersonation_level=level,
-                groups=groups,
-                delegation_chain=chain,
-                protection_level=_protection(granted),
-                expires_at=expires,
-                delegated_credentials=delegated,
-            )
+        # At ANONYMOUS level the core replaces this token with the anonymous one.
+        peer = AccessToken(
+            principal=principal,
+            package=self._package.name,
+            impersonation_level=level,
+            groups=groups,
+            delegation_chain=chain,
+            protection_level=_protection(granted),
+            expires_at=expires,
+            delegated_credentials=delegated,
+        )
         self.result = MechanismResult(
             granted=granted,
             impersonation_level=level,
