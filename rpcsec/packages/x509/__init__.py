@@ -13,8 +13,10 @@ from ._mechanism import DEFAULT_PROXY_LIFETIME, X509ClientMechanism, X509ServerM
 from ._package import X509Package
 from ._proxy import MAX_DEPTH, MAX_PROXIES, Delegation, issue_proxy, verify_delegation
 from ._spiffe import SpiffeId, certificate_spiffe_id, parse_spiffe_id
+from ._tls import DEFAULT_CLOCK_SKEW
 
 __all__ = [
+    "DEFAULT_CLOCK_SKEW",
     "DEFAULT_PROXY_LIFETIME",
     "GROUPS_OID",
     "MAX_DEPTH",

@@ -62,7 +62,7 @@ from ._keys import same_public_key
 from ._messages import ClientFinish, ProxyIssued, ServerGrant
 from ._proxy import MAX_DEPTH, Delegation, issue_proxy, verify_delegation
 from ._spiffe import certificate_spiffe_id, certificate_trust_domain, parse_spiffe_id
-from ._tls import TlsChannel
+from ._tls import DEFAULT_CLOCK_SKEW, TlsChannel, check_clock_skew
 
 if TYPE_CHECKING:
     from rpcsec.sspi._package import SecurityPackage
@@ -84,8 +84,8 @@ POSSESSION_LABEL = b"EXPORTER-rpcsec-x509 proxy possession"
 _POSSESSION_CONTEXT = b"rpcsec x509 proxy possession v1\x00"
 DEFAULT_PROXY_LIFETIME = 3600.0
 _SECRET = 32
-_CLIENT_OPTIONS = frozenset({"delegate_to", "delegation_depth", "proxy_lifetime"})
-_SERVER_OPTIONS = frozenset({"accept_delegation"})
+_CLIENT_OPTIONS = frozenset({"delegate_to", "delegation_depth", "proxy_lifetime", "clock_skew"})
+_SERVER_OPTIONS = frozenset({"accept_delegation", "clock_skew"})
 
 
 class _State(enum.Enum):
@@ -149,9 +149,11 @@ class _X509Mechanism(Mechanism):
         material: X509Credential,
         requested: ContextReq,
         clock: Callable[[], float],
+        options: dict[str, Any],
     ) -> None:
         if not isinstance(material, X509Credential):
             raise TypeError("x509 contexts need credentials from the x509 package")
+        self._skew = check_clock_skew(options.get("clock_skew", DEFAULT_CLOCK_SKEW))
         self._package = package
         self._material = material
         self._requested = requested
@@ -201,7 +203,7 @@ class _X509Mechanism(Mechanism):
 
     def _new_channel(self, *, server: bool) -> TlsChannel:
         context = self._material.ssl_context(self._verify_time())
-        return TlsChannel(context, server=server)
+        return TlsChannel(context, server=server, clock=self._clock, skew=self._skew)
 
     def _feed(self, token: bytes | None) -> TlsChannel:
         if token is None:
@@ -262,7 +264,7 @@ class X509ClientMechanism(_X509Mechanism):
         options: dict[str, Any],
         clock: Callable[[], float],
     ) -> None:
-        super().__init__(package, material, requested, clock)
+        super().__init__(package, material, requested, clock, options)
         unknown = set(options) - _CLIENT_OPTIONS
         if unknown:
             raise ValueError(f"unknown x509 client options: {sorted(unknown)}")
@@ -454,7 +456,7 @@ class X509ServerMechanism(_X509Mechanism):
         options: dict[str, Any],
         clock: Callable[[], float],
     ) -> None:
-        super().__init__(package, material, requested, clock)
+        super().__init__(package, material, requested, clock, options)
         unknown = set(options) - _SERVER_OPTIONS
         if unknown:
             raise ValueError(f"unknown x509 server options: {sorted(unknown)}")
@@ -509,7 +511,11 @@ class X509ServerMechanism(_X509Mechanism):
     ) -> Delegation:
         """The downstream rules: trust nothing the delegate says that it cannot prove."""
         chain = verify_delegation(
-            finish.principal_chain, finish.proxies, self._material.trust.anchors, self._clock()
+            finish.principal_chain,
+            finish.proxies,
+            self._material.trust.anchors,
+            self._clock(),
+            skew=self._skew,
         )
         if chain.delegate != client.spiffe_id:
             raise DelegationPolicyError("the presenting service is not the chain's delegate")
@@ -536,7 +542,7 @@ class X509ServerMechanism(_X509Mechanism):
         else:
             principal_chain, proxies = presented.principal_chain, (*presented.proxies, proxy)
         chain = verify_delegation(
-            principal_chain, proxies, self._material.trust.anchors, self._clock()
+            principal_chain, proxies, self._material.trust.anchors, self._clock(), skew=self._skew
         )
         if not same_public_key(proxy.public_key(), key.public_key()):
             raise DelegationPolicyError("proxy certificate is not for this context's key")

@@ -48,6 +48,7 @@ from ._extensions import (
 )
 from ._keys import PrivateKey, signature_hash
 from ._spiffe import certificate_spiffe_id, certificate_trust_domain
+from ._tls import DEFAULT_CLOCK_SKEW
 
 __all__ = [
     "MAX_DEPTH",
@@ -179,12 +180,40 @@ def issue_proxy(
 
 
 def verify_principal(
-    chain: tuple[x509.Certificate, ...], anchors: tuple[x509.Certificate, ...], now: float
+    chain: tuple[x509.Certificate, ...],
+    anchors: tuple[x509.Certificate, ...],
+    now: float,
+    *,
+    skew: float = DEFAULT_CLOCK_SKEW,
 ) -> tuple[str, frozenset[str], float]:
     """Verify a principal's leaf (plus intermediates) against the trust anchors with OpenSSL
-    at time ``now``; return its SPIFFE ID, groups and the chain's earliest expiry."""
+    at time ``now`` give or take ``skew`` seconds; return its SPIFFE ID, groups and the
+    chain's earliest expiry."""
     if not 1 <= len(chain) <= MAX_PRINCIPAL_CHAIN:
         raise InvalidTokenError("principal chain has an invalid length")
+    try:
+        verified = _openssl_verify(chain, anchors, now)
+    except CertificateExpiredError:
+        # OpenSSL has no skew: verify again at the instant nearest ``now`` at which every
+        # certificate of the chain is valid, if that instant is within the skew.
+        start = max(_ts(c.not_valid_before_utc) for c in chain)
+        end = min(_ts(c.not_valid_after_utc) for c in chain)
+        instant = min(max(now, start), end - 1)
+        if not (start <= instant < end and abs(instant - now) <= skew):
+            raise
+        verified = _openssl_verify(chain, anchors, instant)
+    full = [c.to_cryptography() for c in verified]
+    principal = certificate_spiffe_id(chain[0])
+    domain = certificate_trust_domain(full[-1])
+    if domain is not None and principal.trust_domain != domain:
+        raise UntrustedRootError("principal belongs to another trust domain")
+    expires = min(_ts(c.not_valid_after_utc) for c in full)
+    return str(principal), certificate_groups(chain[0]), expires
+
+
+def _openssl_verify(
+    chain: tuple[x509.Certificate, ...], anchors: tuple[x509.Certificate, ...], now: float
+) -> list[crypto.X509]:
     store = crypto.X509Store()
     for anchor in anchors:
         store.add_cert(crypto.X509.from_cryptography(anchor))
@@ -193,7 +222,7 @@ def verify_principal(
     intermediates = [crypto.X509.from_cryptography(c) for c in chain[1:]]
     context = crypto.X509StoreContext(store, leaf, intermediates)
     try:
-        verified = context.get_verified_chain()
+        return context.get_verified_chain()
     except crypto.X509StoreContextError as exc:
         errors = exc.errors if isinstance(exc.errors, list) else []
         if errors and errors[0] in _VALIDITY_ERRORS:
@@ -201,13 +230,6 @@ def verify_principal(
         raise UntrustedRootError("principal certificate is not trusted") from exc
     except crypto.Error as exc:
         raise InvalidTokenError("principal certificate is malformed") from exc
-    full = [c.to_cryptography() for c in verified]
-    principal = certificate_spiffe_id(chain[0])
-    domain = certificate_trust_domain(full[-1])
-    if domain is not None and principal.trust_domain != domain:
-        raise UntrustedRootError("principal belongs to another trust domain")
-    expires = min(_ts(c.not_valid_after_utc) for c in full)
-    return str(principal), certificate_groups(chain[0]), expires
 
 
 def _check_proxy_name(proxy: x509.Certificate, issuer: x509.Certificate) -> None:
@@ -226,8 +248,11 @@ def verify_delegation(
     proxies: tuple[x509.Certificate, ...],
     anchors: tuple[x509.Certificate, ...],
     now: float,
+    *,
+    skew: float = DEFAULT_CLOCK_SKEW,
 ) -> Delegation:
-    """RFC 3820 §4.1 path validation of ``principal leaf -> proxies`` with our policy.
+    """RFC 3820 §4.1 path validation of ``principal leaf -> proxies`` with our policy, at
+    ``now`` give or take ``skew`` seconds for every certificate's validity.
 
     Raises ``UntrustedRootError`` / ``CertificateExpiredError`` when the principal's own
     certificate fails, ``DelegationPolicyError`` when a proxy is forged, expired, too deep or
@@ -237,7 +262,7 @@ def verify_delegation(
     if not 1 <= len(proxies) <= MAX_PROXIES:
         raise DelegationPolicyError("delegation chain has an invalid length")
     try:
-        return _verify_delegation(principal_chain, proxies, anchors, now)
+        return _verify_delegation(principal_chain, proxies, anchors, now, skew)
     except ValueError as exc:  # cryptography parses names and extensions lazily
         raise InvalidTokenError("delegation chain holds a malformed certificate") from exc
 
@@ -247,8 +272,9 @@ def _verify_delegation(
     proxies: tuple[x509.Certificate, ...],
     anchors: tuple[x509.Certificate, ...],
     now: float,
+    skew: float,
 ) -> Delegation:
-    principal, groups, expires = verify_principal(principal_chain, anchors, now)
+    principal, groups, expires = verify_principal(principal_chain, anchors, now, skew=skew)
     issuer = principal_chain[0]
     allowed = MAX_PROXIES  # how many proxies may still be appended
     targets: frozenset[str] | None = None
@@ -265,7 +291,7 @@ def _verify_delegation(
             raise DelegationPolicyError("proxy keys must be Ed25519")
         info = read_proxy_info(proxy)
         start, end = _ts(proxy.not_valid_before_utc), _ts(proxy.not_valid_after_utc)
-        if not start <= now < end:
+        if not start - skew <= now < end + skew:
             raise DelegationPolicyError("proxy certificate has expired or is not yet valid")
         if end > _ts(issuer.not_valid_after_utc):
             raise DelegationPolicyError("proxy outlives the certificate that signed it")

@@ -14,8 +14,11 @@ a truncated one, is detected.
 from __future__ import annotations
 
 import datetime
+import math
 import struct
+import time
 import weakref
+from collections.abc import Callable
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
@@ -29,7 +32,20 @@ from rpcsec.sspi._errors import (
 
 from ._keys import PrivateKey
 
-__all__ = ["MAX_MESSAGE", "TlsChannel", "build_ssl_context"]
+__all__ = [
+    "DEFAULT_CLOCK_SKEW",
+    "MAX_CLOCK_SKEW",
+    "MAX_MESSAGE",
+    "TlsChannel",
+    "build_ssl_context",
+    "check_clock_skew",
+    "within_validity",
+]
+
+DEFAULT_CLOCK_SKEW = 300.0
+"""Seconds of clock difference tolerated at notBefore and notAfter: Kerberos' default
+clockskew (MIT krb5.conf, RFC 4120 §1.6 "5 minutes")."""
+MAX_CLOCK_SKEW = 86400.0
 
 MAX_MESSAGE = 48 * 1024
 _FRAME = struct.Struct(">I")
@@ -42,14 +58,37 @@ _READ_CHUNK = 1 << 16
 _VALIDITY_ERRORS = frozenset({9, 10})
 
 
+def check_clock_skew(value: object) -> float:
+    """A caller's ``clock_skew`` option: seconds, 0 to one day (``ValueError``/``TypeError``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError("clock_skew must be a number of seconds")
+    if not math.isfinite(value) or not 0 <= value <= MAX_CLOCK_SKEW:
+        raise ValueError(f"clock_skew must be from 0 to {MAX_CLOCK_SKEW:.0f} seconds")
+    return float(value)
+
+
+def within_validity(cert: x509.Certificate, now: float, skew: float) -> bool:
+    """notBefore - skew <= now < notAfter + skew (RFC 5280 §4.1.2.5 with Kerberos' slack)."""
+    start = cert.not_valid_before_utc.timestamp()
+    end = cert.not_valid_after_utc.timestamp()
+    return start - skew <= now < end + skew
+
+
 def _verify_callback(
     connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
 ) -> bool:
-    """Keep OpenSSL's verdict, and remember why it failed so we can raise the right error."""
+    """Keep OpenSSL's verdict, and remember why it failed so we can raise the right error.
+
+    The one verdict overridden: "not yet valid" / "expired" for a certificate whose validity,
+    widened by the channel's clock skew, holds at the channel's time (OpenSSL has no skew of
+    its own). Every other check (signature, chain, purpose) keeps OpenSSL's answer.
+    """
     if not ok:
         ref = connection.get_app_data()
         channel = ref() if isinstance(ref, weakref.ref) else None
         if isinstance(channel, TlsChannel):
+            if errno in _VALIDITY_ERRORS and channel.tolerates(cert):
+                return True
             channel.verify_errors.append(errno)
     return bool(ok)
 
@@ -93,9 +132,18 @@ def build_ssl_context(
 class TlsChannel:
     """A TLS connection with memory BIOs on both sides (no socket)."""
 
-    __slots__ = ("__weakref__", "_conn", "_inbox", "verify_errors")
+    __slots__ = ("__weakref__", "_clock", "_conn", "_inbox", "_skew", "verify_errors")
 
-    def __init__(self, context: SSL.Context, *, server: bool) -> None:
+    def __init__(
+        self,
+        context: SSL.Context,
+        *,
+        server: bool,
+        clock: Callable[[], float] = time.time,
+        skew: float = DEFAULT_CLOCK_SKEW,
+    ) -> None:
+        self._clock = clock
+        self._skew = skew
         self._conn = SSL.Connection(context, None)
         self._conn.set_app_data(weakref.ref(self))  # no cycle through OpenSSL's callback
         if server:
@@ -104,6 +152,13 @@ class TlsChannel:
             self._conn.set_connect_state()
         self.verify_errors: list[int] = []
         self._inbox = bytearray()
+
+    def tolerates(self, cert: crypto.X509) -> bool:
+        """Whether ``cert`` is valid at this channel's time, give or take the clock skew."""
+        try:
+            return within_validity(cert.to_cryptography(), self._clock(), self._skew)
+        except ValueError:
+            return False
 
     def _fail(self, exc: Exception) -> SecurityError:
         """The typed error for an OpenSSL failure (certificate verdicts first)."""
