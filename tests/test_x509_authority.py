@@ -61,7 +61,7 @@ def test_issue_user_with_groups(ca_dir, capsys):
     assert not cert.extensions.get_extension_for_oid(GROUPS_OID).critical
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert ExtendedKeyUsageOID.CLIENT_AUTH in usage and ExtendedKeyUsageOID.SERVER_AUTH in usage
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]  # a user cannot act as a server
     assert isinstance(cert.public_key(), ed25519.Ed25519PublicKey)
     cert.verify_directly_issued_by(load(ca_dir / "root.crt"))
 
@@ -75,6 +75,8 @@ def test_issue_service_and_days(ca_dir):
     ]
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert 2 * 86400 <= lifetime.total_seconds() <= 2 * 86400 + 600
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(usage) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     with pytest.raises(x509.ExtensionNotFound):
         cert.extensions.get_extension_for_oid(GROUPS_OID)
 

@@ -13,6 +13,7 @@ from helpers.pki import make_authority
 
 from rpcsec.packages.x509 import X509Credential
 from rpcsec.sspi import (
+    ANY_SERVER,
     CertificateExpiredError,
     ContextAttribute,
     ContextExpiredError,
@@ -233,15 +234,17 @@ def test_wrong_target_is_refused_by_the_client(pki, alice, documents):
         client.step(second.token)
 
 
-def test_no_target_name_accepts_any_server_of_the_trust_domain(pki, alice, documents):
-    result = handshake(*pair(pki, alice, documents, target=None))
+def test_no_target_name_is_refused_any_server_is_explicit(pki, alice, documents):
+    with pytest.raises(ValueError):
+        pair(pki, alice, documents, target=None)
+    client = initialize_security_context(alice, ANY_SERVER)
+    result = handshake(client, accept_security_context(documents))
     assert result.client.peer.principal == pki.id("documents")
 
 
 def test_target_must_be_a_spiffe_id(pki, alice, documents):
-    client = initialize_security_context(alice, "documents")
-    with pytest.raises(ValueError):  # the caller's mistake, not the peer's
-        client.step()
+    with pytest.raises(ValueError):  # the caller's mistake, at once, not the peer's
+        initialize_security_context(alice, "documents")
 
 
 def test_untrusted_client_authority(tmp_path, pki, documents):

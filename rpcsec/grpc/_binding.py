@@ -22,6 +22,7 @@ from rpcsec.sspi import (
     DelegationPolicyError,
     ImpersonationLevel,
     ProtectionLevel,
+    check_target_name,
 )
 
 from ._calls import CallProtection, MethodKeys
@@ -125,6 +126,7 @@ class ChannelSecurity:
         if target_name is not None and not isinstance(target_name, str):
             raise TypeError("target_name must be a string")
         self.credentials, self.owner = resolve_credentials(credentials)
+        check_target_name(self.credentials, target_name)  # at construction, not first call
         required = requirements | _ALWAYS
         if not required & _ORDERING:
             # Every call is replay protected: without a receive window a whole call could be

@@ -25,6 +25,7 @@ from ._package import (
     register_package,
 )
 from ._credentials import Credentials, acquire_credentials_handle
+from ._target import ANY_SERVER, AnyServer, check_service_name, check_target_name
 from ._attributes import (
     ContextAttribute,
     ContextFlags,
@@ -47,8 +48,10 @@ from ._context import (
 )
 
 __all__ = [
+    "ANY_SERVER",
     "QOP",
     "AeadProtector",
+    "AnyServer",
     "BufferType",
     "ClientContext",
     "ContextAttribute",
@@ -82,6 +85,8 @@ __all__ = [
     "StreamSizes",
     "accept_security_context",
     "acquire_credentials_handle",
+    "check_service_name",
+    "check_target_name",
     "enumerate_security_packages",
     "get_package",
     "hkdf_expand_label",

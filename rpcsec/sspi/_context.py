@@ -64,6 +64,7 @@ from ._package import Mechanism, MechanismResult, get_package
 from ._protection import MAX_SEQUENCE, MessageProtector
 from ._replay import DEFAULT_WINDOW, ReceiveOrder, ReplayWindow, SequenceCounter
 from ._status import SecStatus
+from ._target import check_target_name
 
 __all__ = [
     "ClientContext",
@@ -757,6 +758,7 @@ class ClientContext(SecurityContext):
             raise ValueError("client contexts need OUTBOUND credentials")
         if not isinstance(impersonation, ImpersonationLevel):
             raise TypeError("impersonation must be an ImpersonationLevel")
+        check_target_name(credentials, target_name)
         self.target_name = target_name
         self.max_impersonation = impersonation
         self._options = dict(options or {})

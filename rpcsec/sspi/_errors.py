@@ -17,6 +17,7 @@ __all__ = [
     "BadBindingsError",
     "BusyError",
     "CertificateExpiredError",
+    "CertificateWrongUsageError",
     "ContextExpiredError",
     "DelegationPolicyError",
     "DelegationRequiredError",
@@ -126,6 +127,13 @@ class CertificateExpiredError(SecurityError):
     """A certificate in the peer's chain is outside its validity period (SEC_E_CERT_EXPIRED)."""
 
     status = SecStatus.CERT_EXPIRED
+
+
+class CertificateWrongUsageError(SecurityError):
+    """The peer's certificate is not for its role: a server's without serverAuth, a client's
+    without clientAuth in extendedKeyUsage (SEC_E_CERT_WRONG_USAGE)."""
+
+    status = SecStatus.CERT_WRONG_USAGE
 
 
 class TargetUnknownError(SecurityError):

@@ -131,6 +131,26 @@ class SecurityPackage(ABC):
         """Rebuild a protector from exported secrets (ImportSecurityContext)."""
         raise UnsupportedFunctionError(f"package {self.name!r} cannot import contexts")
 
+    def check_target_name(self, target_name: str | None) -> None:
+        """Syntax of a client's target name (``TypeError``/``ValueError``); see ``_target``.
+
+        Default: a GSS service name (``service@host`` or ``service/host[@REALM]``), required
+        when the package can prove the server (MUTUAL_AUTH), optional otherwise; never
+        ``ANY_SERVER``. Packages with other names (x509: SPIFFE IDs) override this.
+        """
+        from ._target import AnyServer, check_service_name
+
+        if target_name is None:
+            if self.capabilities & PackageCapability.MUTUAL_AUTH:
+                raise ValueError(
+                    f"{self.name} clients need target_name: the service to authenticate, "
+                    "e.g. 'service@host'"
+                )
+            return
+        if isinstance(target_name, AnyServer):
+            raise ValueError(f"{self.name} cannot authenticate 'any server': name the service")
+        check_service_name(target_name)
+
 
 class _UnavailablePackage(SecurityPackage):
     """Stands in for a package whose backend failed to import (an optional extra)."""

@@ -27,6 +27,7 @@ class SecStatus(enum.Enum):
     LOGON_DENIED = "logon-denied"
     UNTRUSTED_ROOT = "untrusted-root"
     CERT_EXPIRED = "cert-expired"
+    CERT_WRONG_USAGE = "cert-wrong-usage"
     TARGET_UNKNOWN = "target-unknown"
     WRONG_PRINCIPAL = "wrong-principal"
     INVALID_TOKEN = "invalid-token"

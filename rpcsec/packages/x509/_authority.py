@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
-from ._extensions import SIGNING_ONLY, groups_extension
+from ._extensions import SERVICE_USAGE, SIGNING_ONLY, USER_USAGE, groups_extension
 from ._keys import write_private_file
 from ._spiffe import parse_spiffe_id, validate_name, validate_trust_domain
 
@@ -239,7 +239,9 @@ class Authority:
         """Issue (or re-issue) a leaf SVID and write its certificate and 0600 key.
 
         ``not_before``/``not_after`` override ``days`` (tests issue already-expired
-        certificates this way). The leaf never outlives the root.
+        certificates this way). The leaf never outlives the root. A service gets the
+        serverAuth and clientAuth key purposes; a user clientAuth only, so no user of the
+        authority can answer as a service (clients check serverAuth).
         """
         validate_name(name)
         group_list = list(groups)
@@ -276,12 +278,7 @@ class Authority:
                 SIGNING_ONLY,
                 critical=True,
             )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
+            .add_extension(SERVICE_USAGE if service else USER_USAGE, critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),

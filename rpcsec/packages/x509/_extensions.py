@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from rpcsec.sspi._errors import InvalidTokenError
 
@@ -51,13 +52,16 @@ from ._der import (
 from ._spiffe import parse_spiffe_id
 
 __all__ = [
+    "SERVICE_USAGE",
     "SIGNING_ONLY",
+    "USER_USAGE",
     "GROUPS_OID",
     "MAX_GROUPS",
     "MAX_TARGETS",
     "PROXY_CERT_INFO_OID",
     "PROXY_POLICY_OID",
     "ProxyCertInfo",
+    "certificate_allows",
     "certificate_groups",
     "decode_groups",
     "decode_proxy_cert_info",
@@ -221,3 +225,29 @@ SIGNING_ONLY = x509.KeyUsage(
 )
 """KeyUsage of every leaf and proxy certificate: the key only signs (TLS 1.3 CertificateVerify,
 proof of possession, a next proxy) -- it never encrypts and never certifies."""
+
+SERVICE_USAGE = x509.ExtendedKeyUsage(
+    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+)
+"""extendedKeyUsage of a service: it answers as a TLS server and calls onward as a client."""
+USER_USAGE = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+"""extendedKeyUsage of a user: TLS client only, so a user's certificate cannot pose as a
+service to a client (RFC 5280 §4.2.1.12)."""
+
+
+def certificate_allows(cert: x509.Certificate, purpose: x509.ObjectIdentifier) -> bool:
+    """Whether the certificate's extendedKeyUsage lists ``purpose``.
+
+    Stricter than OpenSSL's own TLS purpose check, which it complements: a certificate
+    without the extension is allowed nothing here (fail closed; rpcsec's authority always
+    writes it, SPIFFE X509-SVIDs carry serverAuth and clientAuth), and anyExtendedKeyUsage
+    is not enough (OpenSSL refuses it for TLS too). Raises ``InvalidTokenError`` when the
+    extension does not parse.
+    """
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    except ValueError as exc:
+        raise InvalidTokenError("certificate has a malformed extendedKeyUsage") from exc
+    return purpose in usage

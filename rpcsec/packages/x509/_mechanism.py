@@ -34,10 +34,12 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from rpcsec.security._token import AccessToken
 from rpcsec.sspi._credentials import Credentials
 from rpcsec.sspi._errors import (
+    CertificateWrongUsageError,
     DelegationPolicyError,
     InvalidStateError,
     InvalidTokenError,
@@ -55,9 +57,10 @@ from rpcsec.sspi._flags import (
 from rpcsec.sspi._negotiation import ContextOffer, decide_grant
 from rpcsec.sspi._package import Mechanism, MechanismResult
 from rpcsec.sspi._protection import AeadProtector
+from rpcsec.sspi._target import AnyServer
 
 from ._credential import DelegatedChain, X509Credential
-from ._extensions import ProxyCertInfo, certificate_groups
+from ._extensions import ProxyCertInfo, certificate_allows, certificate_groups
 from ._keys import same_public_key
 from ._messages import ClientFinish, ProxyIssued, ServerGrant
 from ._proxy import MAX_DEPTH, Delegation, issue_proxy, verify_delegation
@@ -86,6 +89,10 @@ DEFAULT_PROXY_LIFETIME = 3600.0
 _SECRET = 32
 _CLIENT_OPTIONS = frozenset({"delegate_to", "delegation_depth", "proxy_lifetime", "clock_skew"})
 _SERVER_OPTIONS = frozenset({"accept_delegation", "clock_skew"})
+_NO_TARGET = (
+    "x509 clients need target_name: the server's SPIFFE ID (spiffe://TRUST-DOMAIN/svc/NAME), "
+    "or rpcsec.ANY_SERVER to accept any server of the trust domain (dangerous)"
+)
 
 
 class _State(enum.Enum):
@@ -268,9 +275,12 @@ class X509ClientMechanism(_X509Mechanism):
         unknown = set(options) - _CLIENT_OPTIONS
         if unknown:
             raise ValueError(f"unknown x509 client options: {sorted(unknown)}")
-        if target_name is not None:
-            parse_spiffe_id(target_name)
-        self._target = target_name
+        if target_name is None:
+            raise ValueError(_NO_TARGET)
+        # ANY_SERVER: any server the anchors vouch for (it must still hold serverAuth).
+        self._target = None if isinstance(target_name, AnyServer) else target_name
+        if self._target is not None:
+            parse_spiffe_id(self._target)
         self._impersonation = impersonation
         targets = options.get("delegate_to", ())
         if isinstance(targets, str) or not isinstance(targets, Collection):
@@ -327,6 +337,8 @@ class X509ClientMechanism(_X509Mechanism):
             self._move(_State.TLS)
             return out
         server = self._server = _Peer(channel.verified_chain())
+        if not certificate_allows(server.chain[0], ExtendedKeyUsageOID.SERVER_AUTH):
+            raise CertificateWrongUsageError("the server's certificate is not for TLS servers")
         if self._target is not None and server.spiffe_id != self._target:
             raise WrongPrincipalError("the server proved another identity than the target")
         channel.expect_end()
@@ -482,6 +494,8 @@ class X509ServerMechanism(_X509Mechanism):
             self._move(_State.TLS)
             return out
         client = self._client = _Peer(channel.verified_chain())
+        if not certificate_allows(client.chain[0], ExtendedKeyUsageOID.CLIENT_AUTH):
+            raise CertificateWrongUsageError("the client's certificate is not for TLS clients")
         finish = ClientFinish.decode(channel.receive())
         channel.expect_end()
         capabilities = self._package.capabilities

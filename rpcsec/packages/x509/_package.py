@@ -8,9 +8,11 @@ from typing import Any, ClassVar
 from rpcsec.sspi._flags import ContextReq, CredentialUse, ImpersonationLevel, PackageCapability
 from rpcsec.sspi._package import Mechanism, SecurityPackage
 from rpcsec.sspi._protection import AeadProtector, MessageProtector
+from rpcsec.sspi._target import AnyServer
 
 from ._credential import X509Credential, load_credential
-from ._mechanism import X509ClientMechanism, X509ServerMechanism
+from ._mechanism import _NO_TARGET, X509ClientMechanism, X509ServerMechanism
+from ._spiffe import parse_spiffe_id
 
 __all__ = ["X509Package"]
 
@@ -23,7 +25,12 @@ class X509Package(SecurityPackage):
     for an identity from ``rpcsec authority``. Client context options: ``delegate_to`` (the
     SPIFFE IDs a delegate may call as you), ``delegation_depth`` (how many more times it may
     delegate, default 1), ``proxy_lifetime`` (seconds, default 3600). Server context
-    options: ``accept_delegation`` (default True).
+    options: ``accept_delegation`` (default True). Both sides: ``clock_skew`` (seconds of
+    certificate-validity slack, default 300).
+
+    Target names are the server's SPIFFE ID, required; ``rpcsec.ANY_SERVER`` accepts any
+    server of the trust domain (dangerous: see its docstring). Servers must hold the
+    serverAuth key purpose, clients clientAuth.
     """
 
     name: ClassVar[str] = "x509"
@@ -78,6 +85,14 @@ class X509Package(SecurityPackage):
         return X509ServerMechanism(
             self, credentials, requested=requested, options=options, clock=clock
         )
+
+    def check_target_name(self, target_name: str | None) -> None:
+        """A SPIFFE ID (``spiffe://TRUST-DOMAIN/svc/NAME``), or ``ANY_SERVER``; never None:
+        without a name, any identity of the trust domain with a server certificate would do."""
+        if target_name is None:
+            raise ValueError(_NO_TARGET)
+        if not isinstance(target_name, AnyServer):
+            parse_spiffe_id(target_name)
 
     def import_protector(self, outbound: bytes, inbound: bytes, datagram: bool) -> MessageProtector:
         return AeadProtector(outbound, inbound, datagram=datagram)

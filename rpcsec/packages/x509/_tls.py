@@ -25,6 +25,7 @@ from OpenSSL import SSL, crypto
 
 from rpcsec.sspi._errors import (
     CertificateExpiredError,
+    CertificateWrongUsageError,
     InvalidTokenError,
     SecurityError,
     UntrustedRootError,
@@ -56,6 +57,9 @@ _MAX_RECORD = (1 << 14) + 256
 _READ_CHUNK = 1 << 16
 # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED (openssl/x509_vfy.h)
 _VALIDITY_ERRORS = frozenset({9, 10})
+# X509_V_ERR_INVALID_PURPOSE: OpenSSL checks extendedKeyUsage for the TLS role itself
+# (ssl_server on the client, ssl_client on the server) when the certificate has one.
+_PURPOSE_ERRORS = frozenset({26})
 
 
 def check_clock_skew(value: object) -> float:
@@ -165,6 +169,8 @@ class TlsChannel:
         if self.verify_errors:
             if any(errno in _VALIDITY_ERRORS for errno in self.verify_errors):
                 return CertificateExpiredError("peer certificate is outside its validity period")
+            if any(errno in _PURPOSE_ERRORS for errno in self.verify_errors):
+                return CertificateWrongUsageError("peer certificate is not for this TLS role")
             return UntrustedRootError("peer certificate chain is not trusted")
         return InvalidTokenError("TLS record rejected")
 
