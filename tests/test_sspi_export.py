@@ -170,3 +170,23 @@ def test_every_field_replaced_by_any_json_is_typed(creds, template, data) -> Non
     except SecurityError:
         return
     assert context.complete
+
+
+@pytest.mark.parametrize("package", ["x509", "kerberos", "no-such-package", "NTLM"])
+def test_a_blob_naming_another_package_is_refused(creds, package) -> None:
+    state = json.loads(_pair(creds).server.export())
+    state["package"] = package
+    with pytest.raises(InvalidTokenError):
+        import_security_context(json.dumps(state).encode(), creds[1])
+
+
+def test_an_x509_blob_does_not_open_with_ntlm_credentials(creds, tmp_path) -> None:
+    from helpers.pki import make_authority
+
+    pki = make_authority(tmp_path)
+    client = initialize_security_context(pki.credentials("alice"), pki.id("documents"))
+    server = accept_security_context(pki.credentials("documents", CredentialUse.INBOUND))
+    blob = handshake(client, server).server.export()
+    with pytest.raises(InvalidTokenError):
+        import_security_context(blob, creds[1])
+    assert import_security_context(blob, pki.credentials("documents", CredentialUse.INBOUND))

@@ -147,3 +147,27 @@ def test_sequence_counter_rejects_reorder_and_gap() -> None:
     counter.accept(2)
     with pytest.raises(ReplayError):
         counter.accept(1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.sampled_from([64, 128, 256]),
+    highest=st.integers(min_value=0, max_value=1000),
+    seqs=st.lists(st.integers(min_value=0, max_value=1500), max_size=200),
+)
+def test_resumed_window_matches_a_model_that_saw_everything_up_to_highest(
+    size: int, highest: int, seqs: list[int]
+) -> None:
+    """ImportSecurityContext's resume: as if every number up to ``highest`` had arrived."""
+    window, model = ReplayWindow(size), ReferenceWindow(size)
+    window.resume(highest)
+    for seq in range(highest + 1):
+        model.accept(seq)
+    assert window.highest == highest
+    for seq in seqs:
+        assert _try(window, seq) == model.accept(seq), seq
+
+
+def test_resume_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        ReplayWindow(64).resume(-1)

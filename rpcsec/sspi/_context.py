@@ -60,7 +60,7 @@ from ._flags import (
     ImpersonationLevel,
     ProtectionLevel,
 )
-from ._package import Mechanism, MechanismResult, get_package
+from ._package import Mechanism, MechanismResult
 from ._protection import MAX_SEQUENCE, MessageProtector
 from ._replay import DEFAULT_WINDOW, ReceiveOrder, ReplayWindow, SequenceCounter
 from ._status import SecStatus
@@ -719,9 +719,7 @@ class SecurityContext:
         elif granted & ContextReq.REPLAY_DETECT:
             window = ReplayWindow(self._replay_window)
             if highest >= 0:
-                # Everything at or below the exporter's highest is treated as already seen.
-                for seq in range(max(0, highest - window.size + 1), highest + 1):
-                    window.accept(seq)
+                window.resume(highest)  # everything up to the exporter's highest counts as seen
             self._receive = window
         result.protector.resume(highest)
         self._expires_at = result.expires_at
@@ -840,15 +838,15 @@ def import_security_context(
     numbers responses per call does) may do that; anyone else imports a blob exactly once.
 
     Raises ``InvalidTokenError`` for a blob that is not one (never a bare ``ValueError``),
-    ``NoCredentialsError`` for an unknown package, ``ReplayError`` as above.
+    ``UnsupportedFunctionError`` for a package that cannot import, ``ReplayError`` as above.
     """
     from rpcsec.security._token import AccessToken
 
     if not isinstance(credentials, Credentials):
         raise TypeError("credentials must come from acquire_credentials_handle()")
     state = ExportedContext.decode(blob)
-    package = get_package(state.package)
-    if package is not credentials.package:
+    package = credentials.package
+    if state.package != package.name:  # never look up a package a blob names
         raise InvalidTokenError("exported context belongs to another package's credentials")
     granted = ContextReq(state.granted)
     level = ImpersonationLevel(state.level)

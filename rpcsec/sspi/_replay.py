@@ -22,6 +22,7 @@ __all__ = ["DEFAULT_WINDOW", "ReceiveOrder", "ReplayWindow", "SequenceCounter"]
 DEFAULT_WINDOW = 16384
 _BLOCK_BITS = 64
 _BLOCK_MASK = _BLOCK_BITS - 1
+_FULL_BLOCK = (1 << _BLOCK_BITS) - 1
 
 
 class ReceiveOrder:
@@ -89,6 +90,16 @@ class ReplayWindow(ReceiveOrder):
             elif blocks[new_block % nblocks] >> (seq & _BLOCK_MASK) & 1:
                 raise ReplayError("message was already received")
             blocks[new_block % nblocks] |= 1 << (seq & _BLOCK_MASK)
+
+    def resume(self, highest: int) -> None:
+        """ImportSecurityContext: every number up to ``highest`` counts as already received
+        (the exporter's window is not carried; its top is). Constant work per block."""
+        if not isinstance(highest, int) or highest < 0:
+            raise ValueError("highest must be a non-negative sequence number")
+        with self._lock:
+            self._blocks = [_FULL_BLOCK] * self._nblocks
+            self._blocks[(highest >> 6) % self._nblocks] = (1 << ((highest & _BLOCK_MASK) + 1)) - 1
+            self._top = highest
 
 
 class SequenceCounter(ReceiveOrder):
