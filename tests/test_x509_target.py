@@ -246,3 +246,14 @@ def test_secure_channel_to_any_server_and_to_an_impostor(pki, serve):
         with pytest.raises(CertificateWrongUsageError):
             echo_pb2_grpc.EchoStub(channel).Say(echo_pb2.EchoRequest(text="secret"))
     assert impostor_echo.calls == 0
+
+
+async def test_aio_secure_channel_checks_the_target_name_at_construction(pki):
+    from rpcsec.grpc import aio
+
+    alice = pki.credentials("alice")
+    for bad, error in ((None, ValueError), ("spiffe://", ValueError), (b"x", TypeError)):
+        with pytest.raises(error):
+            aio.secure_channel("127.0.0.1:1", alice, target_name=bad)
+    channel = aio.secure_channel("127.0.0.1:1", alice, target_name=pki.id("documents"))
+    await channel.close()
