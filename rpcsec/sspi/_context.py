@@ -664,6 +664,8 @@ class SecurityContext:
         keys and sequence numbers and two live copies would reuse AES-GCM nonces.
 
         WARNING: the blob holds the context's message keys. Protect it like a private key.
+        Export a context no other thread is still sending on: a message sealed concurrently
+        could take the sequence number the importer resumes at.
         """
         result = self._established()
         protector = self._protector
@@ -678,6 +680,10 @@ class SecurityContext:
         elif isinstance(receive, SequenceCounter):
             highest = receive.expected - 1
         peer = result.peer
+        # Retire first, then read the send counter: nothing sent after this can share it.
+        self._transition(_Event.EXPORT)
+        self._protector = None
+        self._receive = None
         blob = ExportedContext(
             blob_id=ExportedContext.new_id(),
             package=self.package.name,
@@ -700,9 +706,6 @@ class SecurityContext:
                 expires=peer.expires_at,
             ),
         ).encode()
-        self._transition(_Event.EXPORT)
-        self._protector = None
-        self._receive = None
         return blob
 
     def _establish_from_import(self, send_seq: int, highest: int) -> None:
