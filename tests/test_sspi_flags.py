@@ -10,6 +10,7 @@ from helpers.pair import handshake
 
 from rpcsec.sspi import (
     ContextReq,
+    ImpersonationLevel,
     accept_security_context,
     decide_grant,
     granted_from_capabilities,
@@ -77,3 +78,17 @@ def test_the_grant_table_never_offers_flags_without_behaviour() -> None:
     # A peer (an older or a hostile client) that offers them anyway is not granted them.
     grant = decide_grant(ContextOffer(everything, 3), every, mutual_proven=True)  # type: ignore[arg-type]
     assert not grant.granted & NOT_IMPLEMENTED
+
+
+def test_the_anonymous_flag_is_the_anonymous_level(package_creds) -> None:
+    """ContextReq.ANONYMOUS (GSS_C_ANON_FLAG: do not reveal the initiator) was dropped without
+    a word and the server saw the caller's name; now it is the ANONYMOUS impersonation level."""
+    client_creds, server_creds, target = package_creds
+    client = initialize_security_context(
+        client_creds, target, ContextReq.default() | ContextReq.ANONYMOUS
+    )
+    assert client.max_impersonation is ImpersonationLevel.ANONYMOUS
+    pair = handshake(client, accept_security_context(server_creds))
+    assert pair.server.peer.is_anonymous
+    assert pair.server.attributes & ContextReq.ANONYMOUS
+    assert pair.client.attributes & ContextReq.ANONYMOUS

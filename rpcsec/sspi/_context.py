@@ -760,6 +760,9 @@ class ClientContext(SecurityContext):
         if not isinstance(impersonation, ImpersonationLevel):
             raise TypeError("impersonation must be an ImpersonationLevel")
         check_target_name(credentials, target_name)
+        if self.requested & ContextReq.ANONYMOUS:
+            # GSS_C_ANON_FLAG: "do not reveal the initiator's identity" is the ANONYMOUS level.
+            impersonation = ImpersonationLevel.ANONYMOUS
         self.target_name = target_name
         self.max_impersonation = impersonation
         self._options = dict(options or {})

@@ -97,7 +97,9 @@ def granted_from_capabilities(capabilities: PackageCapability) -> ContextReq:
         PackageCapability.IMPERSONATION: ContextReq.IDENTIFY,
         PackageCapability.ANONYMOUS: ContextReq.ANONYMOUS,
     }
-    supported = ContextReq.NONE  # nothing without a behaviour behind it (see NOT_IMPLEMENTED)
+    # Nothing without a behaviour behind it (see NOT_IMPLEMENTED). ANONYMOUS is the core's
+    # own: it serves every package by handing the server the anonymous token.
+    supported = ContextReq.ANONYMOUS
     for capability, flags in table.items():
         if capabilities & capability:
             supported |= flags
@@ -126,6 +128,8 @@ def decide_grant(
     level = offer.impersonation
     if offer.requested & ContextReq.IDENTIFY:
         level = min(level, ImpersonationLevel.IDENTIFY)
+    if offer.requested & ContextReq.ANONYMOUS:
+        level = ImpersonationLevel.ANONYMOUS
     if level < ImpersonationLevel.DELEGATE or not capabilities & PackageCapability.DELEGATION:
         granted &= ~ContextReq.DELEGATE
     if not granted & ContextReq.DELEGATE and level > ImpersonationLevel.IMPERSONATE:
