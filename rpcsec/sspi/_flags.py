@@ -100,7 +100,7 @@ class PackageCapability(enum.IntFlag):
     MUTUAL_AUTH = 0x10000
     IMPERSONATION = 0x100
     DELEGATION = 0x20000
-    ANONYMOUS = 0x40000  # GSS_C_ANON_FLAG: the client is the anonymous token to the server
+    ANONYMOUS = 0x40000
 
 
 class QOP(enum.IntFlag):
