@@ -257,3 +257,21 @@ async def test_aio_secure_channel_checks_the_target_name_at_construction(pki):
             aio.secure_channel("127.0.0.1:1", alice, target_name=bad)
     channel = aio.secure_channel("127.0.0.1:1", alice, target_name=pki.id("documents"))
     await channel.close()
+
+
+def test_a_delegation_chain_must_speak_for_a_client(pki, tmp_path):
+    """The principal of a proxy chain is a client: a leaf without clientAuth cannot be one."""
+    from rpcsec.packages.x509 import ProxyCertInfo, issue_proxy, verify_delegation
+
+    _name, _credentials = _custom_identity(
+        pki, tmp_path, "server-only", [ExtendedKeyUsageOID.SERVER_AUTH]
+    )
+    cert = x509.load_pem_x509_certificate((tmp_path / "server-only.crt").read_bytes())
+    key = serialization.load_pem_private_key((tmp_path / "server-only.key").read_bytes(), None)
+    now = datetime.datetime.now(datetime.UTC).timestamp()
+    info = ProxyCertInfo(path_len=0, delegate=pki.id("documents"), targets=frozenset())
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    proxy = issue_proxy(cert, key, public, info, now=now, lifetime=600, not_after_limit=now + 3600)
+    anchors = (x509.load_pem_x509_certificate(pki.trust_bundle.read_bytes()),)
+    with pytest.raises(CertificateWrongUsageError):
+        verify_delegation((cert,), (proxy,), anchors, now)

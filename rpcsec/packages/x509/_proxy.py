@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from OpenSSL import crypto
 
 from rpcsec.sspi._errors import (
     CertificateExpiredError,
+    CertificateWrongUsageError,
     DelegationPolicyError,
     InvalidTokenError,
     UntrustedRootError,
@@ -42,6 +43,7 @@ from ._extensions import (
     PROXY_CERT_INFO_OID,
     SIGNING_ONLY,
     ProxyCertInfo,
+    certificate_allows,
     certificate_groups,
     decode_proxy_cert_info,
     proxy_cert_info_extension,
@@ -203,6 +205,9 @@ def verify_principal(
             raise
         verified = _openssl_verify(chain, anchors, instant)
     full = [c.to_cryptography() for c in verified]
+    if not certificate_allows(chain[0], ExtendedKeyUsageOID.CLIENT_AUTH):
+        # The chain speaks for a client: its leaf must be one (as in the TLS handshake).
+        raise CertificateWrongUsageError("principal certificate is not for TLS clients")
     principal = certificate_spiffe_id(chain[0])
     domain = certificate_trust_domain(full[-1])
     if domain is not None and principal.trust_domain != domain:
@@ -254,10 +259,11 @@ def verify_delegation(
     """RFC 3820 §4.1 path validation of ``principal leaf -> proxies`` with our policy, at
     ``now`` give or take ``skew`` seconds for every certificate's validity.
 
-    Raises ``UntrustedRootError`` / ``CertificateExpiredError`` when the principal's own
-    certificate fails, ``DelegationPolicyError`` when a proxy is forged, expired, too deep or
-    outside the policy, ``InvalidTokenError`` when something is malformed (a name or an
-    extension that does not parse, too).
+    Raises ``UntrustedRootError`` / ``CertificateExpiredError`` /
+    ``CertificateWrongUsageError`` (no clientAuth) when the principal's own certificate
+    fails, ``DelegationPolicyError`` when a proxy is forged, expired, too deep or outside the
+    policy, ``InvalidTokenError`` when something is malformed (a name or an extension that
+    does not parse, too).
     """
     if not 1 <= len(proxies) <= MAX_PROXIES:
         raise DelegationPolicyError("delegation chain has an invalid length")
