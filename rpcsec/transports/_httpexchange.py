@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
+from rpcsec.packages._standard import is_standard
 from rpcsec.sspi import (
     ClientContext,
     ContextReq,
@@ -64,6 +65,7 @@ __all__ = [
     "PRINCIPAL_HEADER",
     "REASON_HEADER",
     "SIGNATURE_HEADER",
+    "STANDARD_PACKAGES",
     "ClientExchange",
     "Outcome",
     "OutcomeKind",
@@ -113,10 +115,24 @@ class Outcome:
     headers: tuple[tuple[str, str], ...] = ()
     context: ServerContext | None = field(default=None, repr=False)
     error: SecurityError | None = None
+    standard: bool = False
+    """True when the client spoke the standard protocol (RFC 4559 / MS-NTHT) and so gets no
+    rpcsec extension (no principal or signature headers)."""
+
+
+# Packages whose standard mode the server offers (bare SPNEGO / Kerberos tokens under
+# ``Negotiate``); their rpcsec-framed tokens are still told apart by their magic.
+STANDARD_PACKAGES = frozenset({"kerberos", "negotiate"})
 
 
 class ServerExchange:
-    """The server's side for one connection (AcceptSecurityContext, one leg per request)."""
+    """The server's side for one connection (AcceptSecurityContext, one leg per request).
+
+    With ``standard`` (the default) a kerberos or negotiate server also accepts standard
+    clients (curl --negotiate, requests-gssapi, browsers): their context must then grant
+    ``standard_required`` (RFC 4559 protects no messages, so nothing by default) instead of
+    ``required``, which applies to rpcsec clients and their extended handshake.
+    """
 
     def __init__(
         self,
@@ -126,13 +142,18 @@ class ServerExchange:
         options: dict[str, Any] | None = None,
         max_legs: int = MAX_LEGS,
         context_factory: Callable[[], ServerContext] | None = None,
+        standard: bool = True,
+        standard_required: ContextReq = ContextReq.NONE,
     ) -> None:
         if not isinstance(credentials, Credentials):
             raise TypeError("credentials must come from acquire_credentials_handle()")
         self.credentials = credentials
         self.scheme = scheme_for(credentials.package.name)
         self.required = required
+        self.standard_required = standard_required
         self._options = dict(options or {})
+        if standard and credentials.package.name in STANDARD_PACKAGES:
+            self._options.setdefault("standard", True)
         self._max_legs = max_legs
         self._factory = context_factory
         self._context: ServerContext | None = None
@@ -190,7 +211,8 @@ class ServerExchange:
                     raise InvalidTokenError("package continued without a token for the client")
                 header = format_challenge(self.scheme, result.token)
                 return Outcome(OutcomeKind.CONTINUE, 401, (("WWW-Authenticate", header),))
-            context.require(self.required)
+            standard = is_standard(context)
+            context.require(self.standard_required if standard else self.required)
         except SecurityError as exc:
             self._reset()
             headers = (*self.challenge(), (REASON_HEADER, exc.reason))
@@ -199,7 +221,7 @@ class ServerExchange:
         headers = ()
         if result.token:
             headers = (("WWW-Authenticate", format_challenge(self.scheme, result.token)),)
-        return Outcome(OutcomeKind.AUTHENTICATED, 200, headers, context=context)
+        return Outcome(OutcomeKind.AUTHENTICATED, 200, headers, context=context, standard=standard)
 
     def close(self) -> None:
         """The connection ended: forget any half-done handshake."""

@@ -133,6 +133,7 @@ class AuthHTTPRequestHandler(http.server.BaseHTTPRequestHandler):
             required=self.server.required,
             options=self.server.options,
             max_legs=MAX_LEGS,
+            standard=self.server.standard,
         )
 
     def finish(self) -> None:
@@ -195,12 +196,17 @@ class AuthHTTPRequestHandler(http.server.BaseHTTPRequestHandler):
         context = outcome.context
         assert context is not None
         try:
-            self._serve(context, body, outcome.headers)
+            self._serve(context, body, outcome.headers, standard=outcome.standard)
         finally:
             context.delete()
 
     def _serve(
-        self, context: ServerContext, body: bytes, auth_headers: tuple[tuple[str, str], ...]
+        self,
+        context: ServerContext,
+        body: bytes,
+        auth_headers: tuple[tuple[str, str], ...],
+        *,
+        standard: bool = False,
     ) -> None:
         caller = context.peer.replace(protection_level=context.protection_level)
         request = Request(self.command, self.path, self.headers, body, caller)
@@ -218,6 +224,10 @@ class AuthHTTPRequestHandler(http.server.BaseHTTPRequestHandler):
         except Exception:
             log.exception("httpauth: handler failed for %s on %s", caller.principal, self.path)
             response = Response(500, b"internal error\n")
+        if standard:  # RFC 4559: the mutual-auth token, and no rpcsec extension headers
+            headers = [*auth_headers, *response.headers]
+            self._send(response.status, response.body, response.content_type, headers)
+            return
         principal = encode_principal(caller.principal)
         headers = [*auth_headers, (PRINCIPAL_HEADER, principal), *response.headers]
         if self.server.sign_responses and context.attributes & ContextReq.INTEGRITY:
@@ -269,8 +279,11 @@ class AuthHTTPServer(BoundedConnections, http.server.ThreadingHTTPServer):
 
     At most ``max_connections`` connections at once (more get 503); each connection holds at
     most one half-done handshake, dropped when the connection ends or idles past
-    ``idle_timeout``. ``protection`` is what the context must grant (INTEGRITY lets responses
-    be signed). The socket is bound when the constructor returns.
+    ``idle_timeout``. ``protection`` is what an rpcsec client's context must grant (INTEGRITY
+    lets responses be signed). With ``standard`` (default) a kerberos / negotiate server also
+    serves standard RFC 4559 clients (curl, requests-gssapi, browsers): they get the
+    mutual-auth token in the final ``WWW-Authenticate`` and no rpcsec headers. The socket is
+    bound when the constructor returns.
     """
 
     daemon_threads = True
@@ -292,6 +305,7 @@ class AuthHTTPServer(BoundedConnections, http.server.ThreadingHTTPServer):
         idle_timeout: float | None = 30.0,
         max_body: int = DEFAULT_MAX_BODY,
         options: dict[str, Any] | None = None,
+        standard: bool = True,
     ) -> None:
         if not isinstance(handler_class, type) or not issubclass(
             handler_class, AuthHTTPRequestHandler
@@ -306,6 +320,7 @@ class AuthHTTPServer(BoundedConnections, http.server.ThreadingHTTPServer):
         self.idle_timeout = idle_timeout
         self.max_body = max_body
         self.options = dict(options or {})
+        self.standard = standard
         self._started = False
         super().__init__(address, handler_class)
 
