@@ -1,0 +1,111 @@
+"""The client side of HTTP Negotiate for the ``httpx`` and ``requests`` auth classes (sans-IO).
+
+One ``ClientFlow`` per request: it makes the context (standard mode for kerberos and negotiate,
+so any RFC 4559 server -- Apache mod_auth_gssapi, IIS, a pyspnego server -- accepts it; the
+packages without a standard mode use their own tokens, for rpcsec servers), and turns each
+response's status and ``WWW-Authenticate`` values into the next ``Authorization`` header or
+the end of the exchange (``ClientExchange``). Mutual authentication is required by default:
+the server's final token must be present and verify (RFC 4559 §5), else ``InvalidTokenError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from rpcsec.security import AccessToken
+from rpcsec.sspi import (
+    ContextReq,
+    Credentials,
+    CredentialUse,
+    ImpersonationLevel,
+    initialize_security_context,
+)
+
+from ._httpexchange import STANDARD_PACKAGES, ClientExchange
+
+__all__ = ["ClientFlow", "NegotiateSettings"]
+
+
+class NegotiateSettings:
+    """What every request of one auth object asks for (shared by the httpx and requests
+    classes). ``target_name`` defaults to ``HTTP@<host>``; ``delegate`` forwards a TGT
+    (``curl --delegation always``); ``mutual`` requires the server's mutual-auth token."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        target_name: str | None = None,
+        mutual: bool = True,
+        delegate: bool = False,
+        preemptive: bool = False,
+        requirements: ContextReq | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(credentials, Credentials):
+            raise TypeError("credentials must come from acquire_credentials_handle()")
+        if not credentials.use & CredentialUse.OUTBOUND:
+            raise ValueError("a client needs OUTBOUND credentials")
+        if requirements is not None and not isinstance(requirements, ContextReq):
+            raise TypeError("requirements must be ContextReq flags")
+        self.credentials = credentials
+        self.target_name = target_name
+        self.preemptive = preemptive
+        required = requirements or ContextReq.NONE
+        if mutual:
+            required |= ContextReq.MUTUAL_AUTH
+        if delegate:
+            required |= ContextReq.DELEGATE
+        self.required = required.normalized()
+        self.requested = (self.required | ContextReq.INTEGRITY).normalized()
+        self.impersonation = (
+            ImpersonationLevel.DELEGATE if delegate else ImpersonationLevel.IMPERSONATE
+        )
+        self.options = dict(options or {})
+        if credentials.package.name in STANDARD_PACKAGES:
+            self.options.setdefault("standard", "spnego")
+
+    def flow(self, url: str) -> ClientFlow:
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise ValueError("url must be absolute")
+        target = self.target_name or f"HTTP@{parts.hostname}"
+        return ClientFlow(self, target)
+
+
+class ClientFlow:
+    """One request's exchange: ``first()``, then ``next(status, challenges)`` until None."""
+
+    def __init__(self, settings: NegotiateSettings, target: str) -> None:
+        self._settings = settings
+        context = initialize_security_context(
+            settings.credentials,
+            target,
+            settings.requested,
+            impersonation=settings.impersonation,
+            options=settings.options,
+        )
+        self.exchange = ClientExchange(context, required=settings.required)
+
+    def first(self) -> str | None:
+        """The preemptive ``Authorization`` (or None: wait for the server's challenge)."""
+        return self.exchange.start() if self._settings.preemptive else None
+
+    def next(self, status: int, authenticate: Sequence[str]) -> str | None:
+        """The next ``Authorization`` value, or None when done (raises on refusals and on a
+        missing or forged mutual-auth token)."""
+        return self.exchange.on_response(status, authenticate)
+
+    @property
+    def server(self) -> AccessToken | None:
+        """The server as the context proved it, once the exchange authenticated."""
+        if not self.exchange.authenticated:
+            return None
+        return self.exchange.context.peer  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        context = self.exchange.context
+        if context.state.value != "deleted":
+            context.delete()

@@ -1,0 +1,176 @@
+"""rpcsec's HTTP client auth classes (``httpx_auth.NegotiateAuth``, ``requests_auth.NegotiateAuth``)
+against servers nobody here wrote: Apache httpd + mod_auth_gssapi, started by the test, and a
+plain pyspnego server (``spnego.server``, no rpcsec code on that side).
+
+Mutual authentication is required: the server's final ``WWW-Authenticate`` token must be there
+and verify. The pyspnego server is also played dishonest -- it drops the final token, or sends
+one that is not the acceptor's -- and the clients must refuse the response.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.server
+import os
+import threading
+
+import pytest
+from helpers import negotiate_peers as peers
+from helpers.apache import apache_gssapi
+
+from rpcsec.sspi import InvalidTokenError, SecurityError
+from rpcsec.transports import httpx_auth, requests_auth
+
+pytestmark = pytest.mark.kerberos
+
+SERVICE = "HTTP/localhost@KRBTEST.COM"
+
+
+@pytest.fixture(scope="module")
+def apache(kerberos_lab):
+    with apache_gssapi(kerberos_lab.main) as url:
+        yield url
+
+
+def _get(client: str, url: str, credentials, **settings):
+    if client == "httpx":
+        import httpx
+
+        with httpx.Client(timeout=30) as session:
+            response = session.get(url, auth=httpx_auth.NegotiateAuth(credentials, **settings))
+        return response, response.extensions.get("rpcsec.server")
+    import requests
+
+    response = requests.get(
+        url, auth=requests_auth.NegotiateAuth(credentials, **settings), timeout=30
+    )
+    return response, response.rpcsec_server
+
+
+@pytest.mark.parametrize("package", ["kerberos", "negotiate"])
+@pytest.mark.parametrize("client", ["httpx", "requests"])
+def test_clients_authenticate_to_apache_mod_auth_gssapi(apache, kerberos_realm, client, package):
+    alice = kerberos_realm.client_credentials("alice", package=package)
+    response, server = _get(client, apache + "/index.html", alice)
+    assert response.status_code == 200
+    assert response.text == "hello from apache\n"
+    assert response.headers["X-Remote-User"] == "alice@KRBTEST.COM"
+    assert server is not None and server.principal == SERVICE  # proven by the AP-REP
+
+
+def test_apache_without_matching_ticket_is_a_typed_refusal(apache, kerberos_realm):
+    """carol of OTHER.TEST has no path to HTTP/localhost@KRBTEST.COM: typed error, no 200."""
+    carol = kerberos_realm.lab.other.client_credentials("carol")
+    with pytest.raises(SecurityError):
+        _get("httpx", apache + "/index.html", carol)
+
+
+class _PyspnegoHandler(http.server.BaseHTTPRequestHandler):
+    """A plain RFC 4559 server on pyspnego's acceptor; ``mode`` picks honest or dishonest."""
+
+    protocol_version = "HTTP/1.1"
+    mode = "honest"
+
+    def do_GET(self) -> None:
+        import spnego
+
+        header = self.headers.get("Authorization", "")
+        if not header.startswith("Negotiate "):
+            self._reply(401, [("WWW-Authenticate", "Negotiate")])
+            return
+        ctx = spnego.server(service="HTTP", protocol="negotiate")
+        out = ctx.step(base64.b64decode(header.split(" ", 1)[1]))
+        assert ctx.complete
+        headers = [("X-Client", str(ctx.client_principal))]
+        if self.mode == "honest" and out:
+            headers.append(("WWW-Authenticate", "Negotiate " + base64.b64encode(out).decode()))
+        elif self.mode == "forged":
+            forged = bytearray(out or b"\xa1\x03\x0a\x01\x00")
+            forged[-5] ^= 0x01  # inside the AP-REP's encrypted part
+            headers.append(("WWW-Authenticate", "Negotiate " + base64.b64encode(forged).decode()))
+        self._reply(200, headers, b"hello from pyspnego\n")
+
+    def _reply(self, status, headers, body=b"") -> None:
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _pyspnego_server(realm, mode, monkeypatch):
+    monkeypatch.setenv("KRB5_KTNAME", peers.http_keytab(realm))  # pyspnego's acceptor keytab
+    handler = type("Handler", (_PyspnegoHandler,), {"mode": mode})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("client", ["httpx", "requests"])
+def test_clients_authenticate_to_a_plain_pyspnego_server(kerberos_realm, client, monkeypatch):
+    with _pyspnego_server(kerberos_realm, "honest", monkeypatch) as url:
+        response, server = _get(client, url, kerberos_realm.client_credentials("alice"))
+    assert response.status_code == 200
+    assert response.headers["X-Client"] == "alice@KRBTEST.COM"
+    assert server.principal == SERVICE
+
+
+@pytest.mark.parametrize("mode", ["omitted", "forged"])
+@pytest.mark.parametrize("client", ["httpx", "requests"])
+def test_missing_or_forged_mutual_auth_token_is_refused(kerberos_realm, client, mode, monkeypatch):
+    with _pyspnego_server(kerberos_realm, mode, monkeypatch) as url:
+        with pytest.raises(InvalidTokenError):
+            _get(client, url, kerberos_realm.client_credentials("alice"))
+
+
+def test_without_mutual_an_omitted_token_is_accepted_but_server_unverified(
+    kerberos_realm, monkeypatch
+):
+    """mutual=False is the caller's explicit choice (with a bare Kerberos token, complete after
+    one leg): the response comes back, and the server identity says it was not proven."""
+    with _pyspnego_server(kerberos_realm, "omitted", monkeypatch) as url:
+        response, server = _get(
+            "httpx",
+            url,
+            kerberos_realm.client_credentials("alice"),
+            mutual=False,
+            options={"standard": "krb5"},
+        )
+    assert response.status_code == 200
+    assert server.principal.startswith("(unverified) ")
+
+
+def test_clients_against_rpcsec_server_in_standard_mode(kerberos_realm):
+    from rpcsec.transports.httpauth import AuthHTTPRequestHandler, AuthHTTPServer, Response
+
+    class Hello(AuthHTTPRequestHandler):
+        def handle_authenticated(self, request):
+            return Response(200, request.caller.principal.encode())
+
+    peers.use_realm(kerberos_realm)
+    with AuthHTTPServer(("127.0.0.1", 0), Hello, peers.http_credentials(kerberos_realm)) as srv:
+        srv.start()
+        url = f"http://localhost:{srv.address[1]}/"
+        for client in ("httpx", "requests"):
+            response, server = _get(client, url, kerberos_realm.client_credentials("alice"))
+            assert (response.status_code, response.text) == (200, "alice@KRBTEST.COM")
+            assert server.principal == SERVICE
+
+
+def test_settings_reject_caller_mistakes(kerberos_realm):
+    with pytest.raises(TypeError):
+        httpx_auth.NegotiateAuth("alice")
+    with pytest.raises(ValueError):
+        requests_auth.NegotiateAuth(peers.http_credentials(kerberos_realm))  # INBOUND only
+    assert os.environ.get("KRB5_CONFIG")
