@@ -11,9 +11,13 @@ is also how a binding tells the two modes apart.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["StandardMessages", "is_standard", "standard_messages"]
+from rpcsec.sspi._errors import InvalidTokenError
+from rpcsec.sspi._package import Mechanism
+
+__all__ = ["AutoServer", "StandardMessages", "is_standard", "standard_messages"]
 
 
 class StandardMessages(ABC):
@@ -47,3 +51,32 @@ def standard_messages(context: Any) -> StandardMessages | None:
 def is_standard(context: Any) -> bool:
     """Whether an established context speaks the standard protocol (no rpcsec extensions)."""
     return standard_messages(context) is not None
+
+
+class AutoServer(Mechanism):
+    """Either mode, chosen by the client's first token: rpcsec's frame (``RK``) selects the
+    extended handshake (``extended()``), a bare GSS token the standard one. The extended mode
+    is never entered from a standard token nor the other way round, so each keeps its own
+    guarantees; a server that must have the extended ones leaves ``standard`` off."""
+
+    def __init__(
+        self,
+        extended: Callable[[], Mechanism],
+        standard: Callable[[], Mechanism],
+        magic: bytes,
+    ) -> None:
+        self._extended = extended
+        self._standard = standard
+        self._magic = magic
+        self._inner: Mechanism | None = None
+
+    def step(self, token: bytes | None) -> bytes | None:
+        if self._inner is None:
+            if token is None:
+                raise InvalidTokenError("server needs the client's token")
+            rpcsec_frame = token.startswith(self._magic)
+            self._inner = self._extended() if rpcsec_frame else self._standard()
+        out = self._inner.step(token)
+        self.complete = self._inner.complete
+        self.result = self._inner.result
+        return out

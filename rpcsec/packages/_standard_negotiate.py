@@ -41,7 +41,8 @@ def standard_server(
 ) -> Mechanism:
     """The hook for ``options["standard"]`` on the negotiate package's AcceptSecurityContext:
     standard SPNEGO / Kerberos initiators, and rpcsec's framed handshake unless ``"only"``."""
-    from rpcsec.packages.kerberos._standard import AutoServer, StandardServer
+    from rpcsec.packages._standard import AutoServer
+    from rpcsec.packages.kerberos._standard import StandardServer
 
     kerberos = _kerberos_half(credentials)
     package: SecurityPackage = get_package("kerberos")

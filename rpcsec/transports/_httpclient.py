@@ -20,6 +20,7 @@ from rpcsec.sspi import (
     Credentials,
     CredentialUse,
     ImpersonationLevel,
+    PackageCapability,
     initialize_security_context,
 )
 
@@ -31,14 +32,15 @@ __all__ = ["ClientFlow", "NegotiateSettings"]
 class NegotiateSettings:
     """What every request of one auth object asks for (shared by the httpx and requests
     classes). ``target_name`` defaults to ``HTTP@<host>``; ``delegate`` forwards a TGT
-    (``curl --delegation always``); ``mutual`` requires the server's mutual-auth token."""
+    (``curl --delegation always``); ``mutual`` requires the server's mutual-auth token (by
+    default whenever the package can give it: kerberos, negotiate; NTLM never can)."""
 
     def __init__(
         self,
         credentials: Credentials,
         *,
         target_name: str | None = None,
-        mutual: bool = True,
+        mutual: bool | None = None,
         delegate: bool = False,
         preemptive: bool = False,
         requirements: ContextReq | None = None,
@@ -54,6 +56,8 @@ class NegotiateSettings:
         self.target_name = target_name
         self.preemptive = preemptive
         required = requirements or ContextReq.NONE
+        if mutual is None:  # required whenever the package can prove the server (not NTLM)
+            mutual = bool(credentials.package.capabilities & PackageCapability.MUTUAL_AUTH)
         if mutual:
             required |= ContextReq.MUTUAL_AUTH
         if delegate:
@@ -65,7 +69,8 @@ class NegotiateSettings:
         )
         self.options = dict(options or {})
         if credentials.package.name in STANDARD_PACKAGES:
-            self.options.setdefault("standard", "spnego")
+            kind = True if credentials.package.name == "ntlm" else "spnego"
+            self.options.setdefault("standard", kind)
 
     def flow(self, url: str) -> ClientFlow:
         parts = urlsplit(url)

@@ -121,8 +121,8 @@ class Outcome:
 
 
 # Packages whose standard mode the server offers (bare SPNEGO / Kerberos tokens under
-# ``Negotiate``); their rpcsec-framed tokens are still told apart by their magic.
-STANDARD_PACKAGES = frozenset({"kerberos", "negotiate"})
+# ``Negotiate``, bare NTLM under ``NTLM``); rpcsec-framed tokens are told apart by their magic.
+STANDARD_PACKAGES = frozenset({"kerberos", "negotiate", "ntlm"})
 
 
 class ServerExchange:

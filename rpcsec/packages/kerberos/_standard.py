@@ -29,7 +29,7 @@ import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rpcsec.packages._standard import StandardMessages
+from rpcsec.packages._standard import AutoServer, StandardMessages
 from rpcsec.security._token import AccessToken
 from rpcsec.sspi._credentials import Credentials
 from rpcsec.sspi._errors import InvalidTokenError, NoCredentialsError, TargetUnknownError
@@ -394,39 +394,6 @@ class StandardClient(Mechanism):
             session_key=exported_key(key),
         )
         self.complete = True
-
-
-class AutoServer(Mechanism):
-    """Either mode, chosen by the client's first token: rpcsec's frame (``RK``) selects the
-    extended handshake (``extended()``), a bare GSS token the standard one. The extended mode
-    is never entered from a standard token nor the other way round, so each keeps its own
-    guarantees; a server that must have the extended ones leaves ``standard`` off."""
-
-    def __init__(
-        self,
-        extended: Callable[[], Mechanism],
-        standard: Callable[[], Mechanism],
-        magic: bytes,
-    ) -> None:
-        self._extended = extended
-        self._standard = standard
-        self._magic = magic
-        self._inner: Mechanism | None = None
-
-    @property
-    def standard(self) -> bool:
-        return isinstance(self._inner, StandardServer)
-
-    def step(self, token: bytes | None) -> bytes | None:
-        if self._inner is None:
-            if token is None:
-                raise InvalidTokenError("server needs the client's token")
-            rpcsec_frame = token.startswith(self._magic)
-            self._inner = self._extended() if rpcsec_frame else self._standard()
-        out = self._inner.step(token)
-        self.complete = self._inner.complete
-        self.result = self._inner.result
-        return out
 
 
 def standard_server(
