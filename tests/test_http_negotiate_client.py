@@ -174,3 +174,89 @@ def test_settings_reject_caller_mistakes(kerberos_realm):
     with pytest.raises(ValueError):
         requests_auth.NegotiateAuth(peers.http_credentials(kerberos_realm))  # INBOUND only
     assert os.environ.get("KRB5_CONFIG")
+
+
+# -- rpcsec's signed-response extension, negotiated only between rpcsec ends -------------
+
+
+def _tamper(old: bytes, new: bytes):
+    """An httpx transport between the client and the network that rewrites response bodies
+    after they arrived (a man in the middle on the unprotected response)."""
+    import httpx
+
+    class Tamper(httpx.BaseTransport):
+        def __init__(self) -> None:
+            self._inner = httpx.HTTPTransport()
+
+        def handle_request(self, request):
+            response = self._inner.handle_request(request)
+            body = response.read().replace(old, new)
+            headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
+            return httpx.Response(response.status_code, headers=headers, content=body)
+
+        def close(self) -> None:
+            self._inner.close()
+
+    return Tamper()
+
+
+@contextlib.contextmanager
+def _rpcsec_server(realm, package="kerberos", creds=None):
+    from rpcsec.transports.httpauth import AuthHTTPRequestHandler, AuthHTTPServer, Response
+
+    class Hello(AuthHTTPRequestHandler):
+        def handle_authenticated(self, request):
+            return Response(200, b"balance of " + request.caller.principal.encode())
+
+    peers.use_realm(realm)
+    creds = creds or peers.http_credentials(realm, package=package)
+    with AuthHTTPServer(("127.0.0.1", 0), Hello, creds) as srv:
+        srv.start()
+        yield f"http://localhost:{srv.address[1]}/account?id=7"
+
+
+@pytest.mark.parametrize("client", ["httpx", "requests"])
+def test_signed_response_extension_between_rpcsec_ends(kerberos_realm, client):
+    with _rpcsec_server(kerberos_realm) as url:
+        response, _ = _get(client, url, kerberos_realm.client_credentials("alice"), verify=True)
+    verified = (
+        response.extensions["rpcsec.verified"] if client == "httpx" else response.rpcsec_verified
+    )
+    assert verified is True and response.text == "balance of alice@KRBTEST.COM"
+
+
+def test_signed_response_detects_an_altered_body(kerberos_realm):
+    import httpx
+
+    alice = kerberos_realm.client_credentials("alice")
+    with _rpcsec_server(kerberos_realm) as url:
+        transport = _tamper(b"alice", b"mallo")
+        with httpx.Client(transport=transport, timeout=30) as session:
+            with pytest.raises(SecurityError):  # MessageAlteredError: the MIC does not match
+                session.get(url, auth=httpx_auth.NegotiateAuth(alice))  # verify=None: present
+
+
+def test_verify_true_refuses_a_standard_server_without_the_extension(apache, kerberos_realm):
+    from rpcsec.sspi import MessageAlteredError
+
+    alice = kerberos_realm.client_credentials("alice")
+    response, _ = _get("httpx", apache + "/index.html", alice)  # default: checked if present
+    assert response.extensions["rpcsec.verified"] is False
+    with pytest.raises(MessageAlteredError):
+        _get("httpx", apache + "/index.html", alice, verify=True)
+
+
+def test_ntlm_clients_over_one_connection_with_signed_response(kerberos_realm, ntlm_user_file):
+    from rpcsec.sspi import CredentialUse, acquire_credentials_handle
+
+    server = acquire_credentials_handle(
+        "ntlm", None, CredentialUse.INBOUND, user_file=str(ntlm_user_file)
+    )
+    alice = acquire_credentials_handle(
+        "ntlm", "RPCSEC\\alice", CredentialUse.OUTBOUND, password="Alice-Pa55!"
+    )
+    with _rpcsec_server(kerberos_realm, creds=server) as url:
+        for client in ("httpx", "requests"):
+            response, peer = _get(client, url, alice, verify=True)
+            assert (response.status_code, response.text) == (200, "balance of RPCSEC\\alice")
+            assert peer.principal.startswith("(unverified) ")  # NTLM never proves the server

@@ -20,11 +20,12 @@ from rpcsec.sspi import (
     Credentials,
     CredentialUse,
     ImpersonationLevel,
+    MessageAlteredError,
     PackageCapability,
     initialize_security_context,
 )
 
-from ._httpexchange import STANDARD_PACKAGES, ClientExchange
+from ._httpexchange import EXTENSIONS_HEADER, SIGNED_RESPONSE, STANDARD_PACKAGES, ClientExchange
 
 __all__ = ["ClientFlow", "NegotiateSettings"]
 
@@ -33,7 +34,13 @@ class NegotiateSettings:
     """What every request of one auth object asks for (shared by the httpx and requests
     classes). ``target_name`` defaults to ``HTTP@<host>``; ``delegate`` forwards a TGT
     (``curl --delegation always``); ``mutual`` requires the server's mutual-auth token (by
-    default whenever the package can give it: kerberos, negotiate; NTLM never can)."""
+    default whenever the package can give it: kerberos, negotiate; NTLM never can).
+
+    ``verify`` is rpcsec's signed-response extension (the request asks for it in
+    ``X-Rpcsec-Extensions``; an rpcsec server signs the response with the context): True
+    requires a valid signature, None (default) checks one when the server sent it -- a standard
+    server (Apache, IIS) sends none, and RFC 4559 protects no response, so an attacker can strip
+    it; only True (or TLS) stops that -- and False never asks."""
 
     def __init__(
         self,
@@ -43,6 +50,7 @@ class NegotiateSettings:
         mutual: bool | None = None,
         delegate: bool = False,
         preemptive: bool = False,
+        verify: bool | None = None,
         requirements: ContextReq | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
@@ -55,6 +63,9 @@ class NegotiateSettings:
         self.credentials = credentials
         self.target_name = target_name
         self.preemptive = preemptive
+        if verify not in (None, True, False):
+            raise TypeError("verify must be None, True or False")
+        self.verify = verify
         required = requirements or ContextReq.NONE
         if mutual is None:  # required whenever the package can prove the server (not NTLM)
             mutual = bool(credentials.package.capabilities & PackageCapability.MUTUAL_AUTH)
@@ -93,6 +104,25 @@ class ClientFlow:
             options=settings.options,
         )
         self.exchange = ClientExchange(context, required=settings.required)
+
+    def request_headers(self) -> dict[str, str]:
+        """Headers every leg carries: the extension request, unless ``verify`` is False."""
+        if self._settings.verify is False:
+            return {}
+        return {EXTENSIONS_HEADER: SIGNED_RESPONSE}
+
+    def finish(
+        self, method: str, target: str, status: int, body: bytes, signature: str | None
+    ) -> bool:
+        """Check the final response's signature; True when it verified. Raises
+        ``MessageAlteredError`` when it is bad, or missing while ``verify`` is True."""
+        verify = self._settings.verify
+        if verify is False or (verify is None and not signature):
+            return False
+        if not self.exchange.authenticated:
+            raise MessageAlteredError("response was not authenticated")
+        self.exchange.verify_response(method, target, status, "", body, signature)
+        return True
 
     def first(self) -> str | None:
         """The preemptive ``Authorization`` (or None: wait for the server's challenge)."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
-from rpcsec.packages._standard import is_standard
+from rpcsec.packages._standard import is_standard, standard_messages
 from rpcsec.sspi import (
     ClientContext,
     ContextReq,
@@ -63,8 +63,10 @@ from ._errors import MalformedHeaderError
 __all__ = [
     "MAX_LEGS",
     "PRINCIPAL_HEADER",
+    "EXTENSIONS_HEADER",
     "REASON_HEADER",
     "SIGNATURE_HEADER",
+    "SIGNED_RESPONSE",
     "STANDARD_PACKAGES",
     "ClientExchange",
     "Outcome",
@@ -73,12 +75,16 @@ __all__ = [
     "decode_principal",
     "encode_principal",
     "response_aad",
+    "sign_response",
+    "wants_signed_response",
 ]
 
 MAX_LEGS = 16
 PRINCIPAL_HEADER = "X-Rpcsec-Principal"
 SIGNATURE_HEADER = "X-Rpcsec-Signature"
 REASON_HEADER = "X-Rpcsec-Reason"
+EXTENSIONS_HEADER = "X-Rpcsec-Extensions"
+SIGNED_RESPONSE = "signed-response"
 _AAD_PREFIX = b"rpcsec-httpauth/1\x00"
 
 
@@ -96,6 +102,23 @@ def response_aad(method: str, target: str, status: int, principal_header: str) -
     status and the principal header, each NUL-terminated (no field can contain a NUL)."""
     fields = (method, target, f"{int(status):03d}", principal_header)
     return _AAD_PREFIX + b"".join(f.encode("utf-8", "surrogateescape") + b"\x00" for f in fields)
+
+
+def wants_signed_response(values: Sequence[str]) -> bool:
+    """Whether a standard-mode request's ``X-Rpcsec-Extensions`` asks for a signed response
+    (the extension an rpcsec client adds; a standard client never sends it)."""
+    return any(
+        part.strip().lower() == SIGNED_RESPONSE for value in values for part in value.split(",")
+    )
+
+
+def sign_response(context: Any, aad: bytes, body: bytes) -> bytes:
+    """MakeSignature over a response: the core's MIC on an extended-mode context, the
+    mechanism's own GSS_GetMIC over ``aad || body`` on a standard one."""
+    messages = standard_messages(context)
+    if messages is not None:
+        return messages.gss_get_mic(aad + body)
+    return bytes(context.sign(body, aad=aad))
 
 
 class OutcomeKind(enum.Enum):
@@ -289,7 +312,7 @@ class ClientExchange:
             if not self._sent_token or self.context.complete:
                 raise InvalidTokenError("server continued an exchange that was not in progress")
             result = self.context.step(decode_token(challenge.token68))
-            if result.complete or not result.token:
+            if not result.token:  # complete with a last token (NTLM's AUTHENTICATE) is fine
                 raise InvalidTokenError("server asked to continue a completed exchange")
             return format_authorization(self.scheme, result.token)
         if not self._sent_token:
@@ -329,7 +352,11 @@ class ClientExchange:
             raise MessageAlteredError("response signature is malformed") from None
         aad = response_aad(method, target, status, principal_header)
         try:
-            self.context.verify(body, token, aad=aad)
+            messages = standard_messages(self.context)
+            if messages is not None:
+                messages.gss_verify_mic(aad + body, token)
+            else:
+                self.context.verify(body, token, aad=aad)
         except InvalidTokenError as exc:
             raise MessageAlteredError("response signature is malformed") from exc
 

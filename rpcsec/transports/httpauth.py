@@ -56,6 +56,7 @@ from rpcsec.sspi import (
 from ._authheader import encode_token, scheme_for
 from ._errors import FrameTooLargeError, MalformedHeaderError, TruncatedFrameError
 from ._httpexchange import (
+    EXTENSIONS_HEADER,
     MAX_LEGS,
     PRINCIPAL_HEADER,
     REASON_HEADER,
@@ -66,6 +67,8 @@ from ._httpexchange import (
     decode_principal,
     encode_principal,
     response_aad,
+    sign_response,
+    wants_signed_response,
 )
 from ._requirements import client_requirements, server_requirements
 from ._serving import BoundedConnections
@@ -224,15 +227,20 @@ class AuthHTTPRequestHandler(http.server.BaseHTTPRequestHandler):
         except Exception:
             log.exception("httpauth: handler failed for %s on %s", caller.principal, self.path)
             response = Response(500, b"internal error\n")
-        if standard:  # RFC 4559: the mutual-auth token, and no rpcsec extension headers
+        if standard:  # RFC 4559: the mutual-auth token, and no rpcsec headers unless asked
             headers = [*auth_headers, *response.headers]
+            asked = wants_signed_response(self.headers.get_all(EXTENSIONS_HEADER) or [])
+            if asked and self.server.sign_responses and context.attributes & ContextReq.INTEGRITY:
+                aad = response_aad(self.command, self.path, response.status, "")
+                signature = sign_response(context, aad, response.body)
+                headers.append((SIGNATURE_HEADER, encode_token(signature)))
             self._send(response.status, response.body, response.content_type, headers)
             return
         principal = encode_principal(caller.principal)
         headers = [*auth_headers, (PRINCIPAL_HEADER, principal), *response.headers]
         if self.server.sign_responses and context.attributes & ContextReq.INTEGRITY:
             aad = response_aad(self.command, self.path, response.status, principal)
-            signature = context.sign(response.body, aad=aad)
+            signature = sign_response(context, aad, response.body)
             headers.append((SIGNATURE_HEADER, encode_token(signature)))
         self._send(response.status, response.body, response.content_type, headers)
 

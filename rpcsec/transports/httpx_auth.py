@@ -8,7 +8,9 @@
 The flow follows the server's 401 challenges on the same client (httpx keeps the connection),
 and with ``mutual=True`` (default) refuses a final response whose mutual-auth token is missing
 or does not verify (``InvalidTokenError``); a refusal by the server raises the typed
-``SecurityError``. The server's proven identity is in ``response.extensions["rpcsec.server"]``.
+``SecurityError``. The server's proven identity is in ``response.extensions["rpcsec.server"]``;
+``response.extensions["rpcsec.verified"]`` says whether rpcsec's signed-response extension
+verified the response (``verify=True`` requires it; see ``NegotiateSettings``).
 Needs the ``http`` extra (httpx).
 """
 
@@ -22,6 +24,7 @@ import httpx
 from rpcsec.sspi import Credentials
 
 from ._httpclient import NegotiateSettings
+from ._httpexchange import SIGNATURE_HEADER
 
 __all__ = ["NegotiateAuth"]
 
@@ -29,7 +32,7 @@ __all__ = ["NegotiateAuth"]
 class NegotiateAuth(httpx.Auth):
     """Negotiate authentication for httpx (sync and async clients: the flow does no I/O)."""
 
-    requires_response_body = False
+    requires_response_body = True  # the signed-response extension covers the body
 
     def __init__(self, credentials: Credentials, **settings: Any) -> None:
         self.settings = NegotiateSettings(credentials, **settings)
@@ -37,6 +40,7 @@ class NegotiateAuth(httpx.Auth):
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         flow = self.settings.flow(str(request.url))
         try:
+            request.headers.update(flow.request_headers())
             header = flow.first()
             if header is not None:
                 request.headers["Authorization"] = header
@@ -51,5 +55,12 @@ class NegotiateAuth(httpx.Auth):
                 response = yield request
             if flow.server is not None:
                 response.extensions["rpcsec.server"] = flow.server
+            response.extensions["rpcsec.verified"] = flow.finish(
+                request.method,
+                request.url.raw_path.decode("ascii"),
+                response.status_code,
+                response.content,
+                response.headers.get(SIGNATURE_HEADER),
+            )
         finally:
             flow.close()

@@ -7,7 +7,8 @@
 As requests-gssapi does, a response hook answers each 401 challenge by resending the request on
 the same connection; with ``mutual=True`` (default) a final response whose mutual-auth token is
 missing or does not verify raises ``InvalidTokenError``, and a refusal raises the typed
-``SecurityError``. The server's proven identity is in ``response.rpcsec_server``. Needs the
+``SecurityError``. The server's proven identity is in ``response.rpcsec_server``, and
+``response.rpcsec_verified`` says whether rpcsec's signed-response extension verified it. Needs the
 ``http`` extra (requests).
 """
 
@@ -21,6 +22,7 @@ import requests.auth
 from rpcsec.sspi import Credentials
 
 from ._httpclient import ClientFlow, NegotiateSettings
+from ._httpexchange import SIGNATURE_HEADER
 
 __all__ = ["NegotiateAuth"]
 
@@ -33,6 +35,7 @@ class NegotiateAuth(requests.auth.AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         flow = self.settings.flow(str(request.url))
+        request.headers.update(flow.request_headers())
         header = flow.first()
         if header is not None:
             request.headers["Authorization"] = header
@@ -61,6 +64,13 @@ class _Hook:
                 follow.request = request
                 response = follow
             response.rpcsec_server = flow.server  # type: ignore[attr-defined]
+            response.rpcsec_verified = flow.finish(  # type: ignore[attr-defined]
+                str(response.request.method),
+                str(response.request.path_url),
+                response.status_code,
+                response.content,
+                response.headers.get(SIGNATURE_HEADER),
+            )
             return response
         finally:
             flow.close()
