@@ -184,3 +184,51 @@ def test_extended_and_standard_both_accepted_when_standard_is_true(kerberos_real
     server2 = accept_security_context(creds, options={"standard": True})
     _drive(_plain_initiator(kerberos_realm, KRB5), server2)
     assert standard_messages(server2) is not None
+
+
+# -- the negotiate package's standard mode against pyspnego peers ------------------------
+
+
+def test_pyspnego_negotiate_client_to_rpcsec_negotiate_server(kerberos_realm, monkeypatch):
+    import spnego
+
+    monkeypatch.setenv("KRB5CCNAME", kerberos_realm.ccache("alice"))
+    client = spnego.client(hostname="localhost", service="storage", protocol="negotiate")
+    server = accept_security_context(
+        kerberos_realm.server_credentials("storage", package="negotiate"),
+        options={"standard": True},
+    )
+    token = client.step()
+    while not server.complete:
+        result = server.step(token)
+        if result.token:
+            token = client.step(result.token)
+    assert client.complete
+    assert server.peer.principal == "alice@KRBTEST.COM"
+    messages = standard_messages(server)
+    assert messages.gss_unwrap(client.wrap(b"via pyspnego").data) == (b"via pyspnego", True)
+
+
+def test_rpcsec_negotiate_client_to_pyspnego_server(kerberos_realm, monkeypatch):
+    import spnego
+
+    monkeypatch.setenv("KRB5_KTNAME", kerberos_realm.keytab("storage"))
+    server = spnego.server(protocol="negotiate")
+    client = initialize_security_context(
+        kerberos_realm.client_credentials("alice", package="negotiate"),
+        "storage@localhost",
+        ContextReq.MUTUAL_AUTH | ContextReq.INTEGRITY,
+        options={"standard": True},
+    )
+    result = client.step()
+    while True:
+        reply = server.step(result.token)
+        if client.complete or reply is None:
+            break
+        result = client.step(reply)
+        if result.token is None:
+            break
+    assert client.complete and server.complete
+    assert server.client_principal == "alice@KRBTEST.COM"
+    assert client.peer.principal == "storage/localhost@KRBTEST.COM"
+    assert server.unwrap(standard_messages(client).gss_wrap(b"x", encrypt=True)).data == b"x"
