@@ -260,3 +260,18 @@ def test_ntlm_clients_over_one_connection_with_signed_response(kerberos_realm, n
             response, peer = _get(client, url, alice, verify=True)
             assert (response.status_code, response.text) == (200, "balance of RPCSEC\\alice")
             assert peer.principal.startswith("(unverified) ")  # NTLM never proves the server
+
+
+def test_http_get_in_standard_mode_against_apache_and_rpcsec(apache, kerberos_realm):
+    """The seed-shaped ``httpauth.http_get`` speaks the standard too: to Apache without the
+    signature it cannot give, to an rpcsec server with it."""
+    from rpcsec.transports.httpauth import http_get
+
+    alice = kerberos_realm.client_credentials("alice")
+    standard = {"standard": "spnego"}
+    result = http_get(apache + "/index.html", alice, options=standard, verify=False)
+    assert (result.status, result.body) == (200, b"hello from apache\n")
+    assert result.server.principal == SERVICE and not result.verified
+    with _rpcsec_server(kerberos_realm) as url:
+        result = http_get(url, alice, options=standard)
+    assert result.verified and result.body == b"balance of alice@KRBTEST.COM"

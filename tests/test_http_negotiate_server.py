@@ -15,13 +15,22 @@ import http.client
 import pytest
 from helpers import negotiate_peers as peers
 
+from rpcsec.security import AccessMask, Ace, SecurityDescriptor, access_check
 from rpcsec.transports.httpauth import AuthHTTPRequestHandler, AuthHTTPServer, Request, Response
 
 pytestmark = pytest.mark.kerberos
 
 
+SECRET = SecurityDescriptor.build(
+    "owner", [Ace.allow("alice@KRBTEST.COM", AccessMask.READ)]
+)  # fmt: skip
+
+
 class WhoAmI(AuthHTTPRequestHandler):
     def handle_authenticated(self, request: Request) -> Response:
+        if request.path == "/secret":
+            access_check(SECRET, AccessMask.READ)  # as the caller: alice only
+            return Response(200, b"the secret\n")
         return Response(200, peers.whoami())
 
 
@@ -107,3 +116,10 @@ def test_replayed_standard_token_is_refused(server_url, kerberos_realm):
             response.read()
             statuses.append(response.status)
     assert statuses == [200, 401]
+
+
+def test_access_check_in_the_handler_runs_as_the_standard_caller(server_url, kerberos_realm):
+    secret = server_url.replace("/whoami", "/secret")
+    assert peers.curl_body_status(secret, kerberos_realm) == ("the secret", 200)
+    proc = peers.curl(secret, kerberos_realm, user="bob")
+    assert proc.stdout.decode().rpartition("\n")[2] == "403"  # bob is authenticated, not allowed

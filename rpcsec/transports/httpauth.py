@@ -61,6 +61,7 @@ from ._httpexchange import (
     PRINCIPAL_HEADER,
     REASON_HEADER,
     SIGNATURE_HEADER,
+    SIGNED_RESPONSE,
     ClientExchange,
     OutcomeKind,
     ServerExchange,
@@ -406,8 +407,11 @@ def http_request(
     Without ``preemptive`` the first request goes out without ``Authorization`` and the
     server's 401 says which scheme to use (RFC 4559 §5). ``target_name`` defaults to
     ``HTTP@<host>``. With ``verify`` (the default) the response must be signed by the
-    context, else ``MessageAlteredError``. Raises ``LogonDeniedError`` (or the typed error the
-    server reported) when the server refuses the credentials; non-401 statuses are returned.
+    context, else ``MessageAlteredError``. ``options={"standard": "spnego"}`` (or ``True``)
+    speaks the standard protocol (Apache mod_auth_gssapi, IIS: pass ``verify=False``, they do
+    not sign responses; an rpcsec server signs when asked, as it is here with ``verify``).
+    Raises ``LogonDeniedError`` (or the typed error the server reported) when the server
+    refuses the credentials; non-401 statuses are returned.
     """
     if not isinstance(credentials, Credentials):
         raise TypeError("credentials must come from acquire_credentials_handle()")
@@ -436,8 +440,11 @@ def http_request(
         conn.connect()
         conn.auto_open = 0  # never silently move a leg to a new connection
         authorization = exchange.start() if preemptive else None
+        standard = bool((options or {}).get("standard"))
         while True:
             request_headers = dict(headers or {})
+            if standard and verify:  # ask an rpcsec server for the signed-response extension
+                request_headers[EXTENSIONS_HEADER] = SIGNED_RESPONSE
             if authorization is not None:
                 request_headers["Authorization"] = authorization
             conn.request(method, target, body=body, headers=request_headers)
