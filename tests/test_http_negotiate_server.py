@@ -123,3 +123,44 @@ def test_access_check_in_the_handler_runs_as_the_standard_caller(server_url, ker
     assert peers.curl_body_status(secret, kerberos_realm) == ("the secret", 200)
     proc = peers.curl(secret, kerberos_realm, user="bob")
     assert proc.stdout.decode().rpartition("\n")[2] == "403"  # bob is authenticated, not allowed
+
+
+def test_http_front_calls_a_grpc_service_as_the_user(kerberos_realm, serve):
+    """curl --delegation always -> rpcsec HTTP front -> gRPC storage *as alice*: the front's
+    handler opens a secure channel without credentials (cloaking picks the credentials curl
+    delegated), and storage sees alice via the HTTP service. Without delegation the onward
+    call is refused and the front answers 403 with the reason."""
+    import echo_pb2
+    import echo_pb2_grpc
+    from helpers.echo import EchoServicer
+
+    from rpcsec.grpc import SecurityInterceptor, secure_channel
+    from rpcsec.security import current_token
+    from rpcsec.sspi import ProtectionLevel
+
+    class Storage(EchoServicer):
+        def Say(self, request, context):
+            token = current_token()
+            return echo_pb2.EchoResponse(
+                text=",".join(token.delegation_chain), principal=token.principal
+            )
+
+    interceptor = SecurityInterceptor(kerberos_realm.server_credentials("storage"))
+    storage = serve([interceptor], [Storage()])
+
+    class Front(AuthHTTPRequestHandler):
+        def handle_authenticated(self, request: Request) -> Response:
+            with secure_channel(
+                storage, None, target_name="storage@localhost", protection=ProtectionLevel.PRIVACY
+            ) as channel:
+                reply = echo_pb2_grpc.EchoStub(channel).Say(echo_pb2.EchoRequest(text="hi"))
+            return Response(200, f"{reply.principal}|{reply.text}".encode())
+
+    peers.use_realm(kerberos_realm)
+    with AuthHTTPServer(("127.0.0.1", 0), Front, peers.http_credentials(kerberos_realm)) as front:
+        front.start()
+        url = f"http://localhost:{front.address[1]}/report"
+        body, status = peers.curl_body_status(url, kerberos_realm, "--delegation", "always")
+        assert (status, body) == (200, "alice@KRBTEST.COM|HTTP/localhost@KRBTEST.COM")
+        body, status = peers.curl_body_status(url, kerberos_realm)  # no delegation
+        assert status == 403
