@@ -78,6 +78,48 @@ def test_gss_client_to_rpcsec_server(kerberos_realm, mech):
 
 @pytest.mark.kerberos
 @pytest.mark.parametrize(
+    ("args", "level"),
+    [
+        (["-d"], "DELEGATE"),  # gss-client forwards alice's TGT
+        (["-nomutual"], "IMPERSONATE"),
+        (["-seq", "-ccount", "2"], "IMPERSONATE"),  # two connections, GSS sequence checks
+        (["-nx", "-nm"], "IMPERSONATE"),  # integrity only, no MIC asked: NOOP replies
+    ],
+)
+def test_gss_client_options(kerberos_realm, args, level):
+    seen = []
+
+    def handler(message: bytes) -> None:
+        token = current_token()
+        usable = token.delegated_credentials is not None
+        seen.append((message, token.impersonation_level.name, usable))
+
+    creds = kerberos_realm.server_credentials("storage")
+    with GssSampleServer(("127.0.0.1", 0), creds, handler) as server:
+        server.start()
+        proc = _gss_client(kerberos_realm, server.address[1], *args)
+    assert proc.returncode == 0, proc.stdout.decode(errors="replace")
+    count = 2 if "-ccount" in args else 1
+    assert seen == [(b"hello from gss-client", level, level == "DELEGATE")] * count
+
+
+@pytest.mark.kerberos
+@pytest.mark.parametrize(("encrypt", "mic"), [(False, True), (True, False)])
+def test_rpcsec_client_options_against_gss_server(kerberos_realm, encrypt, mic):
+    with _mit_gss_server(kerberos_realm) as (port, _proc):
+        result = call_server(
+            ("127.0.0.1", port),
+            kerberos_realm.client_credentials("alice"),
+            SERVICE,
+            [b"plain but signed"],
+            encrypt=encrypt,
+            mic=mic,
+        )
+    assert result.signed == (1 if mic else 0)
+
+
+@pytest.mark.kerberos
+@pytest.mark.parametrize(
     "flag", ["-nw", "-na"], ids=["unwrapped-message", "unauthenticated-session"]
 )
 def test_gss_client_lowering_protection_is_refused(kerberos_realm, flag):

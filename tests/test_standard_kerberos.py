@@ -28,6 +28,7 @@ from rpcsec.sspi import (  # noqa: E402
     ImpersonationLevel,
     InvalidTokenError,
     SecurityError,
+    UnsupportedFunctionError,
     accept_security_context,
     initialize_security_context,
 )
@@ -86,6 +87,21 @@ def test_plain_gssapi_initiator_to_rpcsec_acceptor(kerberos_realm, mech):
     assert (data, encrypted) == (b"to the server", True)
     mic = messages.gss_get_mic(b"to the client")
     initiator.verify_signature(b"to the client", mic)
+    with pytest.raises(UnsupportedFunctionError):  # not the core's format on a standard context
+        server.sign(b"x")
+
+
+def test_first_message_tokens_carry_sequence_zero_for_sequence_checking_peers(kerberos_realm):
+    """Regression (gss-client -seq saw a gap): establishing a standard context must not spend
+    GSS sequence numbers, so a peer with GSS_C_SEQUENCE_FLAG accepts the first MIC."""
+    flags = FLAGS.mutual_authentication | FLAGS.out_of_sequence_detection | FLAGS.integrity
+    server = accept_security_context(
+        kerberos_realm.server_credentials("storage"), options={"standard": "only"}
+    )
+    initiator = _drive(_plain_initiator(kerberos_realm, KRB5, flags=flags), server)
+    messages = standard_messages(server)
+    for text in (b"one", b"two"):
+        initiator.verify_signature(text, messages.gss_get_mic(text))
 
 
 def test_delegating_plain_initiator_gives_delegated_credentials(kerberos_realm):

@@ -26,13 +26,19 @@ element.
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rpcsec.packages._standard import AutoServer, StandardMessages
 from rpcsec.security._token import AccessToken
 from rpcsec.sspi._credentials import Credentials
-from rpcsec.sspi._errors import InvalidTokenError, NoCredentialsError, TargetUnknownError
+from rpcsec.sspi._errors import (
+    InvalidTokenError,
+    NoCredentialsError,
+    TargetUnknownError,
+    UnsupportedFunctionError,
+)
 from rpcsec.sspi._flags import ContextReq, CredentialUse, ImpersonationLevel
 from rpcsec.sspi._package import Mechanism, MechanismResult
 
@@ -174,11 +180,37 @@ def check_gss_message(token: bytes) -> None:
 
 
 class StandardGssProtector(GssProtector, StandardMessages):
-    """``GssProtector`` plus the bare RFC 2743 per-message calls a standard peer uses
-    (GSS_Wrap / GSS_Unwrap / GSS_GetMIC / GSS_VerifyMIC, RFC 4121 §4.2 tokens, with GSS's own
-    replay and sequence checks when the context has them)."""
+    """The bare RFC 2743 per-message calls a standard peer uses (GSS_Wrap / GSS_Unwrap /
+    GSS_GetMIC / GSS_VerifyMIC, RFC 4121 §4.2 tokens, with GSS's own replay and sequence
+    checks when the context has them); the core's header-carrying format is refused."""
 
     __slots__ = ()
+
+    def __init__(self, context: Any, enctype: int) -> None:
+        # No size probe (GssProtector's costs a MIC and a wrap): on a context with GSS
+        # sequence detection the peer would then see the first real token as a gap.
+        del enctype
+        self._context = context
+        self._lock = threading.Lock()
+        self.signature_size = self.trailer_size = 0
+
+    def _unsupported(self) -> UnsupportedFunctionError:
+        return UnsupportedFunctionError(
+            "standard-mode contexts protect messages with the mechanism's own tokens: "
+            "use rpcsec.packages._standard.standard_messages(context)"
+        )
+
+    def sign(self, seq: int, aad: bytes, data: bytes) -> bytes:
+        raise self._unsupported()
+
+    def verify(self, seq: int, aad: bytes, data: bytes, tag: bytes) -> None:
+        raise self._unsupported()
+
+    def seal(self, seq: int, aad: bytes, plaintext: bytes) -> bytes:
+        raise self._unsupported()
+
+    def unseal(self, seq: int, aad: bytes, sealed: bytes | memoryview) -> bytes:
+        raise self._unsupported()
 
     def gss_wrap(self, data: bytes, *, encrypt: bool) -> bytes:
         with self._lock, native_call(Phase.MESSAGE, "GSS_Wrap failed"):
