@@ -275,3 +275,24 @@ def test_http_get_in_standard_mode_against_apache_and_rpcsec(apache, kerberos_re
     with _rpcsec_server(kerberos_realm) as url:
         result = http_get(url, alice, options=standard)
     assert result.verified and result.body == b"balance of alice@KRBTEST.COM"
+
+
+@pytest.mark.parametrize("client", ["httpx", "requests"])
+def test_clients_delegate_when_asked(kerberos_realm, client):
+    """``delegate=True`` forwards alice's TGT (as ``curl --delegation always``): the server's
+    handler gets credentials that authenticate onward as alice; without it, none."""
+    from rpcsec.transports.httpauth import AuthHTTPRequestHandler, AuthHTTPServer, Response
+
+    class WhoAmI(AuthHTTPRequestHandler):
+        def handle_authenticated(self, request):
+            return Response(200, peers.whoami())
+
+    peers.use_realm(kerberos_realm)
+    alice = kerberos_realm.client_credentials("alice")
+    with AuthHTTPServer(("127.0.0.1", 0), WhoAmI, peers.http_credentials(kerberos_realm)) as srv:
+        srv.start()
+        url = f"http://localhost:{srv.address[1]}/"
+        delegated, _ = _get(client, url, alice, delegate=True)
+        plain, _ = _get(client, url, alice)
+    assert delegated.text == "alice@KRBTEST.COM|DELEGATE|alice@KRBTEST.COM\n"
+    assert plain.text == "alice@KRBTEST.COM|IMPERSONATE|-\n"
