@@ -164,3 +164,19 @@ def test_http_front_calls_a_grpc_service_as_the_user(kerberos_realm, serve):
         assert (status, body) == (200, "alice@KRBTEST.COM|HTTP/localhost@KRBTEST.COM")
         body, status = peers.curl_body_status(url, kerberos_realm)  # no delegation
         assert status == 403
+
+
+def test_standard_off_refuses_standard_clients_but_serves_rpcsec_ones(kerberos_realm):
+    """A server that must have rpcsec's extended guarantees turns standard mode off: curl is
+    refused, rpcsec's own client (signed responses) still works."""
+    from rpcsec.transports.httpauth import http_get
+
+    peers.use_realm(kerberos_realm)
+    creds = peers.http_credentials(kerberos_realm)
+    with AuthHTTPServer(("127.0.0.1", 0), WhoAmI, creds, standard=False) as server:
+        server.start()
+        url = f"http://localhost:{server.address[1]}/whoami"
+        assert peers.curl_body_status(url, kerberos_realm)[1] == 401
+        result = http_get(url, kerberos_realm.client_credentials("alice"))
+    assert result.status == 200 and result.verified
+    assert result.body == b"alice@KRBTEST.COM|IMPERSONATE|-\n"
