@@ -9,7 +9,7 @@ STAMP   = $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test,bench,http]'
 	@$(PY) -m pip install -q -e '.[kerberos]' || echo "note: kerberos extra (gssapi) not installed: needs libkrb5-dev; Kerberos tests will skip"
 	touch $(STAMP)
 

@@ -8,6 +8,10 @@ command -v krb5-config >/dev/null 2>&1 || need+=(libkrb5-dev)
 # The 'kerberos' extra (python-gssapi, pykrb5) compiles against libkrb5: a C compiler and the
 # Python headers of the interpreter that builds the venv.
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
+# Standard peers for the interop tests (issue 11): curl, Apache + mod_auth_gssapi, gss-sample.
+command -v curl >/dev/null 2>&1 || need+=(curl)
+[ -x /usr/sbin/apache2 ] && [ -e /usr/lib/apache2/modules/mod_auth_gssapi.so ] || need+=(apache2 libapache2-mod-auth-gssapi)
+command -v gss-client >/dev/null 2>&1 || [ -x /usr/bin/gss-client ] || need+=(krb5-gss-samples)
 "${PYTHON:-python3}" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null || need+=(python3-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

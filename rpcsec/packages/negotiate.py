@@ -51,6 +51,7 @@ import spnego.exceptions
 from spnego._context import GSSMech
 from spnego.channel_bindings import GssChannelBindings
 
+from rpcsec.packages import _standard_negotiate as _standard
 from rpcsec.packages.kerberos._credentials import KerberosCredentials
 from rpcsec.packages.kerberos._credentials import acquire as acquire_kerberos
 from rpcsec.packages.kerberos._errors import Phase, translate
@@ -810,6 +811,8 @@ class NegotiatePackage(SecurityPackage):
     ) -> Mechanism:
         if not isinstance(credentials, NegotiateCredentials):
             raise NoCredentialsError("these are not negotiate credentials")
+        if options.get("standard"):  # bare SPNEGO for a standard peer
+            return _standard.standard_client(credentials, target_name, requested, options, clock)
         chain = credentials.kerberos.delegation_chain if credentials.kerberos else ()
         return _NegotiateClient(
             credentials,
@@ -831,6 +834,13 @@ class NegotiatePackage(SecurityPackage):
     ) -> Mechanism:
         if not isinstance(credentials, NegotiateCredentials):
             raise NoCredentialsError("these are not negotiate credentials")
+        if options.get("standard"):  # also standard SPNEGO peers
+            return _standard.standard_server(
+                credentials, requested, options, clock,
+                lambda rest: _NegotiateServer(
+                    self, credentials, requested=requested, options=rest, clock=clock
+                ),
+            )  # fmt: skip
         return _NegotiateServer(
             self, credentials, requested=requested, options=options, clock=clock
         )

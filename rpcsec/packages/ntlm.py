@@ -331,6 +331,10 @@ class NtlmPackage(SecurityPackage):
     ) -> Mechanism:
         if not isinstance(credentials, NtlmClientCredentials):
             raise NoCredentialsError("ntlm client contexts need OUTBOUND ntlm credentials")
+        if options.get("standard"):  # bare NTLM messages for a standard peer
+            from rpcsec.packages import _standard_ntlm
+
+            return _standard_ntlm.standard_client(credentials, target_name, requested, options)
         lifetime = float(options.get("lifetime", _DEFAULT_LIFETIME))
         return _NtlmClient(credentials, target_name, requested, impersonation, lifetime, clock)
 
@@ -345,6 +349,11 @@ class NtlmPackage(SecurityPackage):
         if not isinstance(credentials, NtlmServerCredentials):
             raise NoCredentialsError("ntlm server contexts need INBOUND ntlm credentials")
         lifetime = float(options.get("lifetime", _DEFAULT_LIFETIME))
+        if options.get("standard"):  # also standard NTLM clients (curl --ntlm)
+            from rpcsec.packages import _standard_ntlm
+
+            extended = lambda: _NtlmServer(credentials, requested, lifetime, clock)  # noqa: E731
+            return _standard_ntlm.standard_server(credentials, options, clock, extended)
         return _NtlmServer(credentials, requested, lifetime, clock)
 
     def import_protector(self, outbound: bytes, inbound: bytes, datagram: bool) -> MessageProtector:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
+from rpcsec.packages._standard import is_standard, standard_messages
 from rpcsec.sspi import (
     ClientContext,
     ContextReq,
@@ -62,8 +63,11 @@ from ._errors import MalformedHeaderError
 __all__ = [
     "MAX_LEGS",
     "PRINCIPAL_HEADER",
+    "EXTENSIONS_HEADER",
     "REASON_HEADER",
     "SIGNATURE_HEADER",
+    "SIGNED_RESPONSE",
+    "STANDARD_PACKAGES",
     "ClientExchange",
     "Outcome",
     "OutcomeKind",
@@ -71,12 +75,16 @@ __all__ = [
     "decode_principal",
     "encode_principal",
     "response_aad",
+    "sign_response",
+    "wants_signed_response",
 ]
 
 MAX_LEGS = 16
 PRINCIPAL_HEADER = "X-Rpcsec-Principal"
 SIGNATURE_HEADER = "X-Rpcsec-Signature"
 REASON_HEADER = "X-Rpcsec-Reason"
+EXTENSIONS_HEADER = "X-Rpcsec-Extensions"
+SIGNED_RESPONSE = "signed-response"
 _AAD_PREFIX = b"rpcsec-httpauth/1\x00"
 
 
@@ -96,6 +104,23 @@ def response_aad(method: str, target: str, status: int, principal_header: str) -
     return _AAD_PREFIX + b"".join(f.encode("utf-8", "surrogateescape") + b"\x00" for f in fields)
 
 
+def wants_signed_response(values: Sequence[str]) -> bool:
+    """Whether a standard-mode request's ``X-Rpcsec-Extensions`` asks for a signed response
+    (the extension an rpcsec client adds; a standard client never sends it)."""
+    return any(
+        part.strip().lower() == SIGNED_RESPONSE for value in values for part in value.split(",")
+    )
+
+
+def sign_response(context: Any, aad: bytes, body: bytes) -> bytes:
+    """MakeSignature over a response: the core's MIC on an extended-mode context, the
+    mechanism's own GSS_GetMIC over ``aad || body`` on a standard one."""
+    messages = standard_messages(context)
+    if messages is not None:
+        return messages.gss_get_mic(aad + body)
+    return bytes(context.sign(body, aad=aad))
+
+
 class OutcomeKind(enum.Enum):
     CHALLENGE = "challenge"  # 401, WWW-Authenticate: <Scheme>
     CONTINUE = "continue"  # 401, WWW-Authenticate: <Scheme> <token>
@@ -113,10 +138,24 @@ class Outcome:
     headers: tuple[tuple[str, str], ...] = ()
     context: ServerContext | None = field(default=None, repr=False)
     error: SecurityError | None = None
+    standard: bool = False
+    """True when the client spoke the standard protocol (RFC 4559 / MS-NTHT) and so gets no
+    rpcsec extension (no principal or signature headers)."""
+
+
+# Packages whose standard mode the server offers (bare SPNEGO / Kerberos tokens under
+# ``Negotiate``, bare NTLM under ``NTLM``); rpcsec-framed tokens are told apart by their magic.
+STANDARD_PACKAGES = frozenset({"kerberos", "negotiate", "ntlm"})
 
 
 class ServerExchange:
-    """The server's side for one connection (AcceptSecurityContext, one leg per request)."""
+    """The server's side for one connection (AcceptSecurityContext, one leg per request).
+
+    With ``standard`` (the default) a kerberos or negotiate server also accepts standard
+    clients (curl --negotiate, requests-gssapi, browsers): their context must then grant
+    ``standard_required`` (RFC 4559 protects no messages, so nothing by default) instead of
+    ``required``, which applies to rpcsec clients and their extended handshake.
+    """
 
     def __init__(
         self,
@@ -126,13 +165,18 @@ class ServerExchange:
         options: dict[str, Any] | None = None,
         max_legs: int = MAX_LEGS,
         context_factory: Callable[[], ServerContext] | None = None,
+        standard: bool = True,
+        standard_required: ContextReq = ContextReq.NONE,
     ) -> None:
         if not isinstance(credentials, Credentials):
             raise TypeError("credentials must come from acquire_credentials_handle()")
         self.credentials = credentials
         self.scheme = scheme_for(credentials.package.name)
         self.required = required
+        self.standard_required = standard_required
         self._options = dict(options or {})
+        if standard and credentials.package.name in STANDARD_PACKAGES:
+            self._options.setdefault("standard", True)
         self._max_legs = max_legs
         self._factory = context_factory
         self._context: ServerContext | None = None
@@ -190,7 +234,8 @@ class ServerExchange:
                     raise InvalidTokenError("package continued without a token for the client")
                 header = format_challenge(self.scheme, result.token)
                 return Outcome(OutcomeKind.CONTINUE, 401, (("WWW-Authenticate", header),))
-            context.require(self.required)
+            standard = is_standard(context)
+            context.require(self.standard_required if standard else self.required)
         except SecurityError as exc:
             self._reset()
             headers = (*self.challenge(), (REASON_HEADER, exc.reason))
@@ -199,7 +244,7 @@ class ServerExchange:
         headers = ()
         if result.token:
             headers = (("WWW-Authenticate", format_challenge(self.scheme, result.token)),)
-        return Outcome(OutcomeKind.AUTHENTICATED, 200, headers, context=context)
+        return Outcome(OutcomeKind.AUTHENTICATED, 200, headers, context=context, standard=standard)
 
     def close(self) -> None:
         """The connection ended: forget any half-done handshake."""
@@ -267,7 +312,7 @@ class ClientExchange:
             if not self._sent_token or self.context.complete:
                 raise InvalidTokenError("server continued an exchange that was not in progress")
             result = self.context.step(decode_token(challenge.token68))
-            if result.complete or not result.token:
+            if not result.token:  # complete with a last token (NTLM's AUTHENTICATE) is fine
                 raise InvalidTokenError("server asked to continue a completed exchange")
             return format_authorization(self.scheme, result.token)
         if not self._sent_token:
@@ -307,7 +352,11 @@ class ClientExchange:
             raise MessageAlteredError("response signature is malformed") from None
         aad = response_aad(method, target, status, principal_header)
         try:
-            self.context.verify(body, token, aad=aad)
+            messages = standard_messages(self.context)
+            if messages is not None:
+                messages.gss_verify_mic(aad + body, token)
+            else:
+                self.context.verify(body, token, aad=aad)
         except InvalidTokenError as exc:
             raise MessageAlteredError("response signature is malformed") from exc
 

@@ -56,16 +56,20 @@ from rpcsec.sspi import (
 from ._authheader import encode_token, scheme_for
 from ._errors import FrameTooLargeError, MalformedHeaderError, TruncatedFrameError
 from ._httpexchange import (
+    EXTENSIONS_HEADER,
     MAX_LEGS,
     PRINCIPAL_HEADER,
     REASON_HEADER,
     SIGNATURE_HEADER,
+    SIGNED_RESPONSE,
     ClientExchange,
     OutcomeKind,
     ServerExchange,
     decode_principal,
     encode_principal,
     response_aad,
+    sign_response,
+    wants_signed_response,
 )
 from ._requirements import client_requirements, server_requirements
 from ._serving import BoundedConnections
@@ -133,6 +137,7 @@ class AuthHTTPRequestHandler(http.server.BaseHTTPRequestHandler):
             required=self.server.required,
             options=self.server.options,
             max_legs=MAX_LEGS,
+            standard=self.server.standard,
         )
 
     def finish(self) -> None:
@@ -195,12 +200,17 @@ class AuthHTTPRequestHandler(http.server.BaseHTTPRequestHandler):
         context = outcome.context
         assert context is not None
         try:
-            self._serve(context, body, outcome.headers)
+            self._serve(context, body, outcome.headers, standard=outcome.standard)
         finally:
             context.delete()
 
     def _serve(
-        self, context: ServerContext, body: bytes, auth_headers: tuple[tuple[str, str], ...]
+        self,
+        context: ServerContext,
+        body: bytes,
+        auth_headers: tuple[tuple[str, str], ...],
+        *,
+        standard: bool = False,
     ) -> None:
         caller = context.peer.replace(protection_level=context.protection_level)
         request = Request(self.command, self.path, self.headers, body, caller)
@@ -218,11 +228,20 @@ class AuthHTTPRequestHandler(http.server.BaseHTTPRequestHandler):
         except Exception:
             log.exception("httpauth: handler failed for %s on %s", caller.principal, self.path)
             response = Response(500, b"internal error\n")
+        if standard:  # RFC 4559: the mutual-auth token, and no rpcsec headers unless asked
+            headers = [*auth_headers, *response.headers]
+            asked = wants_signed_response(self.headers.get_all(EXTENSIONS_HEADER) or [])
+            if asked and self.server.sign_responses and context.attributes & ContextReq.INTEGRITY:
+                aad = response_aad(self.command, self.path, response.status, "")
+                signature = sign_response(context, aad, response.body)
+                headers.append((SIGNATURE_HEADER, encode_token(signature)))
+            self._send(response.status, response.body, response.content_type, headers)
+            return
         principal = encode_principal(caller.principal)
         headers = [*auth_headers, (PRINCIPAL_HEADER, principal), *response.headers]
         if self.server.sign_responses and context.attributes & ContextReq.INTEGRITY:
             aad = response_aad(self.command, self.path, response.status, principal)
-            signature = context.sign(response.body, aad=aad)
+            signature = sign_response(context, aad, response.body)
             headers.append((SIGNATURE_HEADER, encode_token(signature)))
         self._send(response.status, response.body, response.content_type, headers)
 
@@ -269,8 +288,11 @@ class AuthHTTPServer(BoundedConnections, http.server.ThreadingHTTPServer):
 
     At most ``max_connections`` connections at once (more get 503); each connection holds at
     most one half-done handshake, dropped when the connection ends or idles past
-    ``idle_timeout``. ``protection`` is what the context must grant (INTEGRITY lets responses
-    be signed). The socket is bound when the constructor returns.
+    ``idle_timeout``. ``protection`` is what an rpcsec client's context must grant (INTEGRITY
+    lets responses be signed). With ``standard`` (default) a kerberos / negotiate server also
+    serves standard RFC 4559 clients (curl, requests-gssapi, browsers): they get the
+    mutual-auth token in the final ``WWW-Authenticate`` and no rpcsec headers. The socket is
+    bound when the constructor returns.
     """
 
     daemon_threads = True
@@ -292,6 +314,7 @@ class AuthHTTPServer(BoundedConnections, http.server.ThreadingHTTPServer):
         idle_timeout: float | None = 30.0,
         max_body: int = DEFAULT_MAX_BODY,
         options: dict[str, Any] | None = None,
+        standard: bool = True,
     ) -> None:
         if not isinstance(handler_class, type) or not issubclass(
             handler_class, AuthHTTPRequestHandler
@@ -306,6 +329,7 @@ class AuthHTTPServer(BoundedConnections, http.server.ThreadingHTTPServer):
         self.idle_timeout = idle_timeout
         self.max_body = max_body
         self.options = dict(options or {})
+        self.standard = standard
         self._started = False
         super().__init__(address, handler_class)
 
@@ -383,8 +407,11 @@ def http_request(
     Without ``preemptive`` the first request goes out without ``Authorization`` and the
     server's 401 says which scheme to use (RFC 4559 §5). ``target_name`` defaults to
     ``HTTP@<host>``. With ``verify`` (the default) the response must be signed by the
-    context, else ``MessageAlteredError``. Raises ``LogonDeniedError`` (or the typed error the
-    server reported) when the server refuses the credentials; non-401 statuses are returned.
+    context, else ``MessageAlteredError``. ``options={"standard": "spnego"}`` (or ``True``)
+    speaks the standard protocol (Apache mod_auth_gssapi, IIS: pass ``verify=False``, they do
+    not sign responses; an rpcsec server signs when asked, as it is here with ``verify``).
+    Raises ``LogonDeniedError`` (or the typed error the server reported) when the server
+    refuses the credentials; non-401 statuses are returned.
     """
     if not isinstance(credentials, Credentials):
         raise TypeError("credentials must come from acquire_credentials_handle()")
@@ -413,8 +440,11 @@ def http_request(
         conn.connect()
         conn.auto_open = 0  # never silently move a leg to a new connection
         authorization = exchange.start() if preemptive else None
+        standard = bool((options or {}).get("standard"))
         while True:
             request_headers = dict(headers or {})
+            if standard and verify:  # ask an rpcsec server for the signed-response extension
+                request_headers[EXTENSIONS_HEADER] = SIGNED_RESPONSE
             if authorization is not None:
                 request_headers["Authorization"] = authorization
             conn.request(method, target, body=body, headers=request_headers)

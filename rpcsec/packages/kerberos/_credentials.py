@@ -19,7 +19,7 @@ from rpcsec.sspi._flags import CredentialUse
 
 from ._errors import Phase, native_call
 from ._names import display, service_name, user_name
-from ._native import KRB5_MECH, require_gssapi
+from ._native import KRB5_MECH, SPNEGO_MECH, require_gssapi
 
 __all__ = ["CREDENTIAL_OPTIONS", "KerberosCredentials", "acquire"]
 
@@ -64,7 +64,7 @@ def _outbound(principal: str | None, options: dict[str, Any]) -> tuple[Any, str]
                 # Tickets got with the keytab go to a private memory cache, not the user's.
                 store.setdefault(b"ccache", f"MEMORY:rpcsec-{secrets.token_hex(8)}".encode())
             creds = gss.acquire_cred_from(
-                store or None, name=name, mechs=[KRB5_MECH], usage="initiate"
+                store or None, name=name, mechs=[KRB5_MECH, SPNEGO_MECH], usage="initiate"
             ).creds
         info = gss.inquire_cred(creds, name=True, lifetime=True, usage=False, mechs=False)
     if info.lifetime == 0 and not options.get("keytab"):
@@ -86,8 +86,9 @@ def _inbound(principal: str | None, options: dict[str, Any]) -> Any:
             "pass rcache= to give it a replay cache"
         )
     with native_call(Phase.ACQUIRE, "cannot acquire Kerberos server credentials"):
+        # SPNEGO too, so that standard-mode acceptors (_standard.py) take RFC 4559 tokens.
         return gss.acquire_cred_from(
-            store or None, name=name, mechs=[KRB5_MECH], usage="accept"
+            store or None, name=name, mechs=[KRB5_MECH, SPNEGO_MECH], usage="accept"
         ).creds
 
 

@@ -12,6 +12,7 @@ from typing import Any
 __all__ = [
     "INSTALL_HINT",
     "KRB5_MECH",
+    "SPNEGO_MECH",
     "SSPI_SESSION_KEY",
     "gss",
     "gssapi_unavailable_reason",
@@ -35,6 +36,7 @@ else:
 # The Kerberos V5 mechanism (RFC 1964 §1) and MIT's "SSPI session key" inquiry, which returns
 # the context's per-message key and, as a second element, its enctype as an OID.
 KRB5_MECH: Any = gss.OID.from_int_seq("1.2.840.113554.1.2.2") if gss else None
+SPNEGO_MECH: Any = gss.OID.from_int_seq("1.3.6.1.5.5.2") if gss else None  # RFC 4178
 SSPI_SESSION_KEY: Any = gss.OID.from_int_seq("1.2.840.113554.1.2.2.5.5") if gss else None
 
 

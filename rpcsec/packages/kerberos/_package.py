@@ -13,6 +13,7 @@ from rpcsec.sspi._package import Mechanism, SecurityPackage
 from ._credentials import KerberosCredentials, acquire
 from ._handshake import CAPABILITIES, KerberosClient, KerberosServer
 from ._native import gssapi_unavailable_reason
+from ._standard import standard_client, standard_server
 
 __all__ = ["KerberosPackage"]
 
@@ -50,6 +51,8 @@ class KerberosPackage(SecurityPackage):
         options: dict[str, Any],
         clock: Callable[[], float] = time.time,
     ) -> Mechanism:
+        if options.get("standard"):  # bare GSS tokens for a standard peer (_standard.py)
+            return standard_client(self, credentials, target_name, requested, options, clock)
         return KerberosClient(
             _material(credentials),
             target_name=target_name,
@@ -67,6 +70,8 @@ class KerberosPackage(SecurityPackage):
         options: dict[str, Any],
         clock: Callable[[], float] = time.time,
     ) -> Mechanism:
+        if options.get("standard"):  # also accept standard peers (_standard.py)
+            return standard_server(self, credentials, requested, options, clock)
         return KerberosServer(
             self, _material(credentials), requested=requested, options=options, clock=clock
         )
