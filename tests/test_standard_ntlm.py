@@ -112,7 +112,7 @@ def test_extended_ntlm_clients_still_work_when_standard_is_on(server_creds):
     alice = acquire_credentials_handle(
         "ntlm", "RPCSEC\\alice", CredentialUse.OUTBOUND, password="Alice-Pa55!"
     )
-    client = initialize_security_context(alice, "storage", ContextReq.INTEGRITY)
+    client = initialize_security_context(alice, "storage@localhost", ContextReq.INTEGRITY)
     server = accept_security_context(server_creds, ContextReq.INTEGRITY, options={"standard": True})
     token = client.step().token
     while not (client.complete and server.complete):
