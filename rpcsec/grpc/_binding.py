@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rpcsec.security import _audit as audit
 from rpcsec.security import current_token
 from rpcsec.sspi import (
     ClientContext,
@@ -150,6 +151,7 @@ class ChannelSecurity:
         self._generations = itertools.count(1)
 
     def negotiation(self) -> ClientNegotiation:
+        audit.delegation(self.owner, self.target_name)
         context = ClientContext(
             self.credentials,
             self.target_name,

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rpcsec.security import ANONYMOUS_PRINCIPAL, EVERYONE, AccessToken
+from rpcsec.security import _audit as audit
 from rpcsec.sspi import AccessDeniedError, ImpersonationLevel, ProtectionLevel
 
 __all__ = ["AuthorizationPolicy", "AuthorizationRule", "Decision"]
@@ -142,22 +143,42 @@ class AuthorizationPolicy:
         """AccessCheck for one call: ``token`` is the caller at this call's protection level."""
         rules = self._effective(method)
         if rules.deny and _matches(rules.deny, token):
-            raise AccessDeniedError(f"{token.principal} is denied {method}")
+            raise audit.denied(
+                AccessDeniedError(f"{token.principal} is denied {method}"),
+                token,
+                by="policy",
+                method=method,
+            )
         if token.protection_level < rules.min_protection:
-            raise AccessDeniedError(
-                f"{method} needs protection level {rules.min_protection.name}, the call has "
-                f"{token.protection_level.name}"
+            raise audit.denied(
+                AccessDeniedError(
+                    f"{method} needs protection level {rules.min_protection.name}, the call has "
+                    f"{token.protection_level.name}"
+                ),
+                token,
+                by="policy",
+                method=method,
             )
         if token.impersonation_level < rules.min_impersonation:
-            raise AccessDeniedError(
-                f"{method} needs impersonation level {rules.min_impersonation.name}, the "
-                f"caller allowed {token.impersonation_level.name}"
+            raise audit.denied(
+                AccessDeniedError(
+                    f"{method} needs impersonation level {rules.min_impersonation.name}, the "
+                    f"caller allowed {token.impersonation_level.name}"
+                ),
+                token,
+                by="policy",
+                method=method,
             )
         if rules.allow and _matches(rules.allow, token):
             return
         if self.default is Decision.ALLOW:
             return
-        raise AccessDeniedError(f"{token.principal} is not allowed {method}")
+        raise audit.denied(
+            AccessDeniedError(f"{token.principal} is not allowed {method}"),
+            token,
+            by="policy",
+            method=method,
+        )
 
     def __repr__(self) -> str:
         return f"AuthorizationPolicy({len(self.rules)} rules, default={self.default.name})"

@@ -15,7 +15,6 @@ handlers (an aio server runs those in its thread pool with a synchronous context
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 import time
@@ -25,7 +24,8 @@ from typing import Any, NoReturn
 
 import grpc
 
-from rpcsec.security import impersonate
+from rpcsec.security import CallerSteps, impersonate
+from rpcsec.security import _audit as audit
 from rpcsec.sspi import (
     DEFAULT_WINDOW,
     BusyError,
@@ -112,6 +112,7 @@ def log_refusal(method: str, context: Any, error: BaseException, reason: str) ->
         peer = "?"
     # Local detail for the operator; the peer only learns ``reason``.
     _LOG.info("refused %s from %s: %s (%s)", method, peer, reason, error)
+    audit.refusal(method, peer, error, handshake=method == NEGOTIATE_METHOD)
 
 
 def refuse(context: Any, error: SecurityError, method: str) -> NoReturn:
@@ -208,8 +209,7 @@ def sync_handler(
                 outbound = call.outbound()
                 # The handler's generator runs step by step; each step runs in a context that
                 # holds the caller's token, so nothing leaks into the server's thread.
-                run = contextvars.copy_context()
-                run.run(impersonate, call.token)
+                run = CallerSteps(call.token)
                 responses = run.run(lambda: iter(app_us(message, context)))
                 while True:
                     try:
@@ -258,8 +258,7 @@ def sync_handler(
             inbound = call.inbound()
             outbound = call.outbound()
             requests = verified_requests(request_iterator, inbound, method)
-            run = contextvars.copy_context()
-            run.run(impersonate, call.token)
+            run = CallerSteps(call.token)
             responses = run.run(lambda: iter(app_ss(requests, context)))
             while True:
                 try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from rpcsec.sspi._errors import AccessDeniedError, NoImpersonationError
 from rpcsec.sspi._flags import ImpersonationLevel
 
+from ._audit import denied as _denied
 from ._impersonation import current_token
 from ._token import ANONYMOUS_PRINCIPAL, AccessToken
 
@@ -122,7 +123,12 @@ def access_check(
             "used for access checks"
         )
     if token.expired():
-        raise AccessDeniedError(f"token of {token.principal} has expired")
+        raise _denied(
+            AccessDeniedError(f"token of {token.principal} has expired"),
+            token,
+            by="descriptor",
+            desired=desired,
+        )
     remaining = desired
     granted = 0
     for ace in descriptor.aces:
@@ -130,10 +136,20 @@ def access_check(
             continue
         if ace.type is AceType.DENY:
             if ace.mask & desired:
-                raise AccessDeniedError(f"{token.principal} is denied this access")
+                raise _denied(
+                    AccessDeniedError(f"{token.principal} is denied this access"),
+                    token,
+                    by="descriptor",
+                    desired=desired,
+                )
         else:
             granted |= ace.mask & remaining
             remaining &= ~ace.mask
             if not remaining:
                 return granted
-    raise AccessDeniedError(f"{token.principal} is not granted this access")
+    raise _denied(
+        AccessDeniedError(f"{token.principal} is not granted this access"),
+        token,
+        by="descriptor",
+        desired=desired,
+    )
