@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from rpcsec._settings import effective_settings
 from rpcsec.security import CallerSteps, impersonate
 from rpcsec.security import _audit as audit
 from rpcsec.sspi import (
@@ -387,7 +388,7 @@ class InterceptorBase:
 
     def __init__(
         self,
-        credentials: Credentials | Iterable[Credentials],
+        credentials: Credentials | Iterable[Credentials] | None = None,
         policy: AuthorizationPolicy | None = None,
         *,
         required: ContextReq = ContextReq.INTEGRITY | ContextReq.REPLAY_DETECT,
@@ -401,9 +402,10 @@ class InterceptorBase:
         package_options: Mapping[str, Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        settings = effective_settings(credentials=credentials, policy=policy)
         self.security = build_security(
-            credentials,
-            policy,
+            credentials if credentials is not None else settings.inbound_credentials(),
+            settings.server_policy(),
             required=required,
             max_contexts=max_contexts,
             idle_timeout=idle_timeout,
@@ -481,7 +483,7 @@ class SecurityInterceptor(InterceptorBase, grpc.ServerInterceptor):
 
 
 def secure_server(
-    credentials: Credentials | Iterable[Credentials],
+    credentials: Credentials | Iterable[Credentials] | None = None,
     policy: AuthorizationPolicy | None = None,
     *,
     max_workers: int = 32,
