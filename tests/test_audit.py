@@ -24,6 +24,8 @@ import grpc
 import pytest
 from helpers.echo import AdminServicer, EchoServicer
 from helpers.wiretap import Wiretap, flip
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rpcsec
 from rpcsec.grpc import AuthorizationPolicy, AuthorizationRule, SecurityInterceptor, secure_channel
@@ -425,3 +427,55 @@ def test_without_opentelemetry_installed():
     )
     assert result.returncode == 0, result.stderr
     assert "rpcsec.audit" in result.stderr and "impersonation" in result.stderr
+
+
+def test_a_refusal_relayed_from_downstream(x509_setup, serve, capture):
+    setup = x509_setup
+    alice = setup.principal("alice")
+    deny_alice = AuthorizationPolicy(
+        [AuthorizationRule("*", allow={"group:everyone"}, deny={alice})]
+    )
+    storage = serve([SecurityInterceptor(setup.server("storage"), deny_alice)], [EchoServicer()])
+
+    def onward(request):
+        with secure_channel(storage, **setup.channel_options("storage")) as channel:
+            return echo_pb2_grpc.EchoStub(channel).Say(echo_pb2.EchoRequest(text="via front"))
+
+    front = serve([SecurityInterceptor(setup.server("documents"))], [EchoServicer(onward=onward)])
+    with secure_channel(front, setup.client("alice"), **_delegating(setup)) as channel:
+        _refused(
+            lambda: echo_pb2_grpc.EchoStub(channel).Say(echo_pb2.EchoRequest(text="onward")),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+    at_storage, at_front = capture.audit("access-denied")
+    assert at_storage["by"] == "policy" and at_storage["principal"] == alice
+    assert at_storage["delegation_chain"] == [setup.target("documents")]
+    assert at_front["by"] == "downstream" and at_front["method"] == SAY
+    assert at_front["reason"] == "access-denied" and "detail" not in at_front
+
+
+@settings(max_examples=200, deadline=None)
+@given(principal=st.text(max_size=80), detail=st.text(min_size=1, max_size=300))
+def test_hostile_names_cannot_forge_log_lines(principal, detail):
+    # A principal or an error text from the network never splits or forges a record.
+    from rpcsec.security import _audit
+    from rpcsec.sspi import ReplayError
+
+    handler = Capture()
+    logger = logging.getLogger(AUDIT_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        token = rpcsec.AccessToken(principal, "x509")
+        _audit.logon(token, "ipv4:127.0.0.1:1")
+        _audit.refusal(SAY, principal, ReplayError(detail))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    for line in handler.lines:
+        assert "\n" not in line and "\r" not in line
+    logon, refusal = (json.loads(handler._json.format(r)) for r in handler.records)
+    assert logon["principal"] == principal
+    assert refusal["peer"] == principal and refusal["detail"] == detail[:157] + (
+        "..." if len(detail) > 160 else detail[157:]
+    )

@@ -113,7 +113,7 @@ def log_refusal(method: str, context: Any, error: BaseException, reason: str) ->
         peer = "?"
     # Local detail for the operator; the peer only learns ``reason``.
     _LOG.info("refused %s from %s: %s (%s)", method, peer, reason, error)
-    audit.refusal(method, peer, error, handshake=method == NEGOTIATE_METHOD)
+    audit.refusal(method, peer, error, reason, handshake=method == NEGOTIATE_METHOD)
 
 
 def refuse(context: Any, error: SecurityError, method: str) -> NoReturn:

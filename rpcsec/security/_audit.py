@@ -19,6 +19,7 @@ records; when neither, nothing is built or formatted.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import enum
 import json
@@ -26,14 +27,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from rpcsec.sspi import (
-    AccessDeniedError,
-    ContextExpiredError,
-    MessageAlteredError,
-    OutOfSequenceError,
-    ReplayError,
-    SecurityError,
-)
+from rpcsec.sspi import AccessDeniedError, SecurityError
 
 from ._token import AccessToken
 
@@ -137,7 +131,7 @@ def _emit(event: AuditEvent, enabled: bool, span: Any, fields: dict[str, Any]) -
     record.update((k, v) for k, v in fields.items() if v is not None)
     if enabled:
         summary = " ".join(
-            f"{key}={record[key]}"
+            f"{key}={json.dumps(record[key], ensure_ascii=True)}"
             for key in ("principal", "method", "reason", "peer")
             if key in record
         )
@@ -219,40 +213,50 @@ def denied(
     return error
 
 
-_REFUSALS: tuple[tuple[type[SecurityError], AuditEvent], ...] = (
-    (MessageAlteredError, AuditEvent.MESSAGE_ALTERED),
-    (ReplayError, AuditEvent.REPLAY),
-    (OutOfSequenceError, AuditEvent.REPLAY),
-    (ContextExpiredError, AuditEvent.EXPIRED),
-    (AccessDeniedError, AuditEvent.ACCESS_DENIED),
-)
+_BY_REASON: dict[str, AuditEvent] = {
+    "message-altered": AuditEvent.MESSAGE_ALTERED,
+    "replay": AuditEvent.REPLAY,
+    "out-of-sequence": AuditEvent.REPLAY,
+    "expired": AuditEvent.EXPIRED,
+    "access-denied": AuditEvent.ACCESS_DENIED,
+}
 
 
-def refusal(method: str, peer: str | None, error: BaseException, *, handshake: bool) -> None:
+def refusal(
+    method: str,
+    peer: str | None,
+    error: BaseException,
+    reason: str | None = None,
+    *,
+    handshake: bool = False,
+) -> None:
     """A call (or, with ``handshake``, a bind) the server refused: tamper, replay, expiry,
-    denial, or any other reason. A denial already recorded where it was decided (policy,
-    descriptor, or a handshake refusal recorded when it was made) is not recorded twice."""
+    denial, or any other ``reason`` (default: the error's). An error that is not a
+    ``SecurityError`` is a refusal relayed from a service further down (``by="downstream"``).
+    A denial already recorded where it was decided (policy, descriptor, or a handshake refusal
+    recorded when it was made) is not recorded twice."""
     if getattr(error, "_rpcsec_audited", False):
         return
+    local = isinstance(error, SecurityError)
+    if reason is None:
+        reason = error.reason if isinstance(error, SecurityError) else "internal-error"
     if handshake:
         event = AuditEvent.LOGON_FAILED
-        error._rpcsec_audited = True  # type: ignore[attr-defined]
+        with contextlib.suppress(AttributeError):
+            error._rpcsec_audited = True  # type: ignore[attr-defined]
     else:
-        event = AuditEvent.CALL_REFUSED
-        for kind, mapped in _REFUSALS:
-            if isinstance(error, kind):
-                event = mapped
-                break
+        event = _BY_REASON.get(reason, AuditEvent.CALL_REFUSED)
     enabled, span = _wanted(event)
     if enabled or span is not None:
-        reason = error.reason if isinstance(error, SecurityError) else type(error).__name__
         fields: dict[str, Any] = {
             "method": method,
             "peer": peer,
             "reason": reason,
-            "detail": _detail(error),
+            "detail": _detail(error) if local else None,
         }
-        if event is AuditEvent.ACCESS_DENIED:
+        if not local:
+            fields["by"] = "downstream"
+        elif event is AuditEvent.ACCESS_DENIED:
             fields["by"] = "handler"
         _emit(event, enabled, span, fields)
 
