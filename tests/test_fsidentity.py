@@ -338,3 +338,26 @@ def test_no_map_means_no_switch():
     before = _status()
     with rpcsec.impersonate(rpcsec.AccessToken("alice", "x509")):
         assert _status() == before
+
+
+async def test_async_code_reads_as_the_caller_from_a_worker_thread(users, fs_map, x509_setup):
+    # The event loop's thread is shared by every task: never switched. A worker thread is.
+    import asyncio
+
+    service = _status()
+    file_a = users.files["a"]
+
+    def read_as_caller() -> str:
+        with rpcsec.impersonate(rpcsec.current_token()):
+            try:
+                return file_a.read_text()
+            except PermissionError:
+                return "PermissionError"
+
+    for who, expected in (("alice", "only a may read this"), ("bob", "PermissionError")):
+        with rpcsec.impersonate(rpcsec.AccessToken(x509_setup.principal(who), "x509")):
+            assert _status() == service  # the loop thread is still the service
+            assert await asyncio.to_thread(read_as_caller) == expected
+    _every_thread_is_the_service(service)
+    with pytest.raises(FsIdentityError):  # unmapped: refused on the loop thread too
+        rpcsec.impersonate(rpcsec.AccessToken("nobody-mapped", "x509"))
