@@ -55,13 +55,15 @@ def _require_root() -> None:
 
 
 def _status(path: str = "/proc/thread-self/status") -> dict[str, list[int]]:
-    """Uid/Gid lines (real, effective, saved, fs) and Groups of a thread."""
+    """Uid/Gid lines (real, effective, saved, fs), Groups and CapEff of a thread."""
     out: dict[str, list[int]] = {}
     with open(path) as status:
         for line in status:
             key, _, value = line.partition(":")
             if key in ("Uid", "Gid", "Groups"):
                 out[key] = [int(v) for v in value.split()]
+            elif key == "CapEff":  # fs capabilities come back with fsuid 0
+                out[key] = [int(value, 16)]
     return out
 
 
@@ -361,3 +363,27 @@ async def test_async_code_reads_as_the_caller_from_a_worker_thread(users, fs_map
     _every_thread_is_the_service(service)
     with pytest.raises(FsIdentityError):  # unmapped: refused on the loop thread too
         rpcsec.impersonate(rpcsec.AccessToken("nobody-mapped", "x509"))
+
+
+def test_a_forgotten_inner_revert_is_undone_by_the_outer_one(users, fs_map, x509_setup):
+    alice = rpcsec.AccessToken(x509_setup.principal("alice"), "x509")
+    bob = rpcsec.AccessToken(x509_setup.principal("bob"), "x509")
+    service = _status()
+    with rpcsec.impersonate(alice):
+        rpcsec.impersonate(bob)  # never reverted (a handler bug)
+        assert _status()["Uid"][3] == users.uid("b")
+    assert _status() == service
+    with rpcsec.revert_to_self():  # nothing left on this thread's stack
+        assert _status() == service
+
+
+def test_revert_on_another_thread_is_refused_and_can_be_retried(users, fs_map, x509_setup):
+    alice = rpcsec.AccessToken(x509_setup.principal("alice"), "x509")
+    service = _status()
+    scope = rpcsec.impersonate(alice)
+    with futures.ThreadPoolExecutor(max_workers=1) as other:
+        with pytest.raises(RuntimeError):
+            other.submit(scope.revert).result()
+    assert _status()["Uid"][3] == users.uid("a")  # still switched, and still revertible here
+    scope.revert()
+    assert _status() == service

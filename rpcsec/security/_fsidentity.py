@@ -19,6 +19,9 @@ the thread then gets back exactly what it had (the service's identity).
 - An asyncio event-loop thread is shared by every task, so it is never switched (that would
   leak the caller to other tasks); the principal is still checked against the map. Async
   handlers open files as the caller from a worker thread (see docs/audit.md).
+- A thread *created* while impersonating inherits the caller's filesystem identity (Linux
+  copies a thread's credentials to the threads it creates), without the token: create pools
+  before serving, not lazily inside a handler.
 """
 
 from __future__ import annotations
@@ -234,8 +237,8 @@ def _switch(token: AccessToken) -> Callable[[], None] | None:
         if threading.get_ident() != thread:
             raise RuntimeError("a filesystem identity must be reverted on its own thread")
         _restore(creds, saved_uid, saved_gid, saved_groups)
-        if frame in stack:
-            stack.remove(frame)
+        if frame in stack:  # and any inner switch never reverted: overwritten just now
+            del stack[stack.index(frame) :]
 
     return restore
 

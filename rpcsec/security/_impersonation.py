@@ -56,8 +56,8 @@ class ImpersonationScope:
         """Return to whatever identity was current before ``impersonate`` (idempotent)."""
         restore = self._restore
         if restore is not None:
+            restore()  # raises on another thread: kept, so the right thread can still revert
             self._restore = None
-            restore()
         if self._reset is not None:
             _current.reset(self._reset)
             self._reset = None
