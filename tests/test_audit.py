@@ -479,3 +479,41 @@ def test_hostile_names_cannot_forge_log_lines(principal, detail):
     assert refusal["peer"] == principal and refusal["detail"] == detail[:157] + (
         "..." if len(detail) > 160 else detail[157:]
     )
+
+
+async def test_aio_server_records_the_same_events(ntlm_setup, aio_serve, capture):
+    from helpers.echo import AsyncEchoServicer
+
+    from rpcsec.grpc import aio as rpcsec_aio
+
+    setup = ntlm_setup
+    alice, bob = setup.principal("alice"), setup.principal("bob")
+    address = await aio_serve(
+        [rpcsec_aio.SecurityInterceptor(setup.server())], [AsyncEchoServicer(readable_by=alice)]
+    )
+    for who in ("alice", "bob"):
+        async with rpcsec_aio.secure_channel(
+            address, setup.client(who), **setup.channel_options()
+        ) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            if who == "alice":
+                assert (await stub.Say(echo_pb2.EchoRequest(text="check"))).principal == alice
+            else:
+                with pytest.raises(grpc.RpcError) as info:
+                    await stub.Say(echo_pb2.EchoRequest(text="check"))
+                assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    wrong = acquire_credentials_handle(
+        "ntlm", "RPCSEC\\bob", rpcsec.CredentialUse.OUTBOUND, password="Not-Bob-Pa55!"
+    )
+    async with rpcsec_aio.secure_channel(address, wrong, **setup.channel_options()) as channel:
+        with pytest.raises(SecurityError):
+            await echo_pb2_grpc.EchoStub(channel).Say(echo_pb2.EchoRequest(text="hi"))
+    capture.wait_for("logon-failed")
+    assert sorted(r["principal"] for r in capture.audit("logon")) == sorted([alice, bob])
+    assert {r["principal"] for r in capture.audit("impersonation")} == {alice, bob}
+    (denied,) = capture.audit("access-denied")
+    assert denied["by"] == "descriptor" and denied["principal"] == bob
+    assert denied["package"] == "ntlm"
+    (failed,) = capture.audit("logon-failed")
+    assert failed["reason"] == "logon-denied" and failed["peer"].startswith("ipv4:127.0.0.1:")
+    assert "Not-Bob-Pa55!" not in "\n".join(capture.lines)
