@@ -135,11 +135,13 @@ class Traced(grpc.ServerInterceptor):
 
 
 def _delegating(setup) -> dict:
-    return setup.channel_options(
+    options = setup.channel_options(
         impersonation=ImpersonationLevel.DELEGATE,
         requirements=setup.requirements | ContextReq.DELEGATE,
-        package_options={"delegate_to": [setup.target("storage")]},
     )
+    if setup.package == "x509":
+        options["package_options"] = {"delegate_to": [setup.target("storage")]}
+    return options
 
 
 def _refused(call, code) -> None:
@@ -429,8 +431,18 @@ def test_without_opentelemetry_installed():
     assert "rpcsec.audit" in result.stderr and "impersonation" in result.stderr
 
 
-def test_a_refusal_relayed_from_downstream(x509_setup, serve, capture):
-    setup = x509_setup
+@pytest.fixture(params=["x509", pytest.param("kerberos", marks=pytest.mark.kerberos)])
+def delegating_setup(request, tmp_path):
+    from helpers import grpc_setup
+
+    if request.param == "x509":
+        return grpc_setup.x509_setup(tmp_path)
+    return grpc_setup.kerberos_setup(request.getfixturevalue("kerberos_realm"))
+
+
+def test_a_refusal_relayed_from_downstream(delegating_setup, serve, capture):
+    # x509 proxy certificates and kerberos forwarded TGTs: the same records.
+    setup = delegating_setup
     alice = setup.principal("alice")
     deny_alice = AuthorizationPolicy(
         [AuthorizationRule("*", allow={"group:everyone"}, deny={alice})]
@@ -449,7 +461,12 @@ def test_a_refusal_relayed_from_downstream(x509_setup, serve, capture):
         )
     at_storage, at_front = capture.audit("access-denied")
     assert at_storage["by"] == "policy" and at_storage["principal"] == alice
-    assert at_storage["delegation_chain"] == [setup.target("documents")]
+    assert at_storage["package"] == setup.package
+    assert len(at_storage["delegation_chain"]) == 1  # alice, through documents
+    if setup.package == "x509":
+        assert at_storage["delegation_chain"] == [setup.target("documents")]
+    (deleg,) = capture.audit("delegation")
+    assert deleg["principal"] == alice and deleg["target"] == setup.target("storage")
     assert at_front["by"] == "downstream" and at_front["method"] == SAY
     assert at_front["reason"] == "access-denied" and "detail" not in at_front
 

@@ -155,6 +155,15 @@ class Files(EchoServicer):
         for index in range(request.repeat):
             yield echo_pb2.EchoResponse(text=self._read(request.text), index=index)
 
+    def Collect(self, request_iterator, context):
+        self.counter.hit()
+        return echo_pb2.EchoResponse(text="|".join(self._read(r.text) for r in request_iterator))
+
+    def Chat(self, request_iterator, context):
+        self.counter.hit()
+        for index, request in enumerate(request_iterator):
+            yield echo_pb2.EchoResponse(text=self._read(request.text), index=index)
+
 
 def test_sync_server_handler_is_checked_by_the_kernel_as_the_caller(
     users, fs_map, x509_setup, serve
@@ -184,6 +193,12 @@ def test_sync_server_handler_is_checked_by_the_kernel_as_the_caller(
             texts = [r.text for r in stub.Repeat(echo_pb2.EchoRequest(text=file_a, repeat=3))]
             assert texts == [expected] * 3
             assert [s[0] for s in files.seen[-3:]] == [uid] * 3
+            _every_thread_is_the_service(service)
+            # Request streams: one handler (Collect) and one generator per message (Chat).
+            two = [echo_pb2.EchoRequest(text=file_a)] * 2
+            assert stub.Collect(iter(two)).text == f"{expected}|{expected}"
+            assert [r.text for r in stub.Chat(iter(two))] == [expected] * 2
+            assert [s[0] for s in files.seen[-4:]] == [uid] * 4
             _every_thread_is_the_service(service)
     bob_reads_b = secure_channel(address, setup.client("bob"), **setup.channel_options())
     with bob_reads_b as channel:
