@@ -26,11 +26,11 @@ the thread then gets back exactly what it had (the service's identity).
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import os
 import platform
 import pwd
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -202,11 +202,10 @@ class _ThreadCredentials:
 
 
 def _on_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+    # Without importing asyncio (no I/O modules under rpcsec.security): a loop can only be
+    # running on this thread if asyncio was imported.
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and asyncio.events._get_running_loop() is not None
 
 
 def _switch(token: AccessToken) -> Callable[[], None] | None:
