@@ -402,3 +402,42 @@ def test_revert_on_another_thread_is_refused_and_can_be_retried(users, fs_map, x
     assert _status()["Uid"][3] == users.uid("a")  # still switched, and still revertible here
     scope.revert()
     assert _status() == service
+
+
+def test_socket_binding_handlers_are_checked_as_the_caller_too(users, fs_map, x509_setup):
+    # sockauth runs its handler inside ``with impersonate(peer)``: the same kernel check.
+    from rpcsec.sspi import CredentialUse, SecurityError
+    from rpcsec.transports import sockauth
+
+    setup = x509_setup
+    service = _status()
+
+    def handler(conn) -> None:
+        path = conn.recv().decode()
+        try:
+            conn.send(pathlib.Path(path).read_bytes())
+        except PermissionError:
+            conn.send(b"PermissionError")
+
+    server = sockauth.Server(
+        ("127.0.0.1", 0), setup.pki.credentials("storage", CredentialUse.INBOUND), handler
+    )
+    server.start(poll_interval=0.01)
+    try:
+        for who, expected in (("alice", b"only a may read this"), ("bob", b"PermissionError")):
+            with sockauth.connect(
+                server.address, setup.client(who), target_name=setup.target("storage")
+            ) as conn:
+                conn.send(str(users.files["a"]).encode())
+                assert conn.recv() == expected
+        set_fs_identity_map(FsIdentityMap({setup.principal("bob"): users.names["b"]}))
+        with sockauth.connect(
+            server.address, setup.client("alice"), target_name=setup.target("storage")
+        ) as conn:  # alice is unmapped now: her connection is refused, nothing is read
+            conn.send(str(users.files["a"]).encode())
+            with pytest.raises(SecurityError) as info:
+                conn.recv()
+            assert info.value.reason == "access-denied"  # the server's signed refusal
+    finally:
+        server.__exit__(None, None, None)
+    _every_thread_is_the_service(service)
