@@ -141,44 +141,31 @@ class AuthorizationPolicy:
 
     def check(self, method: str, token: AccessToken) -> None:
         """AccessCheck for one call: ``token`` is the caller at this call's protection level."""
+        try:
+            self._decide(method, token)
+        except AccessDeniedError as exc:
+            audit.denied(exc, token, by="policy", method=method)  # the audit record
+            raise
+
+    def _decide(self, method: str, token: AccessToken) -> None:
         rules = self._effective(method)
         if rules.deny and _matches(rules.deny, token):
-            raise audit.denied(
-                AccessDeniedError(f"{token.principal} is denied {method}"),
-                token,
-                by="policy",
-                method=method,
-            )
+            raise AccessDeniedError(f"{token.principal} is denied {method}")
         if token.protection_level < rules.min_protection:
-            raise audit.denied(
-                AccessDeniedError(
-                    f"{method} needs protection level {rules.min_protection.name}, the call has "
-                    f"{token.protection_level.name}"
-                ),
-                token,
-                by="policy",
-                method=method,
+            raise AccessDeniedError(
+                f"{method} needs protection level {rules.min_protection.name}, the call has "
+                f"{token.protection_level.name}"
             )
         if token.impersonation_level < rules.min_impersonation:
-            raise audit.denied(
-                AccessDeniedError(
-                    f"{method} needs impersonation level {rules.min_impersonation.name}, the "
-                    f"caller allowed {token.impersonation_level.name}"
-                ),
-                token,
-                by="policy",
-                method=method,
+            raise AccessDeniedError(
+                f"{method} needs impersonation level {rules.min_impersonation.name}, the "
+                f"caller allowed {token.impersonation_level.name}"
             )
         if rules.allow and _matches(rules.allow, token):
             return
         if self.default is Decision.ALLOW:
             return
-        raise audit.denied(
-            AccessDeniedError(f"{token.principal} is not allowed {method}"),
-            token,
-            by="policy",
-            method=method,
-        )
+        raise AccessDeniedError(f"{token.principal} is not allowed {method}")
 
     def __repr__(self) -> str:
         return f"AuthorizationPolicy({len(self.rules)} rules, default={self.default.name})"
