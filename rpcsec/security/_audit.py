@@ -213,6 +213,11 @@ def denied(
     return error
 
 
+def descriptor_denied(message: str, token: AccessToken, desired: int) -> AccessDeniedError:
+    """The ``AccessDeniedError`` an access check raises, recorded (``by="descriptor"``)."""
+    return denied(AccessDeniedError(message), token, by="descriptor", desired=desired)
+
+
 _BY_REASON: dict[str, AuditEvent] = {
     "message-altered": AuditEvent.MESSAGE_ALTERED,
     "replay": AuditEvent.REPLAY,
