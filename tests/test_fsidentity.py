@@ -311,13 +311,21 @@ def test_nesting_revert_to_self_and_exceptions(users, fs_map, x509_setup):
 
 def test_identify_anonymous_and_root_mappings_are_refused(users, x509_setup):
     alice = x509_setup.principal("alice")
-    set_fs_identity_map(FsIdentityMap({alice: users.names["a"], "root-please": "root"}))
+    wheel = f"rpcsec-r-{secrets.token_hex(3)}"  # an account whose primary group is root's
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "-g", "0", wheel],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    mapping = {alice: users.names["a"], "root-please": "root", "wheel": wheel, "gone": 4000000}
+    set_fs_identity_map(FsIdentityMap(mapping))
     service = _status()
     try:
         for token in (
             rpcsec.AccessToken(alice, "x509", ImpersonationLevel.IDENTIFY),
             rpcsec.AccessToken.anonymous(),
             rpcsec.AccessToken("root-please", "x509"),
+            rpcsec.AccessToken("wheel", "x509"),
+            rpcsec.AccessToken("gone", "x509"),  # a uid with no account
             rpcsec.AccessToken("nobody-mapped", "x509"),
         ):
             with pytest.raises(FsIdentityError) as info:
@@ -327,6 +335,7 @@ def test_identify_anonymous_and_root_mappings_are_refused(users, x509_setup):
             assert _status() == service
     finally:
         set_fs_identity_map(None)
+        subprocess.run(["userdel", wheel], check=False, capture_output=True, timeout=60)
 
 
 def test_a_callable_map_and_uids(users):

@@ -78,7 +78,8 @@ class FsIdentityMap:
     ``FsIdentityMap({"spiffe://demo.rpcsec/user/alice": "alice"})`` (user names or uids), or
     a callable ``token -> name | uid | None``. None / absent: unmapped, refused. Account
     lookups (``pwd``, ``os.getgrouplist``) are cached per account, bounded; ``clear_cache()``
-    after changing accounts. uid 0 is refused: a caller never becomes root.
+    after changing accounts. uid 0 and primary gid 0 are refused, and group 0 is dropped from
+    the supplementary groups: a caller never acts as root.
     """
 
     def __init__(self, mapping: Mapping[str, str | int] | Resolver) -> None:
@@ -125,8 +126,8 @@ def _lookup(account: str | int, principal: str) -> FsIdentity:
         entry = pwd.getpwuid(account) if isinstance(account, int) else pwd.getpwnam(account)
     except (KeyError, OverflowError, ValueError):
         raise FsIdentityError(f"{principal} maps to an account this system does not have") from None
-    if entry.pw_uid == 0:
-        raise FsIdentityError(f"{principal} maps to uid 0: a caller never acts as root")
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise FsIdentityError(f"{principal} maps to uid or gid 0: a caller never acts as root")
     groups = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid) if g != 0)
     return FsIdentity(entry.pw_uid, entry.pw_gid, groups)
 
