@@ -4,8 +4,9 @@ alice calls documents (a real gRPC server), whose handler calls storage as alice
 delegation). bob is denied by a descriptor and by the policy; a rogue client fails to bind; a
 wiretap alters and replays calls; the server's clock passes the context's lifetime. Every event
 kind comes out of ``rpcsec.audit`` once, asserted field by field; the JSON formatter's output
-is parsed back; OpenTelemetry's SDK (in-memory exporter) sees the span attributes; and no log
-line of the whole run holds a key, a password, a handle or token bytes.
+is parsed back; OpenTelemetry's SDK (in-memory exporter) sees the span attributes on the server
+spans of opentelemetry-instrumentation-grpc; and no log line of the whole run holds a key, a
+password, a handle or token bytes.
 """
 
 from __future__ import annotations
@@ -95,7 +96,6 @@ def capture():
 
 @pytest.fixture
 def spans():
-    from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -103,35 +103,10 @@ def spans():
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("rpcsec-test")
-    # The global provider can be set once per process: the tests use their own tracer and
-    # make its spans current, which is all the audit code reads (get_current_span).
-    yield tracer, exporter, trace
+    # The global provider can be set once per process: the tests give theirs to the gRPC
+    # instrumentation, whose server spans are current while rpcsec's behavior runs.
+    yield provider, exporter
     provider.shutdown()
-
-
-class Traced(grpc.ServerInterceptor):
-    """What opentelemetry-instrumentation-grpc does: the handler (here: rpcsec's wrapped
-    behavior) runs inside a current server span named after the method."""
-
-    def __init__(self, tracer, trace) -> None:
-        self._tracer = tracer
-        self._trace = trace
-
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
-        if handler is None or handler.request_streaming or handler.response_streaming:
-            return handler
-        inner = handler.unary_unary
-        tracer = self._tracer
-
-        def unary_unary(request, context):
-            with tracer.start_as_current_span(details.method, kind=self._trace.SpanKind.SERVER):
-                return inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
-        )
 
 
 def _delegating(setup) -> dict:
@@ -152,7 +127,9 @@ def _refused(call, code) -> None:
 
 def test_every_event_kind_from_a_real_scenario(x509_setup, serve, capture, spans, tmp_path):
     setup = x509_setup
-    tracer, exporter, trace = spans
+    from opentelemetry.instrumentation.grpc import server_interceptor
+
+    provider, exporter = spans
     alice, bob = setup.principal("alice"), setup.principal("bob")
     documents_id, storage_id = setup.target("documents"), setup.target("storage")
     clock = Clock()
@@ -173,7 +150,7 @@ def test_every_event_kind_from_a_real_scenario(x509_setup, serve, capture, spans
         setup.server("documents"), policy, max_lifetime=3600.0, idle_timeout=None, clock=clock
     )
     front_address = serve(
-        [Traced(tracer, trace), front],
+        [server_interceptor(tracer_provider=provider), front],
         [EchoServicer(onward=onward, readable_by=alice), AdminServicer()],
     )
 
