@@ -450,3 +450,38 @@ def test_socket_binding_handlers_are_checked_as_the_caller_too(users, fs_map, x5
     finally:
         server.__exit__(None, None, None)
     _every_thread_is_the_service(service)
+
+
+def test_identities_the_user_database_does_not_list(users):
+    # Containers often run with numeric ids only: an FsIdentity is used as given (checked).
+    from rpcsec.security import FsIdentity
+
+    _require_root()
+    uid = 4000000 + secrets.randbelow(100000)
+    path = users.dir / "numeric.txt"
+    path.write_text("numeric owner")
+    os.chown(path, uid, uid)
+    path.chmod(0o600)
+    set_fs_identity_map(
+        FsIdentityMap(
+            {
+                "carol": FsIdentity(uid, uid, (0, uid, uid)),
+                "root": FsIdentity(0, uid, ()),
+                "wheel": FsIdentity(uid, 0, ()),
+                "bad": FsIdentity(uid, -1, ()),
+            }
+        )
+    )
+    service = _status()
+    try:
+        with rpcsec.impersonate(rpcsec.AccessToken("carol", "x509")):
+            assert path.read_text() == "numeric owner"
+            assert _status()["Groups"] == [uid]  # group 0 dropped, duplicates folded
+            with pytest.raises(PermissionError):
+                users.files["a"].read_text()
+        for name in ("root", "wheel", "bad"):
+            with pytest.raises(FsIdentityError):
+                rpcsec.impersonate(rpcsec.AccessToken(name, "x509"))
+        assert _status() == service
+    finally:
+        set_fs_identity_map(None)

@@ -69,31 +69,35 @@ class FsIdentity:
     groups: tuple[int, ...]
 
 
-Resolver = Callable[[AccessToken], "str | int | None"]
+Resolver = Callable[[AccessToken], "str | int | FsIdentity | None"]
 
 
 class FsIdentityMap:
     """Which local account each principal acts as on files.
 
-    ``FsIdentityMap({"spiffe://demo.rpcsec/user/alice": "alice"})`` (user names or uids), or
-    a callable ``token -> name | uid | None``. None / absent: unmapped, refused. Account
+    ``FsIdentityMap({"spiffe://demo.rpcsec/user/alice": "alice"})`` (user names, uids, or an
+    ``FsIdentity`` for accounts the system's user database does not list, as in containers),
+    or a callable ``token -> name | uid | FsIdentity | None``. None / absent: unmapped,
+    refused. Account
     lookups (``pwd``, ``os.getgrouplist``) are cached per account, bounded; ``clear_cache()``
     after changing accounts. uid 0 and primary gid 0 are refused, and group 0 is dropped from
     the supplementary groups: a caller never acts as root.
     """
 
-    def __init__(self, mapping: Mapping[str, str | int] | Resolver) -> None:
+    def __init__(self, mapping: Mapping[str, str | int | FsIdentity] | Resolver) -> None:
         if callable(mapping):
             self._resolve: Resolver = mapping
         elif isinstance(mapping, Mapping):
             table = dict(mapping)
             for key, value in table.items():
-                if not isinstance(key, str) or not isinstance(value, str | int):
-                    raise TypeError("FsIdentityMap maps principal strings to user names or uids")
+                if not isinstance(key, str) or not isinstance(value, str | int | FsIdentity):
+                    raise TypeError(
+                        "FsIdentityMap maps principal strings to user names, uids or FsIdentity"
+                    )
             self._resolve = lambda token: table.get(token.principal)
         else:
             raise TypeError("FsIdentityMap needs a mapping or a callable")
-        self._cache: dict[str | int, FsIdentity] = {}
+        self._cache: dict[str | int, FsIdentity] = {}  # user name or uid -> identity
         self._lock = threading.Lock()
 
     def identity_for(self, token: AccessToken) -> FsIdentity:
@@ -106,6 +110,8 @@ class FsIdentityMap:
         account = self._resolve(token)
         if account is None or isinstance(account, bool):
             raise FsIdentityError(f"{token.principal} has no local account")
+        if isinstance(account, FsIdentity):
+            return _checked(account, token.principal)
         cached = self._cache.get(account)
         if cached is not None:
             return cached
@@ -126,10 +132,20 @@ def _lookup(account: str | int, principal: str) -> FsIdentity:
         entry = pwd.getpwuid(account) if isinstance(account, int) else pwd.getpwnam(account)
     except (KeyError, OverflowError, ValueError):
         raise FsIdentityError(f"{principal} maps to an account this system does not have") from None
-    if entry.pw_uid == 0 or entry.pw_gid == 0:
+    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    return _checked(FsIdentity(entry.pw_uid, entry.pw_gid, groups), principal)
+
+
+def _checked(identity: FsIdentity, principal: str) -> FsIdentity:
+    for value in (identity.uid, identity.gid, *identity.groups):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 0xFFFFFFFF:
+            raise FsIdentityError(f"{principal} maps to an invalid uid or gid")
+    if identity.uid == 0 or identity.gid == 0:
         raise FsIdentityError(f"{principal} maps to uid or gid 0: a caller never acts as root")
-    groups = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid) if g != 0)
-    return FsIdentity(entry.pw_uid, entry.pw_gid, groups)
+    if len(identity.groups) > _MAX_GROUPS:
+        raise FsIdentityError(f"{principal} maps to too many groups")
+    groups = tuple(dict.fromkeys(g for g in identity.groups if g != 0))
+    return identity if groups == identity.groups else FsIdentity(identity.uid, identity.gid, groups)
 
 
 _map: FsIdentityMap | None = None
