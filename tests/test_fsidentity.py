@@ -10,6 +10,7 @@ process has the service's fsuid/fsgid/groups again after each call (read from
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pathlib
 import platform
@@ -485,3 +486,23 @@ def test_identities_the_user_database_does_not_list(users):
         assert _status() == service
     finally:
         set_fs_identity_map(None)
+
+
+def test_a_failing_audit_handler_leaves_the_thread_as_it_was(users, fs_map, x509_setup):
+    class Broken(logging.Filter):
+        def filter(self, record):
+            raise RuntimeError("log filter failed")
+
+    audit = logging.getLogger("rpcsec.audit")
+    broken = Broken()
+    audit.addFilter(broken)
+    audit.setLevel(logging.DEBUG)
+    service = _status()
+    try:
+        with pytest.raises(RuntimeError):
+            rpcsec.impersonate(rpcsec.AccessToken(x509_setup.principal("alice"), "x509"))
+        assert _status() == service
+        assert rpcsec.current_token() is None
+    finally:
+        audit.removeFilter(broken)
+        audit.setLevel(logging.NOTSET)

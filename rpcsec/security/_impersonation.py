@@ -80,9 +80,13 @@ def impersonate(token: AccessToken) -> ImpersonationScope:
         raise TypeError("impersonate() needs an AccessToken")
     switch = _fs_switch
     restore = switch(token) if switch is not None else None  # may refuse: before anything
-    scope = ImpersonationScope(token, _current.set(token), restore)
-    _audit.impersonation(token)
-    return scope
+    try:
+        _audit.impersonation(token)
+    except BaseException:  # a failing log filter must not leave the thread switched
+        if restore is not None:
+            restore()
+        raise
+    return ImpersonationScope(token, _current.set(token), restore)
 
 
 class CallerSteps:
