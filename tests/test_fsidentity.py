@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from concurrent import futures
 
 import echo_pb2
@@ -506,3 +507,49 @@ def test_a_failing_audit_handler_leaves_the_thread_as_it_was(users, fs_map, x509
     finally:
         audit.removeFilter(broken)
         audit.setLevel(logging.NOTSET)
+
+
+class Slow(EchoServicer):
+    """Repeat: the second step blocks (switched to the caller) until the test releases it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.done = threading.Event()
+        self.thread: int | None = None
+
+    def Repeat(self, request, context):
+        yield echo_pb2.EchoResponse(text="first")
+        self.thread = threading.get_native_id()
+        self.started.set()
+        try:
+            self.release.wait(30)
+            text = pathlib.Path(self.path).read_text()
+        finally:
+            self.done.set()
+        yield echo_pb2.EchoResponse(text=text)
+
+
+def test_a_call_cancelled_mid_step_gives_the_thread_back(users, fs_map, x509_setup, serve):
+    setup = x509_setup
+    service = _status()
+    slow = Slow(str(users.files["a"]))
+    address = serve([SecurityInterceptor(setup.server())], [slow])
+    with secure_channel(address, setup.client("alice"), **setup.channel_options()) as channel:
+        responses = echo_pb2_grpc.EchoStub(channel).Repeat(echo_pb2.EchoRequest(text="x"))
+        assert next(responses).text == "first"
+        assert slow.started.wait(10)
+        status_file = f"/proc/self/task/{slow.thread}/status"
+        assert _status(status_file)["Uid"][3] == users.uid("a")  # mid-step: the caller
+        responses.cancel()
+        slow.release.set()
+        assert slow.done.wait(10)
+    # The step ends right after ``done``: wait (bounded) for that thread's identity to return.
+    deadline = time.monotonic() + 10
+    while _status(status_file)["Uid"][3] != 0:
+        assert time.monotonic() < deadline, "the cancelled call's thread kept the caller's fsuid"
+        time.sleep(0.001)
+    assert _status(status_file) == service
+    _every_thread_is_the_service(service)
