@@ -18,6 +18,7 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -553,3 +554,23 @@ def test_a_call_cancelled_mid_step_gives_the_thread_back(users, fs_map, x509_set
         time.sleep(0.001)
     assert _status(status_file) == service
     _every_thread_is_the_service(service)
+
+
+def test_opting_in_without_the_capabilities_is_refused_at_once(users):
+    # In a child process that gave up root: set_fs_identity_map refuses, nothing is switched.
+    _require_root()
+    code = (
+        "import os, rpcsec\n"
+        "from rpcsec.security import FsIdentityMap, set_fs_identity_map, get_fs_identity_map\n"
+        f"os.setgid({users.uid('b')}); os.setgroups([]); os.setuid({users.uid('b')})\n"
+        "try:\n"
+        f"    set_fs_identity_map(FsIdentityMap({{'alice': {users.names['a']!r}}}))\n"
+        "except PermissionError as e:\n"
+        "    assert get_fs_identity_map() is None\n"
+        "    print('refused:', e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "refused: a filesystem identity map needs CAP_SETUID" in result.stdout

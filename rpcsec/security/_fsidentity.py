@@ -78,10 +78,9 @@ class FsIdentityMap:
     ``FsIdentityMap({"spiffe://demo.rpcsec/user/alice": "alice"})`` (user names, uids, or an
     ``FsIdentity`` for accounts the system's user database does not list, as in containers),
     or a callable ``token -> name | uid | FsIdentity | None``. None / absent: unmapped,
-    refused. Account
-    lookups (``pwd``, ``os.getgrouplist``) are cached per account, bounded; ``clear_cache()``
-    after changing accounts. uid 0 and primary gid 0 are refused, and group 0 is dropped from
-    the supplementary groups: a caller never acts as root.
+    refused. Account lookups (``pwd``, ``os.getgrouplist``) are cached per account, bounded;
+    ``clear_cache()`` after changing accounts. uid 0 and primary gid 0 are refused, and group
+    0 is dropped from the supplementary groups: a caller never acts as root.
     """
 
     def __init__(self, mapping: Mapping[str, str | int | FsIdentity] | Resolver) -> None:
@@ -159,6 +158,7 @@ def set_fs_identity_map(mapping: FsIdentityMap | None) -> None:
         if not isinstance(mapping, FsIdentityMap):
             raise TypeError("set_fs_identity_map needs an FsIdentityMap")
         _ThreadCredentials.get()  # fail now, not on the first call, where this cannot work
+        _require_capabilities()
     _map = mapping
     from . import _impersonation
 
@@ -167,6 +167,24 @@ def set_fs_identity_map(mapping: FsIdentityMap | None) -> None:
 
 def get_fs_identity_map() -> FsIdentityMap | None:
     return _map
+
+
+_CAP_SETGID, _CAP_SETUID = 6, 7
+
+
+def _require_capabilities() -> None:
+    """CAP_SETUID and CAP_SETGID in this thread's effective set, or ``PermissionError``:
+    without them every switch would fail (closed), so opting in is refused at once."""
+    with open("/proc/thread-self/status") as status:
+        effective = next(
+            (int(line.split()[1], 16) for line in status if line.startswith("CapEff:")), 0
+        )
+    needed = (1 << _CAP_SETUID) | (1 << _CAP_SETGID)
+    if effective & needed != needed:
+        raise PermissionError(
+            "a filesystem identity map needs CAP_SETUID and CAP_SETGID (run the service as "
+            "root, or grant them)"
+        )
 
 
 class _ThreadCredentials:
@@ -183,10 +201,10 @@ class _ThreadCredentials:
         libc = ctypes.CDLL(None, use_errno=True)
         self._setfsuid = libc.setfsuid
         self._setfsuid.argtypes = [ctypes.c_uint32]
-        self._setfsuid.restype = ctypes.c_int
+        self._setfsuid.restype = ctypes.c_uint32  # the previous fsuid, as a uid_t
         self._setfsgid = libc.setfsgid
         self._setfsgid.argtypes = [ctypes.c_uint32]
-        self._setfsgid.restype = ctypes.c_int
+        self._setfsgid.restype = ctypes.c_uint32
         self._syscall = libc.syscall
         self._syscall.restype = ctypes.c_long
         self._sys_setgroups = number
