@@ -562,3 +562,57 @@ def test_the_secrets_scan_finds_a_leak(x509_setup):
     handler.emit(logging.LogRecord("x", logging.INFO, __file__, 1, "%s", (key[40:120],), None))
     with pytest.raises(AssertionError):
         _assert_no_secrets(handler, x509_setup, [])
+
+
+def test_socket_and_http_bindings_record_logons_too(x509_setup, capture, tmp_path):
+    from helpers.pki import make_authority
+
+    from rpcsec.sspi import CredentialUse
+    from rpcsec.transports import httpauth, sockauth
+
+    setup = x509_setup
+    alice = setup.principal("alice")
+    rogue = make_authority(tmp_path / "rogue", trust_domain="rogue.test")
+    impostor = acquire_credentials_handle(
+        "x509", None, authority_dir=str(rogue.path), name="alice", trust=str(setup.pki.trust_bundle)
+    )
+    storage = setup.pki.credentials("storage", CredentialUse.INBOUND)
+    target = setup.target("storage")
+
+    def echo(conn) -> None:
+        conn.send(conn.recv())
+
+    server = sockauth.Server(("127.0.0.1", 0), storage, echo)
+    server.start(poll_interval=0.01)
+    try:
+        with sockauth.connect(server.address, setup.client(), target_name=target) as conn:
+            conn.send(b"hi")
+            assert conn.recv() == b"hi"
+        with pytest.raises(SecurityError):
+            sockauth.connect(server.address, impostor, target_name=target).close()
+        capture.wait_for("logon-failed")
+    finally:
+        server.__exit__(None, None, None)
+    (logon,) = capture.audit("logon")
+    assert logon["principal"] == alice and logon["peer"] == "127.0.0.1"
+    (failed,) = capture.audit("logon-failed")
+    assert failed["method"] == "sockauth" and failed["reason"] == "untrusted-root"
+
+    class Hello(httpauth.AuthHTTPRequestHandler):
+        def handle_authenticated(self, request):
+            return httpauth.Response(200, b"hello")
+
+    web = httpauth.AuthHTTPServer(("127.0.0.1", 0), Hello, storage)
+    web.start(poll_interval=0.01)
+    try:
+        assert httpauth.http_get(web.url + "/", setup.client(), target_name=target).status == 200
+        with pytest.raises(SecurityError):
+            httpauth.http_get(web.url + "/", impostor, target_name=target)
+    finally:
+        web.__exit__(None, None, None)
+    logons = capture.audit("logon")
+    assert len(logons) == 2 and logons[1]["principal"] == alice
+    failures = capture.audit("logon-failed")
+    assert len(failures) == 2 and failures[1]["method"] == "httpauth"
+    assert failures[1]["reason"] == "untrusted-root"
+    assert failures[1]["peer"] == "127.0.0.1"
