@@ -616,3 +616,18 @@ def test_socket_and_http_bindings_record_logons_too(x509_setup, capture, tmp_pat
     assert len(failures) == 2 and failures[1]["method"] == "httpauth"
     assert failures[1]["reason"] == "untrusted-root"
     assert failures[1]["peer"] == "127.0.0.1"
+
+
+def test_an_unconfigured_application_gets_no_stderr_flood():
+    # Python's last-resort handler would print every WARNING to stderr; the audit logger is a
+    # library logger with a NullHandler, so only a configured application sees records.
+    code = (
+        "import rpcsec\n"
+        "from rpcsec.security import _audit\n"
+        "from rpcsec.sspi import ReplayError\n"
+        "for _ in range(3): _audit.refusal('/x/Y', 'ipv4:1.2.3.4:5', ReplayError())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr

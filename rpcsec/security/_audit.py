@@ -46,6 +46,9 @@ __all__ = [
 
 AUDIT_LOGGER = "rpcsec.audit"
 _LOG = logging.getLogger(AUDIT_LOGGER)
+# A library's logger: nothing reaches stderr through logging's last-resort handler unless the
+# application configures logging (a refusal flood must not become a stderr flood).
+_LOG.addHandler(logging.NullHandler())
 _DETAIL_MAX = 160
 
 FIELDS = (
