@@ -29,6 +29,8 @@ import echo_pb2_grpc
 import grpc
 import pytest
 from helpers.echo import EchoServicer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rpcsec
 from rpcsec.grpc import SecurityInterceptor, reason_of, secure_channel
@@ -574,3 +576,25 @@ def test_opting_in_without_the_capabilities_is_refused_at_once(users):
     )
     assert result.returncode == 0, result.stderr
     assert "refused: a filesystem identity map needs CAP_SETUID" in result.stdout
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    uid=st.integers(min_value=-(2**40), max_value=2**40),
+    gid=st.integers(min_value=-(2**40), max_value=2**40),
+    groups=st.lists(st.integers(min_value=-5, max_value=2**33), max_size=8),
+)
+def test_any_explicit_identity_is_checked_or_refused(uid, gid, groups):
+    # No root needed: the check runs before any syscall, and never yields root or a bad id.
+    from rpcsec.security import FsIdentity
+
+    mapping = FsIdentityMap(lambda token: FsIdentity(uid, gid, tuple(groups)))
+    token = rpcsec.AccessToken("anyone", "x509")
+    try:
+        identity = mapping.identity_for(token)
+    except FsIdentityError as exc:
+        assert exc.reason == "access-denied"
+        return
+    assert 0 < identity.uid < 2**32 - 1 and 0 < identity.gid < 2**32 - 1
+    assert all(0 < g < 2**32 - 1 for g in identity.groups)
+    assert len(set(identity.groups)) == len(identity.groups)
