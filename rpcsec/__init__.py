@@ -9,6 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from rpcsec._settings import (
+    SecuritySettings,
+    current_security_settings,
+    effective_settings,
+    initialize_security,
+    uninitialize_security,
+)
 from rpcsec.security import *  # noqa: F403
 from rpcsec.security import __all__ as _security_all
 from rpcsec.sspi import *  # noqa: F403
@@ -16,7 +23,16 @@ from rpcsec.sspi import __all__ as _sspi_all
 
 __version__ = "0.1.0"
 
-__all__ = [*_sspi_all, *_security_all, "__version__"]
+__all__ = [
+    *_sspi_all,
+    *_security_all,
+    "SecuritySettings",
+    "__version__",
+    "current_security_settings",
+    "effective_settings",
+    "initialize_security",
+    "uninitialize_security",
+]
 # ``rpcsec.grpc`` and ``rpcsec.transports`` load lazily through __getattr__ below.
 
 

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rpcsec._settings import effective_settings
+from rpcsec.security import _audit as audit
 from rpcsec.security import current_token
 from rpcsec.sspi import (
     ClientContext,
@@ -108,13 +110,15 @@ class ChannelSecurity:
         *,
         target_name: str | None,
         requirements: ContextReq | None,
-        impersonation: ImpersonationLevel,
-        protection: ProtectionLevel,
+        impersonation: ImpersonationLevel | None,
+        protection: ProtectionLevel | None,
         package_options: dict[str, Any] | None,
         lifetime: float | None = None,
         replay_window: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        settings = effective_settings(protection=protection, impersonation=impersonation)
+        protection, impersonation = settings.protection, settings.impersonation
         if not isinstance(protection, ProtectionLevel) or protection not in LEVEL_BYTES:
             raise ValueError("protection must be ProtectionLevel.INTEGRITY or PRIVACY")
         if not isinstance(impersonation, ImpersonationLevel):
@@ -152,6 +156,7 @@ class ChannelSecurity:
         self._generations = itertools.count(1)
 
     def negotiation(self) -> ClientNegotiation:
+        audit.delegation(self.owner, self.target_name)
         context = ClientContext(
             self.credentials,
             self.target_name,

@@ -731,8 +731,8 @@ def secure_channel(
     *,
     target_name: str | None = None,
     requirements: ContextReq | None = None,
-    impersonation: ImpersonationLevel = ImpersonationLevel.IMPERSONATE,
-    protection: ProtectionLevel = ProtectionLevel.INTEGRITY,
+    impersonation: ImpersonationLevel | None = None,
+    protection: ProtectionLevel | None = None,
     options: Sequence[tuple[str, Any]] | None = None,
     package_options: dict[str, Any] | None = None,
     channel_credentials: grpc.ChannelCredentials | None = None,
@@ -750,7 +750,8 @@ def secure_channel(
     ``InsufficientAttributesError`` before anything of the application is sent (NTLM, which
     cannot prove the server, needs ``requirements`` without MUTUAL_AUTH). ``impersonation`` is
     the most the server may do as you; DELEGATE also requests delegation. ``protection`` is
-    every call's level: INTEGRITY (signed) or PRIVACY (sealed). ``package_options`` go to the
+    every call's level: INTEGRITY (signed) or PRIVACY (sealed). Omitted, both come from
+    ``rpcsec.initialize_security()``, else IMPERSONATE and INTEGRITY. ``package_options`` go to the
     ClientContext (e.g. x509 ``delegate_to``). ``target`` may be an existing ``grpc.Channel``
     (it is then owned by the secure channel); otherwise ``options`` and
     ``channel_credentials`` (transport TLS, optional: rpcsec protects messages either way) make

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 
+from rpcsec._settings import effective_settings
 from rpcsec.security import AccessToken, current_token
 from rpcsec.sspi import (
     Credentials,
@@ -67,10 +68,10 @@ def resolve_credentials(
         if not isinstance(delegated, Credentials):
             raise TypeError("the token's delegated_credentials are not a Credentials handle")
         return delegated, token
-    default = _default
+    default = _default if _default is not None else effective_settings().outbound_credentials()
     if default is None:
         raise NoCredentialsError(
-            "no credentials given, none set with rpcsec.grpc.set_default_credentials(), and "
-            "not impersonating a caller"
+            "no credentials given, none set with rpcsec.grpc.set_default_credentials() or "
+            "rpcsec.initialize_security(), and not impersonating a caller"
         )
     return default, None

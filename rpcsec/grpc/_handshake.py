@@ -94,7 +94,9 @@ class ServerNegotiation:
         credentials: Mapping[str, Credentials],
         new_context: Callable[[Credentials], ServerContext],
         register: Callable[[ServerContext], bytes],
+        on_refuse: Callable[[SecurityError], None] | None = None,
     ) -> None:
+        self._on_refuse = on_refuse
         self._credentials = credentials
         self._new_context = new_context
         self._register = register
@@ -123,6 +125,8 @@ class ServerNegotiation:
         """The error reply for ``error``; it is kept in ``error`` for the log and the status."""
         self.error = error
         self.abandon()
+        if self._on_refuse is not None:
+            self._on_refuse(error)  # the audit record, before the peer can hang up
         return _error(error.reason)
 
     def _receive(

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rpcsec.security import EVERYONE, AccessToken, matches_trustees
+from rpcsec.security import _audit as audit
 from rpcsec.sspi import AccessDeniedError, ImpersonationLevel, ProtectionLevel
 
 __all__ = ["AuthorizationPolicy", "AuthorizationRule", "Decision"]
@@ -137,6 +138,13 @@ class AuthorizationPolicy:
 
     def check(self, method: str, token: AccessToken) -> None:
         """AccessCheck for one call: ``token`` is the caller at this call's protection level."""
+        try:
+            self._decide(method, token)
+        except AccessDeniedError as exc:
+            audit.denied(exc, token, by="policy", method=method)  # the audit record
+            raise
+
+    def _decide(self, method: str, token: AccessToken) -> None:
         rules = self._effective(method)
         if rules.deny and _matches(rules.deny, token):
             raise AccessDeniedError(f"{token.principal} is denied {method}")

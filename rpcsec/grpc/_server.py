@@ -15,7 +15,6 @@ handlers (an aio server runs those in its thread pool with a synchronous context
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 import time
@@ -25,7 +24,9 @@ from typing import Any, NoReturn
 
 import grpc
 
-from rpcsec.security import impersonate
+from rpcsec._settings import effective_settings
+from rpcsec.security import CallerSteps, impersonate
+from rpcsec.security import _audit as audit
 from rpcsec.sspi import (
     DEFAULT_WINDOW,
     BusyError,
@@ -112,6 +113,7 @@ def log_refusal(method: str, context: Any, error: BaseException, reason: str) ->
         peer = "?"
     # Local detail for the operator; the peer only learns ``reason``.
     _LOG.info("refused %s from %s: %s (%s)", method, peer, reason, error)
+    audit.refusal(method, peer, error, reason, handshake=method == NEGOTIATE_METHOD)
 
 
 def refuse(context: Any, error: SecurityError, method: str) -> NoReturn:
@@ -208,8 +210,7 @@ def sync_handler(
                 outbound = call.outbound()
                 # The handler's generator runs step by step; each step runs in a context that
                 # holds the caller's token, so nothing leaks into the server's thread.
-                run = contextvars.copy_context()
-                run.run(impersonate, call.token)
+                run = CallerSteps(call.token)
                 responses = run.run(lambda: iter(app_us(message, context)))
                 while True:
                     try:
@@ -258,8 +259,7 @@ def sync_handler(
             inbound = call.inbound()
             outbound = call.outbound()
             requests = verified_requests(request_iterator, inbound, method)
-            run = contextvars.copy_context()
-            run.run(impersonate, call.token)
+            run = CallerSteps(call.token)
             responses = run.run(lambda: iter(app_ss(requests, context)))
             while True:
                 try:
@@ -388,7 +388,7 @@ class InterceptorBase:
 
     def __init__(
         self,
-        credentials: Credentials | Iterable[Credentials],
+        credentials: Credentials | Iterable[Credentials] | None = None,
         policy: AuthorizationPolicy | None = None,
         *,
         required: ContextReq = ContextReq.INTEGRITY | ContextReq.REPLAY_DETECT,
@@ -402,9 +402,10 @@ class InterceptorBase:
         package_options: Mapping[str, Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        settings = effective_settings(credentials=credentials, policy=policy)
         self.security = build_security(
-            credentials,
-            policy,
+            credentials if credentials is not None else settings.inbound_credentials(),
+            settings.server_policy(),
             required=required,
             max_contexts=max_contexts,
             idle_timeout=idle_timeout,
@@ -482,7 +483,7 @@ class SecurityInterceptor(InterceptorBase, grpc.ServerInterceptor):
 
 
 def secure_server(
-    credentials: Credentials | Iterable[Credentials],
+    credentials: Credentials | Iterable[Credentials] | None = None,
     policy: AuthorizationPolicy | None = None,
     *,
     max_workers: int = 32,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from rpcsec.security import AccessToken
+from rpcsec.security import _audit as audit
 from rpcsec.sspi import (
     DEFAULT_WINDOW,
     ContextReq,
@@ -36,6 +37,7 @@ from ._wire import (
     CONTEXT_KEY,
     END_MARKER_KIND,
     HANDLE_SIZE,
+    NEGOTIATE_METHOD,
     REQUEST,
     RESPONSE,
     SEALED_KIND,
@@ -138,8 +140,16 @@ class ServerSecurity:
 
     def negotiation(self, peer: str) -> ServerNegotiation:
         return ServerNegotiation(
-            self.credentials, self._new_context, lambda context: self.table.add(context, peer)
+            self.credentials,
+            self._new_context,
+            lambda context: self._register(context, peer),
+            lambda error: audit.refusal(NEGOTIATE_METHOD, peer, error, handshake=True),
         )
+
+    def _register(self, context: ServerContext, peer: str) -> bytes:
+        handle = self.table.add(context, peer)
+        audit.logon(context.peer, peer)
+        return handle
 
     def _new_context(self, credentials: Credentials) -> ServerContext:
         kwargs: dict[str, Any] = {"replay_window": self._replay_window, "clock": self.clock}

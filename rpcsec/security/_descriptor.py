@@ -12,9 +12,10 @@ import enum
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from rpcsec.sspi._errors import AccessDeniedError, NoImpersonationError
+from rpcsec.sspi._errors import NoImpersonationError
 from rpcsec.sspi._flags import ImpersonationLevel
 
+from ._audit import descriptor_denied
 from ._impersonation import current_token
 from ._token import ANONYMOUS_PRINCIPAL, AccessToken
 
@@ -141,7 +142,7 @@ def access_check(
             "used for access checks"
         )
     if token.expired():
-        raise AccessDeniedError(f"token of {token.principal} has expired")
+        raise descriptor_denied(f"token of {token.principal} has expired", token, desired)
     remaining = desired
     granted = 0
     for ace in descriptor.aces:
@@ -149,10 +150,10 @@ def access_check(
             continue
         if ace.type is AceType.DENY:
             if ace.mask & desired:
-                raise AccessDeniedError(f"{token.principal} is denied this access")
+                raise descriptor_denied(f"{token.principal} is denied this access", token, desired)
         else:
             granted |= ace.mask & remaining
             remaining &= ~ace.mask
             if not remaining:
                 return granted
-    raise AccessDeniedError(f"{token.principal} is not granted this access")
+    raise descriptor_denied(f"{token.principal} is not granted this access", token, desired)

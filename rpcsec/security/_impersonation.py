@@ -3,17 +3,29 @@
 A context variable follows the logical flow of control: each thread and each asyncio task
 sees its own value, and a task inherits the value current when it was created. That is the
 Python equivalent of a thread's impersonation token.
+
+With an ``FsIdentityMap`` installed (``set_fs_identity_map``), impersonating also switches the
+OS thread's filesystem identity (``_fsidentity``); without one, ``_fs_switch`` is None and
+costs one check. Every impersonation is an audit event (``_audit``).
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
+from . import _audit
 from ._token import AccessToken
 
-__all__ = ["ImpersonationScope", "current_token", "impersonate", "revert_to_self"]
+__all__ = ["CallerSteps", "ImpersonationScope", "current_token", "impersonate", "revert_to_self"]
+
+_T = TypeVar("_T")
+
+# Set by ``set_fs_identity_map``: switches this thread's filesystem identity to a token's and
+# returns what restores it (or None when it did not switch); raises to refuse the token.
+_fs_switch: Callable[[AccessToken], Callable[[], None] | None] | None = None
 
 _current: contextvars.ContextVar[AccessToken | None] = contextvars.ContextVar(
     "rpcsec_impersonation", default=None
@@ -28,14 +40,24 @@ def current_token() -> AccessToken | None:
 class ImpersonationScope:
     """The handle ``impersonate`` returns: ``revert()`` ends it (RevertSecurityContext)."""
 
-    __slots__ = ("_reset", "token")
+    __slots__ = ("_reset", "_restore", "token")
 
-    def __init__(self, token: AccessToken, reset: contextvars.Token[AccessToken | None]):
+    def __init__(
+        self,
+        token: AccessToken,
+        reset: contextvars.Token[AccessToken | None],
+        restore: Callable[[], None] | None = None,
+    ):
         self.token = token
         self._reset: contextvars.Token[AccessToken | None] | None = reset
+        self._restore = restore
 
     def revert(self) -> None:
         """Return to whatever identity was current before ``impersonate`` (idempotent)."""
+        restore = self._restore
+        if restore is not None:
+            restore()  # raises on another thread: kept, so the right thread can still revert
+            self._restore = None
         if self._reset is not None:
             _current.reset(self._reset)
             self._reset = None
@@ -56,14 +78,62 @@ def impersonate(token: AccessToken) -> ImpersonationScope:
     """
     if not isinstance(token, AccessToken):
         raise TypeError("impersonate() needs an AccessToken")
-    return ImpersonationScope(token, _current.set(token))
+    switch = _fs_switch
+    restore = switch(token) if switch is not None else None  # may refuse: before anything
+    try:
+        _audit.impersonation(token)
+    except BaseException:  # a failing log filter must not leave the thread switched
+        if restore is not None:
+            restore()
+        raise
+    return ImpersonationScope(token, _current.set(token), restore)
+
+
+class CallerSteps:
+    """Run a handler's generator step by step as the caller (one impersonation, many steps).
+
+    Each step runs in one context that holds ``token`` (so ``current_token()`` is the caller in
+    every step), and, with an ``FsIdentityMap``, on a thread switched to the caller's
+    filesystem identity for that step only: a generator resumed on another thread (an aio
+    server's pool) is the caller there too, and no thread keeps the identity between steps.
+    """
+
+    __slots__ = ("_context", "token")
+
+    def __init__(self, token: AccessToken) -> None:
+        if not isinstance(token, AccessToken):
+            raise TypeError("CallerSteps needs an AccessToken")
+        self.token = token
+        self._context = contextvars.copy_context()
+        self._context.run(_current.set, token)
+        _audit.impersonation(token)
+
+    def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` as the caller, in this call's context, on the current thread."""
+        if _fs_switch is None:
+            return self._context.run(fn, *args)
+        return self._context.run(_as_caller, self.token, fn, args)
+
+
+def _as_caller(token: AccessToken, fn: Callable[..., _T], args: tuple[Any, ...]) -> _T:
+    switch = _fs_switch
+    restore = switch(token) if switch is not None else None
+    try:
+        return fn(*args)
+    finally:
+        if restore is not None:
+            restore()
 
 
 @contextmanager
 def revert_to_self() -> Iterator[None]:
-    """Temporarily run as the process itself inside an impersonation scope (RevertToSelf)."""
+    """Temporarily run as the process itself inside an impersonation scope (RevertToSelf).
+    The thread's filesystem identity is the process's for the block as well."""
+    from ._fsidentity import as_self
+
     reset = _current.set(None)
     try:
-        yield
+        with as_self():
+            yield
     finally:
         _current.reset(reset)

@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rpcsec.security import AccessToken, impersonate
+from rpcsec.security import _audit as audit
 from rpcsec.sspi import (
     AccessDeniedError,
     BusyError,
@@ -194,11 +195,13 @@ class AuthHTTPRequestHandler(http.server.BaseHTTPRequestHandler):
                     outcome.error.reason,
                     outcome.error,
                 )
+                audit.refusal("httpauth", self.client_address[0], outcome.error, handshake=True)
             message = b"bad request\n" if outcome.status == 400 else b"authentication required\n"
             self._plain(outcome.status, message, headers=outcome.headers)
             return
         context = outcome.context
         assert context is not None
+        audit.logon(context.peer, self.client_address[0])
         try:
             self._serve(context, body, outcome.headers, standard=outcome.standard)
         finally:

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from rpcsec.security import AccessToken, impersonate
+from rpcsec.security import _audit as audit
 from rpcsec.sspi import (
     ContextReq,
     ContextState,
@@ -513,10 +514,12 @@ class Server(BoundedConnections, socketserver.ThreadingTCPServer):
             )
         except SecurityError as exc:
             log.info("sockauth: handshake with %s failed (%s): %s", client_address, exc.reason, exc)
+            audit.refusal("sockauth", str(client_address[0]), exc, handshake=True)
             return
         except OSError as exc:
             log.info("sockauth: handshake with %s broke off: %s", client_address, exc)
             return
+        audit.logon(conn.peer, str(client_address[0]))
         try:
             with impersonate(conn.peer):
                 self.handler(conn)
@@ -524,6 +527,7 @@ class Server(BoundedConnections, socketserver.ThreadingTCPServer):
             pass
         except SecurityError as exc:
             log.info("sockauth: connection from %s failed (%s): %s", conn.peer, exc.reason, exc)
+            audit.refusal("sockauth", str(client_address[0]), exc)
             conn.abort(exc)
         except OSError as exc:
             log.info("sockauth: connection from %s broke off: %s", conn.peer, exc)

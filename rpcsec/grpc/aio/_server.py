@@ -360,7 +360,7 @@ class SecurityInterceptor(InterceptorBase, grpc.aio.ServerInterceptor):
 
 
 def secure_server(
-    credentials: Credentials | Iterable[Credentials],
+    credentials: Credentials | Iterable[Credentials] | None = None,
     policy: AuthorizationPolicy | None = None,
     *,
     options: Iterable[tuple[str, Any]] | None = None,
