@@ -63,6 +63,13 @@ from rpcsec.packages.kerberos._records import (
     decode_frame,
     encode_frame,
 )
+from rpcsec.packages.kerberos._tokens import (
+    AP_REP,
+    AP_REQ,
+    KRB_ERROR,
+    check_any_mic_token,
+    check_initial_token,
+)
 
 # The ntlm package owns the NTLM user file and the guarded NTLM_USER_FILE swap pyspnego's
 # acceptor needs; negotiate reuses both rather than keeping a second copy.
@@ -247,14 +254,20 @@ class _SpnegoHooks:
     """Every use of pyspnego internals, in one place (see the module docstring)."""
 
     @staticmethod
-    def offered_mechs(token: bytes) -> list[str]:
-        """The mechanism OIDs of a client's NegTokenInit, in its order of preference."""
-        from spnego._spnego import NegTokenInit, unpack_token
+    def parse(token: bytes, *, initial: bool) -> Any:
+        """The peer's SPNEGO token through pyspnego's pure-Python ASN.1 parser: a NegTokenInit
+        (``initial``) or a NegTokenResp, else ``InvalidTokenError``. Nothing native runs."""
+        from spnego._spnego import NegTokenInit, NegTokenResp, unpack_token
 
-        parsed = unpack_token(token)
-        if not isinstance(parsed, NegTokenInit) or not parsed.mech_types:
+        try:
+            parsed = unpack_token(bytes(token))
+        except Exception as exc:
+            raise InvalidTokenError("negotiate token is not well-formed SPNEGO") from exc
+        if initial and not (isinstance(parsed, NegTokenInit) and parsed.mech_types):
             raise InvalidTokenError("the first negotiate token is not a SPNEGO NegTokenInit")
-        return [str(oid) for oid in parsed.mech_types]
+        if not initial and not isinstance(parsed, NegTokenResp):
+            raise InvalidTokenError("negotiate token is not a SPNEGO NegTokenResp")
+        return parsed
 
     @staticmethod
     def without_optimistic_token(token: bytes) -> bytes:
@@ -349,6 +362,19 @@ def _is_kerberos_oid(oid: str) -> bool:
     return oid in (_KERBEROS.value, "1.2.840.48018.1.2.2")
 
 
+def _check_kerberos_parts(parsed: Any, inner: bytes | None, *ids: bytes) -> None:
+    """Before pyspnego hands them to MIT: the Kerberos token inside a SPNEGO token (``inner``,
+    an AP-REQ or AP-REP / KRB-ERROR by ``ids``) and its mechListMIC (RFC 4121 MIC)."""
+    if inner:
+        check_initial_token(inner, *ids)
+    mic = getattr(parsed, "mech_list_mic", None)
+    if mic:
+        try:
+            check_any_mic_token(mic)
+        except MessageAlteredError as exc:
+            raise InvalidTokenError(f"negotiate mechListMIC: {exc}") from None
+
+
 # -- client ---------------------------------------------------------------------
 
 
@@ -392,6 +418,7 @@ class _NegotiateClient(Mechanism):
         self._kerberos: Any = None
         self._leg = _Leg.START
         self._legs = 0
+        self._mech = ""  # the mechanism the server chose (NegTokenResp supportedMech)
 
     def step(self, token: bytes | None) -> bytes | None:
         self._legs += 1
@@ -410,6 +437,11 @@ class _NegotiateClient(Mechanism):
         frame = decode_frame(MAGIC, token, LEG_SERVER)
         out = b""
         if frame.first:
+            parsed = _SpnegoHooks.parse(frame.first, initial=False)
+            if parsed.supported_mech:
+                self._mech = str(parsed.supported_mech)
+            if _is_kerberos_oid(self._mech):
+                _check_kerberos_parts(parsed, parsed.response_token, AP_REP, KRB_ERROR)
             if self._spnego.complete:
                 raise InvalidTokenError("negotiate server sent a token after completion")
             out = self._native(lambda: self._spnego.step(frame.first)) or b""
@@ -539,6 +571,7 @@ class _NegotiateServer(Mechanism):
         self._offer: OfferRecord | None = None
         self._legs = 0
         self._done = False
+        self._kerberos_chosen = False
 
     def _environment(self) -> Any:
         ntlm = self._credentials.ntlm_server
@@ -560,6 +593,9 @@ class _NegotiateServer(Mechanism):
         else:
             frame = decode_frame(MAGIC, token, LEG_CLIENT)
             first = frame.first
+            parsed = _SpnegoHooks.parse(first, initial=False)
+            if self._kerberos_chosen:
+                _check_kerberos_parts(parsed, parsed.response_token, AP_REQ)
         out = self._native(lambda: self._spnego.step(first), first)
         if not self._spnego.complete:
             if not out:
@@ -587,12 +623,8 @@ class _NegotiateServer(Mechanism):
 
     def _start(self, token: bytes) -> bytes:
         """Prepare the acceptor for the mechanisms the client offered, best first."""
-        try:
-            offered = _SpnegoHooks.offered_mechs(token)
-        except SecurityError:
-            raise
-        except Exception as exc:
-            raise InvalidTokenError("the first negotiate token is not SPNEGO") from exc
+        parsed = _SpnegoHooks.parse(token, initial=True)
+        offered = [str(oid) for oid in parsed.mech_types]
         assert self._offer is not None
         bindings = GssChannelBindings(
             application_data=bindings_data(BINDINGS_LABEL, self._record, self._external)
@@ -615,12 +647,16 @@ class _NegotiateServer(Mechanism):
                     contexts[_NTLM] = spnego.server(protocol="ntlm", **common)
         if not contexts:
             raise NoCredentialsError("negotiate: no mechanism the client offers can be accepted")
+        self._kerberos_chosen = next(iter(contexts)) == _KERBEROS
         if next(iter(contexts)).value != offered[0] and not (
             _is_kerberos_oid(offered[0]) and _KERBEROS in contexts
         ):
             # The client's optimistic token is for a mechanism we cannot accept: drop it and
             # let SPNEGO tell the client which one we chose (RFC 4178 §3.2).
             token = _SpnegoHooks.without_optimistic_token(token)
+        elif _is_kerberos_oid(offered[0]) and _KERBEROS in contexts:
+            # The optimistic token goes to MIT's acceptor: it must be a well-formed AP-REQ.
+            _check_kerberos_parts(parsed, parsed.mech_token, AP_REQ)
         with self._environment():
             self._spnego = _SpnegoHooks.negotiate("accept", contexts, **common)
         return token

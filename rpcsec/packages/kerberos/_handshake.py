@@ -50,6 +50,7 @@ from ._names import display, service_name
 from ._native import KRB5_MECH, gss
 from ._protector import GssProtector, session_key
 from ._records import MAX_CHAIN, OfferRecord, bindings_data, decode_frame, encode_frame
+from ._tokens import AP_REP, AP_REQ, KRB_ERROR, check_initial_token
 
 if TYPE_CHECKING:
     from rpcsec.sspi._package import SecurityPackage
@@ -172,6 +173,8 @@ class KerberosClient(Mechanism):
 
     def _finish(self, token: bytes) -> None:
         frame = decode_frame(MAGIC, token, LEG_REPLY)
+        if frame.first:
+            check_initial_token(frame.first, AP_REP, KRB_ERROR)
         with native_call(Phase.INITIATE, "the server's Kerberos AP-REP was rejected"):
             status = gss.inquire_context(
                 self._context,
@@ -184,6 +187,8 @@ class KerberosClient(Mechanism):
                 locally_init=False,
             )
             if not status.complete:
+                if not frame.first:
+                    raise InvalidTokenError("the server's reply lacks the Kerberos AP-REP")
                 result = gss.init_sec_context(
                     self._target,
                     creds=self._creds,
@@ -260,6 +265,7 @@ class KerberosServer(Mechanism):
         self._done = True
         frame = decode_frame(MAGIC, token, LEG_INITIATE)
         record = OfferRecord.decode(frame.second)
+        check_initial_token(frame.first, AP_REQ)
         with native_call(Phase.ACCEPT, "the client's Kerberos AP-REQ was rejected"):
             result = gss.accept_sec_context(
                 frame.first,
