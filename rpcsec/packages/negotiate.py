@@ -53,6 +53,10 @@ from spnego.channel_bindings import GssChannelBindings
 
 from rpcsec.packages.kerberos._credentials import KerberosCredentials
 from rpcsec.packages.kerberos._credentials import acquire as acquire_kerberos
+from rpcsec.packages.kerberos._delegation import (
+    export_kerberos_credentials,
+    import_kerberos_credentials,
+)
 from rpcsec.packages.kerberos._errors import Phase, translate
 from rpcsec.packages.kerberos._handshake import claimed_chain, forwarded_ticket
 from rpcsec.packages.kerberos._native import gss, gssapi_unavailable_reason
@@ -873,3 +877,23 @@ class NegotiatePackage(SecurityPackage):
 
     def import_protector(self, outbound: bytes, inbound: bytes, datagram: bool) -> MessageProtector:
         return AeadProtector(outbound, inbound, datagram=datagram)
+
+    def export_delegation(self, credentials: Credentials) -> bytes:
+        """The Kerberos half of delegated credentials (NTLM never delegates)."""
+        material = credentials.material
+        if credentials.package is not self or not isinstance(material, NegotiateCredentials):
+            raise ValueError("these are not negotiate credentials")
+        if material.kerberos is None:
+            raise ValueError("only Kerberos credentials received by delegation can be exported")
+        return export_kerberos_credentials(material.kerberos)
+
+    def import_delegation(self, blob: bytes) -> Credentials:
+        kerberos, raw = import_kerberos_credentials(blob)
+        kerberos = replace(kerberos, initiator=_SpnegoHooks.adopt(raw))
+        material = NegotiateCredentials(principal=kerberos.principal, kerberos=kerberos)
+        return Credentials(
+            package=self,
+            principal=kerberos.principal,
+            use=CredentialUse.OUTBOUND,
+            material=material,
+        )

@@ -1,5 +1,9 @@
 """Per-message protection with the Kerberos context's own GSS tokens (RFC 4121 §4.2).
 
+rpcsec's own (extended) mode keys the core's AEAD from the session key instead (see
+``_handshake``); ``GssProtector`` is for peers that speak plain GSS wrap/get_mic (RFC 2744), and
+``session_key`` serves both.
+
 * ``sign`` is GSS_GetMIC over ``aad || data``; ``verify`` is GSS_VerifyMIC.
 * ``seal`` is GSS_Wrap with confidentiality through MIT's ``gss_wrap_aead`` (the extension DCE
   RPC uses to sign its headers): ``aad`` is covered by the RFC 4121 checksum but not sent, so
