@@ -58,7 +58,11 @@ from rpcsec.packages.kerberos._delegation import (
     import_kerberos_credentials,
 )
 from rpcsec.packages.kerberos._errors import Phase, translate
-from rpcsec.packages.kerberos._handshake import claimed_chain, forwarded_ticket
+from rpcsec.packages.kerberos._handshake import (
+    claimed_chain,
+    forwarded_ticket,
+    require_channel_bound,
+)
 from rpcsec.packages.kerberos._native import gss, gssapi_unavailable_reason
 from rpcsec.packages.kerberos._records import (
     MAX_CHAIN,
@@ -682,12 +686,14 @@ class _NegotiateServer(Mechanism):
         context_for_flags = None
         if protocol == "kerberos":
             context = _SpnegoHooks.gss_context(self._kerberos)
-            if context is not None:
-                context_for_flags = context
-                lifetime = float(context.lifetime)
-                service = str(context.target_name)
-                if actual & ContextReq.DELEGATE:
-                    delegated = _SpnegoHooks.adopt(context.delegated_creds)
+            if context is None:
+                raise InvalidTokenError("negotiate chose Kerberos without a Kerberos context")
+            require_channel_bound(context.actual_flags)
+            context_for_flags = context
+            lifetime = float(context.lifetime)
+            service = str(context.target_name)
+            if actual & ContextReq.DELEGATE:
+                delegated = _SpnegoHooks.adopt(context.delegated_creds)
         chain = self._offer.chain
         if protocol == "kerberos" and context_for_flags is not None:
             chain = claimed_chain(chain, forwarded_ticket(context_for_flags))

@@ -2,8 +2,9 @@
 
 Mutual authentication (AP-REP), delegation by forwarded TGT, and per-message protection by
 the core's AES-256-GCM keyed from the GSS session key (as SMB 3 does, MS-SMB2 §3.1.4.2), so
-contexts export and import like every other package's. python-gssapi is optional (the ``kerberos`` extra); without
-it the package is listed by ``enumerate_security_packages()`` as unavailable, with the reason.
+contexts export and import like every other package's. python-gssapi is optional (the
+``kerberos`` extra); without it the package is listed by ``enumerate_security_packages()`` as
+unavailable, with the reason.
 
 Credentials::
 

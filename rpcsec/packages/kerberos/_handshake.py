@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from rpcsec.security._token import AccessToken
 from rpcsec.sspi._credentials import Credentials
 from rpcsec.sspi._errors import (
+    BadBindingsError,
     InvalidTokenError,
     MessageAlteredError,
     NoCredentialsError,
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAPABILITIES",
+    "require_channel_bound",
     "UNNAMED_DELEGATE",
     "KerberosClient",
     "KerberosServer",
@@ -123,6 +125,17 @@ def protection_level(granted: ContextReq) -> ProtectionLevel:
 def exported_key(key: bytes) -> bytes:
     """SECPKG_ATTR_SESSION_KEY: derived from, never equal to, the GSS session key."""
     return hkdf_expand_label(key, b"kerberos exported", 32)
+
+
+def require_channel_bound(flags: int) -> None:
+    """Refuse an AP-REQ whose authenticator did not carry our channel bindings.
+
+    MIT accepts an AP-REQ with no bindings checksum even when the acceptor supplies bindings
+    and only says whether they matched in GSS_C_CHANNEL_BOUND_FLAG (krb5 1.20+). Ours always
+    carry security -- the offer record, and any TLS exporter value the caller adds -- so an
+    unbound AP-REQ (a genuine one made for another protocol, replayed) is BAD_BINDINGS."""
+    if not int(flags) & int(gss.RequirementFlag.channel_bound):
+        raise BadBindingsError("the Kerberos AP-REQ carries no channel bindings")
 
 
 def context_key(context: Any) -> bytes:
@@ -326,6 +339,7 @@ class KerberosServer(Mechanism):
             )
             if result.more_steps:
                 raise InvalidTokenError("Kerberos handshake did not complete in one step")
+            require_channel_bound(result.flags)
             own = gss.inquire_context(
                 result.context,
                 target_name=True,
