@@ -259,7 +259,33 @@ def _translate(exc: BaseException, phase: Phase, what: str) -> SecurityError:
 
 
 class _SpnegoHooks:
-    """Every use of pyspnego internals, in one place (see the module docstring)."""
+    """Every use of pyspnego internals, in one place (see the module docstring).
+
+    They are tested against one pyspnego minor series (``TESTED_SERIES``; pyproject bounds the
+    dependency to it) and tests/test_negotiate_contract.py checks each hook by name, so an
+    upgrade that changes one fails loudly instead of, say, silently using the default ccache.
+    """
+
+    TESTED_SERIES = (0, 12)
+
+    @staticmethod
+    def version_problem() -> str | None:
+        """Why the installed pyspnego is not the series these hooks were tested with, or None."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("pyspnego")
+        except PackageNotFoundError:  # pragma: no cover - imported above, so installed
+            return "pyspnego's version cannot be read"
+        parts = tuple(int(p) if p.isdigit() else -1 for p in installed.split(".")[:2])
+        if parts != _SpnegoHooks.TESTED_SERIES:
+            tested = ".".join(map(str, _SpnegoHooks.TESTED_SERIES))
+            return (
+                f"pyspnego {installed} is installed but rpcsec's negotiate hooks into its "
+                f"internals (_gssapi_credential, _negotiate_contexts, spnego._spnego) were "
+                f"tested with {tested}.x only: pip install 'pyspnego>={tested},<0.13'"
+            )
+        return None
 
     @staticmethod
     def parse(token: bytes, *, initial: bool) -> Any:
@@ -835,6 +861,11 @@ class NegotiatePackage(SecurityPackage):
     comment = "SPNEGO (RFC 4178): Kerberos when possible, else NTLM (pyspnego)"
     capabilities = _CAPABILITIES["kerberos"]
     max_token = 48000
+
+    def availability(self) -> tuple[bool, str]:
+        """Unavailable (fail closed) on a pyspnego whose internals the hooks were not tested on."""
+        problem = _SpnegoHooks.version_problem()
+        return (problem is None, problem or "")
 
     def acquire_credentials(
         self, principal: str | None, use: CredentialUse, options: dict[str, Any]
