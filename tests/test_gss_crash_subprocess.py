@@ -47,6 +47,7 @@ def probe(realm, mode: str, tokens: list[bytes]) -> list[str]:
         input=json.dumps(request).encode(),
         capture_output=True,
         env=env,
+        cwd=TESTS,  # rpcsec comes from the environment's install, not a checkout in the cwd
         timeout=120,
         check=False,
     )
@@ -175,6 +176,24 @@ def test_crafted_spnego_tokens_do_not_crash_the_negotiate_acceptor(kerberos_real
         inner,
     ]
     outcomes = probe(kerberos_realm, "negotiate-accept", tokens)
+    assert "ok" not in outcomes, outcomes
+
+
+def test_crafted_spnego_replies_do_not_crash_the_negotiate_initiator(kerberos_realm) -> None:
+    from spnego._spnego import NegTokenResp
+
+    krb = "1.2.840.113554.1.2.2"
+    oid = bytes.fromhex("06092a864886f712010202")
+    tokens = [
+        NegTokenResp(supported_mech=krb, response_token=b"\x60\x0d" + oid + b"\x02\x01").pack(),
+        NegTokenResp(supported_mech=krb, response_token=b"\x02\x01" + bytes(40)).pack(),
+        # an RFC 1964 MIC id as the mechListMIC MIT would verify
+        NegTokenResp(supported_mech=krb, mech_list_mic=b"\x01\x01" + bytes(30)).pack(),
+        NegTokenResp(supported_mech=krb, mech_list_mic=b"\x04\x04" + bytes(26)).pack(),
+        b"\xa1\x00",
+        b"\x60\x00",
+    ]
+    outcomes = probe(kerberos_realm, "negotiate-init", [bytes(t) for t in tokens])
     assert "ok" not in outcomes, outcomes
 
 

@@ -166,3 +166,13 @@ def test_der_lengths_must_be_minimal_and_definite() -> None:
     ):
         with pytest.raises(InvalidTokenError):
             check_initial_token(bad, AP_REQ)
+
+
+@FUZZ
+@given(st.binary(max_size=200), st.booleans())
+def test_spnego_parse_raises_only_typed_errors(data: bytes, initial: bool) -> None:
+    """negotiate's SPNEGO gate (pyspnego's pure-Python parser) before anything native."""
+    from rpcsec.packages.negotiate import _SpnegoHooks
+
+    with contextlib.suppress(InvalidTokenError):
+        _SpnegoHooks.parse(data, initial=initial)

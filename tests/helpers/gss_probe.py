@@ -15,7 +15,8 @@ as ``!TypeName`` so the parent can fail on it.
 Modes: ``unwrap`` / ``verify`` (the public message API of the server context, header
 included), ``gss-unseal`` / ``gss-verify`` / ``gss-record`` (``GssProtector`` straight, which
 standard-GSS modes still use), ``accept`` (a server's first handshake leg, raw AP-REQ in the
-frame), ``init`` (a client's second leg, raw AP-REP in the frame), ``negotiate-accept``.
+frame), ``init`` (a client's second leg, raw AP-REP in the frame), ``negotiate-accept`` and
+``negotiate-init`` (SPNEGO tokens in the first and second legs).
 """
 
 from __future__ import annotations
@@ -131,6 +132,19 @@ def _run(mode: str, request: dict[str, Any]) -> list[str]:
             )
 
         calls = [negotiate]
+    elif mode == "negotiate-init":
+        client_creds, _ = _credentials(request, "negotiate")
+        from rpcsec.packages.negotiate import MAGIC as NEGOTIATE_MAGIC
+        from rpcsec.sspi import ContextReq
+
+        def negotiate_init(t: bytes) -> None:
+            ctx = initialize_security_context(
+                client_creds, request["target"], ContextReq.default() | ContextReq.MUTUAL_AUTH
+            )
+            ctx.step(None)
+            ctx.step(encode_frame(NEGOTIATE_MAGIC, 2, t, b""))
+
+        calls = [negotiate_init]
     else:
         raise SystemExit(f"unknown mode {mode}")
     outcomes = []
