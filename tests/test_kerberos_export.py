@@ -206,3 +206,49 @@ def test_well_framed_but_bogus_credentials_are_refused_by_mit_typed(kerberos_rea
     ).encode()
     with pytest.raises(SecurityError):
         get_package("kerberos").import_delegation(blob)
+
+
+@pytest.mark.parametrize("package", ["kerberos", "negotiate"])
+def test_an_exported_context_keeps_its_delegation(kerberos_realm, package) -> None:
+    """What a replica that opens the ticket needs to call onward as the client."""
+    realm = kerberos_realm
+    client = initialize_security_context(
+        realm.client_credentials("alice", package=package),
+        realm.hostbased("documents"),
+        DELEGATE,
+        impersonation=ImpersonationLevel.DELEGATE,
+    )
+    documents = accept_security_context(realm.server_credentials("documents", package=package))
+    handshake(client, documents)
+    blob = documents.export()
+    replica = import_security_context(blob, realm.server_credentials("documents", package=package))
+    caller = replica.peer
+    assert caller.impersonation_level is ImpersonationLevel.DELEGATE
+    assert caller.delegated_credentials is not None and caller.can_delegate
+    with impersonate(caller) as token:
+        hop = initialize_security_context(
+            token.delegated_credentials, realm.hostbased("storage"), PRIVATE
+        )
+        storage = accept_security_context(realm.server_credentials("storage", package=package))
+        handshake(hop, storage)
+    assert storage.peer.principal == "alice@KRBTEST.COM"
+    assert storage.peer.delegation_chain == ("documents/localhost@KRBTEST.COM",)
+
+
+def test_an_exported_context_without_delegation_carries_none(kerberos_realm) -> None:
+    _, server = _pair(kerberos_realm)
+    blob = server.export()  # once: ExportSecurityContext retires the exporter
+    assert "delegation" not in json.loads(blob)
+    replica = import_security_context(blob, kerberos_realm.server_credentials("storage"))
+    assert replica.peer.delegated_credentials is None
+
+
+def test_a_malformed_delegation_in_an_export_is_refused(kerberos_realm) -> None:
+    _, documents = _pair(kerberos_realm, "documents", DELEGATE, ImpersonationLevel.DELEGATE)
+    state = json.loads(documents.export())
+    for bad in ("!!", "e30=", "AAAA"):  # not base64; "{}"; three zero bytes
+        state["delegation"] = bad
+        with pytest.raises(InvalidTokenError):
+            import_security_context(
+                json.dumps(state).encode(), kerberos_realm.server_credentials("documents")
+            )

@@ -51,6 +51,7 @@ from ._errors import (
     MessageAlteredError,
     QopNotSupportedError,
     SecurityError,
+    UnsupportedFunctionError,
 )
 from ._flags import QOP, ContextReq, CredentialUse, ImpersonationLevel, ProtectionLevel
 from ._package import Mechanism, MechanismResult, get_package
@@ -626,7 +627,9 @@ class SecurityContext:
     def export(self) -> bytes:
         """ExportSecurityContext: a blob another process can import to continue this context.
 
-        WARNING: the blob holds the context's message keys. Protect it like a private key.
+        WARNING: the blob holds the context's message keys and, for a server context with
+        delegation, the delegated credentials when the package can export them (kerberos,
+        negotiate: the client's forwarded TGT). Protect it like a private key.
         """
         result = self._established()
         protector = self._protector
@@ -663,6 +666,9 @@ class SecurityContext:
                 "expires": peer.expires_at,
             },
         }
+        delegation = _export_delegation(self.package, peer.delegated_credentials)
+        if delegation is not None:
+            state["delegation"] = delegation
         return json.dumps(state).encode()
 
     def _establish_from_import(self, send_seq: int, highest: int) -> None:
@@ -810,6 +816,11 @@ def import_security_context(
             groups=frozenset(peer_state["groups"]),
             delegation_chain=tuple(peer_state["chain"]),
             expires_at=peer_state["expires"],
+            delegated_credentials=(
+                package.import_delegation(base64.b64decode(state["delegation"], validate=True))
+                if state.get("delegation")
+                else None
+            ),
         )
         result = MechanismResult(
             granted=granted,
@@ -841,6 +852,18 @@ def import_security_context(
         raise
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidTokenError("exported context is malformed") from exc
+
+
+def _export_delegation(package: Any, delegated: Credentials | None) -> str | None:
+    """A server context's delegated credentials for its export blob (base64), when the
+    package can write them (``SecurityPackage.export_delegation``); else None, and the
+    imported context has no delegation."""
+    if delegated is None:
+        return None
+    try:
+        return base64.b64encode(package.export_delegation(delegated)).decode()
+    except UnsupportedFunctionError:
+        return None
 
 
 def _exhausted() -> ContextExpiredError:
