@@ -19,6 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rpcsec.sspi import SecurityError
+
 pytestmark = pytest.mark.kerberos
 
 TESTS = pathlib.Path(__file__).parent
@@ -223,3 +225,59 @@ def test_fuzzed_gss_tokens_never_crash(kerberos_realm, tokens: list[bytes]) -> N
         assert "ok" not in outcomes, (mode, outcomes)
     outcomes = probe(kerberos_realm, "unwrap", [wrap_message(t) for t in tokens])
     assert "ok" not in outcomes
+
+
+# -- the reported attack, end to end: one DATA frame to a kerberos sockauth server ------------
+
+
+def test_one_forged_data_frame_does_not_kill_a_sockauth_server(kerberos_realm) -> None:
+    """Issue 10 item 1 as reported: the server survives, refuses the frame, serves others."""
+
+    from rpcsec.transports import sockauth
+    from rpcsec.transports._framing import encode_frame
+
+    realm = kerberos_realm
+    request = {
+        "keytab": realm.keytab("storage"),
+        "rcache": realm.rcache("storage"),
+        "service": realm.service_principal("storage"),
+    }
+    env = dict(os.environ, **realm.lab.env)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "helpers.gss_probe", "sockauth-server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd=TESTS,
+    )
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.write((json.dumps(request) + "\n").encode())
+        server.stdin.flush()
+        ready = server.stdout.readline().decode().split()
+        assert ready and ready[0] == "READY", ready
+        address = ("127.0.0.1", int(ready[1]))
+        alice = realm.client_credentials("alice")
+        target = realm.hostbased("storage")
+        for token_id in RFC1964_IDS:
+            with sockauth.connect(address, alice, target_name=target, timeout=10) as conn:
+                conn.send(b"ping")
+                assert conn.recv() == b"ping"
+                forged = bytes([0x03]) + wrap_message(gss_token(token_id, 60), seq=1)
+                conn._sock.sendall(encode_frame(forged))
+                with pytest.raises((SecurityError, OSError)):
+                    conn.recv()
+            assert server.poll() is None, f"the server died with {server.returncode}"
+        with sockauth.connect(address, alice, target_name=target, timeout=10) as conn:
+            conn.send(b"still serving")
+            assert conn.recv() == b"still serving"
+        assert server.poll() is None
+    finally:
+        if server.stdin is not None:
+            server.stdin.close()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

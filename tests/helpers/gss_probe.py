@@ -16,7 +16,8 @@ Modes: ``unwrap`` / ``verify`` (the public message API of the server context, he
 included), ``gss-unseal`` / ``gss-verify`` / ``gss-record`` (``GssProtector`` straight, which
 standard-GSS modes still use), ``accept`` (a server's first handshake leg, raw AP-REQ in the
 frame), ``init`` (a client's second leg, raw AP-REP in the frame), ``negotiate-accept`` and
-``negotiate-init`` (SPNEGO tokens in the first and second legs).
+``negotiate-init`` (SPNEGO tokens in the first and second legs). ``sockauth-server`` instead
+runs a kerberos sockauth echo server (request on one line; ``READY port``; ends with stdin).
 """
 
 from __future__ import annotations
@@ -160,8 +161,35 @@ def _run(mode: str, request: dict[str, Any]) -> list[str]:
     return outcomes
 
 
+def _serve(request: dict[str, Any]) -> None:
+    """``sockauth-server``: a kerberos sockauth echo server; prints ``READY port``, serves
+    until stdin closes (the parent's end of the pipe)."""
+    from rpcsec.sspi import CredentialUse, acquire_credentials_handle
+    from rpcsec.transports import sockauth
+
+    creds = acquire_credentials_handle(
+        "kerberos",
+        request["service"],
+        CredentialUse.INBOUND,
+        keytab=request["keytab"],
+        rcache=request["rcache"],
+    )
+
+    def echo(conn: Any) -> None:
+        for message in conn:
+            conn.send(message)
+
+    with sockauth.Server(("127.0.0.1", 0), creds, echo) as server:
+        server.start()
+        print(f"READY {server.address[1]}", flush=True)
+        sys.stdin.read()
+
+
 def main() -> None:
     mode = sys.argv[1]
+    if mode == "sockauth-server":
+        _serve(json.loads(sys.stdin.readline()))
+        return
     request = json.load(sys.stdin)
     print(json.dumps(_run(mode, request)), flush=True)
 
