@@ -107,7 +107,8 @@ def test_gss_protector_refuses_rfc1964_tokens_before_the_native_call(kerberos_re
 def test_gss_protector_refuses_malformed_rfc4121_headers(kerberos_realm) -> None:
     bad = [
         b"\x05\x04\x02\xff" + bytes(12 + 60),  # Wrap: filler byte not 0xFF
-        b"\x05\x04\x02\xff\x00\x00\x00\x00" + bytes(8 + 60),  # EC/RRC nonsense
+        b"\x05\x04\x06\xff\xff\xff\x00\x00" + bytes(8 + 60),  # EC filler past the end
+        b"\x05\x04\x06\xff\x00\x00\xff\xff" + bytes(8 + 60),  # RRC past the end
         b"\x04\x04\x00\xff\xff\xff\xff\xff" + bytes(8 + 12),  # MIC: acceptor-subkey flag unset
         b"\x04\x04\x00\x00\xff\xff\xff\xff" + bytes(8 + 12),  # MIC: filler not 0xFF
         b"\x05\x04\xf8\xff" + bytes(12),  # unknown flags

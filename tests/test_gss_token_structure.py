@@ -176,3 +176,18 @@ def test_spnego_parse_raises_only_typed_errors(data: bytes, initial: bool) -> No
 
     with contextlib.suppress(InvalidTokenError):
         _SpnegoHooks.parse(data, initial=initial)
+
+
+def test_wrap_token_ec_and_rrc_must_fit_the_body() -> None:
+    shape = TokenShape(peer_is_acceptor=False, acceptor_subkey=True, checksum_size=12)
+    body = bytes(16 + 16 + 12 + 5)  # confounder, header copy, checksum, 5 bytes of data
+    sealed = b"\x05\x04\x06\xff"
+    check_wrap_token(sealed + b"\x00\x00\x00\x00" + bytes(8) + body, shape)
+    check_wrap_token(sealed + b"\x00\x05\x00\x1c" + bytes(8) + body, shape)  # Windows-like
+    for ec_rrc in (b"\x00\x06\x00\x00", b"\xff\xff\x00\x00", b"\x00\x00\xff\xff"):
+        with pytest.raises(MessageAlteredError):
+            check_wrap_token(sealed + ec_rrc + bytes(8) + body, shape)
+    signed = b"\x05\x04\x04\xff"
+    check_wrap_token(signed + b"\x00\x0c\x00\x00" + bytes(8 + 12), shape, sealed=False)
+    with pytest.raises(MessageAlteredError):  # EC must be the checksum length
+        check_wrap_token(signed + b"\x00\x10\x00\x00" + bytes(8 + 16), shape, sealed=False)

@@ -108,8 +108,9 @@ def check_mic_token(token: bytes, shape: TokenShape) -> None:
 def check_wrap_token(token: bytes, shape: TokenShape, *, sealed: bool | None = True) -> None:
     """RFC 4121 §4.2.6.2 Wrap token: 05 04 | flags | FF | EC:2 | RRC:2 | SND_SEQ:8 | body.
 
-    Sealed (with CTS no padding is ever needed): EC 0, body = confounder + data + encrypted
-    header copy + checksum. Integrity only: EC is the checksum length, body = data + checksum.
+    Sealed: body = confounder + data + EC filler + encrypted header copy + checksum (CTS needs
+    no padding, so MIT's EC is 0; other implementations add filler, which must fit).
+    Integrity only: EC is the checksum length, body = data + checksum.
     RRC may rotate the body (RFC 4121 §4.2.5) but never by more than its length.
     """
     if len(token) < WRAP_HEADER or token[:2] != WRAP_ID:
@@ -122,9 +123,8 @@ def check_wrap_token(token: bytes, shape: TokenShape, *, sealed: bool | None = T
     rrc = int.from_bytes(token[6:8], "big")
     body = len(token) - WRAP_HEADER
     if flags & FLAG_SEALED:
-        if ec != 0:
-            raise MessageAlteredError("sealed GSS wrap token has extra padding")
-        minimum = _CONFOUNDER + WRAP_HEADER + shape.checksum_size
+        # EC filler bytes are encrypted with the data (MIT sends none; Windows sends 16).
+        minimum = _CONFOUNDER + ec + WRAP_HEADER + shape.checksum_size
     else:
         if ec != shape.checksum_size:
             raise MessageAlteredError("GSS wrap token has the wrong checksum length")
