@@ -101,3 +101,25 @@ def test_negotiate_refuses_an_unbound_kerberos_token(kerberos_realm) -> None:
     )
     with pytest.raises(BadBindingsError):
         server.step(encode_frame(MAGIC, 1, bytes(neg), _offer()))
+
+
+def test_negotiate_ntlm_without_bindings_is_refused(ntlm_user_file) -> None:
+    """The NTLM half of negotiate: an AUTHENTICATE without MsvAvChannelBindings is refused too
+    (pyspnego's acceptor enforces it when bindings are supplied, MS-NLMP §3.2.5.1.2)."""
+    import spnego
+    from spnego._context import GSSMech
+
+    from rpcsec.packages.kerberos._records import decode_frame, encode_frame
+    from rpcsec.packages.negotiate import MAGIC, _SpnegoHooks
+    from rpcsec.sspi import CredentialUse, acquire_credentials_handle
+
+    creds = acquire_credentials_handle(
+        "negotiate", None, CredentialUse.INBOUND, user_file=str(ntlm_user_file)
+    )
+    server = accept_security_context(creds)
+    ntlm = spnego.client("RPCSEC\\alice", "Alice-Pa55!", hostname="localhost", protocol="ntlm")
+    unbound = _SpnegoHooks.negotiate("initiate", {GSSMech.ntlm: ntlm}, hostname="localhost")
+    reply = server.step(encode_frame(MAGIC, 1, unbound.step(), _offer())).token
+    challenge = decode_frame(MAGIC, reply, 2).first
+    with pytest.raises(BadBindingsError):
+        server.step(encode_frame(MAGIC, 3, unbound.step(challenge)))
