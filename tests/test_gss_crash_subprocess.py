@@ -282,3 +282,43 @@ def test_one_forged_data_frame_does_not_kill_a_sockauth_server(kerberos_realm) -
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture(scope="module")
+def genuine_ap_req(kerberos_realm) -> bytes:
+    """A real AP-REQ for storage (made here, by the client side: nothing hostile reaches MIT)."""
+    from rpcsec.packages.kerberos._records import decode_frame
+    from rpcsec.sspi import initialize_security_context
+
+    client = initialize_security_context(
+        kerberos_realm.client_credentials("alice"), kerberos_realm.hostbased("storage")
+    )
+    return decode_frame(b"RK", client.step().token, 1).first
+
+
+@settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=4000), st.integers(min_value=1, max_value=255)
+        ),
+        min_size=20,
+        max_size=40,
+    )
+)
+def test_mutated_ap_reqs_that_pass_the_gate_never_crash_the_acceptor(
+    kerberos_realm, genuine_ap_req, flips
+) -> None:
+    """Byte flips deep inside a genuine AP-REQ's DER (which the structure gate lets through
+    when lengths still nest) reach MIT's ASN.1 decoder: typed errors, never a crash."""
+    tokens = []
+    for index, xor in flips:
+        mutated = bytearray(genuine_ap_req)
+        mutated[index % len(mutated)] ^= xor
+        tokens.append(bytes(mutated))
+    outcomes = probe(kerberos_realm, "accept", tokens)
+    assert "ok" not in outcomes, outcomes
