@@ -54,8 +54,16 @@ from spnego.channel_bindings import GssChannelBindings
 from rpcsec.packages import _standard_negotiate as _standard
 from rpcsec.packages.kerberos._credentials import KerberosCredentials
 from rpcsec.packages.kerberos._credentials import acquire as acquire_kerberos
+from rpcsec.packages.kerberos._delegation import (
+    export_kerberos_credentials,
+    import_kerberos_credentials,
+)
 from rpcsec.packages.kerberos._errors import Phase, translate
-from rpcsec.packages.kerberos._handshake import claimed_chain, forwarded_ticket
+from rpcsec.packages.kerberos._handshake import (
+    claimed_chain,
+    forwarded_ticket,
+    require_channel_bound,
+)
 from rpcsec.packages.kerberos._native import gss, gssapi_unavailable_reason
 from rpcsec.packages.kerberos._records import (
     MAX_CHAIN,
@@ -63,6 +71,13 @@ from rpcsec.packages.kerberos._records import (
     bindings_data,
     decode_frame,
     encode_frame,
+)
+from rpcsec.packages.kerberos._tokens import (
+    AP_REP,
+    AP_REQ,
+    KRB_ERROR,
+    check_any_mic_token,
+    check_initial_token,
 )
 
 # The ntlm package owns the NTLM user file and the guarded NTLM_USER_FILE swap pyspnego's
@@ -245,17 +260,49 @@ def _translate(exc: BaseException, phase: Phase, what: str) -> SecurityError:
 
 
 class _SpnegoHooks:
-    """Every use of pyspnego internals, in one place (see the module docstring)."""
+    """Every use of pyspnego internals, in one place (see the module docstring).
+
+    They are tested against one pyspnego minor series (``TESTED_SERIES``; pyproject bounds the
+    dependency to it) and tests/test_negotiate_contract.py checks each hook by name, so an
+    upgrade that changes one fails loudly instead of, say, silently using the default ccache.
+    """
+
+    TESTED_SERIES = (0, 12)
 
     @staticmethod
-    def offered_mechs(token: bytes) -> list[str]:
-        """The mechanism OIDs of a client's NegTokenInit, in its order of preference."""
-        from spnego._spnego import NegTokenInit, unpack_token
+    def version_problem() -> str | None:
+        """Why the installed pyspnego is not the series these hooks were tested with, or None."""
+        from importlib.metadata import PackageNotFoundError, version
 
-        parsed = unpack_token(token)
-        if not isinstance(parsed, NegTokenInit) or not parsed.mech_types:
+        try:
+            installed = version("pyspnego")
+        except PackageNotFoundError:  # pragma: no cover - imported above, so installed
+            return "pyspnego's version cannot be read"
+        parts = tuple(int(p) if p.isdigit() else -1 for p in installed.split(".")[:2])
+        if parts != _SpnegoHooks.TESTED_SERIES:
+            tested = ".".join(map(str, _SpnegoHooks.TESTED_SERIES))
+            return (
+                f"pyspnego {installed} is installed but rpcsec's negotiate hooks into its "
+                f"internals (_gssapi_credential, _negotiate_contexts, spnego._spnego) were "
+                f"tested with {tested}.x only: pip install 'pyspnego>={tested},<0.13'"
+            )
+        return None
+
+    @staticmethod
+    def parse(token: bytes, *, initial: bool) -> Any:
+        """The peer's SPNEGO token through pyspnego's pure-Python ASN.1 parser: a NegTokenInit
+        (``initial``) or a NegTokenResp, else ``InvalidTokenError``. Nothing native runs."""
+        from spnego._spnego import NegTokenInit, NegTokenResp, unpack_token
+
+        try:
+            parsed = unpack_token(bytes(token))
+        except Exception as exc:
+            raise InvalidTokenError("negotiate token is not well-formed SPNEGO") from exc
+        if initial and not (isinstance(parsed, NegTokenInit) and parsed.mech_types):
             raise InvalidTokenError("the first negotiate token is not a SPNEGO NegTokenInit")
-        return [str(oid) for oid in parsed.mech_types]
+        if not initial and not isinstance(parsed, NegTokenResp):
+            raise InvalidTokenError("negotiate token is not a SPNEGO NegTokenResp")
+        return parsed
 
     @staticmethod
     def without_optimistic_token(token: bytes) -> bytes:
@@ -350,6 +397,19 @@ def _is_kerberos_oid(oid: str) -> bool:
     return oid in (_KERBEROS.value, "1.2.840.48018.1.2.2")
 
 
+def _check_kerberos_parts(parsed: Any, inner: bytes | None, *ids: bytes) -> None:
+    """Before pyspnego hands them to MIT: the Kerberos token inside a SPNEGO token (``inner``,
+    an AP-REQ or AP-REP / KRB-ERROR by ``ids``) and its mechListMIC (RFC 4121 MIC)."""
+    if inner:
+        check_initial_token(inner, *ids)
+    mic = getattr(parsed, "mech_list_mic", None)
+    if mic:
+        try:
+            check_any_mic_token(mic)
+        except MessageAlteredError as exc:
+            raise InvalidTokenError(f"negotiate mechListMIC: {exc}") from None
+
+
 # -- client ---------------------------------------------------------------------
 
 
@@ -393,6 +453,7 @@ class _NegotiateClient(Mechanism):
         self._kerberos: Any = None
         self._leg = _Leg.START
         self._legs = 0
+        self._mech = ""  # the mechanism the server chose (NegTokenResp supportedMech)
 
     def step(self, token: bytes | None) -> bytes | None:
         self._legs += 1
@@ -411,6 +472,11 @@ class _NegotiateClient(Mechanism):
         frame = decode_frame(MAGIC, token, LEG_SERVER)
         out = b""
         if frame.first:
+            parsed = _SpnegoHooks.parse(frame.first, initial=False)
+            if parsed.supported_mech:
+                self._mech = str(parsed.supported_mech)
+            if _is_kerberos_oid(self._mech):
+                _check_kerberos_parts(parsed, parsed.response_token, AP_REP, KRB_ERROR)
             if self._spnego.complete:
                 raise InvalidTokenError("negotiate server sent a token after completion")
             out = self._native(lambda: self._spnego.step(frame.first)) or b""
@@ -540,6 +606,7 @@ class _NegotiateServer(Mechanism):
         self._offer: OfferRecord | None = None
         self._legs = 0
         self._done = False
+        self._kerberos_chosen = False
 
     def _environment(self) -> Any:
         ntlm = self._credentials.ntlm_server
@@ -561,6 +628,9 @@ class _NegotiateServer(Mechanism):
         else:
             frame = decode_frame(MAGIC, token, LEG_CLIENT)
             first = frame.first
+            parsed = _SpnegoHooks.parse(first, initial=False)
+            if self._kerberos_chosen:
+                _check_kerberos_parts(parsed, parsed.response_token, AP_REQ)
         out = self._native(lambda: self._spnego.step(first), first)
         if not self._spnego.complete:
             if not out:
@@ -588,12 +658,8 @@ class _NegotiateServer(Mechanism):
 
     def _start(self, token: bytes) -> bytes:
         """Prepare the acceptor for the mechanisms the client offered, best first."""
-        try:
-            offered = _SpnegoHooks.offered_mechs(token)
-        except SecurityError:
-            raise
-        except Exception as exc:
-            raise InvalidTokenError("the first negotiate token is not SPNEGO") from exc
+        parsed = _SpnegoHooks.parse(token, initial=True)
+        offered = [str(oid) for oid in parsed.mech_types]
         assert self._offer is not None
         bindings = GssChannelBindings(
             application_data=bindings_data(BINDINGS_LABEL, self._record, self._external)
@@ -616,12 +682,16 @@ class _NegotiateServer(Mechanism):
                     contexts[_NTLM] = spnego.server(protocol="ntlm", **common)
         if not contexts:
             raise NoCredentialsError("negotiate: no mechanism the client offers can be accepted")
+        self._kerberos_chosen = next(iter(contexts)) == _KERBEROS
         if next(iter(contexts)).value != offered[0] and not (
             _is_kerberos_oid(offered[0]) and _KERBEROS in contexts
         ):
             # The client's optimistic token is for a mechanism we cannot accept: drop it and
             # let SPNEGO tell the client which one we chose (RFC 4178 §3.2).
             token = _SpnegoHooks.without_optimistic_token(token)
+        elif _is_kerberos_oid(offered[0]) and _KERBEROS in contexts:
+            # The optimistic token goes to MIT's acceptor: it must be a well-formed AP-REQ.
+            _check_kerberos_parts(parsed, parsed.mech_token, AP_REQ)
         with self._environment():
             self._spnego = _SpnegoHooks.negotiate("accept", contexts, **common)
         return token
@@ -643,12 +713,14 @@ class _NegotiateServer(Mechanism):
         context_for_flags = None
         if protocol == "kerberos":
             context = _SpnegoHooks.gss_context(self._kerberos)
-            if context is not None:
-                context_for_flags = context
-                lifetime = float(context.lifetime)
-                service = str(context.target_name)
-                if actual & ContextReq.DELEGATE:
-                    delegated = _SpnegoHooks.adopt(context.delegated_creds)
+            if context is None:
+                raise InvalidTokenError("negotiate chose Kerberos without a Kerberos context")
+            require_channel_bound(context.actual_flags)
+            context_for_flags = context
+            lifetime = float(context.lifetime)
+            service = str(context.target_name)
+            if actual & ContextReq.DELEGATE:
+                delegated = _SpnegoHooks.adopt(context.delegated_creds)
         chain = self._offer.chain
         if protocol == "kerberos" and context_for_flags is not None:
             chain = claimed_chain(chain, forwarded_ticket(context_for_flags))
@@ -791,6 +863,11 @@ class NegotiatePackage(SecurityPackage):
     capabilities = _CAPABILITIES["kerberos"]
     max_token = 48000
 
+    def availability(self) -> tuple[bool, str]:
+        """Unavailable (fail closed) on a pyspnego whose internals the hooks were not tested on."""
+        problem = _SpnegoHooks.version_problem()
+        return (problem is None, problem or "")
+
     def acquire_credentials(
         self, principal: str | None, use: CredentialUse, options: dict[str, Any]
     ) -> NegotiateCredentials:
@@ -847,3 +924,23 @@ class NegotiatePackage(SecurityPackage):
 
     def import_protector(self, outbound: bytes, inbound: bytes, datagram: bool) -> MessageProtector:
         return AeadProtector(outbound, inbound, datagram=datagram)
+
+    def export_delegation(self, credentials: Credentials) -> bytes:
+        """The Kerberos half of delegated credentials (NTLM never delegates)."""
+        material = credentials.material
+        if credentials.package is not self or not isinstance(material, NegotiateCredentials):
+            raise ValueError("these are not negotiate credentials")
+        if material.kerberos is None:
+            raise ValueError("only Kerberos credentials received by delegation can be exported")
+        return export_kerberos_credentials(material.kerberos)
+
+    def import_delegation(self, blob: bytes) -> Credentials:
+        kerberos, raw = import_kerberos_credentials(blob)
+        kerberos = replace(kerberos, initiator=_SpnegoHooks.adopt(raw))
+        material = NegotiateCredentials(principal=kerberos.principal, kerberos=kerberos)
+        return Credentials(
+            package=self,
+            principal=kerberos.principal,
+            use=CredentialUse.OUTBOUND,
+            material=material,
+        )

@@ -50,6 +50,7 @@ from ._errors import (
     MessageAlteredError,
     QopNotSupportedError,
     SecurityError,
+    UnsupportedFunctionError,
 )
 from ._export import ExportedContext, ExportedPeer
 from ._flags import (
@@ -663,7 +664,9 @@ class SecurityContext:
         call on it raises ``ContextExpiredError``, because the importer seals under the same
         keys and sequence numbers and two live copies would reuse AES-GCM nonces.
 
-        WARNING: the blob holds the context's message keys. Protect it like a private key.
+        WARNING: the blob holds the context's message keys and, for a server context with
+        delegation, the delegated credentials when the package can export them (kerberos,
+        negotiate: the client's forwarded TGT). Protect it like a private key.
         Export a context no other thread is still sending on: a message sealed concurrently
         could take the sequence number the importer resumes at.
         """
@@ -705,6 +708,7 @@ class SecurityContext:
                 chain=tuple(peer.delegation_chain),
                 expires=peer.expires_at,
             ),
+            delegation=_export_delegation(self.package, peer.delegated_credentials),
         ).encode()
         return blob
 
@@ -869,6 +873,9 @@ def import_security_context(
             groups=frozenset(peer_state.groups),
             delegation_chain=peer_state.chain,
             expires_at=peer_state.expires,
+            delegated_credentials=(
+                package.import_delegation(state.delegation) if state.delegation else None
+            ),
         )
         result = MechanismResult(
             granted=granted,
@@ -902,6 +909,18 @@ def import_security_context(
     # Claimed last: a blob that failed to import can be retried; one that imported cannot.
     credentials.import_ledger.claim(state.blob_id, state.expires)
     return context
+
+
+def _export_delegation(package: Any, delegated: Credentials | None) -> bytes | None:
+    """A server context's delegated credentials for its export blob, when the package can
+    write them (``SecurityPackage.export_delegation``); else None, and the imported context
+    has no delegation."""
+    if delegated is None:
+        return None
+    try:
+        return package.export_delegation(delegated)
+    except UnsupportedFunctionError:
+        return None
 
 
 def _exhausted() -> ContextExpiredError:

@@ -36,6 +36,7 @@ MAX_EXPORT_SIZE = 64 * 1024
 _VERSION = 1
 _ID_SIZE = 16
 _MAX_SECRET = 1024
+_MAX_DELEGATION = 32 * 1024
 _MAX_U64 = (1 << 64) - 1
 _MAX_FLAGS = (1 << 32) - 1
 _MAX_WINDOW = 1 << 20
@@ -119,6 +120,9 @@ class ExportedContext:
     window: int
     expires: float | None
     peer: ExportedPeer
+    # A server context's delegated credentials as ``SecurityPackage.export_delegation``
+    # wrote them (kerberos, negotiate: the forwarded TGT), or None.
+    delegation: bytes | None = None
 
     @staticmethod
     def new_id() -> bytes:
@@ -149,6 +153,8 @@ class ExportedContext:
                 "expires": peer.expires,
             },
         }
+        if self.delegation is not None:
+            state["delegation"] = _b64(self.delegation)
         return json.dumps(state).encode()
 
     @classmethod
@@ -173,6 +179,9 @@ class ExportedContext:
         client = state.get("client")
         if not isinstance(client, bool):
             raise _malformed("client")
+        delegation = state.get("delegation")
+        if delegation is not None:
+            delegation = _bytes(delegation, "delegation", _MAX_DELEGATION)
         blob_id = _bytes(state.get("id"), "id", _ID_SIZE)
         if len(blob_id) != _ID_SIZE:
             raise _malformed("id")
@@ -197,6 +206,7 @@ class ExportedContext:
                 chain=_names(peer.get("chain"), "peer chain"),
                 expires=_time(peer.get("expires"), "peer expires"),
             ),
+            delegation=delegation,
         )
 
 

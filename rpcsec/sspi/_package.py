@@ -20,6 +20,7 @@ from ._flags import ContextReq, CredentialUse, ImpersonationLevel, PackageCapabi
 if TYPE_CHECKING:
     from rpcsec.security._token import AccessToken
 
+    from ._credentials import Credentials
     from ._protection import MessageProtector
 
 __all__ = [
@@ -150,6 +151,16 @@ class SecurityPackage(ABC):
         if isinstance(target_name, AnyServer):
             raise ValueError(f"{self.name} cannot authenticate 'any server': name the service")
         check_service_name(target_name)
+
+    def export_delegation(self, credentials: Credentials) -> bytes:
+        """Delegated OUTBOUND credentials (an AccessToken's ``delegated_credentials``) as bytes,
+        so a context exported or sealed into a ticket keeps its delegation (the delegation half
+        of ExportSecurityContext). WARNING: the bytes act as the client; seal them."""
+        raise UnsupportedFunctionError(f"package {self.name!r} cannot export delegation")
+
+    def import_delegation(self, blob: bytes) -> Credentials:
+        """The credentials ``export_delegation`` wrote; ``SecurityError`` if malformed."""
+        raise UnsupportedFunctionError(f"package {self.name!r} cannot import delegation")
 
 
 class _UnavailablePackage(SecurityPackage):

@@ -1,8 +1,10 @@
 """The ``kerberos`` security package: Kerberos V5 through python-gssapi against MIT krb5.
 
-Mutual authentication (AP-REP), delegation by forwarded TGT, and per-message protection with
-the context's own RFC 4121 tokens. python-gssapi is optional (the ``kerberos`` extra); without
-it the package is listed by ``enumerate_security_packages()`` as unavailable, with the reason.
+Mutual authentication (AP-REP), delegation by forwarded TGT, and per-message protection by
+the core's AES-256-GCM keyed from the GSS session key (as SMB 3 does, MS-SMB2 §3.1.4.2), so
+contexts export and import like every other package's. python-gssapi is optional (the
+``kerberos`` extra); without it the package is listed by ``enumerate_security_packages()`` as
+unavailable, with the reason.
 
 Credentials::
 

@@ -4,13 +4,22 @@
 
     C -> S  frame(1, AP-REQ, offer record)        the record is bound into the AP-REQ
                                                   authenticator by GSS channel bindings
-    S -> C  frame(2, AP-REP or empty, GSS_Wrap(grant))
+    S -> C  frame(2, AP-REP or empty, grant | HMAC-SHA256(grant | offer record))
 
 The server decides the grant with the core's ``decide_grant`` once the AP-REQ verified, and
-returns it integrity-protected under the new context; the client accepts the context only when
-the AP-REP (if it asked for mutual authentication) and the wrapped grant verify. The GSS
-context is established without replay or sequence flags (see ``_flags``), with the TGT
-forwarded only for DELEGATE at the DELEGATE level.
+returns it with a MAC under a key derived from the context's session key; the client accepts
+the context only when the AP-REP (if it asked for mutual authentication) and the grant's MAC
+verify. The GSS context is established without replay or sequence flags (see ``_flags``),
+with the TGT forwarded only for DELEGATE at the DELEGATE level.
+
+Per-message protection (rpcsec's extended mode, both ends rpcsec): as SMB 3 does for Kerberos
+sessions (MS-SMB2 §3.1.4.2), per-direction AES-256-GCM keys are derived from the GSS session
+key -- MIT's GSS_C_INQ_SSPI_SESSION_KEY, the acceptor's subkey when the AP-REP carried one,
+else the initiator's authenticator subkey, fresh for every context -- with the SP 800-108 KDF,
+and the core's ``AeadProtector`` protects messages. MIT's wrap/get_mic are off the hot path,
+the GSS context is released when the handshake ends, and a context exports like any other
+(``KerberosPackage.import_protector``). Every peer handshake token is structure-checked
+(``_tokens``) before MIT's init/accept sees it.
 
 Delegation: with a forwarded TGT and DELEGATE granted, the server's AccessToken carries
 ``delegated_credentials``, OUTBOUND kerberos credentials for the client principal. Kerberos
@@ -26,12 +35,21 @@ itself: a FORWARDED ticket that comes with an empty chain is recorded as coming 
 from __future__ import annotations
 
 import enum
+import hmac
 from collections.abc import Callable
+from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
 from rpcsec.security._token import AccessToken
 from rpcsec.sspi._credentials import Credentials
-from rpcsec.sspi._errors import InvalidTokenError, NoCredentialsError, TargetUnknownError
+from rpcsec.sspi._errors import (
+    BadBindingsError,
+    InvalidTokenError,
+    MessageAlteredError,
+    NoCredentialsError,
+    QopNotSupportedError,
+    TargetUnknownError,
+)
 from rpcsec.sspi._flags import (
     ContextReq,
     CredentialUse,
@@ -39,23 +57,30 @@ from rpcsec.sspi._flags import (
     PackageCapability,
     ProtectionLevel,
 )
-from rpcsec.sspi._negotiation import ContextGrant, ContextOffer, decide_grant
+from rpcsec.sspi._negotiation import OFFER_SIZE, ContextGrant, ContextOffer, decide_grant
 from rpcsec.sspi._package import Mechanism, MechanismResult
-from rpcsec.sspi._protection import hkdf_expand_label
+from rpcsec.sspi._protection import (
+    AeadProtector,
+    MessageProtector,
+    hkdf_expand_label,
+    session_key_kdf,
+)
 
 from ._credentials import KerberosCredentials
 from ._errors import Phase, native_call
 from ._flags import from_gss, to_gss
 from ._names import display, service_name
 from ._native import KRB5_MECH, gss
-from ._protector import GssProtector, session_key
+from ._protector import CFX_ENCTYPES, session_key
 from ._records import MAX_CHAIN, OfferRecord, bindings_data, decode_frame, encode_frame
+from ._tokens import AP_REP, AP_REQ, KRB_ERROR, check_initial_token
 
 if TYPE_CHECKING:
     from rpcsec.sspi._package import SecurityPackage
 
 __all__ = [
     "CAPABILITIES",
+    "require_channel_bound",
     "UNNAMED_DELEGATE",
     "KerberosClient",
     "KerberosServer",
@@ -63,7 +88,9 @@ __all__ = [
 ]
 
 MAGIC = b"RK"
-BINDINGS_LABEL = b"rpcsec kerberos offer v1\x00"
+BINDINGS_LABEL = b"rpcsec kerberos offer v2\x00"  # v2: session-key AEAD, MAC'd grant
+KEY_LABEL = b"rpcsec kerberos"
+_MAC_SIZE = 32
 LEG_INITIATE = 1
 LEG_REPLY = 2
 UNNAMED_DELEGATE = "(unnamed delegate)"
@@ -96,8 +123,42 @@ def protection_level(granted: ContextReq) -> ProtectionLevel:
 
 
 def exported_key(key: bytes) -> bytes:
-    """SECPKG_ATTR_SESSION_KEY: derived from, never equal to, the GSS per-message key."""
+    """SECPKG_ATTR_SESSION_KEY: derived from, never equal to, the GSS session key."""
     return hkdf_expand_label(key, b"kerberos exported", 32)
+
+
+def require_channel_bound(flags: int) -> None:
+    """Refuse an AP-REQ whose authenticator did not carry our channel bindings.
+
+    MIT accepts an AP-REQ with no bindings checksum even when the acceptor supplies bindings
+    and only says whether they matched in GSS_C_CHANNEL_BOUND_FLAG (krb5 1.20+). Ours always
+    carry security -- the offer record, and any TLS exporter value the caller adds -- so an
+    unbound AP-REQ (a genuine one made for another protocol, replayed) is BAD_BINDINGS."""
+    if not int(flags) & int(gss.RequirementFlag.channel_bound):
+        raise BadBindingsError("the Kerberos AP-REQ carries no channel bindings")
+
+
+def context_key(context: Any) -> bytes:
+    """The GSS session key of an established context, refused unless its enctype is one of
+    the RFC 4121 ones (AES, Camellia): DES3 and RC4 session keys are not keyed from."""
+    key, enctype = session_key(context)
+    if enctype not in CFX_ENCTYPES:
+        raise QopNotSupportedError(
+            f"session enctype {enctype} is an RFC 1964 one; rpcsec needs aes or camellia"
+        )
+    return key
+
+
+def message_protector(key: bytes, *, client: bool, granted: ContextReq) -> MessageProtector:
+    """Per-direction AES-256-GCM (GCM-SIV for datagram contexts) from the GSS session key."""
+    return AeadProtector.from_session_key(
+        key, KEY_LABEL, client=client, datagram=bool(granted & ContextReq.DATAGRAM)
+    )
+
+
+def grant_mac(key: bytes, grant: bytes, record: bytes) -> bytes:
+    """The server's grant authenticated under the session key and bound to the offer record."""
+    return hmac.new(session_key_kdf(key, KEY_LABEL + b" grant"), grant + record, sha256).digest()
 
 
 def _bindings(record: bytes, external: object) -> Any:
@@ -172,6 +233,8 @@ class KerberosClient(Mechanism):
 
     def _finish(self, token: bytes) -> None:
         frame = decode_frame(MAGIC, token, LEG_REPLY)
+        if frame.first:
+            check_initial_token(frame.first, AP_REP, KRB_ERROR)
         with native_call(Phase.INITIATE, "the server's Kerberos AP-REP was rejected"):
             status = gss.inquire_context(
                 self._context,
@@ -184,6 +247,8 @@ class KerberosClient(Mechanism):
                 locally_init=False,
             )
             if not status.complete:
+                if not frame.first:
+                    raise InvalidTokenError("the server's reply lacks the Kerberos AP-REP")
                 result = gss.init_sec_context(
                     self._target,
                     creds=self._creds,
@@ -198,9 +263,14 @@ class KerberosClient(Mechanism):
             elif frame.first:
                 raise InvalidTokenError("unexpected AP-REP for a context without mutual auth")
             info = gss.inquire_context(self._context)
-        key, enctype = session_key(self._context)
-        protector = GssProtector(self._context, enctype)
-        grant = ContextGrant.decode(protector.unwrap_record(frame.second))
+        key = context_key(self._context)
+        self._context = None  # the handshake is over: MIT's context is not needed any more
+        if len(frame.second) != OFFER_SIZE + _MAC_SIZE:
+            raise InvalidTokenError("kerberos grant has the wrong length")
+        record, mac = frame.second[:OFFER_SIZE], frame.second[OFFER_SIZE:]
+        if not hmac.compare_digest(grant_mac(key, record, self._record), mac):
+            raise MessageAlteredError("kerberos grant does not verify")
+        grant = ContextGrant.decode(record)
         actual = from_gss(info.flags)  # what GSS really did: AP-REP verified, TGT forwarded
         offered = self._offer
         if grant.granted & ~offered.requested.normalized():
@@ -216,7 +286,7 @@ class KerberosClient(Mechanism):
         self.result = MechanismResult(
             granted=grant.granted,
             impersonation_level=grant.impersonation,
-            protector=protector,
+            protector=message_protector(key, client=True, granted=grant.granted),
             peer=AccessToken(
                 principal=server,
                 package="kerberos",
@@ -260,6 +330,7 @@ class KerberosServer(Mechanism):
         self._done = True
         frame = decode_frame(MAGIC, token, LEG_INITIATE)
         record = OfferRecord.decode(frame.second)
+        check_initial_token(frame.first, AP_REQ)
         with native_call(Phase.ACCEPT, "the client's Kerberos AP-REQ was rejected"):
             result = gss.accept_sec_context(
                 frame.first,
@@ -268,6 +339,7 @@ class KerberosServer(Mechanism):
             )
             if result.more_steps:
                 raise InvalidTokenError("Kerberos handshake did not complete in one step")
+            require_channel_bound(result.flags)
             own = gss.inquire_context(
                 result.context,
                 target_name=True,
@@ -298,10 +370,13 @@ class KerberosServer(Mechanism):
             # MIT acceptors send an AP-REP exactly when the client asked for mutual auth.
             mutual_proven=bool(actual & ContextReq.MUTUAL_AUTH),
         )
-        key, enctype = session_key(context)
-        protector = GssProtector(context, enctype)
+        key = context_key(context)
+        answer = grant.encode()
         reply = encode_frame(
-            MAGIC, LEG_REPLY, bytes(result.token or b""), protector.wrap_record(grant.encode())
+            MAGIC,
+            LEG_REPLY,
+            bytes(result.token or b""),
+            answer + grant_mac(key, answer, frame.second),
         )
         expires_at = self._clock() + max(0, int(result.lifetime or 0))
         onward = None
@@ -319,7 +394,7 @@ class KerberosServer(Mechanism):
         self.result = MechanismResult(
             granted=grant.granted,
             impersonation_level=grant.impersonation,
-            protector=protector,
+            protector=message_protector(key, client=False, granted=grant.granted),
             peer=AccessToken(
                 principal=client,
                 package="kerberos",

@@ -6,11 +6,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rpcsec.sspi._credentials import Credentials
 from rpcsec.sspi._errors import NoCredentialsError
 from rpcsec.sspi._flags import ContextReq, CredentialUse, ImpersonationLevel
 from rpcsec.sspi._package import Mechanism, SecurityPackage
+from rpcsec.sspi._protection import AeadProtector, MessageProtector
 
 from ._credentials import KerberosCredentials, acquire
+from ._delegation import export_kerberos_credentials, import_kerberos_credentials
 from ._handshake import CAPABILITIES, KerberosClient, KerberosServer
 from ._native import gssapi_unavailable_reason
 from ._standard import standard_client, standard_server
@@ -74,4 +77,25 @@ class KerberosPackage(SecurityPackage):
             return standard_server(self, credentials, requested, options, clock)
         return KerberosServer(
             self, _material(credentials), requested=requested, options=options, clock=clock
+        )
+
+    def import_protector(self, outbound: bytes, inbound: bytes, datagram: bool) -> MessageProtector:
+        """ImportSecurityContext: the direction secrets were derived from the GSS session key
+        when the context was established, so no GSS context is needed to go on."""
+        return AeadProtector(outbound, inbound, datagram=datagram)
+
+    def export_delegation(self, credentials: Credentials) -> bytes:
+        """The forwarded TGT of delegated credentials (gss_export_cred), with the chain."""
+        if credentials.package is not self:
+            raise ValueError("these are not kerberos credentials")
+        return export_kerberos_credentials(_material(credentials.material))
+
+    def import_delegation(self, blob: bytes) -> Credentials:
+        """OUTBOUND credentials from ``export_delegation`` (gss_import_cred, after checks)."""
+        material, _ = import_kerberos_credentials(blob)
+        return Credentials(
+            package=self,
+            principal=material.principal,
+            use=CredentialUse.OUTBOUND,
+            material=material,
         )

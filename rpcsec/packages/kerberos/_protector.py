@@ -1,5 +1,9 @@
 """Per-message protection with the Kerberos context's own GSS tokens (RFC 4121 §4.2).
 
+rpcsec's own (extended) mode keys the core's AEAD from the session key instead (see
+``_handshake``); ``GssProtector`` is for peers that speak plain GSS wrap/get_mic (RFC 2744), and
+``session_key`` serves both.
+
 * ``sign`` is GSS_GetMIC over ``aad || data``; ``verify`` is GSS_VerifyMIC.
 * ``seal`` is GSS_Wrap with confidentiality through MIT's ``gss_wrap_aead`` (the extension DCE
   RPC uses to sign its headers): ``aad`` is covered by the RFC 4121 checksum but not sent, so
@@ -16,7 +20,8 @@ context on them is refused when established.
 
 GSS sequence numbers inside the tokens are not checked (the context has no GSS replay/sequence
 flags); the core's window over its own header decides ordering. MIT contexts are not safe for
-concurrent use, so every native call holds the protector's lock.
+concurrent use, so every native call holds the protector's lock. Every peer token passes the
+RFC 4121 structure checks of ``_tokens`` first (MIT crashes on some malformed ones).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from rpcsec.sspi._protection import MessageProtector
 
 from ._errors import Phase, native_call
 from ._native import SSPI_SESSION_KEY, gss
+from ._tokens import TokenShape, check_mic_token, check_wrap_token
 
 __all__ = ["CFX_ENCTYPES", "GssProtector", "session_key"]
 
@@ -58,7 +64,7 @@ def session_key(context: Any) -> tuple[bytes, int]:
 class GssProtector(MessageProtector):
     """MessageProtector over an established GSS Kerberos context (both directions)."""
 
-    __slots__ = ("_context", "_lock", "signature_size", "trailer_size")
+    __slots__ = ("_context", "_lock", "_shape", "signature_size", "trailer_size")
 
     def __init__(self, context: Any, enctype: int) -> None:
         if enctype not in CFX_ENCTYPES:
@@ -69,9 +75,12 @@ class GssProtector(MessageProtector):
         self._context = context
         self._lock = threading.Lock()
         with self._lock, native_call(Phase.MESSAGE, "cannot size GSS tokens"):
-            self.signature_size = len(gss.get_mic(context, b""))
+            own_mic = bytes(gss.get_mic(context, b""))
             probe = gss.wrap_aead(context, b"", associated=b"", confidential=True)
-            self.trailer_size = len(probe.message)
+        self.signature_size = len(own_mic)
+        self.trailer_size = len(probe.message)
+        # Peer tokens are checked against the shape of our own before libkrb5 sees them.
+        self._shape = TokenShape.from_own_mic(own_mic)
 
     def sign(self, seq: int, aad: bytes, data: bytes) -> bytes:
         with self._lock, native_call(Phase.MESSAGE, "GSS_GetMIC failed"):
@@ -83,6 +92,7 @@ class GssProtector(MessageProtector):
     def verify(self, seq: int, aad: bytes, data: bytes, tag: bytes) -> None:
         if len(tag) != self.signature_size:
             raise MessageAlteredError("message signature has the wrong size")
+        check_mic_token(bytes(tag), self._shape)
         with self._lock, native_call(Phase.MESSAGE, "message signature does not verify"):
             gss.verify_mic(self._context, bytes(aad) + bytes(data), bytes(tag))
 
@@ -99,8 +109,10 @@ class GssProtector(MessageProtector):
     def unseal(self, seq: int, aad: bytes, sealed: bytes | memoryview) -> bytes:
         if len(sealed) < self.trailer_size:
             raise MessageAlteredError("sealed message is shorter than its trailer")
+        sealed = bytes(sealed)
+        check_wrap_token(sealed, self._shape, sealed=True)
         with self._lock, native_call(Phase.MESSAGE, "sealed message does not verify"):
-            result = gss.unwrap_aead(self._context, bytes(sealed), associated=bytes(aad))
+            result = gss.unwrap_aead(self._context, sealed, associated=bytes(aad))
         if not result.encrypted:
             raise MessageAlteredError("message that must be sealed arrived unencrypted")
         plaintext = bytes(result.message)
@@ -115,6 +127,8 @@ class GssProtector(MessageProtector):
 
     def unwrap_record(self, token: bytes) -> bytes:
         """GSS_Unwrap of the peer's handshake record; ``MessageAlteredError`` if it fails."""
+        token = bytes(token)
+        check_wrap_token(token, self._shape, sealed=False)
         with self._lock, native_call(Phase.MESSAGE, "handshake record does not verify"):
             return bytes(gss.unwrap(self._context, token).message)
 
