@@ -140,11 +140,10 @@ def test_delegation_exports_and_an_imported_copy_calls_onward(kerberos_realm) ->
 def test_imported_delegation_works_inside_impersonation(kerberos_realm) -> None:
     realm = kerberos_realm
     _, documents = _pair(realm, "documents", DELEGATE, ImpersonationLevel.DELEGATE)
+    delegated = documents.peer.delegated_credentials  # read before export retires the context
     replica = import_security_context(documents.export(), realm.server_credentials("documents"))
     package = get_package("kerberos")
-    onward = package.import_delegation(
-        package.export_delegation(documents.peer.delegated_credentials)
-    )
+    onward = package.import_delegation(package.export_delegation(delegated))
     with impersonate(replica.peer):
         _, storage = _pair(realm, "storage", creds=onward)
     assert storage.peer.principal == "alice@KRBTEST.COM"
