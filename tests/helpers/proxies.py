@@ -329,7 +329,11 @@ def _envoy_tls(side: str, tls: TlsFiles, *, require_client: bool = True) -> dict
         ],
         "validation_context": {"trusted_ca": {"filename": tls.ca}},
         "alpn_protocols": ["h2"],
-        "tls_params": {"tls_minimum_protocol_version": "TLSv1_3"},
+        # TLS 1.3 only (an Envoy client offers at most 1.2 unless told).
+        "tls_params": {
+            "tls_minimum_protocol_version": "TLSv1_3",
+            "tls_maximum_protocol_version": "TLSv1_3",
+        },
     }
     if side == "upstream":
         common["validation_context"]["match_typed_subject_alt_names"] = [
@@ -474,6 +478,7 @@ def envoy_proxy(
     upstream_tls: TlsFiles | None = None,
     concurrency: int = 1,
     probe_tls: Any = None,
+    log_level: str = "warn",
 ) -> Proxy:
     """Start Envoy with ``envoy_config(...)``; ready when ``/ready`` says LIVE and a gRPC call
     passes. ``probe_tls`` = (grpc channel credentials, options) when the listener is TLS."""
@@ -498,7 +503,7 @@ def envoy_proxy(
             "--admin-address-path", str(admin_file),
             "--disable-hot-restart",  # several Envoys at once, no shared memory between them
             "--concurrency", str(concurrency),
-            "--log-level", "warn",
+            "--log-level", log_level,
         ],
         path,
     )  # fmt: skip
