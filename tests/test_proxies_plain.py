@@ -9,6 +9,7 @@ also shows here is the proxy setup's, not rpcsec's.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 
@@ -18,7 +19,7 @@ import grpc
 import grpc.aio
 import pytest
 from helpers import proxies
-from helpers.replicas import ReplicaGroup, start_replicas
+from helpers.replicas import ContinuousTraffic, ReplicaGroup, start_replicas
 
 TOPOLOGIES = ["envoy", "nginx", "haproxy", "round_robin"]
 CALLS = 12  # per RPC kind: four times round each of the three replicas
@@ -161,3 +162,44 @@ def test_launcher_and_configs_refuse_bad_input(tmp_path) -> None:
         start_replicas(1, tmp_path, interceptor_kwargs={"ticket_keys": "x"})
     with pytest.raises(ValueError):
         proxies.start_proxy("envoy", [], tmp_path)
+
+
+@pytest.mark.parametrize("name", TOPOLOGIES)
+def test_rolling_restart_under_traffic(name, tmp_path) -> None:
+    """Every replica restarted in turn (graceful drain) under continuous unary traffic, with
+    gRPC's own retry policy for the idempotent method (retry on UNAVAILABLE): traffic goes on
+    after every restart, and no call ran twice. What may still fail, and only calls that never
+    reached a handler: grpc-python's shutdown race (a call the stopping server accepted but
+    never started ends CANCELLED, which no retry policy retries) and, through a proxy, a call
+    whose every attempt the proxy sent to the replica still starting (UNAVAILABLE)."""
+    if name != "round_robin":
+        proxies.require_proxy(name)
+    with start_replicas(3, tmp_path / "group") as replicas:
+        with contextlib.ExitStack() as stack:
+            if name == "round_robin":
+                target = proxies.round_robin_target(replicas.addresses)
+            else:
+                proxy = stack.enter_context(proxies.start_proxy(name, replicas.addresses, tmp_path))
+                target = proxy.address
+            options = proxies.service_config_options(
+                round_robin=name == "round_robin", retry_services=["rpcsec.test.v1.Echo"]
+            )
+            channel = stack.enter_context(grpc.insecure_channel(target, options=options))
+            stub = echo_pb2_grpc.EchoStub(channel)
+
+            def call(request_id: str) -> None:
+                assert stub.Say(_request(request_id), timeout=10).text == request_id
+
+            with ContinuousTraffic(call, threads=2, prefix=f"roll-{name}") as traffic:
+                traffic.wait_for_successes(10)
+                for index in range(len(replicas)):
+                    replicas.restart(index)
+                    traffic.wait_for_successes(20)
+        ran = replicas.counts()
+    assert max(ran.values()) == 1, "no call ran twice"
+    assert {replica.name for replica in replicas} == set(replicas.served_by())
+    for request_id, error in traffic.failures:
+        assert isinstance(error, grpc.RpcError), error
+        assert error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE), error
+        assert ran[("Say", request_id)] == 0, f"{request_id} failed after its handler ran"
+    assert len(traffic.failures) <= 0.05 * traffic.attempted

@@ -31,6 +31,7 @@ import json
 import os
 import pathlib
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -57,6 +58,7 @@ __all__ = [
     "require_proxy",
     "round_robin_channel",
     "round_robin_target",
+    "service_config_options",
     "start_proxy",
 ]
 
@@ -77,6 +79,31 @@ ROUND_ROBIN_OPTIONS = (
     ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
 )
 """Channel options for gRPC's own per-call ``round_robin`` over a ``round_robin_target``."""
+
+
+def service_config_options(
+    *, round_robin: bool = False, retry_services: Sequence[str] = (), max_attempts: int = 5
+) -> list[tuple[str, str]]:
+    """``grpc.service_config`` as a plain deployment sets it: optionally ``round_robin``, and
+    gRPC's own retry policy (retry on UNAVAILABLE, backoff 20 ms .. 200 ms) for the methods of
+    ``retry_services`` -- what an application declares for idempotent methods (gRFC A6)."""
+    config: dict[str, Any] = {}
+    if round_robin:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+    if retry_services:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": service} for service in retry_services],
+                "retryPolicy": {
+                    "maxAttempts": max_attempts,
+                    "initialBackoff": "0.02s",
+                    "maxBackoff": "0.2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return [("grpc.service_config", json.dumps(config))] if config else []
 
 
 def round_robin_target(addresses: Sequence[str]) -> str:
@@ -304,6 +331,21 @@ def _ready(proxy: Proxy, probe_tls: Any = None) -> Proxy:
     return proxy
 
 
+_HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
+_HEADER_VALUE = re.compile(r"[A-Za-z0-9 ._:/=+,@-]*\Z")
+
+
+def _check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Header names and values go into nginx and haproxy configuration text: refuse anything
+    that could end a directive or a quoted string there (``;``, quotes, braces, newlines)."""
+    checked = {}
+    for name, value in (headers or {}).items():
+        if not _HEADER_NAME.match(name) or not _HEADER_VALUE.match(value):
+            raise ValueError(f"unsupported header for a proxy configuration: {name!r}: {value!r}")
+        checked[name] = value
+    return checked
+
+
 def _check_upstreams(upstreams: Sequence[str]) -> list[tuple[str, int]]:
     if not upstreams:
         raise ValueError("a proxy needs at least one upstream")
@@ -373,7 +415,7 @@ def envoy_config(
     added: dict[str, str] = {}
     if headers:
         added = {"x-forwarded-proto": "https" if downstream_tls else "http", TEST_HEADER: "envoy"}
-    added.update(extra_headers or {})
+    added.update(_check_headers(extra_headers))
 
     def header_options(values: Mapping[str, str]) -> list[dict[str, Any]]:
         return [
@@ -555,7 +597,11 @@ def nginx_config(
     headers: bool = True,
     extra_headers: Mapping[str, str] | None = None,
 ) -> str:
-    servers = "".join(f"    server {host}:{p};\n" for host, p in _check_upstreams(upstreams))
+    # max_fails=0 as ingress-nginx sets it: a GOAWAY-closed keepalive connection during a
+    # rolling restart must not mark every upstream down for fail_timeout.
+    servers = "".join(
+        f"    server {host}:{p} max_fails=0;\n" for host, p in _check_upstreams(upstreams)
+    )
     added = {}
     if headers:
         added = {
@@ -564,7 +610,7 @@ def nginx_config(
             "X-Request-Id": "$request_id",
             TEST_HEADER: "nginx",
         }
-    added.update(extra_headers or {})
+    added.update(_check_headers(extra_headers))
     set_headers = "".join(
         f"      grpc_set_header {k} {_nginx_quote(v)};\n" for k, v in added.items()
     )
@@ -656,7 +702,7 @@ def haproxy_config(
     if headers:
         lines += "  option forwardfor\n"
         added = {"X-Forwarded-Proto": "http", TEST_HEADER: "haproxy"}
-    added.update(extra_headers or {})
+    added.update(_check_headers(extra_headers))
     lines += "".join(f'  http-request set-header {k} "{v}"\n' for k, v in added.items())
     if headers:
         lines += f"  http-response set-header {TEST_HEADER} haproxy\n"
@@ -741,4 +787,5 @@ def start_proxy(kind: str, upstreams: Sequence[str], directory: Any = None, **kw
     if kind not in _STARTERS:
         raise ValueError(f"unknown proxy kind {kind!r}")
     _check_upstreams(upstreams)
+    _check_headers(kwargs.get("extra_headers"))
     return _STARTERS[kind](upstreams, directory, **kwargs)

@@ -14,11 +14,13 @@ Protocol (stdin/stdout, like ``benchmarks._server``):
        "security": null | {"package": "x509", "principal": null,
                            "options": {"authority_dir": "...", "name": "documents"}},
        "interceptor_kwargs": {...},   # forwarded verbatim to SecurityInterceptor(**kwargs)
-       "max_workers": 16}
+       "max_workers": 16,
+       "grace": 5.0}                  # seconds in-flight calls get to finish at a stop
 
 * stdout: ``READY {"name": ..., "port": ..., "pid": ...}`` once the server listens.
 * then the child serves until stdin reaches end of file (the parent closed it, or died) or it
-  is sent SIGTERM; either way it stops the server and exits 0.
+  is sent SIGTERM; either way it stops the server the way a pod drains (``server.stop(grace)``:
+  GOAWAY, no new calls, calls in flight get ``grace`` seconds) and exits 0.
 
 Every handler execution appends one JSON line to ``count_file`` (``O_APPEND``, one ``write``
 per line, so lines from many threads never interleave):
@@ -143,7 +145,8 @@ def serve(spec: dict[str, Any], stop: threading.Event) -> None:
     try:
         stop.wait()
     finally:
-        server.stop(grace=None).wait()
+        grace = spec.get("grace")
+        server.stop(grace=None if grace is None else float(grace)).wait()
 
 
 def main() -> int:

@@ -26,18 +26,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
 import os
 import pathlib
 import select
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ContinuousTraffic",
     "Execution",
     "Replica",
     "ReplicaGroup",
@@ -47,7 +50,7 @@ __all__ = [
 
 READY = "READY "
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 20.0
 TESTS = pathlib.Path(__file__).resolve().parent.parent
 ROOT = TESTS.parent
 
@@ -281,12 +284,15 @@ def start_replicas(
     interceptor_kwargs: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     max_workers: int = 16,
+    grace: float | None = 5.0,
     prefix: str = "r",
 ) -> ReplicaGroup:
     """Start ``count`` replicas of the echo service (plain gRPC, or behind a
     ``SecurityInterceptor`` when ``security`` is given) and wait until each is READY.
 
-    ``directory`` holds the execution logs. ``interceptor_kwargs`` must be JSON."""
+    ``directory`` holds the execution logs. ``interceptor_kwargs`` must be JSON. ``grace``:
+    how long a stopping replica lets calls in flight finish (None: cancel them at once, like a
+    crash that still closes its sockets; ``Replica.kill()`` is the hard crash)."""
     if count < 1:
         raise ValueError("count must be at least 1")
     if security is None and interceptor_kwargs:
@@ -310,6 +316,7 @@ def start_replicas(
             "security": security.to_json() if security is not None else None,
             "interceptor_kwargs": dict(interceptor_kwargs or {}),
             "max_workers": max_workers,
+            "grace": grace,
         }
         json.dumps(spec)  # fail here, in the caller, when the kwargs are not JSON
         replicas.append(Replica(name, spec, child_env))
@@ -322,3 +329,83 @@ def start_replicas(
             group.stop()
         raise
     return group
+
+
+class ContinuousTraffic:
+    """Calls in a loop from background threads until stopped, for "under continuous traffic"
+    scenarios (rolling restarts, key rotation, a store going away)::
+
+        def call(request_id: str) -> None:
+            assert stub.Say(EchoRequest(text=request_id), timeout=5).text == request_id
+
+        with ContinuousTraffic(call, threads=4) as traffic:
+            for index in range(len(group)):
+                group.restart(index)
+                traffic.wait_for_successes(20)   # progress after each restart, not a sleep
+        assert traffic.failures == []
+
+    ``call(request_id)`` raises on failure; every request id is unique (``PREFIX-N``), so a
+    group's ``counts()`` tells whether any ran twice. Failures are kept as (id, exception).
+    """
+
+    def __init__(
+        self, call: Callable[[str], object], *, threads: int = 2, prefix: str = "t"
+    ) -> None:
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        self._call = call
+        self._threads = [
+            threading.Thread(target=self._run, name=f"traffic-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        self._ids = (f"{prefix}-{n}" for n in itertools.count())
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self.succeeded: list[str] = []
+        self.failures: list[tuple[str, BaseException]] = []
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                request_id = next(self._ids)
+            try:
+                self._call(request_id)
+            except Exception as exc:
+                with self._lock:
+                    self.failures.append((request_id, exc))
+                    self._lock.notify_all()
+            else:
+                with self._lock:
+                    self.succeeded.append(request_id)
+                    self._lock.notify_all()
+
+    def start(self) -> ContinuousTraffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def wait_for_successes(self, count: int, timeout: float = 30.0) -> None:
+        """Block until ``count`` more calls than now have succeeded."""
+        with self._lock:
+            target = len(self.succeeded) + count
+            if not self._lock.wait_for(lambda: len(self.succeeded) >= target, timeout):
+                raise TimeoutError(
+                    f"traffic made {len(self.succeeded) - target + count} of {count} successful "
+                    f"calls in {timeout:.0f} s ({len(self.failures)} failures so far)"
+                )
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join()
+
+    @property
+    def attempted(self) -> int:
+        return len(self.succeeded) + len(self.failures)
+
+    def __enter__(self) -> ContinuousTraffic:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
