@@ -162,6 +162,28 @@ def test_launcher_and_configs_refuse_bad_input(tmp_path) -> None:
         start_replicas(1, tmp_path, interceptor_kwargs={"ticket_keys": "x"})
     with pytest.raises(ValueError):
         proxies.start_proxy("envoy", [], tmp_path)
+    with pytest.raises(ValueError):
+        proxies.start_proxy("squid", ["127.0.0.1:1"], tmp_path)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"x-a": "v; return 200"},  # would end an nginx directive
+        {"x-a": 'v" http-request deny'},  # would end haproxy's quoted string
+        {"x-a": "v}\n}"},
+        {"x-a": "$remote_addr"},  # an nginx variable, not a literal
+        {"X A": "v"},
+        {"": "v"},
+    ],
+)
+def test_header_text_that_could_rewrite_a_proxy_config_is_refused(header, tmp_path) -> None:
+    with pytest.raises(ValueError):
+        proxies.nginx_config(1, ["127.0.0.1:1"], tmp_path, extra_headers=header)
+    with pytest.raises(ValueError):
+        proxies.haproxy_config(1, ["127.0.0.1:1"], extra_headers=header)
+    with pytest.raises(ValueError):
+        proxies.envoy_config(["127.0.0.1:1"], extra_headers=header)
 
 
 @pytest.mark.parametrize("name", TOPOLOGIES)

@@ -156,3 +156,33 @@ def test_proxy_rewriting_the_context_handle_fails_closed(pki, replica, tmp_path,
                 allowed.add(grpc.StatusCode.CANCELLED)
             assert refused.value.code() in allowed
     assert _ran(replica, tag) == []
+
+
+@pytest.mark.kerberos
+def test_kerberos_replica_through_envoy(kerberos_realm, tmp_path) -> None:
+    """The launcher's kerberos replicas (a shared keytab, the lab's krb5.conf in the child):
+    a real MIT KDC ticket, all four kinds through Envoy, the caller's principal in the
+    handler."""
+    proxies.require_proxy("envoy")
+    security = ReplicaSecurity.kerberos(
+        kerberos_realm, "storage", rcache=f"file2:{tmp_path / 'replica.rcache2'}"
+    )
+    tag = "sec-krb"
+    alice = kerberos_realm.principal("alice")
+    with start_replicas(1, tmp_path / "group", security=security) as group:
+        with proxies.envoy_grpc_proxy(group.addresses, tmp_path) as proxy:
+            with secure_channel(
+                proxy.address,
+                kerberos_realm.client_credentials("alice"),
+                target_name=kerberos_realm.hostbased("storage"),
+                protection=ProtectionLevel.PRIVACY,
+            ) as channel:
+                stub = echo_pb2_grpc.EchoStub(channel)
+                assert stub.Say(_request(f"{tag}-say"), timeout=10).principal == alice
+                assert len(list(stub.Repeat(_request(f"{tag}-rep", 2), timeout=10))) == 2
+                collected = stub.Collect(iter([_request(f"{tag}-col")]), timeout=10)
+                assert collected.principal == alice
+                chat = list(stub.Chat(iter([_request(f"{tag}-chat")]), timeout=10))
+                assert [r.principal for r in chat] == [alice]
+        ran = _ran(group, tag)
+    assert len(ran) == 4 and {e.principal for e in ran} == {alice}

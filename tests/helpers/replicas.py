@@ -74,7 +74,8 @@ class ReplicaSecurity:
     def kerberos(
         cls, realm: Any, service: str = "storage", rcache: str | None = None
     ) -> ReplicaSecurity:
-        """A service of a ``tests/kdc.py`` realm: its keytab, a replay cache, the lab's
+        """A service of a ``tests/kdc.py`` realm: its keytab, a replay cache (an MIT name,
+        ``file2:PATH``; replicas given the same one share it, RFC 4120 §3.2.3), the lab's
         ``krb5.conf``. Replicas share the keytab (as a Kubernetes secret would be shared)."""
         return cls(
             "kerberos",
