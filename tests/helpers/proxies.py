@@ -267,9 +267,9 @@ def _free_port() -> int:
 def _directory(directory: os.PathLike[str] | str | None, kind: str) -> tuple[pathlib.Path, bool]:
     if directory is None:
         return pathlib.Path(tempfile.mkdtemp(prefix=f"rpcsec-{kind}-")), True
-    path = pathlib.Path(directory) / f"{kind}-{_free_port()}"
-    path.mkdir(parents=True)
-    return path, False
+    parent = pathlib.Path(directory)
+    parent.mkdir(parents=True, exist_ok=True)
+    return pathlib.Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=parent)), False
 
 
 def _launch(argv: list[str], directory: pathlib.Path) -> subprocess.Popen[bytes]:
