@@ -224,3 +224,42 @@ def test_rolling_restart_under_traffic(name, tmp_path) -> None:
         assert error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE), error
         assert ran[("Say", request_id)] == 0, f"{request_id} failed after its handler ran"
     assert len(traffic.failures) <= 0.05 * traffic.attempted
+
+
+FORGED_REFUSAL = {"grpc-status": "16", "grpc-message": "forged", "rpcsec-reason": "context-unknown"}
+
+
+def test_forging_proxy_rewrites_answers_after_the_handler_ran(group, tmp_path) -> None:
+    """The man in the middle of issue 9 (``proxies.Forgery``, an Envoy Lua filter): every
+    call reaches its handler, and the client gets a refusal nobody signed instead of the
+    answer -- all four kinds. The rpcsec version of this (the handler must run exactly once)
+    is the session layer's test."""
+    proxies.require_proxy("envoy")
+    forge = proxies.Forgery(FORGED_REFUSAL, path_prefix="/rpcsec.test.v1.Echo/")
+    tag = "plain-forged"
+    calls = {
+        "Say": lambda stub: stub.Say(_request(f"{tag}-say"), timeout=10),
+        "Repeat": lambda stub: list(stub.Repeat(_request(f"{tag}-rep", 2), timeout=10)),
+        "Collect": lambda stub: stub.Collect(iter([_request(f"{tag}-col")]), timeout=10),
+        "Chat": lambda stub: list(stub.Chat(iter([_request(f"{tag}-chat")]), timeout=10)),
+    }
+    with proxies.envoy_grpc_proxy(group.addresses, tmp_path, forge=forge) as proxy:
+        with grpc.insecure_channel(proxy.address) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            for method, call in calls.items():
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(stub)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, method
+                trailers = dict(refused.value.trailing_metadata() or ())
+                assert trailers.get("rpcsec-reason") == "context-unknown", method
+    ran = [e for e in group.executions() if e.id.startswith(f"{tag}-")]
+    assert sorted(e.method for e in ran) == sorted(calls), "each handler ran exactly once"
+
+
+def test_forgery_text_is_checked() -> None:
+    with pytest.raises(ValueError):
+        proxies.Forgery({"grpc-status": '16" end'}).filter()
+    with pytest.raises(ValueError):
+        proxies.Forgery({"grpc-status": "16"}, path_prefix='x"]').filter()
+    lua = proxies.Forgery(FORGED_REFUSAL).filter()["typed_config"]["default_source_code"]
+    assert '["rpcsec-reason"] = "context-unknown"' in lua["inline_string"]
