@@ -60,9 +60,8 @@ def _peek(request_iterator: Iterator[Any]) -> tuple[str, Iterator[Any]]:
 
 
 def _text_metadata(metadata: Any) -> dict[str, str]:
-    """The call's text metadata; a key sent several times (haproxy adds a second
-    x-forwarded-for instead of appending) joined with ", ", as HTTP folds repeated fields
-    (RFC 9110 §5.3)."""
+    """The call's text metadata; a key sent several times joined with ", ", as HTTP folds
+    repeated fields (RFC 9110 §5.3), so a test sees every value a proxy let through."""
     folded: dict[str, list[str]] = {}
     for key, value in metadata:
         if not key.endswith("-bin"):
