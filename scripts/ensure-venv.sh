@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Make .venv hold everything `make test` and `make demo` need, and say so only when it does.
+#
+# Idempotent and order-independent: the stamp ($VENV/.installed) is written only after every
+# extra actually imports, and it is never trusted alone: a missing extra (e.g. the kerberos one,
+# which compiles against libkrb5 and fails when the Debian packages arrive later) is installed
+# again on the next run. Run scripts/system-deps.sh first (the Makefile does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+STAMP="$VENV/.installed"
+
+# What each part of the install must make importable.
+CORE_IMPORTS="import rpcsec, grpc, cryptography, OpenSSL, spnego, pytest, hypothesis, grpc_tools, matplotlib"
+KERBEROS_IMPORTS="import gssapi, krb5"
+
+imports() { "$PY" -c "$1" >/dev/null 2>&1; }
+stamp_fresh() { [ -f "$STAMP" ] && [ ! pyproject.toml -nt "$STAMP" ]; }
+
+if [ ! -x "$PY" ]; then
+  echo "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$PY" -m pip install -q --upgrade pip
+fi
+
+if stamp_fresh && imports "$CORE_IMPORTS" && imports "$KERBEROS_IMPORTS"; then
+  exit 0  # everything imports: nothing to do
+fi
+rm -f "$STAMP"
+
+if ! stamp_fresh || ! imports "$CORE_IMPORTS"; then
+  echo "installing rpcsec with the test and bench extras into $VENV"
+  "$PY" -m pip install -q -e '.[test,bench]'
+fi
+
+if ! imports "$KERBEROS_IMPORTS"; then
+  if command -v krb5-config >/dev/null 2>&1; then
+    echo "installing the kerberos extra (python-gssapi, pykrb5) into $VENV"
+    "$PY" -m pip install -q -e '.[kerberos]' \
+      || echo "warning: the kerberos extra did not build; Kerberos tests will skip (fail with CI=true)"
+  else
+    echo "note: the kerberos extra needs libkrb5-dev (run as root: bash scripts/system-deps.sh);" \
+      "Kerberos tests will skip (fail with CI=true); run make again once it is installed"
+  fi
+fi
+
+if imports "$CORE_IMPORTS" && imports "$KERBEROS_IMPORTS"; then
+  touch "$STAMP"
+elif ! imports "$CORE_IMPORTS"; then
+  echo "error: $VENV cannot import rpcsec and its test dependencies" >&2
+  exit 1
+fi
