@@ -30,7 +30,10 @@ from rpcsec.sspi import (
 async def run(args: argparse.Namespace) -> None:
     # [readme:aio-client]
     credentials = acquire_credentials_handle(
-        "x509", None, CredentialUse.OUTBOUND, bundle=args.bundle
+        "x509",
+        None,
+        CredentialUse.OUTBOUND,
+        bundle=args.bundle,
     )
     channel = secure_channel(
         args.target,

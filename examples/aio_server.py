@@ -52,8 +52,8 @@ async def serve(credentials: Credentials, port: int = 0) -> tuple[grpc.aio.Serve
     # [readme:aio-server]
     server = grpc.aio.server(
         interceptors=[
-            SecurityInterceptor(credentials, policy=AuthorizationPolicy.any_authenticated())
-        ]
+            SecurityInterceptor(credentials, policy=AuthorizationPolicy.any_authenticated()),
+        ],
     )
     notes_pb2_grpc.add_NotesServicer_to_server(Notes(), server)
     port = server.add_insecure_port(f"127.0.0.1:{port}")

@@ -46,9 +46,7 @@ def open_channel(args: argparse.Namespace, credentials: Credentials) -> grpc.Cha
         credentials,
         target_name=args.target_name,  # the server must prove this identity
         protection=ProtectionLevel[args.protection.upper()],  # PRIVACY sealed, INTEGRITY signed
-        impersonation=ImpersonationLevel.DELEGATE
-        if args.delegate
-        else ImpersonationLevel.IMPERSONATE,
+        impersonation=args.impersonation,  # DELEGATE: the server may call onward as you
         # x509 delegation names where the service may act as you (default: nowhere)
         package_options={"delegate_to": args.delegate_to} if args.delegate_to else None,
     )
@@ -85,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["write", "read", "list"])
     parser.add_argument("args", nargs="*")
     args = parser.parse_args(argv)
-    args.delegate = args.delegate or bool(args.delegate_to)
+    delegate = args.delegate or bool(args.delegate_to)
+    args.impersonation = ImpersonationLevel.DELEGATE if delegate else ImpersonationLevel.IMPERSONATE
     channel = open_channel(args, user_credentials(args))
     try:
         run(notes_pb2_grpc.NotesStub(channel), args.command, args.args)

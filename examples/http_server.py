@@ -23,9 +23,7 @@ class Hello(AuthHTTPRequestHandler):
     def handle_authenticated(self, request: Request) -> Response:
         caller = rpcsec.current_token()  # the authenticated caller, as in a gRPC handler
         return Response(200, f"hello {caller.principal}, you asked for {request.path}\n".encode())
-
-
-# [/readme:http-server]
+        # [/readme:http-server]
 
 
 def main(argv: list[str] | None = None) -> int:
