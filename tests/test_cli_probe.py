@@ -1,0 +1,184 @@
+"""``rpcsec probe``: against a real server (examples/server.py in its own process), the bind's
+legs, the proven server, granted attributes and protection; on failure the reason, who
+detected it and what to check -- and never a traceback."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+from concurrent import futures
+
+import grpc
+import pytest
+from helpers.example_processes import ExampleServer
+
+from rpcsec.cli import PROBE_HINTS, main
+from rpcsec.sspi import SecStatus
+
+TD = "probe.test"
+NOTES = f"spiffe://{TD}/svc/notes"
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("probe")
+    for authority, td in (("pki", TD), ("other", "other.test")):
+        assert main(["authority", "init", str(root / authority), "--trust-domain", td]) == 0
+    issue = [("pki", "notes", True), ("pki", "alice", False), ("other", "mallory", False)]
+    for authority, name, service in issue:
+        out = str(root / "bundles" / name)
+        flags = ["--service"] if service else []
+        assert (
+            main(["authority", "issue", str(root / authority), name, *flags, "--bundle", out]) == 0
+        )
+    shutil.rmtree(root / "pki")
+    shutil.rmtree(root / "other")
+    return root / "bundles"
+
+
+@pytest.fixture(scope="module")
+def server(bundles: pathlib.Path):
+    with ExampleServer("server", "--bundle", str(bundles / "notes"), cwd=bundles) as running:
+        yield running
+
+
+def probe(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command, as a user types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "rpcsec", "probe", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
+
+
+def test_probe_shows_the_handshake_and_what_was_proven(server, bundles) -> None:
+    result = probe(
+        server.address,
+        "--target-name",
+        NOTES,
+        "--bundle",
+        str(bundles / "alice"),
+        "--protection",
+        "privacy",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    legs = re.findall(r"^([<>]) leg (\d+) .* token +(\d+) B .* at +[\d.]+ ms$", out, re.M)
+    assert [direction for direction, _, _ in legs] == [">", "<", ">", "<"]  # x509: 4 tokens
+    assert all(int(size) > 0 for _, _, size in legs)
+    assert f"* probing {server.address} as spiffe://{TD}/user/alice (x509)" in out
+    assert f"* server proven:  {NOTES}" in out
+    assert re.search(r"^\* granted: .*MUTUAL_AUTH.*CONFIDENTIALITY", out, re.M)
+    assert "* protection:     PRIVACY" in out
+    assert "* impersonation:  IMPERSONATE" in out
+    assert re.search(r"^\* bound in [\d.]+ ms$", out, re.M)
+    assert "Traceback" not in out + result.stderr
+
+
+def test_wrong_target_name_says_so_and_what_to_check(server, bundles) -> None:
+    result = probe(
+        server.address,
+        "--target-name",
+        f"spiffe://{TD}/svc/billing",
+        "--bundle",
+        str(bundles / "alice"),
+    )
+    assert result.returncode == 1
+    assert "* FAILED (detected by this client): wrong-principal" in result.stdout
+    assert "check: the server proved a different identity than --target-name" in result.stdout
+    assert "server proven" not in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_server_outside_your_trust_bundle_is_untrusted(server, bundles) -> None:
+    """mallory's bundle is from another authority, so is her trust bundle: the client
+    refuses the server's certificate itself."""
+    result = probe(server.address, "--target-name", NOTES, "--bundle", str(bundles / "mallory"))
+    assert result.returncode == 1
+    assert "untrusted-root" in result.stdout
+    assert PROBE_HINTS["untrusted-root"][:40] in result.stdout
+
+
+def test_refusal_by_the_server_is_labelled_unsigned(server, bundles) -> None:
+    """mallory trusts the server's authority (``--option trust=``) but the server does not
+    trust hers: the server refuses, and the probe says the reason came from the server,
+    unsigned."""
+    result = probe(
+        server.address,
+        "--target-name",
+        NOTES,
+        "--bundle",
+        str(bundles / "mallory"),
+        "--option",
+        f"trust={bundles / 'notes' / 'svid_bundle.pem'}",
+    )
+    assert result.returncode == 1
+    assert "* FAILED (refused by the server (its reason is not signed" in result.stdout
+    assert "untrusted-root" in result.stdout
+
+
+def test_missing_bundle_is_reported_before_any_network(bundles) -> None:
+    result = probe("127.0.0.1:9", "--target-name", NOTES, "--bundle", str(bundles / "nobody"))
+    assert result.returncode == 1
+    assert "* FAILED (loading your credentials): no-credentials" in result.stdout
+    assert "leg" not in result.stdout
+
+
+def test_a_plain_grpc_server_is_not_an_rpcsec_server(bundles) -> None:
+    plain = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = plain.add_insecure_port("127.0.0.1:0")
+    plain.start()
+    try:
+        result = probe(
+            f"127.0.0.1:{port}", "--target-name", NOTES, "--bundle", str(bundles / "alice")
+        )
+    finally:
+        plain.stop(None)
+    assert result.returncode == 1
+    assert "* FAILED (no rpcsec handshake): UNIMPLEMENTED" in result.stdout
+    assert "SecurityInterceptor" in result.stdout
+
+
+def test_nothing_listening(bundles) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        result = probe(
+            f"127.0.0.1:{port}",
+            "--target-name",
+            NOTES,
+            "--bundle",
+            str(bundles / "alice"),
+            "--timeout",
+            "3",
+        )
+    assert result.returncode == 1
+    assert "no rpcsec handshake" in result.stdout
+
+
+def test_every_reason_a_bind_can_fail_with_has_a_hint() -> None:
+    """Hints exist for every handshake-time reason (the others fall back to docs/reasons.md)."""
+    handshake_reasons = {
+        SecStatus.WRONG_PRINCIPAL,
+        SecStatus.TARGET_UNKNOWN,
+        SecStatus.UNTRUSTED_ROOT,
+        SecStatus.CERT_EXPIRED,
+        SecStatus.NO_CREDENTIALS,
+        SecStatus.LOGON_DENIED,
+        SecStatus.INSUFFICIENT_ATTRIBUTES,
+        SecStatus.INVALID_TOKEN,
+        SecStatus.BUSY,
+        SecStatus.TIME_SKEW,
+        SecStatus.CONTEXT_EXPIRED,
+        SecStatus.DELEGATION_POLICY,
+    }
+    assert {status.value for status in handshake_reasons} <= set(PROBE_HINTS)
+    assert set(PROBE_HINTS) <= {status.value for status in SecStatus}
