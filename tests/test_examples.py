@@ -218,13 +218,13 @@ def _region(path: pathlib.Path, name: str) -> str:
     return textwrap.dedent(match.group(1))
 
 
-def test_readme_snippets_are_the_examples() -> None:
-    """Every python block the README marks as quoted is exactly that region of the example."""
-    readme = (REPO / "README.md").read_text()
-    quotes = _QUOTE.findall(readme)
+@pytest.mark.parametrize("document", ["README.md", "docs/guide.md"])
+def test_doc_snippets_are_the_examples(document: str) -> None:
+    """Every python block a document marks as quoted is exactly that region of the example."""
+    quotes = _QUOTE.findall((REPO / document).read_text())
     assert len(quotes) >= 5
     for path, name, body in quotes:
-        assert body == _region(REPO / path, name), f"README quote of {path}#{name} is stale"
+        assert body == _region(REPO / path, name), f"{document}'s quote of {path}#{name} is stale"
 
 
 def test_every_example_has_a_header_and_is_run_here() -> None:
