@@ -353,14 +353,17 @@ def _print_legs(recorder: _ProbeRecorder, started: float) -> None:
 def _print_context(context: Any, started: float) -> None:
     import time
 
-    from rpcsec.sspi import ContextAttribute
+    from rpcsec.sspi import ContextAttribute, ContextReq
 
     elapsed = (time.perf_counter() - started) * 1000
     peer = context.peer
     lifespan = context.query_attributes(ContextAttribute.LIFESPAN)
     names = context.query_attributes(ContextAttribute.NATIVE_NAMES)
     print(f"* bound in {elapsed:.2f} ms")
-    print(f"* server proven:  {peer.principal}")
+    if context.attributes & ContextReq.MUTUAL_AUTH:
+        print(f"* server proven:  {peer.principal}")
+    else:  # NTLM: the client learns nothing about the server
+        print(f"* server NOT proven (no MUTUAL_AUTH): {peer.principal} is only the name asked for")
     if names.peer and names.peer != peer.principal:
         print(f"*   native name:  {names.peer}")
     print(f"* package:        {context.package.name}")
@@ -373,7 +376,8 @@ def _print_context(context: Any, started: float) -> None:
         print("* expires:        never (no lifetime limit)")
     else:
         left = lifespan.expiry - time.time()
-        print(f"* expires:        in {left:.0f} s")
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(lifespan.expiry))
+        print(f"* expires:        {when} (in {left / 3600:.1f} h)")
 
 
 def _flag_names(flags: Any) -> str:

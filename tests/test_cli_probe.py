@@ -182,3 +182,70 @@ def test_every_reason_a_bind_can_fail_with_has_a_hint() -> None:
     }
     assert {status.value for status in handshake_reasons} <= set(PROBE_HINTS)
     assert set(PROBE_HINTS) <= {status.value for status in SecStatus}
+
+
+def _in_process_server(credentials) -> tuple[grpc.Server, str]:
+    """A server with only rpcsec's handshake service: a probe calls nothing else."""
+    from rpcsec.grpc import SecurityInterceptor
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=[SecurityInterceptor(credentials)]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def test_ntlm_cannot_prove_the_server_and_the_probe_says_so(tmp_path: pathlib.Path) -> None:
+    from rpcsec.sspi import CredentialUse, acquire_credentials_handle
+
+    users = tmp_path / "users"
+    users.write_text("RPCSEC:alice:Alice-Pa55!\n")
+    credentials = acquire_credentials_handle(
+        "ntlm", None, CredentialUse.INBOUND, user_file=str(users)
+    )
+    server, address = _in_process_server(credentials)
+    common = [address, "--target-name", "storage@localhost", "--package", "ntlm"]
+    common += ["--principal", "RPCSEC\\alice", "--option", "password=Alice-Pa55!"]
+    try:
+        strict = probe(*common)
+        relaxed = probe(*common, "--no-mutual")
+        wrong = probe(*common[:-1], "password=wrong", "--no-mutual")
+    finally:
+        server.stop(None)
+    assert strict.returncode == 1
+    assert "* FAILED (detected by this client): insufficient-attributes" in strict.stdout
+    assert "--no-mutual" in strict.stdout
+    assert relaxed.returncode == 0, relaxed.stdout + relaxed.stderr
+    assert "* server NOT proven (no MUTUAL_AUTH): storage@localhost" in relaxed.stdout
+    assert "server proven:" not in relaxed.stdout
+    assert wrong.returncode == 1
+    assert "logon-denied" in wrong.stdout
+    assert "refused by the server" in wrong.stdout
+
+
+@pytest.mark.kerberos
+def test_kerberos_probe(kerberos_realm) -> None:
+    from rpcsec.sspi import CredentialUse, acquire_credentials_handle
+
+    realm = kerberos_realm
+    credentials = acquire_credentials_handle(
+        "kerberos",
+        realm.service_principal("storage"),
+        CredentialUse.INBOUND,
+        keytab=realm.keytab("storage"),
+        rcache=realm.rcache("storage"),
+    )
+    server, address = _in_process_server(credentials)
+    common = ["--package", "kerberos", "--option", f"ccache={realm.ccache('alice')}"]
+    try:
+        ok = probe(address, "--target-name", realm.hostbased("storage"), *common)
+        unknown = probe(address, "--target-name", "nosuchservice@localhost", *common)
+    finally:
+        server.stop(None)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"as {realm.principal('alice')} (kerberos)" in ok.stdout
+    assert f"* server proven:  {realm.service_principal('storage')}" in ok.stdout
+    assert "MUTUAL_AUTH" in ok.stdout
+    assert unknown.returncode == 1
+    assert "FAILED" in unknown.stdout and "Traceback" not in unknown.stdout + unknown.stderr
