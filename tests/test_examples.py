@@ -230,8 +230,10 @@ def test_doc_snippets_are_the_examples(document: str) -> None:
 def test_every_example_has_a_header_and_is_run_here() -> None:
     """No example escapes this file: each program is started by a test above."""
     source = pathlib.Path(__file__).read_text()
+    index = (EXAMPLES / "README.md").read_text()
     for path in EXAMPLES.glob("*.py"):
         if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
             continue
         assert path.read_text().startswith('"""'), f"{path.name} needs a header docstring"
         assert f'"{path.stem}"' in source, f"{path.name} is not run by tests/test_examples.py"
+        assert f"`{path.name}`" in index, f"{path.name} is not listed in examples/README.md"
