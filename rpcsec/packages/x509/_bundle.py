@@ -1,8 +1,9 @@
 """Identity bundles: one directory a service or client loads, without the authority's key.
 
-``rpcsec authority issue DIR NAME --bundle OUT`` writes the files spiffe-helper (SPIRE's
-helper that writes a workload's X509-SVID to disk) writes by default, so a bundle from SPIRE
-and one from ``rpcsec authority`` load the same way::
+``rpcsec authority issue DIR NAME --bundle OUT`` writes three PEM files under the names
+spiffe-helper's documented configuration uses (SPIRE's helper that writes a workload's
+X509-SVID to disk: ``svid_file_name``, ``svid_key_file_name``, ``svid_bundle_file_name``),
+so a directory spiffe-helper keeps up to date with that configuration loads the same way::
 
     OUT/svid.pem         the SVID's certificate chain: leaf first, then any intermediates
     OUT/svid_key.pem     its private key (PKCS#8 PEM, mode 0600)
