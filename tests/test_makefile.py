@@ -150,3 +150,83 @@ def test_fresh_clone_reinstalls_a_missing_extra_despite_the_stamp(tmp_path: path
     assert second.returncode == 0
     assert "installing" not in second.stdout
     shutil.rmtree(clone, ignore_errors=True)
+
+
+# -- scripts/ensure-venv.sh's decisions, with a recording stand-in for the venv's python --------
+
+_FAKE_PYTHON = """#!/bin/sh
+# Stands in for .venv/bin/python: logs every call; imports succeed unless named in $MISSING.
+echo "$*" >> "$CALLS"
+case "$*" in
+  *"import gssapi"*) case " $MISSING " in *" gssapi "*) exit 1;; esac ;;
+  *"import importlib"*) case " $MISSING " in *" core "*) exit 1;; esac ;;
+  *"-m pip install"*"[kerberos]"*) [ -n "$FIXED_BY_PIP" ] && : > "$FIXED_BY_PIP" ;;
+esac
+exit 0
+"""
+
+
+def _ensure(tmp_path: pathlib.Path, *, missing: str, krb5_config: bool, stamp: bool):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    python = venv / "bin" / "python"
+    python.write_text(_FAKE_PYTHON)
+    python.chmod(0o755)
+    (venv / ".installed").unlink(missing_ok=True)
+    if stamp:
+        (venv / ".installed").touch()
+        os.utime(venv / ".installed", (2**31, 2**31))  # newer than pyproject.toml
+    tools = tmp_path / "tools"
+    tools.mkdir(exist_ok=True)
+    for tool in ("rm", "touch", "dirname"):
+        target = shutil.which(tool)
+        assert target
+        if not (tools / tool).exists():
+            (tools / tool).symlink_to(target)
+    if krb5_config:
+        (tools / "krb5-config").write_text("#!/bin/sh\nexit 0\n")
+        (tools / "krb5-config").chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    result = subprocess.run(
+        [shutil.which("bash"), str(REPO / "scripts" / "ensure-venv.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(tools), "VENV": str(venv), "CALLS": str(calls), "MISSING": missing},
+    )
+    return result, calls.read_text().splitlines(), (venv / ".installed").exists()
+
+
+def test_stamp_is_not_trusted_when_the_kerberos_extra_is_missing(tmp_path) -> None:
+    result, calls, stamped = _ensure(tmp_path, missing="gssapi", krb5_config=True, stamp=True)
+    assert result.returncode == 0, result.stderr
+    assert any("-m pip install -q -e .[kerberos]" in call for call in calls)
+    assert not any("[test,bench]" in call for call in calls)  # the core was fine
+    assert not stamped  # gssapi still does not import (the stand-in says so): no stamp
+
+
+def test_without_libkrb5_the_extra_is_not_tried_and_the_user_is_told(tmp_path) -> None:
+    result, calls, stamped = _ensure(tmp_path, missing="gssapi", krb5_config=False, stamp=True)
+    assert result.returncode == 0
+    assert "needs libkrb5-dev" in result.stdout and "run make again" in result.stdout
+    assert not any("pip install" in call for call in calls)
+    assert not stamped
+
+
+def test_a_broken_core_is_reinstalled(tmp_path) -> None:
+    result, calls, stamped = _ensure(tmp_path, missing="core", krb5_config=True, stamp=True)
+    assert any("-m pip install -q -e .[test,bench]" in call for call in calls)
+    assert result.returncode == 1  # still broken after the install: say so, fail
+    assert "cannot import rpcsec" in result.stderr
+    assert not stamped
+
+
+def test_everything_importable_is_a_no_op_that_stamps(tmp_path) -> None:
+    result, calls, stamped = _ensure(tmp_path, missing="", krb5_config=True, stamp=True)
+    assert result.returncode == 0 and result.stdout == ""
+    assert not any("pip" in call for call in calls)
+    assert stamped
+    result, calls, stamped = _ensure(tmp_path, missing="", krb5_config=True, stamp=False)
+    assert any("[test,bench]" in call for call in calls)  # no stamp: install once, then stamp
+    assert stamped
