@@ -3,6 +3,8 @@
 #
 #   bash examples/make_identities.sh [DIR]      (default DIR: ./example-pki)
 #
+# Needs the `rpcsec` command on PATH (.venv/bin after `make demo`), or RPCSEC="python -m rpcsec".
+#
 # DIR/authority holds the authority's private key (root.key): keep it offline. Services and
 # clients only ever get a bundle, DIR/bundles/NAME (certificate, key 0600, trust bundle).
 set -euo pipefail

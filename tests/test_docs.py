@@ -161,3 +161,23 @@ def test_anonymous_row_matches_the_package(package: str, tmp_path: pathlib.Path)
         f"docs/packages.md says ANONYMOUS is {cell!r} for {package}, the package "
         f"{'hides' if hidden else 'does not hide'} the client: update the doc"
     )
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/guide.md"])
+def test_identity_commands_in_the_docs_run(document: str, tmp_path: pathlib.Path) -> None:
+    """The first ``rpcsec authority`` shell block of the document, run as written."""
+    import shlex
+    import subprocess
+    import sys
+
+    text = (REPO / document).read_text()
+    block = next(b for b in re.findall(r"```sh\n(.*?)```", text, re.S) if "authority init" in b)
+    commands = [line.split("#")[0].strip() for line in block.splitlines()]
+    commands = [c for c in commands if c.startswith("rpcsec authority")]
+    assert len(commands) >= 3
+    for command in commands:
+        argv = [sys.executable, "-m", "rpcsec", *shlex.split(command)[1:]]
+        result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, (command, result.stderr)
+    for bundle in (tmp_path / "bundles").iterdir():
+        acquire_credentials_handle("x509", None, CredentialUse.BOTH, bundle=bundle)
