@@ -173,12 +173,14 @@ _UNREACHABLE_HINT = (
 
 
 class _ProbeLeg:
-    """One handshake message: direction, size of the token it carried, when it passed."""
+    """One handshake message: direction, size of the token it carried, when it passed, and
+    what else the server's message said (complete with a context handle of N bytes, refused)."""
 
-    __slots__ = ("at", "direction", "size", "total")
+    __slots__ = ("at", "direction", "note", "size", "total")
 
-    def __init__(self, direction: str, size: int, total: int, at: float) -> None:
+    def __init__(self, direction: str, size: int, total: int, at: float, note: str = "") -> None:
         self.direction, self.size, self.total, self.at = direction, size, total, at
+        self.note = note
 
 
 class _ProbeRecorder:
@@ -209,15 +211,19 @@ class _ProbeRecorder:
 
             def __next__(self) -> Any:
                 raw = next(self._call)
-                token = b""
+                token, note = b"", ""
                 try:
                     reply = handshake_pb2.NegotiateResponse.FromString(raw)
                     token = reply.token
                     if reply.HasField("error"):
                         recorder.server_error = reply.error.reason[:64]
+                        note = "refused"
+                    elif reply.complete:
+                        note = f"complete, context handle {len(reply.context_handle)} B"
                 except Exception:  # malformed: secure_channel reports it
-                    pass
-                recorder.legs.append(_ProbeLeg("<", len(token), len(raw), recorder.clock()))
+                    note = "malformed"
+                leg = _ProbeLeg("<", len(token), len(raw), recorder.clock(), note)
+                recorder.legs.append(leg)
                 return raw
 
             def __getattr__(self, name: str) -> Any:
@@ -343,9 +349,10 @@ def _print_legs(recorder: _ProbeRecorder, started: float) -> None:
     for number, leg in enumerate(recorder.legs, 1):
         who = "client -> server" if leg.direction == ">" else "server -> client"
         ms = (leg.at - started) * 1000
+        note = f"  [{leg.note}]" if leg.note else ""
         print(
             f"{leg.direction} leg {number}  {who}  token {leg.size:5d} B  (message {leg.total} B)"
-            f"  at {ms:7.2f} ms"
+            f"  at {ms:7.2f} ms{note}"
         )
     print(f"* {len(recorder.legs)} legs, {sent} B sent, {received} B received")
 

@@ -69,9 +69,12 @@ def test_probe_shows_the_handshake_and_what_was_proven(server, bundles) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    legs = re.findall(r"^([<>]) leg (\d+) .* token +(\d+) B .* at +[\d.]+ ms$", out, re.M)
-    assert [direction for direction, _, _ in legs] == [">", "<", ">", "<"]  # x509: 4 tokens
-    assert all(int(size) > 0 for _, _, size in legs)
+    legs = re.findall(
+        r"^([<>]) leg (\d+) .* token +(\d+) B .* at +[\d.]+ ms(?:  \[(.*)\])?$", out, re.M
+    )
+    assert [leg[0] for leg in legs] == [">", "<", ">", "<"]  # x509: 4 tokens
+    assert all(int(leg[2]) > 0 for leg in legs)
+    assert re.fullmatch(r"complete, context handle \d+ B", legs[-1][3])
     assert f"* probing {server.address} as spiffe://{TD}/user/alice (x509)" in out
     assert f"* server proven:  {NOTES}" in out
     assert re.search(r"^\* granted: .*MUTUAL_AUTH.*CONFIDENTIALITY", out, re.M)
