@@ -318,6 +318,20 @@ def _probe(args: argparse.Namespace) -> int:
         protection=protection,
         handshake_timeout=args.timeout,
     )
+    try:
+        return _probe_bind(channel, recorder)
+    finally:
+        channel.close()
+
+
+def _probe_bind(channel: Any, recorder: _ProbeRecorder) -> int:
+    """The bind itself: legs as they went, then the context or the reason it failed."""
+    import time
+
+    import grpc
+
+    from rpcsec.sspi import SecurityError
+
     started = time.perf_counter()
     try:
         try:
@@ -325,7 +339,9 @@ def _probe(args: argparse.Namespace) -> int:
         finally:
             _print_legs(recorder, started)
     except SecurityError as exc:
-        if recorder.server_error is not None:
+        # The server's refusal arrives as an error message on the handshake stream or as a
+        # gRPC status with an rpcsec-reason trailer (the typed error's cause): unsigned both.
+        if recorder.server_error is not None or isinstance(exc.__cause__, grpc.RpcError):
             stage = "refused by the server (its reason is not signed: it may come from a proxy)"
         else:
             stage = "detected by this client"
@@ -336,10 +352,7 @@ def _probe(args: argparse.Namespace) -> int:
         code = exc.code() if callable(getattr(exc, "code", None)) else None
         name = code.name if code is not None else "transport error"
         return _probe_fail("no rpcsec handshake", name, "", _UNREACHABLE_HINT)
-    try:
-        _print_context(context, started)
-    finally:
-        channel.close()
+    _print_context(context, started)
     return 0
 
 

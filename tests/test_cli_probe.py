@@ -252,3 +252,44 @@ def test_kerberos_probe(kerberos_realm) -> None:
     assert "MUTUAL_AUTH" in ok.stdout
     assert unknown.returncode == 1
     assert "FAILED" in unknown.stdout and "Traceback" not in unknown.stdout + unknown.stderr
+
+
+def test_busy_server_is_a_refusal_by_the_server(bundles) -> None:
+    """One handshake slot, held half-open by another client: the probe is refused with
+    RESOURCE_EXHAUSTED ``busy`` (a gRPC status, so: refused by the server, unsigned)."""
+    import queue
+
+    from rpcsec.grpc import NEGOTIATE_METHOD, SecurityInterceptor
+    from rpcsec.grpc._proto import handshake_pb2
+    from rpcsec.sspi import CredentialUse, acquire_credentials_handle, initialize_security_context
+
+    notes = acquire_credentials_handle(
+        "x509", None, CredentialUse.INBOUND, bundle=bundles / "notes"
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        interceptors=[SecurityInterceptor(notes, max_handshakes=1)],
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    alice = acquire_credentials_handle(
+        "x509", None, CredentialUse.OUTBOUND, bundle=bundles / "alice"
+    )
+    first = initialize_security_context(alice, NOTES).step(None).token
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+    outbox.put(handshake_pb2.NegotiateRequest(package="x509", token=first).SerializeToString())
+    raw = grpc.insecure_channel(f"127.0.0.1:{port}")
+    holder = raw.stream_stream(NEGOTIATE_METHOD)(iter(outbox.get, None), timeout=30)
+    try:
+        next(holder)  # the server answered leg 1: its only handshake slot is taken
+        result = probe(
+            f"127.0.0.1:{port}", "--target-name", NOTES, "--bundle", str(bundles / "alice")
+        )
+    finally:
+        holder.cancel()
+        outbox.put(None)
+        raw.close()
+        server.stop(None)
+    assert result.returncode == 1
+    assert "* FAILED (refused by the server (its reason is not signed" in result.stdout
+    assert "busy" in result.stdout and "retry later" in result.stdout
