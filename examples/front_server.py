@@ -7,7 +7,8 @@ The front has no rights of its own at the storage. Inside a handler it impersona
 caller, so a ``secure_channel`` made there *without credentials* uses the caller's delegated
 credentials (cloaking); the storage then sees principal = the client, via = [front]. The
 client must allow it: ``client.py --delegate-to spiffe://example.test/svc/notes`` (x509
-delegation names where the front may act as you; Kerberos forwards the ticket instead). A
+delegation names where the front may act as you); with Kerberos (``--keytab``/``--principal``
+here, ``client.py --ccache ... --delegate`` there) the client forwards its ticket instead. A
 caller who did not delegate gets PERMISSION_DENIED ``delegation-required``.
 Prints ``READY 127.0.0.1:PORT``.
 """
@@ -61,14 +62,23 @@ class Front(notes_pb2_grpc.NotesServicer):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", required=True, help="the front's x509 bundle")
+    parser.add_argument("--bundle", help="the front's x509 bundle")
+    parser.add_argument("--keytab", help="kerberos: the front's keytab")
+    parser.add_argument("--principal", help="kerberos: the front's service principal")
     parser.add_argument("--storage", required=True, help="storage address host:port")
     parser.add_argument("--storage-name", required=True, help="storage's identity")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    credentials = acquire_credentials_handle(
-        "x509", None, CredentialUse.INBOUND, bundle=args.bundle
-    )
+    if args.keytab:  # kerberos: the caller forwards a ticket instead of signing a proxy
+        credentials = acquire_credentials_handle(
+            "kerberos", args.principal, CredentialUse.INBOUND, keytab=args.keytab
+        )
+    elif args.bundle:
+        credentials = acquire_credentials_handle(
+            "x509", None, CredentialUse.INBOUND, bundle=args.bundle
+        )
+    else:
+        parser.error("give --bundle (x509) or --keytab (kerberos)")
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
         interceptors=[

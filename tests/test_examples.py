@@ -204,6 +204,34 @@ def test_kerberos_instead_of_x509(kerberos_realm, tmp_path: pathlib.Path) -> Non
         assert wrong.returncode == 1
 
 
+@pytest.mark.kerberos
+def test_kerberos_delegating_front(kerberos_realm, tmp_path: pathlib.Path) -> None:
+    """The same front and storage with Kerberos: alice forwards her TGT, the storage sees her
+    via the front; without --delegate the front cannot call onward."""
+    realm = kerberos_realm
+    env = {"KRB5_CONFIG": os.environ["KRB5_CONFIG"]}
+
+    def service(name: str) -> list[str]:
+        return ["--keytab", realm.keytab(name), "--principal", realm.service_principal(name)]
+
+    with ExampleServer("server", *service("storage"), cwd=tmp_path, env=env) as storage:
+        onward = ["--storage", storage.address, "--storage-name", realm.hostbased("storage")]
+        with ExampleServer(
+            "front_server", *service("documents"), *onward, cwd=tmp_path, env=env
+        ) as front:
+            common = ["--ccache", realm.ccache("alice"), "--target", front.address]
+            common += ["--target-name", realm.hostbased("documents")]
+            wrote = run_example(
+                "client", *common, "--delegate", "write", "k", "v", cwd=tmp_path, env=env
+            )
+            assert wrote.returncode == 0, wrote.stderr
+            via = realm.service_principal("documents")
+            assert f"(server saw {realm.principal('alice')} via {via})" in wrote.stdout
+            plain = run_example("client", *common, "read", "k", cwd=tmp_path, env=env)
+            assert plain.returncode == 1
+            assert "PERMISSION_DENIED delegation-required" in plain.stderr
+
+
 # -- the README quotes the examples --------------------------------------------------------
 
 _QUOTE = re.compile(r"<!-- from (examples/[\w.]+)#([\w-]+) -->\n```python\n(.*?)```", re.S)
