@@ -6,41 +6,37 @@ STAMP   = $(VENV)/.installed
 
 .PHONY: test demo bench bench-quick lint typecheck protos venv system-deps clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench,http]'
-	@$(PY) -m pip install -q -e '.[kerberos]' || echo "note: kerberos extra (gssapi) not installed: needs libkrb5-dev; Kerberos tests will skip"
-	touch $(STAMP)
-
-venv: $(STAMP)
+# Both README commands first install the Debian packages (when root; otherwise they say what to
+# install), then make sure every extra imports (scripts/ensure-venv.sh): `make demo` then
+# `make test`, or the other way round, any number of times, end with everything installed.
+venv: system-deps
+	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/ensure-venv.sh
 
 system-deps:
-	@bash scripts/system-deps.sh
+	@PYTHON=$(PYTHON) bash scripts/system-deps.sh
 
-test: system-deps $(STAMP)
+test: venv
 	$(PY) -m pytest -q -p no:cacheprovider
 
 PACKAGE ?= x509
-# kerberos and negotiate stories start a real MIT KDC: install it first when we can.
-demo: $(if $(filter kerberos negotiate,$(PACKAGE)),system-deps) $(STAMP)
+demo: venv
 	$(PY) -m rpcsec demo --package $(PACKAGE)
 
-bench: $(STAMP)
+bench: venv
 	$(PY) -m benchmarks
 
-bench-quick: $(STAMP)
+bench-quick: venv
 	$(PY) -m benchmarks --quick
 
-lint: $(STAMP)
+lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: venv
 	$(VENV)/bin/mypy
 
 # Regenerate the committed gRPC code; tests/test_generated_code.py fails when it is stale.
-protos: $(STAMP)
+protos: venv
 	$(PY) -m rpcsec.grpc._codegen
 
 clean:

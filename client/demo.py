@@ -43,17 +43,45 @@ def _quiet(argv: list[str]) -> None:
 
 
 def _x509_environment(workdir: pathlib.Path) -> dict:
+    """An authority, then one bundle per identity: services and clients load only their
+    bundle (certificate, key, trust bundle), never the authority's root.key."""
     authority = workdir / "authority"
+    bundles = workdir / "bundles"
     cli = [sys.executable, "-m", "rpcsec", "authority"]
     print(f"$ rpcsec authority init {authority} --trust-domain {TRUST_DOMAIN}")
     _quiet([*cli, "init", str(authority), "--trust-domain", TRUST_DOMAIN])
     for user in USERS:
-        print(f"$ rpcsec authority issue {authority} {user} --group staff")
-        _quiet([*cli, "issue", str(authority), user, "--group", "staff"])
+        print(
+            f"$ rpcsec authority issue {authority} {user} --group staff --bundle {bundles / user}"
+        )
+        _quiet(
+            [
+                *cli,
+                "issue",
+                str(authority),
+                user,
+                "--group",
+                "staff",
+                "--bundle",
+                str(bundles / user),
+            ]
+        )
     for service in SERVICES:
-        print(f"$ rpcsec authority issue {authority} {service} --service")
-        _quiet([*cli, "issue", str(authority), service, "--service"])
-    options = lambda name: {"authority_dir": str(authority), "name": name}  # noqa: E731
+        print(
+            f"$ rpcsec authority issue {authority} {service} --service --bundle {bundles / service}"
+        )
+        _quiet(
+            [
+                *cli,
+                "issue",
+                str(authority),
+                service,
+                "--service",
+                "--bundle",
+                str(bundles / service),
+            ]
+        )
+    options = lambda name: {"bundle": str(bundles / name)}  # noqa: E731
     return {
         "principals": {
             user: {"principal": f"spiffe://{TRUST_DOMAIN}/user/{user}", "options": options(user)}

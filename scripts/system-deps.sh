@@ -22,7 +22,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq >/dev/null && apt-get install -y -qq "${need[@]}" >/dev/null \
     || echo "warning: apt-get could not install ${need[*]}"
 else
-  echo "note: Kerberos tests need: sudo apt-get install ${need[*]}, then pip install -e '.[kerberos]'" \
-    "(python-gssapi); without them they skip, and with CI=true they fail"
+  # -- no root (or no apt-get): say exactly what to run; make continues without them --------
+  echo "note: missing Debian packages: ${need[*]}" >&2
+  echo "      run once as root:  sudo bash scripts/system-deps.sh   (or: sudo apt-get install ${need[*]})" >&2
+  echo "      then run make again: it installs the kerberos extra (python-gssapi) by itself." >&2
+  echo "      Until then Kerberos tests skip (with CI=true they fail) and x509/ntlm work." >&2
 fi
 exit 0

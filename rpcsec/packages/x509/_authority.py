@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
+from ._bundle import BundlePaths, write_bundle
 from ._extensions import SERVICE_USAGE, SIGNING_ONLY, USER_USAGE, groups_extension
 from ._keys import write_private_file
 from ._spiffe import parse_spiffe_id, validate_name, validate_trust_domain
@@ -296,6 +297,22 @@ class Authority:
         write_private_file(identity.key_path, _key_pem(key))
         identity.certificate_path.write_bytes(_pem(cert))
         return identity
+
+    # -- bundles ----------------------------------------------------------------------------
+
+    def write_bundle(
+        self, name: str | IssuedIdentity, directory: str | os.PathLike[str]
+    ) -> BundlePaths:
+        """Write an issued identity as a self-contained bundle (see ``_bundle``): its
+        certificate, its key (0600) and this authority's trust bundle, never ``root.key``.
+        Services and clients load it with ``bundle=directory``."""
+        identity = name if isinstance(name, IssuedIdentity) else self.locate(name)
+        return write_bundle(
+            directory,
+            identity.certificate_path.read_bytes(),
+            identity.key_path.read_bytes(),
+            self.trust_bundle_path.read_bytes(),
+        )
 
     def __repr__(self) -> str:
         return f"Authority(trust_domain={self.trust_domain!r}, directory={str(self.directory)!r})"

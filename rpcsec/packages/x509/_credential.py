@@ -20,6 +20,7 @@ from OpenSSL import SSL
 from rpcsec.sspi._errors import NoCredentialsError, SecurityError
 
 from ._authority import Authority
+from ._bundle import bundle_paths
 from ._extensions import certificate_groups
 from ._keys import PrivateKey, load_private_key, same_public_key
 from ._proxy import Delegation
@@ -34,7 +35,7 @@ __all__ = [
     "load_credential",
 ]
 
-_OPTIONS = frozenset({"cert", "key", "trust", "authority_dir", "name"})
+_OPTIONS = frozenset({"cert", "key", "trust", "authority_dir", "name", "bundle"})
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -168,7 +169,8 @@ def _certificates(data: bytes, what: str) -> list[x509.Certificate]:
 
 
 def load_credential(principal: str | None, options: dict[str, Any]) -> X509Credential:
-    """Load material from ``cert``/``key``/``trust`` (paths or PEM bytes), or from an
+    """Load material from ``cert``/``key``/``trust`` (paths or PEM bytes), from a bundle
+    directory (``bundle``, see ``_bundle``; ``trust`` may replace its trust bundle), or from an
     authority directory (``authority_dir`` + ``name``, the name defaulting to ``principal``).
 
     Raises ``ValueError``/``TypeError`` for wrong options and ``NoCredentialsError`` when the
@@ -178,7 +180,20 @@ def load_credential(principal: str | None, options: dict[str, Any]) -> X509Crede
     if unknown:
         raise ValueError(f"unknown x509 credential options: {sorted(unknown)}")
     expected = principal
-    if "authority_dir" in options:
+    if "bundle" in options:
+        if {"authority_dir", "name", "cert", "key"} & set(options):
+            raise ValueError(
+                "give bundle alone (or with trust), not with cert, key or authority_dir"
+            )
+        if not isinstance(options["bundle"], str | os.PathLike):
+            raise TypeError("bundle must be a directory path")
+        paths = bundle_paths(options["bundle"])
+        if not paths.directory.is_dir():
+            raise NoCredentialsError(f"no identity bundle at {os.fspath(paths.directory)!r}")
+        cert_src: Any = paths.certificate
+        key_src: Any = paths.key
+        trust_src: Any = options.get("trust", paths.trust)
+    elif "authority_dir" in options:
         if {"cert", "key"} & set(options):
             raise ValueError("give either authority_dir (+ name) or cert and key, not both")
         name = options.get("name", principal)
@@ -191,9 +206,9 @@ def load_credential(principal: str | None, options: dict[str, Any]) -> X509Crede
             issued = authority.locate(name)
         except (OSError, LookupError, ValueError) as exc:
             raise NoCredentialsError(f"no x509 identity {name!r} in that authority") from exc
-        cert_src: Any = issued.certificate_path
-        key_src: Any = issued.key_path
-        trust_src: Any = options.get("trust", authority.trust_bundle_path)
+        cert_src = issued.certificate_path
+        key_src = issued.key_path
+        trust_src = options.get("trust", authority.trust_bundle_path)
     else:
         missing = [k for k in ("cert", "key", "trust") if k not in options]
         if missing:
