@@ -21,7 +21,7 @@ CORE_STAMP="$VENV/.installed-core"
 CORE_IMPORTS="import importlib.util as u, sys, rpcsec
 sys.exit(any(u.find_spec(m) is None for m in
     ('grpc', 'cryptography', 'OpenSSL', 'spnego', 'pytest', 'hypothesis', 'grpc_tools', 'matplotlib')))"
-KERBEROS_IMPORTS="import gssapi, krb5"
+KERBEROS_IMPORTS="import gssapi, krb5, requests_gssapi, httpx_gssapi, requests_kerberos"
 
 imports() { "$PY" -c "$1" >/dev/null 2>&1; }
 fresh() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
@@ -57,7 +57,7 @@ touch "$CORE_STAMP"
 if ! imports "$KERBEROS_IMPORTS"; then
   if command -v krb5-config >/dev/null 2>&1; then
     echo "installing the kerberos extra (python-gssapi, pykrb5) into $VENV"
-    "$PY" -m pip install -q -e '.[kerberos]' \
+    "$PY" -m pip install -q -e '.[kerberos,interop]' \
       || echo "warning: the kerberos extra did not build; Kerberos tests will skip (fail with CI=true)"
   else
     echo "note: the kerberos extra needs libkrb5-dev (run as root: bash scripts/system-deps.sh);" \

@@ -67,7 +67,7 @@ def test_x509_key_share_is_what_openssl_negotiates(tmp_path: pathlib.Path) -> No
     from rpcsec.packages.x509._credential import load_credential
 
     assert main(["authority", "init", str(tmp_path / "pki"), "--trust-domain", "doc.test"]) == 0
-    for name in ("alice", "storage"):
+    for name, kind in (("alice", []), ("storage", ["--service"])):
         assert (
             main(
                 [
@@ -75,6 +75,7 @@ def test_x509_key_share_is_what_openssl_negotiates(tmp_path: pathlib.Path) -> No
                     "issue",
                     str(tmp_path / "pki"),
                     name,
+                    *kind,
                     "--bundle",
                     str(tmp_path / name),
                 ]

@@ -235,6 +235,7 @@ _BY_STATUS: dict[SecStatus, type[SecurityError]] = {
         LogonDeniedError,
         UntrustedRootError,
         CertificateExpiredError,
+        CertificateWrongUsageError,
         TargetUnknownError,
         WrongPrincipalError,
         NoCredentialsError,
