@@ -34,11 +34,13 @@ MINUTE = 60.0
 def pki(tmp_path_factory):
     """Certificates issued exactly at NOW (no backdating) and one that expired 2 minutes ago."""
     authority = make_authority(tmp_path_factory.mktemp("skew"))
-    start = datetime.datetime.fromtimestamp(NOW, UTC)
+    # Issued when the module's tests start (not at import: a long suite would age them).
+    now = time.time()
+    start = datetime.datetime.fromtimestamp(now, UTC)
     for name, service in (("fresh-alice", False), ("fresh-docs", True)):
         authority.issue(name, service=service, not_before=start)
     authority.issue("early-alice", not_before=start - datetime.timedelta(days=1))
-    end = datetime.datetime.fromtimestamp(NOW - 2 * MINUTE, UTC)
+    end = datetime.datetime.fromtimestamp(now - 2 * MINUTE, UTC)
     for name, service in (("stale-alice", False), ("stale-docs", True)):
         authority.issue(
             name, service=service, not_before=end - datetime.timedelta(days=1), not_after=end
