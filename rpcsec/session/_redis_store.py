@@ -204,18 +204,32 @@ class RedisLayout:
         return _VERDICTS[reply]
 
 
-def _client_options(timeout: float) -> dict[str, Any]:
+DEFAULT_MAX_CONNECTIONS = 32
+
+
+def _pooled_client(module: Any, url: str, timeout: float, max_connections: int) -> Any:
+    """A client on a bounded pool: a burst of concurrent claims queues for one of
+    ``max_connections`` connections (waiting at most ``timeout``) instead of opening hundreds
+    of sockets at once, each racing its connect timeout."""
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise ValueError("timeout must be a positive number of seconds")
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+        raise ValueError("max_connections must be a positive integer")
+    if max_connections < 1:
+        raise ValueError("max_connections must be a positive integer")
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry_on_timeout": False,
-        "retry": Retry(NoBackoff(), 0),  # a failure is reported at once: the binding decides
-    }
+    pool = module.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 0),  # a failure is reported at once: the binding decides
+    )
+    return module.Redis.from_pool(pool)
 
 
 def _unavailable(exc: BaseException) -> ReplayStoreUnavailableError:
@@ -226,8 +240,9 @@ class RedisReplayStore:
     """Replay store on a Redis server shared by the replicas (sync; ``AsyncRedisReplayStore``
     for asyncio). Thread-safe (redis-py pools connections).
 
-    ``target``: a ``redis://`` URL (socket and connect timeouts ``timeout``, no retries: a
-    failure is reported at once) or a ``redis.Redis`` client (its own settings). ``prefix``
+    ``target``: a ``redis://`` URL (socket, connect and pool-wait timeouts ``timeout``, at
+    most ``max_connections`` sockets, no retries: a failure is reported at once) or a
+    ``redis.Redis`` client (its own settings). ``prefix``
     separates services sharing a Redis; every replica of one service uses the same prefix
     and ``window``. ``max_clock_skew``: how far replicas' clocks may differ from each other
     and from Redis (keys outlive their ticket by this much; after a data loss, tickets issued
@@ -241,12 +256,13 @@ class RedisReplayStore:
         timeout: float = DEFAULT_TIMEOUT,
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
         window: int = DEFAULT_WINDOW,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         module = _redis_module()
         self._layout = RedisLayout(prefix, clock, max_clock_skew, window)
         if isinstance(target, str):
-            self._client = module.Redis.from_url(target, **_client_options(timeout))
+            self._client = _pooled_client(module, target, timeout, max_connections)
             self._owned = True
         elif isinstance(target, module.Redis):
             self._client, self._owned = target, False
@@ -330,6 +346,7 @@ class AsyncRedisReplayStore:
         timeout: float = DEFAULT_TIMEOUT,
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
         window: int = DEFAULT_WINDOW,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         module = _redis_module()
@@ -337,7 +354,7 @@ class AsyncRedisReplayStore:
 
         self._layout = RedisLayout(prefix, clock, max_clock_skew, window)
         if isinstance(target, str):
-            self._client = aioredis.Redis.from_url(target, **_client_options(timeout))
+            self._client = _pooled_client(aioredis, target, timeout, max_connections)
             self._owned = True
         elif isinstance(target, aioredis.Redis):
             self._client, self._owned = target, False
