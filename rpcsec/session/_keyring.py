@@ -108,7 +108,18 @@ def _check_private(mode: int, what: str) -> None:
     if mode & 0o077:
         raise KeyRingPermissionError(
             f"{what} is accessible by group or other (mode {stat.S_IMODE(mode):04o}); "
-            "ticket keys must be private to the service (0600 files, 0700 directory)"
+            "ticket keys must be private to the service (0600 or 0400 files)"
+        )
+
+
+def _check_directory(mode: int, what: str) -> None:
+    """A directory others can write to lets them plant a key (and forge every ticket); one
+    they can merely list shows key names, which every ticket carries anyway (so a read-only
+    secret volume, 0755, is accepted; ``create`` still makes 0700)."""
+    if mode & 0o022:
+        raise KeyRingPermissionError(
+            f"{what} is writable by group or other (mode {stat.S_IMODE(mode):04o}); "
+            "anyone who can add a key file can forge tickets"
         )
 
 
@@ -154,7 +165,7 @@ def _read_directory(directory: pathlib.Path) -> _Snapshot:
     rotation: list again (a few times) rather than fail."""
     if not directory.is_dir():
         raise KeyRingError(f"{directory}: no such key ring directory")
-    _check_private(os.stat(directory).st_mode, f"key ring directory {directory}")
+    _check_directory(os.stat(directory).st_mode, f"key ring directory {directory}")
     for _attempt in range(5):
         before = _dir_stat(directory)
         names = _list_key_files(directory)
@@ -315,9 +326,11 @@ class TicketKeyRing:
         max_age: float = DEFAULT_MAX_AGE,
         refresh_interval: float = REFRESH_INTERVAL,
     ) -> TicketKeyRing:
-        """Read a ring directory. Refuses (``KeyRingError``) key files or a directory open to
-        group/other (``KeyRingPermissionError``), files of the wrong size or name, and an
-        empty ring. The ring re-reads the directory when it changes (see ``refresh``)."""
+        """Read a ring directory. Refuses (``KeyRingError``) key files readable or writable by
+        group/other or a directory they can write (``KeyRingPermissionError``), files of the
+        wrong size or name, and an empty ring. Key files may be symlinks (Kubernetes secret
+        volumes); what is checked is the file read (``fstat`` of the open descriptor). The ring
+        re-reads the directory when it changes (see ``refresh``)."""
         path = pathlib.Path(directory)
         return cls(
             _read_directory(path),
@@ -475,7 +488,7 @@ class TicketKeyRing:
                 if _dir_stat(directory) == old.dir_stat:
                     return False
                 new = _read_directory(directory)
-            except (OSError, KeyRingError) as exc:
+            except Exception as exc:  # open() raises only its two typed errors, whatever this is
                 _LOG.warning(
                     "ticket key ring %s not re-read, keeping the last keys: %s", directory, exc
                 )
