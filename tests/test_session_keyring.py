@@ -380,6 +380,28 @@ def test_from_secrets_rings_interoperate_and_order_newest_first(clock) -> None:
         TicketKeyRing.from_secrets([new, new], clock=clock)
 
 
+def test_secrets_ring_rotates_in_place_when_the_manager_hands_in_a_new_secret(clock) -> None:
+    first, second = os.urandom(32), os.urandom(32)
+    ring = TicketKeyRing.from_secrets([first], clock=clock, max_age=DAY)
+    old_ticket = _seal(ring, clock)
+    clock.now += DAY  # the only key is now too old to seal
+    with pytest.raises(InternalSecurityError):
+        _seal(ring, clock)
+    ring.update_secrets([second, first])
+    new_ticket = _seal(ring, clock)
+    assert new_ticket[1:17] == ring.key_names[0] != old_ticket[1:17]
+    clock.now = NOW + 1800
+    assert ring.open(old_ticket).state == b"state"  # the old key still opens
+    ring.update_secrets([second])  # retired
+    with pytest.raises(InvalidHandleError):
+        ring.open(old_ticket)
+    assert ring.open(new_ticket).state == b"state"
+    with pytest.raises(ValueError):
+        ring.update_secrets([])
+    with pytest.raises(TypeError):
+        TicketKeyRing.generate(clock=clock).update_secrets([first])
+
+
 def test_a_directory_key_and_the_same_secret_handed_in_agree(ring_dir, clock) -> None:
     ring = TicketKeyRing.create(ring_dir, clock=clock)
     (key_file,) = _key_files(ring_dir)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import pathlib
 import re
@@ -226,6 +227,21 @@ def _locked(directory: pathlib.Path):
         os.close(fd)
 
 
+def _secrets_snapshot(secrets: list[bytes], now: float, known: dict[bytes, float]) -> _Snapshot:
+    """Keys from secrets listed newest first: a secret already held keeps its age; new ones
+    count from ``now``, each a millisecond older than the one before so the order holds."""
+    if isinstance(secrets, bytes | str) or not isinstance(secrets, list | tuple) or not secrets:
+        raise ValueError("the ring takes a non-empty list of 32-byte secrets, newest first")
+    keys = []
+    newer = math.inf
+    for index, secret in enumerate(secrets):
+        key = TicketKey(secret, now - index * 1e-3)
+        created = min(known.get(key.name, key.created_at), newer - 1e-3)
+        keys.append(TicketKey(secret, created) if created != key.created_at else key)
+        newer = created
+    return _snapshot(keys)
+
+
 def _check_positive(value: float, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"{what} must be a positive number of seconds")
@@ -246,7 +262,6 @@ class TicketKeyRing:
         clock: Clock = time.time,
         max_age: float = DEFAULT_MAX_AGE,
         rotate_after: float | None = None,
-        keep: int = DEFAULT_KEEP,
         refresh_interval: float = REFRESH_INTERVAL,
     ) -> None:
         """Use the class methods; this is their common part."""
@@ -255,7 +270,7 @@ class TicketKeyRing:
         self._clock = clock
         self._max_age = _check_positive(max_age, "max_age")
         self._rotate_after = rotate_after
-        self._keep = keep
+        self._from_secrets = False
         if isinstance(refresh_interval, bool) or not isinstance(refresh_interval, int | float):
             raise ValueError("refresh_interval must be a number of seconds")
         self._refresh_interval = max(0.0, float(refresh_interval))
@@ -290,13 +305,21 @@ class TicketKeyRing:
         max_age: float = DEFAULT_MAX_AGE,
     ) -> TicketKeyRing:
         """A ring from 32-byte secrets a secrets manager holds, newest first. Their ages are
-        unknown, so they count from now; the caller rotates by building a new ring."""
-        if isinstance(secrets, bytes | str) or not secrets:
-            raise ValueError("from_secrets takes a non-empty list of 32-byte secrets")
-        now = clock()
-        # Newest first: give older secrets strictly older creation times so the order holds.
-        keys = [TicketKey(secret, now - index * 1e-3) for index, secret in enumerate(secrets)]
-        return cls(_snapshot(keys), clock=clock, max_age=max_age)
+        unknown, so they count from now: hand in a new newest secret (``update_secrets``)
+        within ``max_age`` or sealing stops."""
+        ring = cls(_secrets_snapshot(secrets, clock(), {}), clock=clock, max_age=max_age)
+        ring._from_secrets = True
+        return ring
+
+    def update_secrets(self, secrets: list[bytes]) -> None:
+        """Replace the secrets of a ``from_secrets`` ring (newest first), e.g. when the secrets
+        manager rotated: secrets already held keep their age, new ones count from now. Safe
+        while other threads seal and open."""
+        if not self._from_secrets:
+            raise TypeError("update_secrets is for rings made by from_secrets")
+        with self._lock:
+            known = {key.name: key.created_at for key in self._snap.keys}
+            self._snap = _secrets_snapshot(secrets, self._clock(), known)
 
     @classmethod
     def create(
