@@ -411,6 +411,22 @@ def test_redis_refuses_tickets_issued_before_the_dataset(store) -> None:
     assert store.claim(_tid(), 1, now + 60, issued_at=now + 0.001) is FRESH
 
 
+def test_redis_dataset_begins_no_later_than_redis_time(redis_server, prefix) -> None:
+    # A first replica whose clock runs an hour ahead must not lock out tickets other replicas
+    # issue now (they would look older than the dataset).
+    ahead = RedisReplayStore(redis_server.url, prefix=prefix, clock=lambda: time.time() + 3600)
+    with pytest.raises(ValueError):
+        ahead.claim(_tid(), 1, float("inf"))
+    assert ahead.claim(_tid(), 1, time.time() + 7200) is FRESH  # sets the marker
+    birth = int(ahead.client.get(f"{prefix}epoch"))
+    assert birth <= time.time() * 1000
+    honest = RedisReplayStore(redis_server.url, prefix=prefix, timeout=T)
+    now = time.time()
+    assert honest.claim(_tid(), 1, now + 60, issued_at=now) is FRESH
+    ahead.close()
+    honest.close()
+
+
 def test_redis_stopped_fails_closed_within_the_timeout(redis_server, prefix) -> None:
     store = RedisReplayStore(redis_server.url, prefix=prefix, timeout=0.2)
     ticket = _tid()

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLAIM_SCRIPT",
+    "INIT_SCRIPT",
     "DEFAULT_MAX_CLOCK_SKEW",
     "DEFAULT_PREFIX",
     "DEFAULT_TIMEOUT",
@@ -115,6 +116,17 @@ end
 redis.call('SETBIT', KEYS[3], bit, 1)
 extend(KEYS[3], ttl)
 return 0
+"""
+
+INIT_SCRIPT = """
+-- KEYS[1] epoch marker; ARGV[1] the new store's creation time (ms, its own clock).
+-- A new dataset begins at the earlier of that and Redis' time: a replica whose clock runs
+-- ahead must not make every other replica's fresh tickets look older than the dataset.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], string.format('%.0f', math.min(now, tonumber(ARGV[1]))))
+return 1
 """
 
 _VERDICTS = {0: ReplayVerdict.FRESH, 1: ReplayVerdict.REPLAY, 2: ReplayVerdict.REVOKED}
@@ -192,8 +204,9 @@ class RedisLayout:
         return f"{self._tag(ticket_id)}:revoked", ttl + self.skew_ms
 
     def init_marker_ms(self) -> int:
-        """The epoch marker a new store sets if the dataset has none (``SET NX``): its own
-        creation time, so tickets sealed after it started are claimable at once."""
+        """The epoch marker a new store sets if the dataset has none (INIT_SCRIPT): its own
+        creation time (or Redis' time if earlier), so tickets sealed after it started are
+        claimable at once."""
         return math.floor(self.clock() * 1000)
 
     @staticmethod
@@ -269,6 +282,7 @@ class RedisReplayStore:
         else:
             raise TypeError("target must be a redis:// URL or a redis.Redis client")
         self._script = self._client.register_script(CLAIM_SCRIPT)
+        self._init_script = self._client.register_script(INIT_SCRIPT)
         self._marker_ms = self._layout.init_marker_ms()
         self._marker_set = False
         self._errors: tuple[type[BaseException], ...] = (module.RedisError, OSError)
@@ -326,7 +340,7 @@ class RedisReplayStore:
         # (Redis' own time), never set later to this store's creation time.
         if not self._marker_set:
             self._marker_set = True
-            self._client.set(self._layout.epoch_key, self._marker_ms, nx=True)
+            self._init_script(keys=[self._layout.epoch_key], args=[self._marker_ms])
 
     def __enter__(self) -> RedisReplayStore:
         return self
@@ -361,6 +375,7 @@ class AsyncRedisReplayStore:
         else:
             raise TypeError("target must be a redis:// URL or a redis.asyncio.Redis client")
         self._script = self._client.register_script(CLAIM_SCRIPT)
+        self._init_script = self._client.register_script(INIT_SCRIPT)
         self._marker_ms = self._layout.init_marker_ms()
         self._marker_set = False
         self._errors: tuple[type[BaseException], ...] = (module.RedisError, OSError)
@@ -415,7 +430,7 @@ class AsyncRedisReplayStore:
         # (Redis' own time), never set later to this store's creation time.
         if not self._marker_set:
             self._marker_set = True
-            await self._client.set(self._layout.epoch_key, self._marker_ms, nx=True)
+            await self._init_script(keys=[self._layout.epoch_key], args=[self._marker_ms])
 
     async def __aenter__(self) -> AsyncRedisReplayStore:
         return self
