@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -288,6 +289,48 @@ def test_rotation_never_shows_readers_half_a_key(ring_dir, clock) -> None:
         thread.join()
     assert failures == []
     assert len(_key_files(ring_dir)) == 2
+
+
+def test_rotation_under_traffic_drops_no_live_ticket(ring_dir) -> None:
+    """Two replicas seal and open each other's tickets while an operator rotates (keep=3)
+    faster than any real schedule: every ticket opens on the other replica."""
+    TicketKeyRing.create(ring_dir)
+    replicas = [TicketKeyRing.load(ring_dir, refresh_interval=0.02) for _ in range(2)]
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    opened = [0]
+    rotations = [0]
+
+    def rotate() -> None:
+        while not stop.wait(0.15):  # a pace, not a wait for readiness
+            TicketKeyRing.rotate(ring_dir, keep=3)
+            rotations[0] += 1
+
+    def traffic(sealer: TicketKeyRing, opener: TicketKeyRing) -> None:
+        while not stop.is_set():
+            ticket = sealer.seal(b"live", ticket_id=os.urandom(16), expires_at=time.time() + 60)
+            try:
+                assert opener.open(ticket).state == b"live"
+                opened[0] += 1
+            except BaseException as exc:
+                failures.append(exc)
+                return
+
+    threads = [
+        threading.Thread(target=rotate),
+        threading.Thread(target=traffic, args=(replicas[0], replicas[1])),
+        threading.Thread(target=traffic, args=(replicas[1], replicas[0])),
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while rotations[0] < 6 and not failures and time.monotonic() < deadline:
+        stop.wait(0.05)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert rotations[0] >= 6 and opened[0] > 100
 
 
 def test_two_operators_rotating_at_once_are_serialised(ring_dir, clock) -> None:
