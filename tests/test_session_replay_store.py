@@ -366,6 +366,8 @@ def test_redis_revocation_reaches_the_other_replica(redis_server, prefix) -> Non
     expires = time.time() + 60
     assert one.claim(ticket, 1, expires) is FRESH
     two.revoke(ticket, expires)
+    assert not one.client.exists(f"{prefix}{{{ticket.hex()}}}:window")  # its memory is freed
+    assert one.claim(ticket, 1, expires) is REVOKED
     assert one.claim(ticket, 2, expires) is REVOKED
     assert two.claim(ticket, 3, expires) is REVOKED
     one.close()

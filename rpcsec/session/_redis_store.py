@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLAIM_SCRIPT",
     "INIT_SCRIPT",
+    "REVOKE_SCRIPT",
     "DEFAULT_MAX_CLOCK_SKEW",
     "DEFAULT_PREFIX",
     "DEFAULT_TIMEOUT",
@@ -116,6 +117,14 @@ end
 redis.call('SETBIT', KEYS[3], bit, 1)
 extend(KEYS[3], ttl)
 return 0
+"""
+
+REVOKE_SCRIPT = """
+-- KEYS[1] ticket revocation, KEYS[2] ticket window; ARGV[1] ms the revocation lives.
+-- Revoked: no claim will ever read the window again, so it is dropped in the same step.
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
 """
 
 INIT_SCRIPT = """
@@ -195,13 +204,14 @@ class RedisLayout:
 
     def revoke_call(
         self, ticket_id: bytes, expires_at: float, issued_at: float | None
-    ) -> tuple[str, int] | None:
-        """(key, ms) for the revocation ``SET``, or None when the ticket already expired."""
+    ) -> tuple[list[str], list[int]] | None:
+        """(keys, args) for REVOKE_SCRIPT, or None when the ticket already expired."""
         check_claim_arguments(ticket_id, 0, expires_at, issued_at)
         ttl = self.ttl_ms(expires_at)
         if ttl <= 0:
             return None
-        return f"{self._tag(ticket_id)}:revoked", ttl + self.skew_ms
+        tag = self._tag(ticket_id)
+        return [f"{tag}:revoked", f"{tag}:window"], [ttl + self.skew_ms]
 
     def init_marker_ms(self) -> int:
         """The epoch marker a new store sets if the dataset has none (INIT_SCRIPT): its own
@@ -249,17 +259,56 @@ def _unavailable(exc: BaseException) -> ReplayStoreUnavailableError:
     return ReplayStoreUnavailableError(f"replay store unavailable: {type(exc).__name__}")
 
 
-class RedisReplayStore:
+class _RedisStoreBase:
+    """What the sync and asyncio stores share: the layout, the client, the three scripts
+    (redis-py runs them by EVALSHA and loads them again after a Redis restart), and the
+    once-only epoch-marker initialisation. The subclasses are the I/O shells."""
+
+    def __init__(
+        self,
+        target: Any,
+        client_module: Any,
+        *,
+        prefix: str,
+        timeout: float,
+        max_clock_skew: float,
+        window: int,
+        max_connections: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._layout = RedisLayout(prefix, clock, max_clock_skew, window)
+        if isinstance(target, str):
+            self._client = _pooled_client(client_module, target, timeout, max_connections)
+            self._owned = True
+        elif isinstance(target, client_module.Redis):
+            self._client, self._owned = target, False
+        else:
+            raise TypeError(f"target must be a redis:// URL or a {client_module.__name__}.Redis")
+        self._claim_script = self._client.register_script(CLAIM_SCRIPT)
+        self._init_script = self._client.register_script(INIT_SCRIPT)
+        self._revoke_script = self._client.register_script(REVOKE_SCRIPT)
+        self._marker_ms = self._layout.init_marker_ms()
+        self._marker_pending = True
+
+    def _take_marker_init(self) -> bool:
+        """True once: the first claim sets the dataset's marker if it has none. If that first
+        attempt fails, a missing marker is left to the claim script (Redis' own time plus the
+        skew), never set later to this store's (by then old) creation time."""
+        pending, self._marker_pending = self._marker_pending, False
+        return pending
+
+
+class RedisReplayStore(_RedisStoreBase):
     """Replay store on a Redis server shared by the replicas (sync; ``AsyncRedisReplayStore``
     for asyncio). Thread-safe (redis-py pools connections).
 
     ``target``: a ``redis://`` URL (socket, connect and pool-wait timeouts ``timeout``, at
     most ``max_connections`` sockets, no retries: a failure is reported at once) or a
-    ``redis.Redis`` client (its own settings). ``prefix``
-    separates services sharing a Redis; every replica of one service uses the same prefix
-    and ``window``. ``max_clock_skew``: how far replicas' clocks may differ from each other
-    and from Redis (keys outlive their ticket by this much; after a data loss, tickets issued
-    within this much of the new marker are refused)."""
+    ``redis.Redis`` client (its own settings). ``prefix`` separates services sharing a Redis;
+    every replica of one service uses the same prefix and ``window``. ``max_clock_skew``: how
+    far replicas' clocks may differ from each other and from Redis (keys outlive their ticket
+    by this much; after a data loss, tickets issued within this much of the new marker are
+    refused)."""
 
     def __init__(
         self,
@@ -272,20 +321,16 @@ class RedisReplayStore:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        module = _redis_module()
-        self._layout = RedisLayout(prefix, clock, max_clock_skew, window)
-        if isinstance(target, str):
-            self._client = _pooled_client(module, target, timeout, max_connections)
-            self._owned = True
-        elif isinstance(target, module.Redis):
-            self._client, self._owned = target, False
-        else:
-            raise TypeError("target must be a redis:// URL or a redis.Redis client")
-        self._script = self._client.register_script(CLAIM_SCRIPT)
-        self._init_script = self._client.register_script(INIT_SCRIPT)
-        self._marker_ms = self._layout.init_marker_ms()
-        self._marker_set = False
-        self._errors: tuple[type[BaseException], ...] = (module.RedisError, OSError)
+        super().__init__(
+            target,
+            _redis_module(),
+            prefix=prefix,
+            timeout=timeout,
+            max_clock_skew=max_clock_skew,
+            window=window,
+            max_connections=max_connections,
+            clock=clock,
+        )
 
     @property
     def client(self) -> redis.Redis:
@@ -299,15 +344,21 @@ class RedisReplayStore:
         *,
         issued_at: float | None = None,
     ) -> ReplayVerdict:
-        """Check and record (ticket, sequence) in one atomic round trip (see module doc)."""
+        """Check and record (ticket, sequence) in one atomic round trip (see module doc).
+
+        Raises:
+            ReplayStoreUnavailableError: Redis did not answer (any error, timeout, odd reply).
+            TypeError, ValueError: caller mistakes, before any I/O.
+        """
         call = self._layout.claim_call(ticket_id, sequence, expires_at, issued_at)
         if isinstance(call, ReplayVerdict):
             return call
         keys, args = call
         try:
-            self._ensure_marker()
-            reply = self._script(keys=keys, args=args)
-        except self._errors as exc:
+            if self._take_marker_init():
+                self._init_script(keys=[self._layout.epoch_key], args=[self._marker_ms])
+            reply = self._claim_script(keys=keys, args=args)
+        except Exception as exc:  # fail closed on anything the client raises
             raise _unavailable(exc) from exc
         return self._layout.verdict(reply)
 
@@ -318,29 +369,22 @@ class RedisReplayStore:
         call = self._layout.revoke_call(ticket_id, expires_at, issued_at)
         if call is None:
             return
-        key, ttl = call
+        keys, args = call
         try:
-            self._client.set(key, b"1", px=ttl)
-        except self._errors as exc:
+            self._revoke_script(keys=keys, args=args)
+        except Exception as exc:
             raise _unavailable(exc) from exc
 
     def ping(self) -> None:
         """Raise ``ReplayStoreUnavailableError`` unless Redis answers (a readiness check)."""
         try:
             self._client.ping()
-        except self._errors as exc:
+        except Exception as exc:
             raise _unavailable(exc) from exc
 
     def close(self) -> None:
         if self._owned:
             self._client.close()
-
-    def _ensure_marker(self) -> None:
-        # Once only: if this first attempt fails, a missing marker is left to the script
-        # (Redis' own time), never set later to this store's creation time.
-        if not self._marker_set:
-            self._marker_set = True
-            self._init_script(keys=[self._layout.epoch_key], args=[self._marker_ms])
 
     def __enter__(self) -> RedisReplayStore:
         return self
@@ -349,8 +393,9 @@ class RedisReplayStore:
         self.close()
 
 
-class AsyncRedisReplayStore:
-    """``RedisReplayStore`` for asyncio (``redis.asyncio``): same script, keys and rules."""
+class AsyncRedisReplayStore(_RedisStoreBase):
+    """``RedisReplayStore`` for asyncio (``redis.asyncio``): same scripts, keys and rules.
+    Use one per event loop."""
 
     def __init__(
         self,
@@ -363,22 +408,19 @@ class AsyncRedisReplayStore:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        module = _redis_module()
+        _redis_module()
         import redis.asyncio as aioredis
 
-        self._layout = RedisLayout(prefix, clock, max_clock_skew, window)
-        if isinstance(target, str):
-            self._client = _pooled_client(aioredis, target, timeout, max_connections)
-            self._owned = True
-        elif isinstance(target, aioredis.Redis):
-            self._client, self._owned = target, False
-        else:
-            raise TypeError("target must be a redis:// URL or a redis.asyncio.Redis client")
-        self._script = self._client.register_script(CLAIM_SCRIPT)
-        self._init_script = self._client.register_script(INIT_SCRIPT)
-        self._marker_ms = self._layout.init_marker_ms()
-        self._marker_set = False
-        self._errors: tuple[type[BaseException], ...] = (module.RedisError, OSError)
+        super().__init__(
+            target,
+            aioredis,
+            prefix=prefix,
+            timeout=timeout,
+            max_clock_skew=max_clock_skew,
+            window=window,
+            max_connections=max_connections,
+            clock=clock,
+        )
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -392,14 +434,16 @@ class AsyncRedisReplayStore:
         *,
         issued_at: float | None = None,
     ) -> ReplayVerdict:
+        """As ``RedisReplayStore.claim``."""
         call = self._layout.claim_call(ticket_id, sequence, expires_at, issued_at)
         if isinstance(call, ReplayVerdict):
             return call
         keys, args = call
         try:
-            await self._ensure_marker()
-            reply = await self._script(keys=keys, args=args)
-        except self._errors as exc:
+            if self._take_marker_init():
+                await self._init_script(keys=[self._layout.epoch_key], args=[self._marker_ms])
+            reply = await self._claim_script(keys=keys, args=args)
+        except Exception as exc:  # fail closed on anything the client raises
             raise _unavailable(exc) from exc
         return self._layout.verdict(reply)
 
@@ -409,28 +453,21 @@ class AsyncRedisReplayStore:
         call = self._layout.revoke_call(ticket_id, expires_at, issued_at)
         if call is None:
             return
-        key, ttl = call
+        keys, args = call
         try:
-            await self._client.set(key, b"1", px=ttl)
-        except self._errors as exc:
+            await self._revoke_script(keys=keys, args=args)
+        except Exception as exc:
             raise _unavailable(exc) from exc
 
     async def ping(self) -> None:
         try:
             await self._client.ping()
-        except self._errors as exc:
+        except Exception as exc:
             raise _unavailable(exc) from exc
 
     async def aclose(self) -> None:
         if self._owned:
             await self._client.aclose()
-
-    async def _ensure_marker(self) -> None:
-        # Once only: if this first attempt fails, a missing marker is left to the script
-        # (Redis' own time), never set later to this store's creation time.
-        if not self._marker_set:
-            self._marker_set = True
-            await self._init_script(keys=[self._layout.epoch_key], args=[self._marker_ms])
 
     async def __aenter__(self) -> AsyncRedisReplayStore:
         return self
