@@ -249,6 +249,36 @@ def test_refresh_is_rate_limited_and_reports_changes(ring_dir, clock) -> None:
     assert TicketKeyRing.generate(clock=clock).refresh() is False
 
 
+def test_open_uses_keys_another_thread_loaded_during_its_refresh(ring_dir, clock) -> None:
+    # Regression (found by the rotation-under-traffic test): open() looked again only when its
+    # own refresh reported a change; when another thread had re-read the directory while this
+    # one waited for the lock, the refresh saw nothing new and the ticket was refused.
+    TicketKeyRing.create(ring_dir, clock=clock)
+    replica = TicketKeyRing.load(ring_dir, clock=clock)
+    rotated = TicketKeyRing.rotate(ring_dir, clock=clock)
+
+    def concurrent_refresh() -> bool:
+        replica._reload(force=True)  # "the other thread" loads the new key...
+        return False  # ...so this thread's own refresh finds nothing changed
+
+    replica._refresh_on_miss = concurrent_refresh  # type: ignore[method-assign]
+    assert replica.open(_seal(rotated, clock, b"raced")).state == b"raced"
+
+
+def test_a_rotation_the_directory_timestamps_hide_is_still_found(ring_dir, clock) -> None:
+    # Two changes inside one kernel clock tick leave the directory's mtime/ctime unchanged:
+    # simulate a replica whose last read already carries the post-rotation timestamps.
+    import dataclasses
+
+    from rpcsec.session._keyring import _dir_stat
+
+    TicketKeyRing.create(ring_dir, clock=clock)
+    replica = TicketKeyRing.load(ring_dir, clock=clock, refresh_interval=0)
+    rotated = TicketKeyRing.rotate(ring_dir, clock=clock)
+    replica._snap = dataclasses.replace(replica._snap, dir_stat=_dir_stat(ring_dir))
+    assert replica.open(_seal(rotated, clock, b"hidden")).state == b"hidden"
+
+
 def test_a_broken_directory_keeps_the_last_good_keys(ring_dir, clock, caplog) -> None:
     ring = TicketKeyRing.create(ring_dir, clock=clock)
     replica = TicketKeyRing.load(ring_dir, clock=clock, refresh_interval=0)
