@@ -227,6 +227,39 @@ def test_replica_opens_tickets_of_another_including_right_after_an_unseen_rotati
     assert replica.key_names == rotated.key_names
 
 
+def test_a_replica_in_another_process_opens_tickets_sealed_after_a_rotation(ring_dir) -> None:
+    """A real second process holds the ring; this one rotates and seals under the new key;
+    the other process opens it without being told (its refresh on the unknown key name)."""
+    TicketKeyRing.create(ring_dir)
+    program = (
+        "import sys\n"
+        "from rpcsec.session import TicketKeyRing\n"
+        "ring = TicketKeyRing.load(sys.argv[1])\n"
+        "print('READY', flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    print(ring.open(bytes.fromhex(line.strip())).state.decode(), flush=True)\n"
+    )
+    replica = subprocess.Popen(
+        [sys.executable, "-c", program, str(ring_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert replica.stdout is not None and replica.stdin is not None
+        assert replica.stdout.readline().strip() == "READY"
+        ring = TicketKeyRing.rotate(ring_dir)
+        ticket = ring.seal(
+            b"from-replica-one", ticket_id=os.urandom(16), expires_at=time.time() + 60
+        )
+        replica.stdin.write(ticket.hex() + "\n")
+        replica.stdin.flush()
+        assert replica.stdout.readline().strip() == "from-replica-one"
+    finally:
+        replica.kill()
+        replica.wait()
+
+
 def test_replica_picks_up_a_rotation_for_sealing_and_a_retirement(ring_dir, clock) -> None:
     TicketKeyRing.create(ring_dir, clock=clock)
     replica = TicketKeyRing.load(ring_dir, clock=clock, refresh_interval=0)

@@ -535,7 +535,7 @@ async def test_async_redis_store(redis_server, prefix) -> None:
     await two.aclose()
 
 
-async def test_async_redis_store_fails_closed(tmp_path) -> None:
+async def test_async_redis_store_fails_closed_then_recovers(tmp_path) -> None:
     from helpers.redis_server import RedisServer, require_redis
 
     require_redis()
@@ -543,13 +543,29 @@ async def test_async_redis_store_fails_closed(tmp_path) -> None:
     try:
         store = AsyncRedisReplayStore(server.url, timeout=0.25)
         ticket = _tid()
-        expires = time.time() + 60
-        assert await store.claim(ticket, 1, expires) is FRESH
+        issued = time.time()
+        expires = issued + 60
+        assert await store.claim(ticket, 1, expires, issued_at=issued) is FRESH
         server.kill()
         with pytest.raises(ReplayStoreUnavailableError):
             await store.claim(ticket, 2, expires)
         with pytest.raises(ReplayStoreUnavailableError):
             await store.ping()
+        with pytest.raises(ReplayStoreUnavailableError):
+            await store.revoke(ticket, expires)
+        server.start()  # back, empty
+        deadline = time.monotonic() + 10
+        while True:  # the pool's dead connections fail once each, then it reconnects
+            try:
+                await store.ping()
+                break
+            except ReplayStoreUnavailableError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+        # The old ticket predates the new dataset; a ticket issued now is served at once.
+        assert await store.claim(ticket, 1, expires, issued_at=issued) is REVOKED
+        later = time.time() + 6
+        assert await store.claim(_tid(), 1, later + 60, issued_at=later) is FRESH
         await store.aclose()
     finally:
         server.stop()
