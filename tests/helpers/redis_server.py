@@ -61,6 +61,7 @@ class RedisServer:
         self.timeout = timeout
         self.process: subprocess.Popen[str] | None = None
         self._log: list[str] = []
+        self._started = False
 
     @property
     def url(self) -> str:
@@ -69,10 +70,13 @@ class RedisServer:
     def start(self) -> RedisServer:
         if self.process is not None:
             raise RuntimeError("redis-server already running")
-        for _attempt in range(3):
+        # A restart must come back on the same port (clients hold the URL); a first start
+        # that lost a race for its port tries another.
+        for _attempt in range(1 if self._started else 3):
             if self._start_once():
+                self._started = True
                 return self
-            self.port = _free_port()  # lost a race for the port: try another
+            self.port = _free_port()
         raise RuntimeError("redis-server did not start:\n" + "".join(self._log[-20:]))
 
     def _start_once(self) -> bool:
