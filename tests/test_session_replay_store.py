@@ -204,6 +204,48 @@ def test_memory_store_refuses_caller_mistakes(ticket_id, sequence, expires_at, e
         MemoryReplayStore(window=100)
 
 
+_OPERATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["claim", "claim", "claim", "revoke", "tick"]),
+        st.integers(min_value=0, max_value=7),  # which ticket (a small pool: much eviction)
+        st.integers(min_value=0, max_value=300),  # sequence number
+        st.booleans(),  # pass issued_at or not
+    ),
+    max_size=150,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations=_OPERATIONS, max_tickets=st.integers(min_value=1, max_value=4))
+def test_memory_store_never_accepts_anything_twice_however_it_forgets(
+    operations, max_tickets: int
+) -> None:
+    """Fail closed under churn: whatever the store evicts, expires or revokes, no
+    (ticket, sequence) is ever FRESH twice, and a revoked ticket is never FRESH again."""
+    clock = Clock(NOW - 100)
+    store = MemoryReplayStore(max_tickets=max_tickets, max_revoked=2, window=64, clock=clock)
+    clock.now = NOW
+    tickets = [bytes([index]) * 16 for index in range(8)]
+    issued = [NOW - 50 + index for index in range(8)]
+    expiry = [NOW + 30 + 10 * index for index in range(8)]
+    accepted: set[tuple[int, int]] = set()
+    revoked: set[int] = set()
+    for operation, index, seq, with_issued in operations:
+        issued_at = issued[index] if with_issued else None
+        if operation == "tick":
+            clock.now += 7
+        elif operation == "revoke":
+            store.revoke(tickets[index], expiry[index], issued_at=issued_at)
+            revoked.add(index)
+        else:
+            verdict = store.claim(tickets[index], seq, expiry[index], issued_at=issued_at)
+            if verdict is FRESH:
+                assert (index, seq) not in accepted
+                assert index not in revoked
+                assert clock.now < expiry[index]
+                accepted.add((index, seq))
+
+
 async def test_async_memory_store() -> None:
     store = AsyncMemoryReplayStore(clock=Clock())
     assert isinstance(store, AsyncReplayStore)
