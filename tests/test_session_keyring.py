@@ -202,6 +202,26 @@ def test_newest_key_seals_after_rotation(ring_dir, clock) -> None:
     assert ring.key_names[0].hex() in _key_files(ring_dir)[-1].name  # newest file sorts last
 
 
+def test_rotate_cleans_up_after_a_crashed_rotation_and_ignores_its_leftovers(
+    ring_dir, clock
+) -> None:
+    ring = TicketKeyRing.create(ring_dir, clock=clock)
+    leftover = ring_dir / ".tmp-0123456789abcdef.key"  # a rotation killed before os.replace
+    fd = os.open(leftover, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"half")
+    os.close(fd)
+    assert TicketKeyRing.load(ring_dir, clock=clock).key_names == ring.key_names
+    TicketKeyRing.rotate(ring_dir, clock=clock)
+    assert not leftover.exists()
+
+
+def test_a_fifo_named_like_a_key_is_refused_without_blocking(ring_dir, clock) -> None:
+    TicketKeyRing.create(ring_dir, clock=clock)
+    os.mkfifo(ring_dir / f"{int(NOW * 1000) + 1:013d}-{'ab' * 16}.key", 0o600)
+    with pytest.raises(KeyRingError, match="not a regular file"):
+        TicketKeyRing.load(ring_dir, clock=clock)
+
+
 def test_rotate_keep_bounds_and_validation(ring_dir, clock) -> None:
     TicketKeyRing.create(ring_dir, clock=clock)
     for _ in range(5):

@@ -156,7 +156,7 @@ def _read_key_file(directory: pathlib.Path, filename: str) -> TicketKey:
     if match is None:
         raise KeyRingError(f"{filename}: not a ticket key file name (<unix-ms>-<hexname>.key)")
     path = directory / filename
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO never blocks us
     try:
         st = os.fstat(fd)  # the file we read, not whatever the name points at later
         if not stat.S_ISREG(st.st_mode):
@@ -219,6 +219,15 @@ def _write_key_file(directory: pathlib.Path, created_ms: int) -> TicketKey:
         raise
     _fsync_directory(directory)
     return key
+
+
+def _remove_stale_temporaries(directory: pathlib.Path) -> None:
+    """Temporary files a crashed rotation left. Called under the lock, which every writer
+    holds while it writes, so none of them is being written now."""
+    for entry in os.listdir(directory):
+        if entry.startswith(_TEMP_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(directory / entry)
 
 
 def _fsync_directory(directory: pathlib.Path) -> None:
@@ -397,6 +406,7 @@ class TicketKeyRing:
             raise ValueError("keep must be a positive integer")
         path = pathlib.Path(directory)
         with _locked(path):
+            _remove_stale_temporaries(path)
             current = _read_directory(path)
             newest_ms = round(current.keys[0].created_at * 1000)
             _write_key_file(path, max(int(clock() * 1000), newest_ms + 1))
