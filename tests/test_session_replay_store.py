@@ -638,6 +638,32 @@ def test_redis_full_fails_closed(tmp_path) -> None:
         server.stop()
 
 
+def test_redis_check_refuses_a_redis_that_would_evict_claims(tmp_path) -> None:
+    from helpers.redis_server import RedisServer, require_redis
+
+    require_redis()
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        store = RedisReplayStore(server.url, timeout=T)
+        store.check()  # the test server runs noeviction
+        for policy in ("allkeys-lru", "volatile-ttl", "allkeys-random"):
+            store.client.config_set("maxmemory-policy", policy)
+            with pytest.raises(ValueError, match="noeviction"):
+                store.check()
+        server.kill()
+        with pytest.raises(ReplayStoreUnavailableError):
+            store.check()
+        store.close()
+    finally:
+        server.stop()
+
+
+async def test_async_redis_check(redis_server) -> None:
+    store = AsyncRedisReplayStore(redis_server.url, timeout=T)
+    await store.check()
+    await store.aclose()
+
+
 def test_redis_store_refuses_a_bad_target() -> None:
     with pytest.raises(TypeError):
         RedisReplayStore(12)  # type: ignore[arg-type]

@@ -24,14 +24,16 @@ epoch marker (``<prefix>epoch``, no expiry) records when this dataset began; whe
 it missing the script sets it to Redis' own time plus ``max_clock_skew``, and a claim whose
 ``issued_at`` predates the marker is REVOKED (its client re-binds). Run Redis with
 ``maxmemory-policy noeviction`` (evicted keys would be forgotten claims; with noeviction a full
-Redis refuses writes, which fails closed here) and without partial persistence (an RDB
-snapshot restored after a crash brings back an old marker with old windows).
+Redis refuses writes, which fails closed here; ``check()`` refuses any other policy) and
+without partial persistence (an RDB snapshot restored after a crash brings back an old marker
+with old windows).
 
 The key layout and scripts are written once (``RedisLayout``) for the sync and asyncio stores.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -56,6 +58,8 @@ __all__ = [
     "RedisLayout",
     "RedisReplayStore",
 ]
+
+_LOG = logging.getLogger("rpcsec.session")
 
 DEFAULT_PREFIX = "rpcsec:replay:"
 DEFAULT_TIMEOUT = 0.25
@@ -220,6 +224,24 @@ class RedisLayout:
         return math.floor(self.clock() * 1000)
 
     @staticmethod
+    def check_policy(reply: object) -> None:
+        """Judge ``CONFIG GET maxmemory-policy``: any policy but ``noeviction`` may evict a
+        window (every key here has a TTL, so even ``volatile-*``), forgetting what was
+        claimed -- a replay would then be FRESH. Raises ``ValueError`` (a deployment mistake)."""
+        policy = None
+        if isinstance(reply, dict):
+            policy = reply.get("maxmemory-policy", reply.get(b"maxmemory-policy"))
+        if isinstance(policy, bytes):
+            policy = policy.decode("ascii", "replace")
+        if policy is None:
+            _LOG.warning("replay store: cannot read Redis' maxmemory-policy; make it noeviction")
+        elif policy != "noeviction":
+            raise ValueError(
+                f"Redis maxmemory-policy is {policy!r}: evicting keys forgets claims, so replays"
+                " could be accepted; set maxmemory-policy noeviction"
+            )
+
+    @staticmethod
     def verdict(reply: object) -> ReplayVerdict:
         """Decode the script's reply; anything unexpected fails closed."""
         if isinstance(reply, bool) or not isinstance(reply, int) or reply not in _VERDICTS:
@@ -382,6 +404,20 @@ class RedisReplayStore(_RedisStoreBase):
         except Exception as exc:
             raise _unavailable(exc) from exc
 
+    def check(self) -> None:
+        """A start-up check: Redis answers and will not evict keys (``check_policy``).
+
+        Raises:
+            ReplayStoreUnavailableError: Redis did not answer.
+            ValueError: its ``maxmemory-policy`` could forget claims.
+        """
+        self.ping()
+        try:
+            reply = self._client.config_get("maxmemory-policy")
+        except Exception:  # CONFIG is often disabled on managed Redis: say so, go on
+            reply = None
+        self._layout.check_policy(reply)
+
     def close(self) -> None:
         if self._owned:
             self._client.close()
@@ -464,6 +500,15 @@ class AsyncRedisReplayStore(_RedisStoreBase):
             await self._client.ping()
         except Exception as exc:
             raise _unavailable(exc) from exc
+
+    async def check(self) -> None:
+        """As ``RedisReplayStore.check``."""
+        await self.ping()
+        try:
+            reply = await self._client.config_get("maxmemory-policy")
+        except Exception:
+            reply = None
+        self._layout.check_policy(reply)
 
     async def aclose(self) -> None:
         if self._owned:
