@@ -63,7 +63,9 @@ _LOG = logging.getLogger("rpcsec.session")
 
 DEFAULT_PREFIX = "rpcsec:replay:"
 DEFAULT_TIMEOUT = 0.25
-DEFAULT_MAX_CLOCK_SKEW = 5.0
+DEFAULT_MAX_CLOCK_SKEW = 1.0
+"""Replicas' clocks agree with each other and with Redis to within this (NTP does far better).
+After a Redis data loss, tickets issued within this much of the new marker are refused too."""
 MAX_SCRIPT_SEQUENCE = (1 << 53) - 1
 """Lua numbers are doubles: larger sequence numbers are refused as replays (fail closed;
 2**53 calls on one context is centuries of traffic)."""
