@@ -440,6 +440,16 @@ def test_redis_entries_expire_with_the_ticket(store, prefix) -> None:
     assert store.claim(ticket, 1, expires) is REVOKED  # the ticket itself is dead
 
 
+def test_redis_holds_one_bounded_key_per_ticket_however_many_calls(store, prefix) -> None:
+    ticket = _tid()
+    expires = time.time() + 60
+    for seq in range(0, 20_000, 7):  # beyond one window: the ring wraps
+        assert store.claim(ticket, seq, expires) is FRESH
+    keys = store.client.keys(f"{prefix}{{{ticket.hex()}}}*")
+    assert len(keys) == 1  # the window, not one key per call
+    assert store.client.strlen(keys[0]) <= 16 + (16384 // 64 + 1) * 8
+
+
 def test_redis_claim_extends_a_claim_key_to_a_later_expiry(store, prefix) -> None:
     ticket = _tid()
     now = time.time()
