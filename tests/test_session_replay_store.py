@@ -284,6 +284,30 @@ def test_redis_layout_keys_share_a_slot_and_expire_with_the_ticket() -> None:
             RedisLayout(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({"maxmemory-policy": "noeviction", "save": "", "appendonly": "no"}, None),  # partial
+        ({"maxmemory-policy": "noeviction", "save": "", "appendonly": "no", "appendfsync": ""},
+         None),
+        ({b"maxmemory-policy": b"noeviction", b"save": b"", b"appendonly": b"yes",
+          b"appendfsync": b"always"}, None),
+        ({"maxmemory-policy": "volatile-lru", "save": "", "appendonly": "no", "appendfsync": ""},
+         "noeviction"),
+        ({"maxmemory-policy": "noeviction", "save": "60 1", "appendonly": "no", "appendfsync": ""},
+         "snapshots"),
+    ],
+)  # fmt: skip
+def test_redis_config_judgement(settings, refused, caplog) -> None:
+    if refused is None:
+        RedisLayout.check_config(settings)
+    else:
+        with pytest.raises(ValueError, match=refused):
+            RedisLayout.check_config(settings)
+    RedisLayout.check_config(None)  # CONFIG refused (managed Redis): a warning, not an error
+    assert "cannot read Redis' configuration" in caplog.text
+
+
 # -- Redis: a real server ----------------------------------------------------------------------
 
 
@@ -655,9 +679,19 @@ def test_redis_check_refuses_a_redis_that_would_evict_claims(tmp_path) -> None:
     server = RedisServer(tmp_path / "redis").start()
     try:
         store = RedisReplayStore(server.url, timeout=T)
-        store.check()  # the test server runs noeviction
+        store.check()  # the test server: noeviction, no persistence
+        client = store.client
+        client.config_set("save", "3600 1")  # Debian's default: snapshots, no AOF
+        with pytest.raises(ValueError, match="snapshots"):
+            store.check()
+        client.config_set("appendonly", "yes")
+        client.config_set("appendfsync", "everysec")
+        with pytest.raises(ValueError, match="appendfsync"):
+            store.check()
+        client.config_set("appendfsync", "always")
+        store.check()  # every write on disk before it is answered: nothing forgotten
         for policy in ("allkeys-lru", "volatile-ttl", "allkeys-random"):
-            store.client.config_set("maxmemory-policy", policy)
+            client.config_set("maxmemory-policy", policy)
             with pytest.raises(ValueError, match="noeviction"):
                 store.check()
         server.kill()

@@ -24,9 +24,9 @@ epoch marker (``<prefix>epoch``, no expiry) records when this dataset began; whe
 it missing the script sets it to Redis' own time plus ``max_clock_skew``, and a claim whose
 ``issued_at`` predates the marker is REVOKED (its client re-binds). Run Redis with
 ``maxmemory-policy noeviction`` (evicted keys would be forgotten claims; with noeviction a full
-Redis refuses writes, which fails closed here; ``check()`` refuses any other policy) and
-without partial persistence (an RDB snapshot restored after a crash brings back an old marker
-with old windows).
+Redis refuses writes, which fails closed here) and either without persistence or with
+``appendonly yes`` + ``appendfsync always`` (an RDB snapshot restored after a crash brings
+back an old marker with old windows); ``check()`` refuses anything else.
 
 The key layout and scripts are written once (``RedisLayout``) for the sync and asyncio stores.
 """
@@ -225,22 +225,51 @@ class RedisLayout:
         claimable at once."""
         return math.floor(self.clock() * 1000)
 
+    CHECKED_SETTINGS = ("maxmemory-policy", "save", "appendonly", "appendfsync")
+
     @staticmethod
-    def check_policy(reply: object) -> None:
-        """Judge ``CONFIG GET maxmemory-policy``: any policy but ``noeviction`` may evict a
-        window (every key here has a TTL, so even ``volatile-*``), forgetting what was
-        claimed -- a replay would then be FRESH. Raises ``ValueError`` (a deployment mistake)."""
-        policy = None
+    def check_config(reply: object) -> None:
+        """Judge ``CONFIG GET`` of ``CHECKED_SETTINGS``; raises ``ValueError`` (a deployment
+        mistake) for a Redis that could forget claims while keeping its epoch marker:
+
+        * ``maxmemory-policy`` other than ``noeviction`` may evict a window (every key here
+          has a TTL, so even ``volatile-*``);
+        * RDB snapshots without AOF (``save`` set, ``appendonly no``), or AOF not fsynced on
+          every write (``appendfsync`` not ``always``): a crash restores an older dataset
+          *with* the marker, so claims made since are silently forgotten.
+
+        Safe: no persistence at all (a restart comes back empty: the marker is gone and every
+        older ticket is refused), or ``appendonly yes`` with ``appendfsync always``. A Redis
+        that refuses CONFIG (managed services) is logged, not refused."""
+        settings: dict[str, str] = {}
         if isinstance(reply, dict):
-            policy = reply.get("maxmemory-policy", reply.get(b"maxmemory-policy"))
-        if isinstance(policy, bytes):
-            policy = policy.decode("ascii", "replace")
-        if policy is None:
-            _LOG.warning("replay store: cannot read Redis' maxmemory-policy; make it noeviction")
-        elif policy != "noeviction":
+            for key, value in reply.items():
+                key = key.decode("ascii", "replace") if isinstance(key, bytes) else str(key)
+                text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+                settings[key] = str(text)
+        if not all(name in settings for name in RedisLayout.CHECKED_SETTINGS):
+            _LOG.warning(
+                "replay store: cannot read Redis' configuration; it must not evict keys "
+                "(maxmemory-policy noeviction) nor restore old snapshots after a crash"
+            )
+            return
+        policy = settings["maxmemory-policy"]
+        if policy != "noeviction":
             raise ValueError(
                 f"Redis maxmemory-policy is {policy!r}: evicting keys forgets claims, so replays"
                 " could be accepted; set maxmemory-policy noeviction"
+            )
+        if settings["appendonly"] == "yes":
+            if settings["appendfsync"] != "always":
+                raise ValueError(
+                    "Redis appendfsync is not 'always': a crash loses the last claims but keeps "
+                    "the epoch marker, so those requests could be replayed"
+                )
+        elif settings["save"].strip():
+            raise ValueError(
+                "Redis takes RDB snapshots without AOF: a crash restores an older dataset with "
+                "its epoch marker, forgetting later claims; use save '' (no persistence) or "
+                "appendonly yes with appendfsync always"
             )
 
     @staticmethod
@@ -407,18 +436,18 @@ class RedisReplayStore(_RedisStoreBase):
             raise _unavailable(exc) from exc
 
     def check(self) -> None:
-        """A start-up check: Redis answers and will not evict keys (``check_policy``).
+        """A start-up check: Redis answers and cannot forget claims (``check_config``).
 
         Raises:
             ReplayStoreUnavailableError: Redis did not answer.
-            ValueError: its ``maxmemory-policy`` could forget claims.
+            ValueError: its eviction policy or persistence could forget claims.
         """
         self.ping()
         try:
-            reply = self._client.config_get("maxmemory-policy")
+            reply = self._client.config_get(*RedisLayout.CHECKED_SETTINGS)
         except Exception:  # CONFIG is often disabled on managed Redis: say so, go on
             reply = None
-        self._layout.check_policy(reply)
+        self._layout.check_config(reply)
 
     def close(self) -> None:
         if self._owned:
@@ -507,10 +536,10 @@ class AsyncRedisReplayStore(_RedisStoreBase):
         """As ``RedisReplayStore.check``."""
         await self.ping()
         try:
-            reply = await self._client.config_get("maxmemory-policy")
+            reply = await self._client.config_get(*RedisLayout.CHECKED_SETTINGS)
         except Exception:
             reply = None
-        self._layout.check_policy(reply)
+        self._layout.check_config(reply)
 
     async def aclose(self) -> None:
         if self._owned:
