@@ -702,6 +702,46 @@ def test_redis_check_refuses_a_redis_that_would_evict_claims(tmp_path) -> None:
         server.stop()
 
 
+def test_redis_store_fails_closed_on_a_redis_that_could_forget(tmp_path, caplog) -> None:
+    from helpers.redis_server import RedisServer, require_redis
+
+    require_redis()
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        admin = RedisReplayStore(server.url, timeout=T, verify_config=False)
+        admin.client.config_set("save", "60 1")  # snapshots: a crash would forget claims
+        store = RedisReplayStore(server.url, timeout=T)
+        for _ in range(3):
+            with pytest.raises(ReplayStoreUnavailableError):
+                store.claim(_tid(), 1, time.time() + 60)
+        with pytest.raises(ReplayStoreUnavailableError):
+            store.revoke(_tid(), time.time() + 60)
+        assert "refuses to use this Redis" in caplog.text
+        # An operator who knows better may opt out (e.g. CONFIG reports a proxy's view).
+        assert admin.claim(_tid(), 1, time.time() + 60) is FRESH
+        admin.close()
+        store.close()
+    finally:
+        server.stop()
+
+
+async def test_async_redis_store_fails_closed_on_a_redis_that_could_forget(tmp_path) -> None:
+    from helpers.redis_server import RedisServer, require_redis
+
+    require_redis()
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        store = AsyncRedisReplayStore(server.url, timeout=T)
+        await store.client.config_set("maxmemory-policy", "allkeys-lru")
+        with pytest.raises(ReplayStoreUnavailableError):
+            await store.claim(_tid(), 1, time.time() + 60)
+        with pytest.raises(ValueError):
+            await store.check()
+        await store.aclose()
+    finally:
+        server.stop()
+
+
 async def test_async_redis_check(redis_server) -> None:
     store = AsyncRedisReplayStore(redis_server.url, timeout=T)
     await store.check()

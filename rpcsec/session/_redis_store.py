@@ -327,9 +327,13 @@ class _RedisStoreBase:
         max_clock_skew: float,
         window: int,
         max_connections: int,
+        verify_config: bool,
         clock: Callable[[], float],
     ) -> None:
         self._layout = RedisLayout(prefix, clock, max_clock_skew, window)
+        self._config_unreadable: tuple[type[BaseException], ...] = (
+            _redis_module().exceptions.ResponseError,  # CONFIG disabled or not permitted
+        )
         if isinstance(target, str):
             self._client = _pooled_client(client_module, target, timeout, max_connections)
             self._owned = True
@@ -342,6 +346,22 @@ class _RedisStoreBase:
         self._revoke_script = self._client.register_script(REVOKE_SCRIPT)
         self._marker_ms = self._layout.init_marker_ms()
         self._marker_pending = True
+        self._verify_pending = bool(verify_config)
+        self._config_refusal: str | None = None
+
+    def _judge_config(self, reply: object) -> None:
+        """Record the verdict on Redis' configuration (``RedisLayout.check_config``): an
+        unsafe one makes every later claim fail closed, with the reason in the log."""
+        self._verify_pending = False
+        try:
+            RedisLayout.check_config(reply)
+        except ValueError as exc:
+            self._config_refusal = str(exc)
+            _LOG.error("replay store refuses to use this Redis: %s", exc)
+
+    def _refuse_if_unsafe(self) -> None:
+        if self._config_refusal is not None:
+            raise ReplayStoreUnavailableError("replay store: Redis could forget claims")
 
     def _take_marker_init(self) -> bool:
         """True once: the first claim sets the dataset's marker if it has none. If that first
@@ -361,7 +381,10 @@ class RedisReplayStore(_RedisStoreBase):
     every replica of one service uses the same prefix and ``window``. ``max_clock_skew``: how
     far replicas' clocks may differ from each other and from Redis (keys outlive their ticket
     by this much; after a data loss, tickets issued within this much of the new marker are
-    refused)."""
+    refused). ``verify_config``: before its first claim the store reads Redis' eviction and
+    persistence settings (``RedisLayout.check_config``) and, if they could forget claims,
+    fails every claim closed (the reason is logged); a Redis that refuses CONFIG is used with
+    a warning. ``check()`` runs the same judgement and raises."""
 
     def __init__(
         self,
@@ -372,6 +395,7 @@ class RedisReplayStore(_RedisStoreBase):
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
         window: int = DEFAULT_WINDOW,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        verify_config: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(
@@ -382,6 +406,7 @@ class RedisReplayStore(_RedisStoreBase):
             max_clock_skew=max_clock_skew,
             window=window,
             max_connections=max_connections,
+            verify_config=verify_config,
             clock=clock,
         )
 
@@ -407,13 +432,27 @@ class RedisReplayStore(_RedisStoreBase):
         if isinstance(call, ReplayVerdict):
             return call
         keys, args = call
+        self._prepare()
         try:
-            if self._take_marker_init():
-                self._init_script(keys=[self._layout.epoch_key], args=[self._marker_ms])
             reply = self._claim_script(keys=keys, args=args)
         except Exception as exc:  # fail closed on anything the client raises
             raise _unavailable(exc) from exc
         return self._layout.verdict(reply)
+
+    def _prepare(self) -> None:
+        """Once: judge Redis' configuration, set the epoch marker. Then refuse if unsafe."""
+        try:
+            if self._verify_pending:
+                try:
+                    reply = self._client.config_get(*RedisLayout.CHECKED_SETTINGS)
+                except self._config_unreadable:
+                    reply = None
+                self._judge_config(reply)
+            if self._take_marker_init():
+                self._init_script(keys=[self._layout.epoch_key], args=[self._marker_ms])
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        self._refuse_if_unsafe()
 
     def revoke(
         self, ticket_id: bytes, expires_at: float, *, issued_at: float | None = None
@@ -423,6 +462,7 @@ class RedisReplayStore(_RedisStoreBase):
         if call is None:
             return
         keys, args = call
+        self._prepare()
         try:
             self._revoke_script(keys=keys, args=args)
         except Exception as exc:
@@ -473,6 +513,7 @@ class AsyncRedisReplayStore(_RedisStoreBase):
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
         window: int = DEFAULT_WINDOW,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        verify_config: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         _redis_module()
@@ -486,6 +527,7 @@ class AsyncRedisReplayStore(_RedisStoreBase):
             max_clock_skew=max_clock_skew,
             window=window,
             max_connections=max_connections,
+            verify_config=verify_config,
             clock=clock,
         )
 
@@ -506,13 +548,26 @@ class AsyncRedisReplayStore(_RedisStoreBase):
         if isinstance(call, ReplayVerdict):
             return call
         keys, args = call
+        await self._prepare()
         try:
-            if self._take_marker_init():
-                await self._init_script(keys=[self._layout.epoch_key], args=[self._marker_ms])
             reply = await self._claim_script(keys=keys, args=args)
         except Exception as exc:  # fail closed on anything the client raises
             raise _unavailable(exc) from exc
         return self._layout.verdict(reply)
+
+    async def _prepare(self) -> None:
+        try:
+            if self._verify_pending:
+                try:
+                    reply = await self._client.config_get(*RedisLayout.CHECKED_SETTINGS)
+                except self._config_unreadable:
+                    reply = None
+                self._judge_config(reply)
+            if self._take_marker_init():
+                await self._init_script(keys=[self._layout.epoch_key], args=[self._marker_ms])
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        self._refuse_if_unsafe()
 
     async def revoke(
         self, ticket_id: bytes, expires_at: float, *, issued_at: float | None = None
@@ -521,6 +576,7 @@ class AsyncRedisReplayStore(_RedisStoreBase):
         if call is None:
             return
         keys, args = call
+        await self._prepare()
         try:
             await self._revoke_script(keys=keys, args=args)
         except Exception as exc:
