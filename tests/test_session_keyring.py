@@ -555,6 +555,13 @@ def test_cli_create_rotate_show(ring_dir, capsys) -> None:
     assert "already exists" in capsys.readouterr().err
 
 
+def test_cli_show_says_when_the_ring_is_too_old_to_seal(ring_dir, capsys) -> None:
+    TicketKeyRing.create(ring_dir, clock=Clock(NOW - 8 * DAY))
+    capsys.readouterr()
+    assert main(["keyring", "show", str(ring_dir)]) == 0
+    assert "too old to seal" in capsys.readouterr().out
+
+
 def test_cli_reports_a_refused_ring_as_a_user_error(ring_dir, capsys) -> None:
     assert main(["keyring", "create", str(ring_dir)]) == 0
     os.chmod(_key_files(ring_dir)[0], 0o644)
