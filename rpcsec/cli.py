@@ -137,9 +137,7 @@ def _keyring_rotate(args: argparse.Namespace) -> int:
 def _keyring_show(args: argparse.Namespace) -> int:
     import time
 
-    from rpcsec.session import TicketKeyRing
-
-    from rpcsec.session import DEFAULT_MAX_AGE
+    from rpcsec.session import DEFAULT_MAX_AGE, TicketKeyRing
 
     now = time.time()
     for index, info in enumerate(TicketKeyRing.describe(args.directory)):
