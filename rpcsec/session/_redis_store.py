@@ -26,7 +26,10 @@ it missing the script sets it to Redis' own time plus ``max_clock_skew``, and a 
 ``maxmemory-policy noeviction`` (evicted keys would be forgotten claims; with noeviction a full
 Redis refuses writes, which fails closed here) and either without persistence or with
 ``appendonly yes`` + ``appendfsync always`` (an RDB snapshot restored after a crash brings
-back an old marker with old windows); ``check()`` refuses anything else.
+back an old marker with old windows). The store reads these settings before its first claim
+and fails every claim closed on anything else (``verify_config``); ``check()`` raises. Not
+covered: a failover to a Redis replica that missed the last writes (asynchronous
+replication) keeps the marker too -- use one primary, or ``WAIT``-backed replication.
 
 The key layout and scripts are written once (``RedisLayout``) for the sync and asyncio stores.
 """
