@@ -144,6 +144,19 @@ def test_memory_store_bounds_revocations_and_fails_closed() -> None:
         assert store.claim(ticket, 1, NOW + 60, issued_at=NOW - 3) is REVOKED
 
 
+def test_memory_store_expiry_index_stays_bounded_under_churn() -> None:
+    clock = Clock(NOW - 10)
+    store = MemoryReplayStore(max_tickets=3, max_revoked=2, clock=clock)
+    clock.now = NOW
+    first = _tid()
+    assert store.claim(first, 1, NOW + 3600, issued_at=NOW) is FRESH
+    for index in range(200):  # long-lived tickets evicted one after another
+        assert store.claim(_tid(), 1, NOW + 3600, issued_at=NOW + 1 + index) is FRESH
+    assert len(store._expiries) <= 2 * (3 + 2) + 1
+    assert len(store) == 3
+    assert store.claim(first, 2, NOW + 3600, issued_at=NOW) is REVOKED  # still forgotten
+
+
 def test_memory_store_refuses_tickets_issued_before_it_existed() -> None:
     clock = Clock()
     store = MemoryReplayStore(clock=clock)  # a restarted process
@@ -738,6 +751,25 @@ async def test_async_redis_store_fails_closed_on_a_redis_that_could_forget(tmp_p
         with pytest.raises(ValueError):
             await store.check()
         await store.aclose()
+    finally:
+        server.stop()
+
+
+def test_redis_without_config_command_is_used_with_a_warning(tmp_path, caplog) -> None:
+    # Managed Redis services often disable CONFIG: the store cannot judge, says so, works.
+    from helpers.redis_server import RedisServer, require_redis
+
+    require_redis()
+    server = RedisServer(tmp_path / "redis", extra_args=("--rename-command", "CONFIG", ""))
+    server.start()
+    try:
+        store = RedisReplayStore(server.url, timeout=T)
+        ticket = _tid()
+        assert store.claim(ticket, 1, time.time() + 60) is FRESH
+        assert store.claim(ticket, 1, time.time() + 60) is REPLAY
+        store.check()
+        assert "cannot read Redis' configuration" in caplog.text
+        store.close()
     finally:
         server.stop()
 

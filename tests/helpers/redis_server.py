@@ -54,11 +54,14 @@ def _free_port() -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1; restartable on the same port."""
 
-    def __init__(self, directory: pathlib.Path, *, timeout: float = 15.0) -> None:
+    def __init__(
+        self, directory: pathlib.Path, *, timeout: float = 15.0, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.directory = pathlib.Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.timeout = timeout
+        self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen[str] | None = None
         self._log: list[str] = []
         self._started = False
@@ -90,6 +93,7 @@ class RedisServer:
             "--appendonly", "no",
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
+            *self.extra_args,
         ]  # fmt: skip
         process = subprocess.Popen(
             command,
