@@ -10,6 +10,8 @@ for proxy in nginx haproxy; do [ -x /usr/sbin/$proxy ] || command -v $proxy >/de
 # The 'kerberos' extra (python-gssapi, pykrb5) compiles against libkrb5: a C compiler and the
 # Python headers of the interpreter that builds the venv.
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
+# The replay-store tests start a real Redis (rpcsec.session.RedisReplayStore).
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 # Standard peers for the interop tests (issue 11): curl, Apache + mod_auth_gssapi, gss-sample.
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -x /usr/sbin/apache2 ] && [ -e /usr/lib/apache2/modules/mod_auth_gssapi.so ] || need+=(apache2 libapache2-mod-auth-gssapi)
