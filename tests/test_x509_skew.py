@@ -34,8 +34,10 @@ MINUTE = 60.0
 def pki(tmp_path_factory):
     """Certificates issued exactly at NOW (no backdating) and one that expired 2 minutes ago."""
     authority = make_authority(tmp_path_factory.mktemp("skew"))
-    # Issued when the module's tests start (not at import: a long suite would age them).
-    now = time.time()
+    # Issued when the module's tests start (not at import: a long suite would age them);
+    # NOW is the moment every test of this module reasons from.
+    global NOW
+    now = NOW = time.time()
     start = datetime.datetime.fromtimestamp(now, UTC)
     for name, service in (("fresh-alice", False), ("fresh-docs", True)):
         authority.issue(name, service=service, not_before=start)
