@@ -141,20 +141,40 @@ def test_expired_and_idle_contexts(package_setup, serve) -> None:
         metadata, token, _ = craft_call(context, handle, SAY, _say("fresh"))
         say(token, metadata=metadata)
 
-        clock.now += 20  # 65 s > max_lifetime: the server refuses the context as expired
-        metadata, token, _ = craft_call(context, handle, SAY, _say("late"))
-        assert _refused(lambda: say(token, metadata=metadata)) == "expired"
-        assert len(interceptor.contexts) == 0
-        # ... and the secure channel re-binds transparently (the handler never ran).
+        clock.now += 20  # 65 s > max_lifetime: the server refuses the context as expired,
+        # signing that the channel's call did not run: the channel re-binds and sends it again
+        # (the handler runs once).
+        calls = echo.calls
         assert stub.Say(echo_pb2.EchoRequest(text="again")).text == "again"
+        assert echo.calls == calls + 1
         assert len(interceptor.contexts) == 1
         handle2 = tap.app_calls()[-1].value("rpcsec-context-bin")
         assert handle2 != handle
+        # The expired context is forgotten: a call made on it now is unknown.
+        metadata, token, _ = craft_call(context, handle, SAY, _say("late"))
+        assert _refused(lambda: say(token, metadata=metadata)) == "context-unknown"
+
+        for _ in range(2):  # keep it from idling until its lifetime ends
+            clock.now += 25
+            stub.Say(echo_pb2.EchoRequest(text="keep"))
+        clock.now += 11  # 61 s > max_lifetime
+        metadata, token, _ = craft_call(channel.security_context, handle2, SAY, _say("late"))
+        with pytest.raises(grpc.RpcError) as info:
+            say(token, metadata=metadata)
+        assert reason_of(info.value) == "expired"
+        # A fresh call made with the context gets the signed "did not run" (the crafted call
+        # is the client's own); the server has forgotten the context now.
+        assert any(key == "rpcsec-not-run-bin" for key, _ in info.value.trailing_metadata())
+        assert len(interceptor.contexts) == 0
+        # That call never reached the channel: its next call meets an unknown context, which
+        # proves nothing about whether it ran: it fails, and the one after re-binds.
+        assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="x"))) == "context-unknown"
+        assert stub.Say(echo_pb2.EchoRequest(text="rebound")).text == "rebound"
+        handle3 = tap.app_calls()[-1].value("rpcsec-context-bin")
 
         clock.now += 31  # idle too long: forgotten, reported as unknown
-        metadata, token, _ = craft_call(channel.security_context, handle2, SAY, _say("idle"))
+        metadata, token, _ = craft_call(channel.security_context, handle3, SAY, _say("idle"))
         assert _refused(lambda: say(token, metadata=metadata)) == "context-unknown"
-        assert stub.Say(echo_pb2.EchoRequest(text="rebound")).text == "rebound"
         attacker.close()
 
 
@@ -390,7 +410,9 @@ def test_transparent_rebind_after_the_server_forgets(package_setup, serve) -> No
     echo = EchoServicer()
     interceptor = SecurityInterceptor(setup.server())
     address = serve([interceptor], [echo])
-    with secure_channel(address, setup.client(), **setup.channel_options()) as channel:
+    with secure_channel(
+        address, setup.client(), idempotent_methods=[SAY, REPEAT], **setup.channel_options()
+    ) as channel:
         stub = echo_pb2_grpc.EchoStub(channel)
         stub.Say(echo_pb2.EchoRequest(text="bind"))
         first = channel.security_context
@@ -400,8 +422,8 @@ def test_transparent_rebind_after_the_server_forgets(package_setup, serve) -> No
         ):
             interceptor.contexts.purge()  # nothing is stale yet: nothing dropped
             assert len(interceptor.contexts) == 1
-            # The server forgets the context (restart, eviction): the next unary-request call
-            # re-binds and is sent once more; the handler runs exactly once.
+            # The server forgets the context (restart, eviction): the next call of a method
+            # declared idempotent re-binds and is sent once more; the handler runs once.
             (entry,) = list(interceptor.contexts._entries)
             interceptor.contexts.release(entry)
             calls = echo.calls
@@ -438,7 +460,9 @@ def test_real_server_restart(package_setup) -> None:
         return server, bound
 
     server, port = start()
-    channel = secure_channel(f"127.0.0.1:{port}", setup.client(), **setup.channel_options())
+    channel = secure_channel(
+        f"127.0.0.1:{port}", setup.client(), idempotent_methods=[SAY], **setup.channel_options()
+    )
     stub = echo_pb2_grpc.EchoStub(channel)
     try:
         assert stub.Say(echo_pb2.EchoRequest(text="before")).text == "before"
@@ -459,7 +483,8 @@ def test_eviction_keeps_the_table_bounded(package_setup, serve) -> None:
     interceptor = SecurityInterceptor(setup.server(), max_contexts=2)
     address = serve([interceptor], [EchoServicer()])
     channels = [
-        secure_channel(address, setup.client(), **setup.channel_options()) for _ in range(4)
+        secure_channel(address, setup.client(), idempotent_methods=[SAY], **setup.channel_options())
+        for _ in range(4)
     ]
     stubs = [echo_pb2_grpc.EchoStub(c) for c in channels]
     for _ in range(2):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rpcsec.security import current_token
@@ -22,19 +22,17 @@ from rpcsec.sspi import (
     DelegationPolicyError,
     ImpersonationLevel,
     ProtectionLevel,
+    SecurityError,
 )
 
 from ._calls import CallProtection, MethodKeys
 from ._cloaking import resolve_credentials
 from ._handshake import ClientNegotiation
-from ._status import reason_of
+from ._recovery import REBIND_REASONS, Action, IdempotentMethods, RebindBackoff, decide
+from ._status import not_run_of, reason_of
 from ._wire import CALL_KEY, CONTEXT_KEY, LEVEL_BYTES, SEQ_SLICE
 
-__all__ = ["REBIND_REASONS", "ChannelSecurity", "ClientBound", "should_rebind"]
-
-# A call refused for one of these reasons never reached a handler: the server did not know or
-# no longer accepts the context. Re-binding and sending the call again once is safe.
-REBIND_REASONS = frozenset({"context-unknown", "expired"})
+__all__ = ["REBIND_REASONS", "ChannelSecurity", "ClientBound", "refusal_action"]
 
 _ALWAYS = ContextReq.INTEGRITY
 _ORDERING = ContextReq.REPLAY_DETECT | ContextReq.SEQUENCE_DETECT
@@ -112,8 +110,11 @@ class ChannelSecurity:
         package_options: dict[str, Any] | None,
         lifetime: float | None = None,
         replay_window: int | None = None,
+        idempotent_methods: Iterable[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.idempotent = IdempotentMethods(idempotent_methods)
+        self.backoff = RebindBackoff()
         if not isinstance(protection, ProtectionLevel) or protection not in LEVEL_BYTES:
             raise ValueError("protection must be ProtectionLevel.INTEGRITY or PRIVACY")
         if not isinstance(impersonation, ImpersonationLevel):
@@ -185,6 +186,35 @@ class ChannelSecurity:
             )
 
 
-def should_rebind(error: BaseException) -> bool:
-    """The server refused a call because it does not know (or no longer accepts) the context."""
-    return reason_of(error) in REBIND_REASONS
+def refusal_action(
+    error: BaseException,
+    *,
+    idempotent: bool,
+    resendable: bool,
+    attempt: int,
+    bound: ClientBound | None = None,
+    keys: MethodKeys | None = None,
+    call_seq: bytes | None = None,
+) -> Action:
+    """``_recovery.decide`` for a refused call's error (sync ``grpc.RpcError`` or aio);
+    ``bound``/``keys``/``call_seq`` name the call, to verify a signed "did not run"."""
+
+    def proven() -> bool:
+        if bound is None or keys is None or call_seq is None:
+            return False
+        token = not_run_of(error)
+        if token is None:
+            return False
+        try:
+            bound.context.verify(b"", token, aad=keys.not_run + call_seq)
+        except SecurityError:
+            return False  # forged or replayed: proves nothing
+        return True
+
+    return decide(
+        reason_of(error),
+        idempotent=idempotent,
+        resendable=resendable,
+        attempt=attempt,
+        proven_not_run=proven,
+    )

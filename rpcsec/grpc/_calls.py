@@ -26,6 +26,7 @@ from ._wire import (
     call_prefix,
     message_prefix,
     method_part,
+    not_run_prefix,
     open_aad,
     position,
 )
@@ -39,7 +40,7 @@ FIRST_RESPONSE = position(RESPONSE, 0)
 class MethodKeys:
     """The constant parts of every signature over calls of one method on one context."""
 
-    __slots__ = ("call_aad", "method", "open_aad", "prefix")
+    __slots__ = ("call_aad", "method", "not_run", "open_aad", "prefix")
 
     def __init__(self, handle: bytes, method: str, level: ProtectionLevel) -> None:
         part = method_part(method)
@@ -47,6 +48,7 @@ class MethodKeys:
         self.call_aad = call_prefix(handle) + LEVEL_BYTES[level] + part
         self.open_aad = open_aad(handle, part)
         self.prefix = message_prefix(handle, part)
+        self.not_run = not_run_prefix(handle, part)
 
 
 class CallProtection:

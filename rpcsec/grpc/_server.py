@@ -36,7 +36,7 @@ from rpcsec.sspi import (
 
 from ._calls import Inbound
 from ._policy import AuthorizationPolicy
-from ._server_core import ServerMethod, ServerSecurity
+from ._server_core import ServerMethod, ServerSecurity, not_run_token
 from ._status import (
     details_for,
     passthrough_status,
@@ -117,7 +117,7 @@ def log_refusal(method: str, context: Any, error: BaseException, reason: str) ->
 def refuse(context: Any, error: SecurityError, method: str) -> NoReturn:
     """End the call with the status and reason for ``error`` (raises, as ``abort`` does)."""
     log_refusal(method, context, error, error.reason)
-    context.set_trailing_metadata(trailing_metadata_for(error.reason))
+    context.set_trailing_metadata(trailing_metadata_for(error.reason, not_run_token(error)))
     context.abort(status_for(error), details_for(error.reason))
     raise AssertionError("abort() returned")  # pragma: no cover
 

@@ -24,13 +24,14 @@ from rpcsec.sspi import (
     InvalidHandleError,
     InvalidTokenError,
     ProtectionLevel,
+    SecurityError,
     ServerContext,
 )
 
 from ._calls import FIRST_RESPONSE, CallProtection, Inbound, Outbound
 from ._handshake import ServerNegotiation
 from ._policy import AuthorizationPolicy
-from ._table import ContextEntry, ContextTable, HandshakeLimiter
+from ._table import ContextEntry, ContextTable, HandshakeLimiter, stale_entry
 from ._wire import (
     CALL_KEY,
     CONTEXT_KEY,
@@ -43,9 +44,10 @@ from ._wire import (
     SIGNED_KIND,
     level_from_byte,
     method_part,
+    not_run_prefix,
 )
 
-__all__ = ["ServerCall", "ServerMethod", "ServerSecurity"]
+__all__ = ["ServerCall", "ServerMethod", "ServerSecurity", "not_run_token"]
 
 _BINDING_REQUIRES = ContextReq.INTEGRITY | ContextReq.REPLAY_DETECT
 _PRIVACY = ProtectionLevel.PRIVACY
@@ -73,6 +75,33 @@ class ServerMethod:
 
 def _identity(value: Any) -> Any:
     return value
+
+
+def not_run_token(error: BaseException) -> bytes | None:
+    """The signed "this call did not run" a refusal carries (``_wire``: NOT_RUN_AAD), if any."""
+    token = getattr(error, "not_run", None)
+    return token if isinstance(token, bytes) else None
+
+
+def _sign_not_run(
+    error: SecurityError, method: ServerMethod, verify: Callable[[ContextEntry], bytes]
+) -> None:
+    """A stale context refused a call before any handler ran: sign that, then forget it.
+
+    Only for a call whose opening token verifies and is fresh (``verify`` returns its call
+    sequence; the replay window records it): a captured call replayed once the context went
+    stale has already run, so it gets no statement that it did not."""
+    entry = stale_entry(error)
+    if entry is None:
+        return
+    try:
+        call_seq = verify(entry)
+        aad = not_run_prefix(entry.handle, method.part) + call_seq
+        error.not_run = entry.context.sign(b"", aad=aad)  # type: ignore[attr-defined]
+    except SecurityError:
+        pass  # not the client's fresh call, or the context cannot sign: refuse unsigned
+    finally:
+        entry.context.delete()
 
 
 class ServerCall:
@@ -181,35 +210,67 @@ class ServerSecurity:
     ) -> tuple[ServerCall, bytes]:
         """Admit a single-request call, opened by its request message; returns the call and
         the request's payload, or raises the ``SecurityError`` that refuses it."""
-        entry, _ = self._find(metadata)
-        if not isinstance(request, bytes) or not request:
-            raise InvalidTokenError("call does not open with a protected message")
-        kind = request[0]
-        if kind == SEALED_KIND:
-            level = ProtectionLevel.PRIVACY
-        elif kind == SIGNED_KIND:
-            level = ProtectionLevel.INTEGRITY
-        else:
-            raise InvalidTokenError("call does not open with a protected message")
-        payload = entry.context.unwrap(
-            request, aad=entry.open_prefix + method.part, encrypted=level is _PRIVACY
-        )
-        return self._admit(entry, method, level, request[SEQ_SLICE]), payload
+        try:
+            entry, _ = self._find(metadata)
+        except SecurityError as exc:
+            _sign_not_run(exc, method, lambda stale: _open_request(stale, method, request)[2])
+            raise
+        level, payload, call_seq = _open_request(entry, method, request)
+        return self._admit(entry, method, level, call_seq), payload
 
     def open_call(self, metadata: Sequence[Any] | None, method: ServerMethod) -> ServerCall:
         """Admit a request-streaming call, opened by the signed call header in its metadata."""
-        entry, header = self._find(metadata)
-        if not isinstance(header, bytes) or len(header) < 10 or header[1] != END_MARKER_KIND:
-            raise InvalidTokenError("call carries no valid call header")
-        level = level_from_byte(header[0])
-        if level is None:
-            raise InvalidTokenError("call header names an unknown protection level")
-        signature = header[1:]
-        entry.context.verify(b"", signature, aad=entry.call_prefix + header[:1] + method.part)
-        return self._admit(entry, method, level, signature[SEQ_SLICE])
+        try:
+            entry, header = self._find(metadata)
+        except SecurityError as exc:
+            header = _header(metadata)
+            _sign_not_run(exc, method, lambda stale: _open_header(stale, method, header)[1])
+            raise
+        level, call_seq = _open_header(entry, method, header)
+        return self._admit(entry, method, level, call_seq)
 
     def release(self, call: ServerCall) -> None:
         self.table.release(call.entry.handle)
+
+
+def _open_request(
+    entry: ContextEntry, method: ServerMethod, request: Any
+) -> tuple[ProtectionLevel, bytes, bytes]:
+    """Verify a single-request call's opening token: (level, payload, call sequence)."""
+    if not isinstance(request, bytes) or not request:
+        raise InvalidTokenError("call does not open with a protected message")
+    kind = request[0]
+    if kind == SEALED_KIND:
+        level = ProtectionLevel.PRIVACY
+    elif kind == SIGNED_KIND:
+        level = ProtectionLevel.INTEGRITY
+    else:
+        raise InvalidTokenError("call does not open with a protected message")
+    payload = entry.context.unwrap(
+        request, aad=entry.open_prefix + method.part, encrypted=level is _PRIVACY
+    )
+    return level, payload, request[SEQ_SLICE]
+
+
+def _open_header(
+    entry: ContextEntry, method: ServerMethod, header: Any
+) -> tuple[ProtectionLevel, bytes]:
+    """Verify a request-streaming call's signed call header: (level, call sequence)."""
+    if not isinstance(header, bytes) or len(header) < 10 or header[1] != END_MARKER_KIND:
+        raise InvalidTokenError("call carries no valid call header")
+    level = level_from_byte(header[0])
+    if level is None:
+        raise InvalidTokenError("call header names an unknown protection level")
+    signature = header[1:]
+    entry.context.verify(b"", signature, aad=entry.call_prefix + header[:1] + method.part)
+    return level, signature[SEQ_SLICE]
+
+
+def _header(metadata: Sequence[Any] | None) -> Any:
+    for item in metadata or ():
+        if item[0] == CALL_KEY:
+            return item[1]
+    return None
 
 
 def _by_package(credentials: Credentials | Iterable[Credentials]) -> dict[str, Credentials]:

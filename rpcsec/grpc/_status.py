@@ -17,10 +17,13 @@ import grpc
 
 from rpcsec.sspi import SecStatus, SecurityError, error_for_status
 
+from ._wire import NOT_RUN_KEY
+
 __all__ = [
     "REASON_KEY",
     "details_for",
     "error_from_rpc",
+    "not_run_of",
     "passthrough_status",
     "reason_of",
     "status_for",
@@ -65,8 +68,28 @@ def details_for(reason: str) -> str:
     return f"rpcsec: {reason}"
 
 
-def trailing_metadata_for(reason: str) -> tuple[tuple[str, str], ...]:
-    return ((REASON_KEY, reason),)
+def trailing_metadata_for(
+    reason: str, not_run: bytes | None = None
+) -> tuple[tuple[str, str | bytes], ...]:
+    """The refusal's trailers: the reason, and the signed "did not run" when there is one."""
+    if not_run is None:
+        return ((REASON_KEY, reason),)
+    return ((REASON_KEY, reason), (NOT_RUN_KEY, not_run))
+
+
+def not_run_of(error: BaseException) -> bytes | None:
+    """The ``rpcsec-not-run-bin`` token a refused call carried (unverified), or None."""
+    trailing = getattr(error, "trailing_metadata", None)
+    if not callable(trailing):
+        return None
+    try:
+        metadata = trailing()
+    except Exception:
+        return None
+    for item in metadata or ():
+        if item[0] == NOT_RUN_KEY and isinstance(item[1], bytes):
+            return bytes(item[1])
+    return None
 
 
 def _metadata_reason(metadata: Iterable[Any] | None) -> str | None:

@@ -30,7 +30,13 @@ from rpcsec.sspi import (
 from ._calls import CallProtection
 from ._wire import HANDLE_SIZE, call_prefix, message_prefix, open_aad
 
-__all__ = ["ContextEntry", "ContextTable", "HandshakeLimiter", "HandshakeTicket"]
+__all__ = [
+    "ContextEntry",
+    "ContextTable",
+    "HandshakeLimiter",
+    "HandshakeTicket",
+    "stale_entry",
+]
 
 _LOG = logging.getLogger("rpcsec.grpc")
 
@@ -154,10 +160,15 @@ class ContextTable:
         with self._lock:
             if self._entries.get(handle) is entry:
                 del self._entries[handle]
-        entry.context.delete()
+        # The entry leaves the table now; its keys go with the refusal (``stale_entry``) so
+        # the server can sign that this call did not run, then delete the context.
+        error: InvalidHandleError | ContextExpiredError
         if idle is not None and now - last > idle:
-            raise InvalidHandleError("security context was idle too long and has been forgotten")
-        raise ContextExpiredError("security context has expired")
+            error = InvalidHandleError("security context was idle too long and has been forgotten")
+        else:
+            error = ContextExpiredError("security context has expired")
+        error.stale_entry = entry  # type: ignore[union-attr]
+        raise error
 
     def release(self, handle: bytes) -> bool:
         """DeleteSecurityContext on the client's behalf (``channel.close()``)."""
@@ -181,6 +192,12 @@ class ContextTable:
         for entry in dropped:
             entry.context.delete()
         return len(dropped)
+
+
+def stale_entry(error: BaseException) -> ContextEntry | None:
+    """The entry a refusal from ``lookup`` just removed (its context not yet deleted)."""
+    entry = getattr(error, "stale_entry", None)
+    return entry if isinstance(entry, ContextEntry) else None
 
 
 @dataclass(eq=False, slots=True)

@@ -32,6 +32,17 @@ does not verify (DESIGN §5). A *stream* direction ends with an end-of-stream ma
 differs from every wrap token's, so truncating a stream is detected as well. Unary directions
 carry exactly one message and need no marker.
 
+A call refused *before any handler code ran* because its context is stale (``expired``, or
+idle and about to be forgotten: ``context-unknown``), while the server still holds the
+context's keys, carries a signed statement that this very call did not run::
+
+    rpcsec-not-run-bin : MIC token = ctx.sign(b"", aad=NOT_RUN_AAD)
+    NOT_RUN_AAD = "rpcsec not-run v1" 0x00 | handle | len(method):u16 | method | call_seq:u64
+
+The server forgets the context as it signs, so no later call with that sequence number is
+ever accepted by it. Only such a verified statement lets a client send a non-idempotent call
+again (see ``rpcsec.grpc._recovery``); the bare ``rpcsec-reason`` trailer never does.
+
 Not protected: the gRPC status, its details and any metadata the application sets. An attacker
 on the path can always turn a call into a failure; what it cannot do is make a client accept a
 response, or a server run a handler, that the peer did not send for that very call.
@@ -51,6 +62,7 @@ __all__ = [
     "HANDLE_SIZE",
     "LEVEL_BYTES",
     "NEGOTIATE_METHOD",
+    "NOT_RUN_KEY",
     "RELEASE_METHOD",
     "REQUEST",
     "RESPONSE",
@@ -61,12 +73,14 @@ __all__ = [
     "level_from_byte",
     "message_prefix",
     "method_part",
+    "not_run_prefix",
     "open_aad",
     "position",
 ]
 
 CONTEXT_KEY = "rpcsec-context-bin"
 CALL_KEY = "rpcsec-call-bin"
+NOT_RUN_KEY = "rpcsec-not-run-bin"
 HANDLE_SIZE = 16
 
 SERVICE = "rpcsec.v1.SecurityHandshake"
@@ -87,6 +101,7 @@ SEQ_SLICE = slice(1, 9)
 _CALL_LABEL = b"rpcsec call v1\x00"
 _OPEN_LABEL = b"rpcsec open v1\x00"
 _MSG_LABEL = b"rpcsec msg v1\x00"
+_NOT_RUN_LABEL = b"rpcsec not-run v1\x00"
 _POSITION = struct.Struct(">BI")
 
 LEVEL_BYTES: dict[ProtectionLevel, bytes] = {
@@ -117,6 +132,11 @@ def open_aad(handle: bytes, method: bytes) -> bytes:
 def message_prefix(handle: bytes, method: bytes) -> bytes:
     """MSG_AAD up to the call sequence; ``method`` is ``method_part(path)``."""
     return _MSG_LABEL + handle + method
+
+
+def not_run_prefix(handle: bytes, method: bytes) -> bytes:
+    """NOT_RUN_AAD up to the call sequence; ``method`` is ``method_part(path)``."""
+    return _NOT_RUN_LABEL + handle + method
 
 
 def position(direction: int, index: int) -> bytes:
