@@ -116,9 +116,63 @@ def add_demo_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     demo.set_defaults(handler=_demo)
 
 
+def _keyring_create(args: argparse.Namespace) -> int:
+    from rpcsec.session import TicketKeyRing
+
+    ring = TicketKeyRing.create(args.directory)
+    print(f"created ticket key ring {args.directory} (directory 0700, key files 0600)")
+    print(f"  sealing key: {ring.key_names[0].hex()}")
+    return 0
+
+
+def _keyring_rotate(args: argparse.Namespace) -> int:
+    from rpcsec.session import TicketKeyRing
+
+    ring = TicketKeyRing.rotate(args.directory, keep=args.keep)
+    print(f"rotated ticket key ring {args.directory}: {len(ring.key_names)} keys")
+    print(f"  sealing key: {ring.key_names[0].hex()}")
+    return 0
+
+
+def _keyring_show(args: argparse.Namespace) -> int:
+    import time
+
+    from rpcsec.session import TicketKeyRing
+
+    now = time.time()
+    for index, info in enumerate(TicketKeyRing.describe(args.directory)):
+        role = "seals+opens" if index == 0 else "opens"
+        age = max(0.0, now - info.created_at)
+        print(f"{info.name.hex()}  age {age / 3600:8.2f} h  {role}")
+    return 0
+
+
+def add_keyring_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``rpcsec keyring``: the service-wide ticket key ring replicas share (RFC 5077 §4)."""
+    keyring = subparsers.add_parser(
+        "keyring",
+        help="manage a ticket key ring (sealed context tickets any replica opens)",
+        description="Create, rotate and inspect a directory of ticket keys (files 0600).",
+    )
+    actions = keyring.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a ring with its first key")
+    create.add_argument("directory", metavar="DIR", help="ring directory (made 0700)")
+    create.set_defaults(handler=_keyring_create)
+    rotate = actions.add_parser("rotate", help="add a new sealing key, retire the oldest")
+    rotate.add_argument("directory", metavar="DIR", help="a ring made by 'create'")
+    rotate.add_argument(
+        "--keep", type=int, default=3, metavar="N", help="keys kept after rotating (default 3)"
+    )
+    rotate.set_defaults(handler=_keyring_rotate)
+    show = actions.add_parser("show", help="list key names and ages (never the secrets)")
+    show.add_argument("directory", metavar="DIR", help="a ring directory")
+    show.set_defaults(handler=_keyring_show)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     add_authority_command,
     add_demo_command,
+    add_keyring_command,
 ]
 
 

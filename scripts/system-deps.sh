@@ -8,6 +8,8 @@ command -v krb5-config >/dev/null 2>&1 || need+=(libkrb5-dev)
 # The 'kerberos' extra (python-gssapi, pykrb5) compiles against libkrb5: a C compiler and the
 # Python headers of the interpreter that builds the venv.
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
+# The replay-store tests start a real Redis (rpcsec.session.RedisReplayStore).
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 "${PYTHON:-python3}" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null || need+=(python3-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -33,6 +33,7 @@ __all__ = [
     "OutOfSequenceError",
     "QopNotSupportedError",
     "ReplayError",
+    "ReplayStoreUnavailableError",
     "SecurityError",
     "TargetUnknownError",
     "TimeSkewError",
@@ -208,6 +209,14 @@ class BusyError(SecurityError):
     status = SecStatus.BUSY
 
 
+class ReplayStoreUnavailableError(SecurityError):
+    """The shared replay store could not answer (connection, timeout, script error), so the
+    call cannot be proven fresh and is refused (fail closed). Bindings map it to UNAVAILABLE:
+    the caller may retry; the handler never ran."""
+
+    status = SecStatus.REPLAY_STORE_UNAVAILABLE
+
+
 class InternalSecurityError(SecurityError):
     """A failure inside the package that is not the peer's fault (SEC_E_INTERNAL_ERROR)."""
 
@@ -240,6 +249,7 @@ _BY_STATUS: dict[SecStatus, type[SecurityError]] = {
         AccessDeniedError,
         TimeSkewError,
         BusyError,
+        ReplayStoreUnavailableError,
         InternalSecurityError,
     )
 }

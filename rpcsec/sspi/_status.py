@@ -41,6 +41,7 @@ class SecStatus(enum.Enum):
     ACCESS_DENIED = "access-denied"
     TIME_SKEW = "time-skew"
     BUSY = "busy"
+    REPLAY_STORE_UNAVAILABLE = "replay-store-unavailable"
     INTERNAL_ERROR = "internal-error"
 
     @property

@@ -1,0 +1,359 @@
+"""The ticket key ring: files, permissions, rotation, replicas, lifetimes, and the CLI.
+
+Real files in a temporary directory; two ring objects on one directory stand for two replicas.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from rpcsec.cli import main
+from rpcsec.session import (
+    KeyRingError,
+    KeyRingPermissionError,
+    TicketKeyRing,
+)
+from rpcsec.sspi import InternalSecurityError, InvalidHandleError
+
+NOW = 1_800_000_000.0
+DAY = 86400.0
+
+
+class Clock:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _key_files(directory: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(directory.glob("*.key"))
+
+
+def _seal(ring: TicketKeyRing, clock: Clock | None = None, state: bytes = b"state") -> bytes:
+    now = clock() if clock is not None else NOW
+    return ring.seal(state, ticket_id=os.urandom(16), expires_at=now + 3600)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ring_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    return tmp_path / "ring"
+
+
+# -- create / load: files and permissions ---------------------------------------------------
+
+
+def test_create_makes_a_private_directory_and_key_file(ring_dir, clock) -> None:
+    ring = TicketKeyRing.create(ring_dir, clock=clock)
+    assert stat.S_IMODE(ring_dir.stat().st_mode) == 0o700
+    (key_file,) = _key_files(ring_dir)
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.stat().st_size == 32
+    assert key_file.name == f"{int(NOW * 1000):013d}-{ring.key_names[0].hex()}.key"
+    assert ring.open(_seal(ring)).state == b"state"
+    assert not list(ring_dir.glob(".tmp-*"))  # no temporary file left behind
+
+
+def test_key_files_are_created_private_even_under_a_permissive_umask(ring_dir, clock) -> None:
+    old = os.umask(0)
+    try:
+        TicketKeyRing.create(ring_dir, clock=clock)
+        TicketKeyRing.rotate(ring_dir, clock=clock)
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in _key_files(ring_dir)} == {0o600}
+    assert stat.S_IMODE(ring_dir.stat().st_mode) == 0o700
+
+
+def test_create_refuses_an_existing_ring(ring_dir, clock) -> None:
+    TicketKeyRing.create(ring_dir, clock=clock)
+    before = _key_files(ring_dir)
+    with pytest.raises(KeyRingError):
+        TicketKeyRing.create(ring_dir, clock=clock)
+    assert _key_files(ring_dir) == before
+
+
+def test_create_tightens_an_existing_empty_directory(ring_dir, clock) -> None:
+    ring_dir.mkdir(mode=0o755)
+    os.chmod(ring_dir, 0o755)
+    TicketKeyRing.create(ring_dir, clock=clock)
+    assert stat.S_IMODE(ring_dir.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_load_refuses_a_key_file_readable_by_others(ring_dir, clock, mode) -> None:
+    TicketKeyRing.create(ring_dir, clock=clock)
+    os.chmod(_key_files(ring_dir)[0], mode)
+    with pytest.raises(KeyRingPermissionError):
+        TicketKeyRing.load(ring_dir, clock=clock)
+
+
+def test_load_refuses_an_open_directory(ring_dir, clock) -> None:
+    TicketKeyRing.create(ring_dir, clock=clock)
+    os.chmod(ring_dir, 0o755)
+    with pytest.raises(KeyRingPermissionError):
+        TicketKeyRing.load(ring_dir, clock=clock)
+
+
+@pytest.mark.parametrize("size", [0, 16, 31, 33, 64])
+def test_load_refuses_bad_sizes(ring_dir, clock, size) -> None:
+    TicketKeyRing.create(ring_dir, clock=clock)
+    (key_file,) = _key_files(ring_dir)
+    key_file.write_bytes(os.urandom(size))
+    with pytest.raises(KeyRingError, match="exactly 32 bytes"):
+        TicketKeyRing.load(ring_dir, clock=clock)
+
+
+def test_load_refuses_a_file_whose_name_does_not_match_its_key(ring_dir, clock) -> None:
+    TicketKeyRing.create(ring_dir, clock=clock)
+    (key_file,) = _key_files(ring_dir)
+    key_file.write_bytes(os.urandom(32))  # a different secret under the old name
+    with pytest.raises(KeyRingError, match="does not match"):
+        TicketKeyRing.load(ring_dir, clock=clock)
+
+
+def test_load_refuses_an_empty_or_missing_ring_and_odd_names(ring_dir, clock) -> None:
+    with pytest.raises(KeyRingError):
+        TicketKeyRing.load(ring_dir, clock=clock)
+    ring_dir.mkdir(mode=0o700)
+    with pytest.raises(KeyRingError, match="empty"):
+        TicketKeyRing.load(ring_dir, clock=clock)
+    TicketKeyRing.create(ring_dir, clock=clock)
+    odd = ring_dir / "backup.key"
+    fd = os.open(odd, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, os.urandom(32))
+    os.close(fd)
+    with pytest.raises(KeyRingError, match="not a ticket key file name"):
+        TicketKeyRing.load(ring_dir, clock=clock)
+
+
+def test_secrets_never_appear_in_errors_or_repr(ring_dir, clock) -> None:
+    ring = TicketKeyRing.create(ring_dir, clock=clock)
+    (key_file,) = _key_files(ring_dir)
+    secret = key_file.read_bytes()
+    os.chmod(key_file, 0o644)
+    with pytest.raises(KeyRingPermissionError) as info:
+        TicketKeyRing.load(ring_dir, clock=clock)
+    assert secret.hex() not in str(info.value)
+    assert secret.hex() not in repr(ring._snap.keys)
+
+
+# -- rotation --------------------------------------------------------------------------------
+
+
+def test_ticket_of_an_old_key_opens_while_kept_and_is_refused_once_retired(ring_dir, clock) -> None:
+    ring = TicketKeyRing.create(ring_dir, clock=clock)
+    old_ticket = _seal(ring, clock)
+    for step in range(2):  # keep=3: the first key is still in the ring after two rotations
+        clock.now += 60
+        ring = TicketKeyRing.rotate(ring_dir, keep=3, clock=clock)
+        assert ring.open(old_ticket).state == b"state", step
+    assert len(ring.key_names) == 3
+    clock.now += 60
+    ring = TicketKeyRing.rotate(ring_dir, keep=3, clock=clock)
+    assert len(_key_files(ring_dir)) == 3
+    with pytest.raises(InvalidHandleError) as info:
+        ring.open(old_ticket)
+    assert info.value.reason == "context-unknown"
+
+
+def test_newest_key_seals_after_rotation(ring_dir, clock) -> None:
+    TicketKeyRing.create(ring_dir, clock=clock)
+    clock.now += 1
+    ring = TicketKeyRing.rotate(ring_dir, clock=clock)
+    assert ring.open(_seal(ring, clock)).key_name == ring.key_names[0]
+    assert ring.key_names[0].hex() in _key_files(ring_dir)[-1].name  # newest file sorts last
+
+
+def test_rotate_keep_bounds_and_validation(ring_dir, clock) -> None:
+    TicketKeyRing.create(ring_dir, clock=clock)
+    for _ in range(5):
+        ring = TicketKeyRing.rotate(ring_dir, keep=2, clock=clock)  # same ms: still ordered
+    assert len(ring.key_names) == 2 and len(_key_files(ring_dir)) == 2
+    for keep in (0, -1, True, 1.5):
+        with pytest.raises(ValueError):
+            TicketKeyRing.rotate(ring_dir, keep=keep, clock=clock)  # type: ignore[arg-type]
+    with pytest.raises(KeyRingError):
+        TicketKeyRing.rotate(ring_dir.parent / "nowhere", clock=clock)
+
+
+def test_replica_opens_tickets_of_another_including_right_after_an_unseen_rotation(
+    ring_dir, clock
+) -> None:
+    first = TicketKeyRing.create(ring_dir, clock=clock)
+    replica = TicketKeyRing.load(ring_dir, clock=clock)  # default 1 s refresh interval
+    assert replica.open(_seal(first, clock)).state == b"state"
+    rotated = TicketKeyRing.rotate(ring_dir, clock=clock)  # the replica has not looked since
+    fresh = _seal(rotated, clock, b"newest")
+    assert replica.key_names != rotated.key_names
+    assert replica.open(fresh).state == b"newest"  # one refresh on the unknown key name
+    assert replica.key_names == rotated.key_names
+
+
+def test_replica_picks_up_a_rotation_for_sealing_and_a_retirement(ring_dir, clock) -> None:
+    TicketKeyRing.create(ring_dir, clock=clock)
+    replica = TicketKeyRing.load(ring_dir, clock=clock, refresh_interval=0)
+    old = _seal(replica, clock)
+    TicketKeyRing.rotate(ring_dir, keep=1, clock=clock)  # retire the only old key
+    sealed = _seal(replica, clock)  # refresh before sealing: the new key seals
+    assert sealed[1:17] != old[1:17]
+    with pytest.raises(InvalidHandleError):
+        replica.open(old)
+
+
+def test_refresh_is_rate_limited_and_reports_changes(ring_dir, clock) -> None:
+    ring = TicketKeyRing.load(TicketKeyRing.create(ring_dir, clock=clock).directory, clock=clock)
+    TicketKeyRing.rotate(ring_dir, clock=clock)
+    assert ring.refresh() is False  # inside the 1 s interval: not even a stat
+    eager = TicketKeyRing.load(ring_dir, clock=clock, refresh_interval=0)
+    assert eager.refresh() is False  # nothing changed since it loaded
+    TicketKeyRing.rotate(ring_dir, clock=clock)
+    assert eager.refresh() is True
+    assert TicketKeyRing.generate(clock=clock).refresh() is False
+
+
+def test_a_broken_directory_keeps_the_last_good_keys(ring_dir, clock, caplog) -> None:
+    ring = TicketKeyRing.create(ring_dir, clock=clock)
+    replica = TicketKeyRing.load(ring_dir, clock=clock, refresh_interval=0)
+    ticket = _seal(ring, clock)
+    TicketKeyRing.rotate(ring_dir, clock=clock)
+    os.chmod(_key_files(ring_dir)[-1], 0o644)  # an operator mistake on the new key
+    assert replica.refresh() is False
+    assert replica.open(ticket).state == b"state"
+    assert "not re-read" in caplog.text
+    assert replica.key_names == ring.key_names
+
+
+def test_rotation_never_shows_readers_half_a_key(ring_dir, clock) -> None:
+    TicketKeyRing.create(ring_dir, clock=clock)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def rotate() -> None:
+        try:
+            for _ in range(60):
+                TicketKeyRing.rotate(ring_dir, keep=2)
+        finally:
+            stop.set()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                ring = TicketKeyRing.load(ring_dir)
+                ring.open(_seal(ring, Clock(ring._clock())))
+            except BaseException as exc:
+                failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=rotate), *(threading.Thread(target=read) for _ in range(2))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(_key_files(ring_dir)) == 2
+
+
+# -- lifetimes -------------------------------------------------------------------------------
+
+
+def test_a_key_older_than_max_age_no_longer_seals(ring_dir, clock) -> None:
+    ring = TicketKeyRing.create(ring_dir, clock=clock, max_age=DAY)
+    ticket = _seal(ring, clock)
+    clock.now += DAY
+    with pytest.raises(InternalSecurityError, match="rotate"):
+        _seal(ring, clock)
+    clock.now = NOW + 1800
+    assert ring.open(ticket).state == b"state"  # it still opens what it sealed
+    clock.now = NOW + DAY
+    ring = TicketKeyRing.rotate(ring_dir, clock=clock, max_age=DAY)
+    assert ring.open(_seal(ring, clock)).state == b"state"
+
+
+def test_in_memory_ring_rotates_itself_and_drops_dead_keys(clock) -> None:
+    ring = TicketKeyRing.generate(clock=clock, max_age=2 * DAY, rotate_after=DAY)
+    first_key = ring.key_names[0]
+    ticket = _seal(ring, clock)
+    clock.now += DAY
+    second = _seal(ring, clock)
+    assert second[1:17] != first_key and ring.key_names[1] == first_key
+    clock.now = NOW + 1800
+    assert ring.open(ticket).state == b"state"
+    clock.now = NOW + 3 * DAY  # rotate_after + max_age: nothing first_key sealed can live
+    _seal(ring, clock)
+    assert first_key not in ring.key_names
+    with pytest.raises(ValueError):
+        TicketKeyRing.generate(max_age=DAY, rotate_after=2 * DAY)
+
+
+def test_from_secrets_rings_interoperate_and_order_newest_first(clock) -> None:
+    new, old = os.urandom(32), os.urandom(32)
+    a = TicketKeyRing.from_secrets([new, old], clock=clock)
+    b = TicketKeyRing.from_secrets([new, old], clock=clock)
+    assert a.key_names == b.key_names
+    assert b.open(_seal(a, clock)).key_name == a.key_names[0]
+    only_old = TicketKeyRing.from_secrets([old], clock=clock)
+    assert a.open(_seal(only_old, clock)).key_name == a.key_names[1]
+    for bad in ([], [b"short"], b"x" * 32):
+        with pytest.raises(ValueError):
+            TicketKeyRing.from_secrets(bad, clock=clock)  # type: ignore[arg-type]
+    with pytest.raises(KeyRingError):
+        TicketKeyRing.from_secrets([new, new], clock=clock)
+
+
+def test_a_directory_key_and_the_same_secret_handed_in_agree(ring_dir, clock) -> None:
+    ring = TicketKeyRing.create(ring_dir, clock=clock)
+    (key_file,) = _key_files(ring_dir)
+    handed_in = TicketKeyRing.from_secrets([key_file.read_bytes()], clock=clock)
+    assert handed_in.key_names == ring.key_names
+    assert handed_in.open(_seal(ring, clock)).state == b"state"
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def test_cli_create_rotate_show(ring_dir, capsys) -> None:
+    assert main(["keyring", "create", str(ring_dir)]) == 0
+    assert main(["keyring", "rotate", str(ring_dir), "--keep", "2"]) == 0
+    assert main(["keyring", "rotate", str(ring_dir), "--keep", "2"]) == 0
+    capsys.readouterr()
+    assert main(["keyring", "show", str(ring_dir)]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and "seals+opens" in lines[0] and "opens" in lines[1]
+    for key_file in _key_files(ring_dir):
+        assert key_file.name.split("-")[1][:-4] in out
+        assert key_file.read_bytes().hex() not in out  # never the secret
+    assert main(["keyring", "create", str(ring_dir)]) == 1  # refuses an existing ring
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_reports_a_refused_ring_as_a_user_error(ring_dir, capsys) -> None:
+    assert main(["keyring", "create", str(ring_dir)]) == 0
+    os.chmod(_key_files(ring_dir)[0], 0o644)
+    assert main(["keyring", "show", str(ring_dir)]) == 1
+    assert "group or other" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["keyring", "rotate", str(ring_dir), "--keep", "many"])
+    assert info.value.code == 2
+
+
+def test_cli_as_a_process(ring_dir) -> None:
+    run = [sys.executable, "-m", "rpcsec", "keyring"]
+    subprocess.run([*run, "create", str(ring_dir)], check=True, capture_output=True)
+    shown = subprocess.run([*run, "show", str(ring_dir)], check=True, capture_output=True)
+    (key_file,) = _key_files(ring_dir)
+    assert key_file.name.split("-")[1][:-4].encode() in shown.stdout

@@ -1,0 +1,478 @@
+"""Replay stores: in memory (one process) and on a real Redis server (replicas).
+
+The security property is one sentence: a (ticket, sequence) accepted once is never FRESH
+again, on any replica, whatever fails -- store full, store unreachable, store restarted
+empty. Redis tests run a real ``redis-server`` (tests/helpers/redis_server.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rpcsec.session import (
+    AsyncMemoryReplayStore,
+    AsyncRedisReplayStore,
+    AsyncReplayStore,
+    MemoryReplayStore,
+    RedisReplayStore,
+    ReplayStore,
+    ReplayStoreUnavailableError,
+    ReplayVerdict,
+)
+from rpcsec.session._redis_store import RedisLayout
+from rpcsec.sspi import SecStatus, SecurityError, error_for_status
+
+FRESH, REPLAY, REVOKED = ReplayVerdict.FRESH, ReplayVerdict.REPLAY, ReplayVerdict.REVOKED
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _tid() -> bytes:
+    return os.urandom(16)
+
+
+def _poll(predicate, timeout: float = 10.0) -> None:
+    """Wait for a condition with a deadline (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        time.sleep(0.01)
+
+
+# -- the typed error -------------------------------------------------------------------------
+
+
+def test_unavailable_error_is_a_typed_security_error_with_its_reason() -> None:
+    error = ReplayStoreUnavailableError()
+    assert isinstance(error, SecurityError)
+    assert error.reason == "replay-store-unavailable"
+    assert error.status is SecStatus.REPLAY_STORE_UNAVAILABLE
+    assert isinstance(error_for_status("replay-store-unavailable"), ReplayStoreUnavailableError)
+
+
+# -- memory store ----------------------------------------------------------------------------
+
+
+def test_memory_store_fresh_once_then_replay() -> None:
+    store = MemoryReplayStore(clock=Clock())
+    assert isinstance(store, ReplayStore)
+    ticket, other = _tid(), _tid()
+    assert store.claim(ticket, 7, NOW + 60) is FRESH
+    assert store.claim(ticket, 7, NOW + 60) is REPLAY
+    assert store.claim(ticket, 6, NOW + 60) is FRESH  # out of order inside the window
+    assert store.claim(ticket, 8, NOW + 60) is FRESH
+    assert store.claim(other, 7, NOW + 60) is FRESH  # windows are per ticket
+
+
+def test_memory_store_refuses_numbers_older_than_the_window() -> None:
+    store = MemoryReplayStore(window=64, clock=Clock())
+    ticket = _tid()
+    assert store.claim(ticket, 1000, NOW + 60) is FRESH
+    assert store.claim(ticket, 1000 - 64, NOW + 60) is REPLAY  # fell out: cannot tell
+    assert store.claim(ticket, 1000 - 63, NOW + 60) is FRESH
+
+
+def test_memory_store_revoke_and_expiry() -> None:
+    clock = Clock()
+    store = MemoryReplayStore(clock=clock)
+    ticket, unseen = _tid(), _tid()
+    assert store.claim(ticket, 1, NOW + 10) is FRESH
+    store.revoke(ticket, NOW + 10)
+    assert store.claim(ticket, 2, NOW + 10) is REVOKED
+    store.revoke(unseen, NOW + 10)  # revoked before its first call
+    assert store.claim(unseen, 1, NOW + 10) is REVOKED
+    assert store.claim(_tid(), 1, NOW) is REVOKED  # expired tickets are never fresh
+    live = _tid()
+    assert store.claim(live, 1, NOW + 100) is FRESH
+    clock.now = NOW + 10
+    store.claim(live, 2, NOW + 100)  # any call purges what expired
+    assert len(store) == 1 and store.revoked_count == 0
+    assert store.claim(ticket, 3, NOW + 10) is REVOKED  # expired now, still not fresh
+
+
+def test_memory_store_is_bounded_and_fails_closed_on_what_it_forgot() -> None:
+    clock = Clock(NOW - 10)
+    store = MemoryReplayStore(max_tickets=2, clock=clock)
+    clock.now = NOW
+    first, second, third = _tid(), _tid(), _tid()
+    assert store.claim(first, 1, NOW + 60, issued_at=NOW - 3) is FRESH
+    assert store.claim(second, 1, NOW + 60, issued_at=NOW - 2) is FRESH
+    assert store.claim(third, 1, NOW + 60, issued_at=NOW - 1) is FRESH  # evicts `first`
+    assert len(store) == 2
+    # The forgotten ticket is never given a fresh window: not its replay, not a new number.
+    assert store.claim(first, 1, NOW + 60, issued_at=NOW - 3) is REVOKED
+    assert store.claim(first, 2, NOW + 60, issued_at=NOW - 3) is REVOKED
+    assert store.claim(first, 2, NOW + 60) is REVOKED  # even claimed without issued_at
+    # Tickets issued later still work, and the ones kept keep their windows.
+    assert store.claim(_tid(), 1, NOW + 60, issued_at=NOW) is FRESH
+    assert store.claim(third, 1, NOW + 60, issued_at=NOW - 1) is REPLAY
+
+
+def test_memory_store_forgetting_without_issued_at_fails_closed_by_expiry() -> None:
+    store = MemoryReplayStore(max_tickets=1, clock=Clock())
+    old, new = _tid(), _tid()
+    assert store.claim(old, 1, NOW + 60) is FRESH
+    assert store.claim(new, 1, NOW + 61) is FRESH  # evicts `old`
+    assert store.claim(old, 1, NOW + 60) is REVOKED
+    assert store.claim(old, 1, NOW + 60, issued_at=NOW) is REVOKED
+
+
+def test_memory_store_bounds_revocations_and_fails_closed() -> None:
+    store = MemoryReplayStore(max_revoked=2, clock=Clock(NOW - 10))
+    revoked = [_tid() for _ in range(3)]
+    for index, ticket in enumerate(revoked):
+        store.revoke(ticket, NOW + 60, issued_at=NOW - 3 + index)
+    assert store.revoked_count == 2
+    for ticket in revoked:  # the one pushed out is still refused
+        assert store.claim(ticket, 1, NOW + 60, issued_at=NOW - 3) is REVOKED
+
+
+def test_memory_store_refuses_tickets_issued_before_it_existed() -> None:
+    clock = Clock()
+    store = MemoryReplayStore(clock=clock)  # a restarted process
+    assert store.claim(_tid(), 1, NOW + 60, issued_at=NOW - 0.001) is REVOKED
+    assert store.claim(_tid(), 1, NOW + 60, issued_at=NOW) is FRESH
+
+
+def test_memory_store_keeps_a_resealed_ticket_until_its_latest_expiry() -> None:
+    clock = Clock()
+    store = MemoryReplayStore(clock=clock)
+    ticket = _tid()
+    assert store.claim(ticket, 1, NOW + 10) is FRESH
+    assert store.claim(ticket, 2, NOW + 100) is FRESH  # same id, later expiry
+    clock.now = NOW + 50
+    assert store.claim(ticket, 1, NOW + 100) is REPLAY  # window kept past the first expiry
+
+
+def test_memory_store_exactly_one_fresh_under_threads() -> None:
+    store = MemoryReplayStore()
+    ticket = _tid()
+    expires = time.time() + 60
+    results: list[ReplayVerdict] = []
+    barrier = threading.Barrier(8)
+
+    def race() -> None:
+        barrier.wait()
+        results.extend(store.claim(ticket, seq, expires) for seq in range(200))
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count(FRESH) == 200 and results.count(REPLAY) == 7 * 200
+
+
+@pytest.mark.parametrize(
+    ("ticket_id", "sequence", "expires_at", "error"),
+    [
+        ("text", 1, NOW + 1, TypeError),
+        (b"", 1, NOW + 1, ValueError),
+        (b"x" * 65, 1, NOW + 1, ValueError),
+        (b"x" * 16, -1, NOW + 1, ValueError),
+        (b"x" * 16, 2**64, NOW + 1, ValueError),
+        (b"x" * 16, True, NOW + 1, TypeError),
+        (b"x" * 16, 1.0, NOW + 1, TypeError),
+        (b"x" * 16, 1, float("nan"), ValueError),
+        (b"x" * 16, 1, "soon", ValueError),
+    ],
+)
+def test_memory_store_refuses_caller_mistakes(ticket_id, sequence, expires_at, error) -> None:
+    store = MemoryReplayStore(clock=Clock())
+    with pytest.raises(error):
+        store.claim(ticket_id, sequence, expires_at)
+    with pytest.raises(ValueError):
+        MemoryReplayStore(max_tickets=0)
+    with pytest.raises(ValueError):
+        MemoryReplayStore(window=100)
+
+
+async def test_async_memory_store() -> None:
+    store = AsyncMemoryReplayStore(clock=Clock())
+    assert isinstance(store, AsyncReplayStore)
+    ticket = _tid()
+    assert await store.claim(ticket, 1, NOW + 5) is FRESH
+    assert await store.claim(ticket, 1, NOW + 5) is REPLAY
+    await store.revoke(ticket, NOW + 5)
+    assert await store.claim(ticket, 2, NOW + 5) is REVOKED
+
+
+# -- the Redis layout (sans-IO) --------------------------------------------------------------
+
+
+@given(st.one_of(st.integers(), st.binary(), st.text(), st.none(), st.booleans(), st.floats()))
+def test_redis_reply_decoding_fails_closed(reply: object) -> None:
+    try:
+        verdict = RedisLayout.verdict(reply)
+    except ReplayStoreUnavailableError:
+        return
+    assert reply in (0, 1, 2) and not isinstance(reply, bool)
+    assert verdict is {0: FRESH, 1: REPLAY, 2: REVOKED}[reply]  # type: ignore[index]
+
+
+def test_redis_layout_keys_share_a_slot_and_expire_with_the_ticket() -> None:
+    layout = RedisLayout("p:", Clock(), reset_skew=5)
+    keys, args = layout.claim_call(b"\x01" * 16, 42, NOW + 1.0001, None)  # type: ignore[misc]
+    tag = "{" + "01" * 16 + "}"
+    assert keys == ["p:epoch", f"p:{tag}:revoked", f"p:{tag}:42"]
+    assert args == [1001, -1, 5000]  # ttl rounded up, no issued_at, skew in ms
+    assert layout.claim_call(b"\x01" * 16, 42, NOW, None) is None  # expired: no round trip
+    with pytest.raises(ValueError):
+        RedisLayout("", Clock(), reset_skew=5)
+
+
+# -- Redis: a real server ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    from helpers.redis_server import RedisServer, require_redis
+
+    require_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test:{os.urandom(4).hex()}:"
+
+
+@pytest.fixture
+def store(redis_server, prefix):
+    with RedisReplayStore(redis_server.url, prefix=prefix) as store:
+        yield store
+
+
+def test_redis_fresh_once_then_replay(store) -> None:
+    ticket = _tid()
+    expires = time.time() + 60
+    assert store.claim(ticket, 1, expires) is FRESH
+    assert store.claim(ticket, 1, expires) is REPLAY
+    assert store.claim(ticket, 2, expires) is FRESH
+    assert store.claim(_tid(), 1, expires) is FRESH
+    assert store.claim(ticket, 3, time.time() - 1) is REVOKED  # expired, decided locally
+
+
+def test_redis_two_replicas_racing_get_exactly_one_fresh_per_number(redis_server, prefix) -> None:
+    replicas = [RedisReplayStore(redis_server.url, prefix=prefix) for _ in range(2)]
+    ticket = _tid()
+    expires = time.time() + 60
+    results: list[list[ReplayVerdict]] = [[], [], [], []]
+    barrier = threading.Barrier(4)
+
+    def race(index: int) -> None:
+        replica = replicas[index % 2]
+        barrier.wait()
+        results[index].extend(replica.claim(ticket, seq, expires) for seq in range(150))
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for seq in range(150):
+        verdicts = [results[i][seq] for i in range(4)]
+        assert verdicts.count(FRESH) == 1 and verdicts.count(REPLAY) == 3, seq
+    for replica in replicas:
+        replica.close()
+
+
+def test_redis_revocation_reaches_the_other_replica(redis_server, prefix) -> None:
+    one = RedisReplayStore(redis_server.url, prefix=prefix)
+    two = RedisReplayStore(redis_server.url, prefix=prefix)
+    ticket = _tid()
+    expires = time.time() + 60
+    assert one.claim(ticket, 1, expires) is FRESH
+    two.revoke(ticket, expires)
+    assert one.claim(ticket, 2, expires) is REVOKED
+    assert two.claim(ticket, 3, expires) is REVOKED
+    one.close()
+    two.close()
+
+
+def test_redis_prefixes_separate_services(redis_server) -> None:
+    ticket = _tid()
+    expires = time.time() + 60
+    with (
+        RedisReplayStore(redis_server.url, prefix="svc-a:") as a,
+        RedisReplayStore(redis_server.url, prefix="svc-b:") as b,
+    ):
+        assert a.claim(ticket, 1, expires) is FRESH
+        assert b.claim(ticket, 1, expires) is FRESH
+
+
+def test_redis_entries_expire_with_the_ticket(store, prefix) -> None:
+    ticket = _tid()
+    expires = time.time() + 0.3
+    assert store.claim(ticket, 1, expires) is FRESH
+    store.revoke(_tid(), expires)
+    client = store.client
+    keys = client.keys(f"{prefix}{{*")
+    assert len(keys) == 2
+    assert all(0 < client.pttl(key) <= 300 for key in keys)
+    _poll(lambda: not client.keys(f"{prefix}{{*"), timeout=5)
+    assert store.claim(ticket, 1, expires) is REVOKED  # the ticket itself is dead
+
+
+def test_redis_claim_extends_a_claim_key_to_a_later_expiry(store, prefix) -> None:
+    ticket = _tid()
+    now = time.time()
+    assert store.claim(ticket, 1, now + 5) is FRESH
+    assert store.claim(ticket, 1, now + 500) is REPLAY
+    (key,) = store.client.keys(f"{prefix}{{{ticket.hex()}}}:1")
+    assert store.client.pttl(key) > 100_000
+
+
+def test_redis_refuses_tickets_issued_before_the_dataset(store) -> None:
+    now = time.time()
+    assert store.claim(_tid(), 1, now + 60, issued_at=now - 3600) is REVOKED
+    assert store.claim(_tid(), 1, now + 60, issued_at=now + 0.001) is FRESH
+
+
+def test_redis_stopped_fails_closed_within_the_timeout(redis_server, prefix) -> None:
+    store = RedisReplayStore(redis_server.url, prefix=prefix, timeout=0.2)
+    ticket = _tid()
+    expires = time.time() + 60
+    assert store.claim(ticket, 1, expires) is FRESH
+    os.kill(redis_server.process.pid, signal.SIGSTOP)  # alive but silent: a timeout
+    try:
+        started = time.monotonic()
+        with pytest.raises(ReplayStoreUnavailableError) as info:
+            store.claim(ticket, 2, expires)
+        assert time.monotonic() - started < 2.0
+        assert info.value.reason == "replay-store-unavailable"
+        with pytest.raises(ReplayStoreUnavailableError):
+            store.revoke(ticket, expires)
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    _poll(lambda: _answers(store, ticket, 3, expires))
+    assert store.claim(ticket, 1, expires) is REPLAY
+    store.close()
+
+
+def _answers(store, ticket, seq, expires) -> bool:
+    try:
+        store.claim(ticket, seq, expires)
+    except ReplayStoreUnavailableError:
+        return False
+    return True
+
+
+def test_redis_killed_mid_traffic_fails_closed_then_recovers(tmp_path) -> None:
+    from helpers.redis_server import RedisServer, require_redis
+
+    require_redis()
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        store = RedisReplayStore(server.url, timeout=0.25)
+        ticket = _tid()
+        issued = time.time()
+        expires = issued + 600
+        accepted: set[int] = set()
+        verdicts_after_kill: list[ReplayVerdict] = []
+        errors = 0
+        killed = threading.Event()
+        stop = threading.Event()
+
+        def traffic() -> None:
+            nonlocal errors
+            seq = 0
+            while not stop.is_set():
+                seq += 1
+                for number in (seq, seq - 1):  # each new number, then a replay of the last
+                    try:
+                        verdict = store.claim(ticket, number, expires, issued_at=issued)
+                    except ReplayStoreUnavailableError:
+                        errors += 1
+                        continue
+                    if killed.is_set():
+                        verdicts_after_kill.append(verdict)
+                    if verdict is FRESH:
+                        assert number not in accepted
+                        accepted.add(number)
+
+        worker = threading.Thread(target=traffic)
+        worker.start()
+        _poll(lambda: len(accepted) >= 50)
+        server.kill()
+        killed.set()
+        _poll(lambda: errors >= 5)
+        server.start()  # back, empty: it lost every claim
+        _poll(lambda: len(verdicts_after_kill) >= 20)
+        stop.set()
+        worker.join()
+        # Every claim while Redis was gone raised; after it came back empty, the old ticket's
+        # numbers are not fresh again: it predates the new dataset, so REVOKED.
+        assert errors >= 5
+        assert FRESH not in verdicts_after_kill
+        assert set(verdicts_after_kill) == {REVOKED}
+        # ...while a ticket issued after the restart works at once (the store recovered).
+        later = time.time() + 6  # beyond reset_skew
+        fresh_ticket = _tid()
+        assert store.claim(fresh_ticket, 1, later + 600, issued_at=later) is FRESH
+        assert store.claim(fresh_ticket, 1, later + 600, issued_at=later) is REPLAY
+        store.close()
+    finally:
+        server.stop()
+
+
+async def test_async_redis_store(redis_server, prefix) -> None:
+    one = AsyncRedisReplayStore(redis_server.url, prefix=prefix)
+    two = AsyncRedisReplayStore(redis_server.url, prefix=prefix)
+    assert isinstance(one, AsyncReplayStore)
+    ticket = _tid()
+    expires = time.time() + 60
+    results = await asyncio.gather(
+        *(store.claim(ticket, seq, expires) for seq in range(50) for store in (one, two, one))
+    )
+    assert results.count(FRESH) == 50 and results.count(REPLAY) == 100
+    await two.revoke(ticket, expires)
+    assert await one.claim(ticket, 99, expires) is REVOKED
+    await one.ping()
+    await one.aclose()
+    await two.aclose()
+
+
+async def test_async_redis_store_fails_closed(tmp_path) -> None:
+    from helpers.redis_server import RedisServer, require_redis
+
+    require_redis()
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        store = AsyncRedisReplayStore(server.url, timeout=0.25)
+        ticket = _tid()
+        expires = time.time() + 60
+        assert await store.claim(ticket, 1, expires) is FRESH
+        server.kill()
+        with pytest.raises(ReplayStoreUnavailableError):
+            await store.claim(ticket, 2, expires)
+        with pytest.raises(ReplayStoreUnavailableError):
+            await store.ping()
+        await store.aclose()
+    finally:
+        server.stop()
+
+
+def test_redis_store_refuses_a_bad_target() -> None:
+    with pytest.raises(TypeError):
+        RedisReplayStore(12)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        RedisReplayStore("redis://127.0.0.1:1/0", timeout=0)
