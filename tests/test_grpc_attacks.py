@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 import pytest
 from helpers.echo import AdminServicer, EchoServicer
+from helpers.grpc_setup import forget_contexts
 from helpers.wiretap import Wiretap, craft_call, craft_stream_call, flip
 
 from rpcsec.grpc import SecurityInterceptor, reason_of, secure_channel
@@ -25,7 +26,6 @@ from rpcsec.grpc._proto import handshake_pb2
 from rpcsec.sspi import (
     ClientContext,
     MessageAlteredError,
-    ReplayError,
     SecurityError,
 )
 
@@ -150,9 +150,9 @@ def test_expired_and_idle_contexts(package_setup, serve) -> None:
         assert len(interceptor.contexts) == 1
         handle2 = tap.app_calls()[-1].value("rpcsec-context-bin")
         assert handle2 != handle
-        # The expired context is forgotten: a call made on it now is unknown.
+        # The expired context stays expired: its ticket says so, on any replica.
         metadata, token, _ = craft_call(context, handle, SAY, _say("late"))
-        assert _refused(lambda: say(token, metadata=metadata)) == "context-unknown"
+        assert _refused(lambda: say(token, metadata=metadata)) == "expired"
 
         for _ in range(2):  # keep it from idling until its lifetime ends
             clock.now += 25
@@ -166,15 +166,24 @@ def test_expired_and_idle_contexts(package_setup, serve) -> None:
         # is the client's own); the server has forgotten the context now.
         assert any(key == "rpcsec-not-run-bin" for key, _ in info.value.trailing_metadata())
         assert len(interceptor.contexts) == 0
-        # That call never reached the channel: its next call meets an unknown context, which
-        # proves nothing about whether it ran: it fails, and the one after re-binds.
-        assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="x"))) == "context-unknown"
+        # That call never reached the channel: its next call meets the expired ticket with no
+        # cached entry to sign with, which proves nothing about whether it ran: it fails, and
+        # the one after re-binds.
+        assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="x"))) == "expired"
         assert stub.Say(echo_pb2.EchoRequest(text="rebound")).text == "rebound"
         handle3 = tap.app_calls()[-1].value("rpcsec-context-bin")
 
-        clock.now += 31  # idle too long: forgotten, reported as unknown
+        # Idle too long: the cache forgets the entry, but the ticket still opens (idle_timeout
+        # bounds memory; max_lifetime bounds the context's life).
+        clock.now += 31
+        calls = echo.calls
         metadata, token, _ = craft_call(channel.security_context, handle3, SAY, _say("idle"))
-        assert _refused(lambda: say(token, metadata=metadata)) == "context-unknown"
+        say(token, metadata=metadata)
+        assert echo.calls == calls + 1
+        # ... and the replay store still refuses that request a second time, even when the
+        # ticket is opened afresh (a new entry has a new window of its own).
+        interceptor.contexts.discard(interceptor.contexts._entries[handle3])
+        assert _refused(lambda: say(token, metadata=metadata)) == "replay"
         attacker.close()
 
 
@@ -320,7 +329,8 @@ def test_responses_replayed_or_pasted_into_another_call(tapped) -> None:
     first_response = tap.app_calls()[-1].responses[0]
 
     tap.responses = lambda method, messages: [first_response]
-    with pytest.raises(ReplayError):
+    # Bound to the call it answers (its per-call nonce and AAD): wrong for any other call.
+    with pytest.raises(MessageAlteredError):
         stub.Say(echo_pb2.EchoRequest(text="two"))
 
     # A response the client never saw, delivered as the answer to the next call.
@@ -424,8 +434,7 @@ def test_transparent_rebind_after_the_server_forgets(package_setup, serve) -> No
             assert len(interceptor.contexts) == 1
             # The server forgets the context (restart, eviction): the next call of a method
             # declared idempotent re-binds and is sent once more; the handler runs once.
-            (entry,) = list(interceptor.contexts._entries)
-            interceptor.contexts.release(entry)
+            forget_contexts(interceptor)
             calls = echo.calls
             assert call()
             assert echo.calls == calls + 1
@@ -433,8 +442,7 @@ def test_transparent_rebind_after_the_server_forgets(package_setup, serve) -> No
             first = channel.security_context
 
         # A request-streaming call cannot be sent again: it fails, the next call re-binds.
-        (entry,) = list(interceptor.contexts._entries)
-        interceptor.contexts.release(entry)
+        forget_contexts(interceptor)
         assert (
             _refused(lambda: stub.Collect(iter([echo_pb2.EchoRequest(text="a")])))
             == "context-unknown"

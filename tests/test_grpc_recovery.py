@@ -17,6 +17,7 @@ import grpc
 import grpc.aio
 import pytest
 from helpers.echo import AsyncEchoServicer, EchoServicer
+from helpers.grpc_setup import forget_contexts
 from helpers.wiretap import AioForger, Wiretap, craft_call
 
 from rpcsec.grpc import SecurityInterceptor, reason_of, secure_channel
@@ -114,7 +115,7 @@ def test_stream_only_channel_rebinds_after_the_server_forgets(x509_setup, serve)
             lambda: [r.text for r in stub.Chat(iter([_request("b")]))],
         ):
             assert call()
-            interceptor.contexts.release(next(iter(interceptor.contexts._entries)))
+            forget_contexts(interceptor)
             before = echo.calls
             with pytest.raises(grpc.RpcError) as info:
                 call()  # cannot be sent again: its requests are gone
@@ -143,7 +144,7 @@ async def test_aio_stream_only_channel_rebinds_after_the_server_forgets(
 
         for call in (collect, chat):
             assert await call()
-            interceptor.contexts.release(next(iter(interceptor.contexts._entries)))
+            forget_contexts(interceptor)
             before = echo.calls
             with pytest.raises(grpc.RpcError) as info:
                 await call()
@@ -161,7 +162,7 @@ def test_only_declared_idempotent_methods_are_sent_again(x509_setup, serve) -> N
     address = serve([interceptor], [echo])
 
     def forget() -> None:
-        interceptor.contexts.release(next(iter(interceptor.contexts._entries)))
+        forget_contexts(interceptor)
 
     with secure_channel(
         address, setup.client(), idempotent_methods=[REPEAT], **setup.channel_options()
@@ -191,9 +192,9 @@ async def test_aio_declared_idempotent_method_is_sent_again(x509_setup, aio_serv
     ) as channel:
         stub = echo_pb2_grpc.EchoStub(channel)
         await stub.Say(_request("bind"))
-        interceptor.contexts.release(next(iter(interceptor.contexts._entries)))
+        forget_contexts(interceptor)
         assert (await stub.Say(_request("again"))).text == "again"
-        interceptor.contexts.release(next(iter(interceptor.contexts._entries)))
+        forget_contexts(interceptor)
         with pytest.raises(grpc.RpcError):
             [r async for r in stub.Repeat(_request("r", 1))]  # not declared: not re-sent
         assert [r.text async for r in stub.Repeat(_request("r", 1))] == ["r0"]

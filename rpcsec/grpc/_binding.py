@@ -29,8 +29,9 @@ from ._calls import CallProtection, MethodKeys
 from ._cloaking import resolve_credentials
 from ._handshake import ClientNegotiation
 from ._recovery import REBIND_REASONS, Action, IdempotentMethods, RebindBackoff, decide
+from ._responses import ResponseKeys, TicketClientProtection
 from ._status import not_run_of, reason_of
-from ._wire import CALL_KEY, CONTEXT_KEY, LEVEL_BYTES, SEQ_SLICE
+from ._wire import CALL_KEY, CONTEXT_KEY, LEVEL_BYTES, SEQ_SLICE, is_ticket
 
 __all__ = ["REBIND_REASONS", "ChannelSecurity", "ClientBound", "refusal_action"]
 
@@ -63,7 +64,11 @@ class ClientBound:
         self.level = level
         self.encrypt = level is ProtectionLevel.PRIVACY
         self.generation = generation
-        self.protection = CallProtection(context, handle)
+        self.protection: CallProtection = (
+            TicketClientProtection(context, handle, ResponseKeys.of(context))
+            if is_ticket(handle)
+            else CallProtection(context, handle)
+        )
         self._level_byte = LEVEL_BYTES[level]
         self._ctx_metadata = (CONTEXT_KEY, handle)
         self._metadata = (self._ctx_metadata,)
@@ -206,7 +211,7 @@ def refusal_action(
         if token is None:
             return False
         try:
-            bound.context.verify(b"", token, aad=keys.not_run + call_seq)
+            bound.protection.check_not_run(keys.not_run, call_seq, token)
         except SecurityError:
             return False  # forged or replayed: proves nothing
         return True

@@ -83,6 +83,13 @@ class CallProtection:
     ) -> None:
         self.context.verify(b"", token, aad=prefix + call_seq + position(direction | END, count))
 
+    def not_run(self, prefix: bytes, call_seq: bytes) -> bytes:
+        """The server's signed "call ``call_seq`` did not run" (``prefix``: NOT_RUN_AAD)."""
+        return self.context.sign(b"", aad=prefix + call_seq)
+
+    def check_not_run(self, prefix: bytes, call_seq: bytes, token: bytes) -> None:
+        self.context.verify(b"", token, aad=prefix + call_seq)
+
 
 class _Direction:
     """One stream direction of one call: what every message of it is bound to, and how many

@@ -79,6 +79,8 @@ def build_security(
     replay_window: int,
     package_options: Mapping[str, Mapping[str, Any]] | None,
     clock: Callable[[], float],
+    ticket_keys: Any = None,
+    replay_store: Any = None,
 ) -> ServerSecurity:
     """The ``ServerSecurity`` both interceptors are built on (one argument list, two APIs)."""
     table = ContextTable(
@@ -98,6 +100,8 @@ def build_security(
         limiter=limiter,
         replay_window=replay_window,
         package_options=package_options,
+        ticket_keys=ticket_keys,
+        replay_store=replay_store,
         clock=clock,
     )
 
@@ -400,8 +404,15 @@ class InterceptorBase:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         replay_window: int = DEFAULT_WINDOW,
         package_options: Mapping[str, Mapping[str, Any]] | None = None,
+        ticket_keys: Any = None,
+        replay_store: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``ticket_keys``: the service's ``rpcsec.session.TicketKeyRing`` or its directory
+        (``rpcsec keyring``), shared by every replica; None generates one for this process.
+        ``replay_store``: the ``ReplayStore`` every replica shares (``RedisReplayStore``);
+        None: one in this process's memory. Handles are tickets any replica with the ring
+        opens (see ``rpcsec.grpc._tickets``)."""
         self.security = build_security(
             credentials,
             policy,
@@ -414,6 +425,8 @@ class InterceptorBase:
             handshake_timeout=handshake_timeout,
             replay_window=replay_window,
             package_options=package_options,
+            ticket_keys=ticket_keys,
+            replay_store=replay_store,
             clock=clock,
         )
         self._negotiate, self._release = self._handshake_handlers(self.security)

@@ -22,6 +22,7 @@ from rpcsec.sspi import (
     Credentials,
     CredentialUse,
     InvalidHandleError,
+    InvalidStateError,
     InvalidTokenError,
     ProtectionLevel,
     SecurityError,
@@ -31,7 +32,9 @@ from rpcsec.sspi import (
 from ._calls import FIRST_RESPONSE, CallProtection, Inbound, Outbound
 from ._handshake import ServerNegotiation
 from ._policy import AuthorizationPolicy
+from ._responses import ResponseKeys, TicketServerProtection
 from ._table import ContextEntry, ContextTable, HandshakeLimiter, stale_entry
+from ._tickets import ContextTickets
 from ._wire import (
     CALL_KEY,
     CONTEXT_KEY,
@@ -42,6 +45,7 @@ from ._wire import (
     SEALED_KIND,
     SEQ_SLICE,
     SIGNED_KIND,
+    is_ticket,
     level_from_byte,
     method_part,
     not_run_prefix,
@@ -83,25 +87,6 @@ def not_run_token(error: BaseException) -> bytes | None:
     return token if isinstance(token, bytes) else None
 
 
-def _sign_not_run(
-    error: SecurityError, method: ServerMethod, verify: Callable[[ContextEntry], bytes]
-) -> None:
-    """A stale context refused a call before any handler ran: sign that, then forget it.
-
-    Only for a call whose opening token verifies and is fresh (``verify`` returns its call
-    sequence; the replay window records it): a captured call replayed once the context went
-    stale has already run, so it gets no statement that it did not."""
-    entry = stale_entry(error)
-    if entry is None:
-        return
-    try:
-        call_seq = verify(entry)
-        aad = not_run_prefix(entry.handle, method.part) + call_seq
-        error.not_run = entry.context.sign(b"", aad=aad)  # type: ignore[attr-defined]
-    except SecurityError:
-        pass  # not the client's fresh call, or the context cannot sign: refuse unsigned
-    finally:
-        entry.context.delete()
 
 
 class ServerCall:
@@ -143,6 +128,8 @@ class ServerSecurity:
         replay_window: int = DEFAULT_WINDOW,
         lifetime: float | None = None,
         package_options: Mapping[str, Mapping[str, Any]] | None = None,
+        ticket_keys: Any = None,
+        replay_store: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.credentials = _by_package(credentials)
@@ -162,12 +149,61 @@ class ServerSecurity:
         self._replay_window = replay_window
         self._lifetime = lifetime
         self._package_options = {k.lower(): dict(v) for k, v in (package_options or {}).items()}
+        self.tickets: ContextTickets | None = ContextTickets.default(
+            self.credentials,
+            ticket_keys=ticket_keys,
+            replay_store=replay_store,
+            max_lifetime=self.table.max_lifetime,
+            clock=clock,
+        )
 
     # -- handshakes ------------------------------------------------------------------------
 
     def negotiation(self, peer: str) -> ServerNegotiation:
         return ServerNegotiation(
-            self.credentials, self._new_context, lambda context: self.table.add(context, peer)
+            self.credentials, self._new_context, lambda context: self.register(context, peer)
+        )
+
+    def register(self, context: ServerContext, peer: str) -> bytes:
+        """Name an established context: seal it into a ticket (any replica opens it), or --
+        a package that cannot export -- remember it here under a random handle."""
+        tickets = self.tickets
+        if tickets is not None:
+            try:
+                ticket, continued, ticket_id, expires_at, issued_at = tickets.issue(context)
+            except InvalidStateError:
+                pass  # not exportable: process-local
+            else:
+                caller = context.peer  # with any delegated credentials (not in the ticket)
+                context.delete()
+                self.table.insert(
+                    self._ticket_entry(
+                        ticket, continued, peer, expires_at, ticket_id, issued_at, caller
+                    )
+                )
+                return ticket
+        return self.table.add(context, peer)
+
+    def _ticket_entry(
+        self,
+        ticket: bytes,
+        context: ServerContext,
+        peer: str,
+        expires_at: float,
+        ticket_id: bytes,
+        issued_at: float,
+        caller: AccessToken | None = None,
+    ) -> ContextEntry:
+        return ContextEntry(
+            ticket,
+            context,
+            peer,
+            self.clock(),
+            expires_at,
+            protection=TicketServerProtection(context, ticket, ResponseKeys.of(context)),
+            caller=caller,
+            ticket_id=ticket_id,
+            issued_at=issued_at,
         )
 
     def _new_context(self, credentials: Credentials) -> ServerContext:
@@ -193,14 +229,57 @@ class ServerSecurity:
                 header = item[1]
         if handle is None:
             raise InvalidHandleError("call carries no security context handle")
-        if not isinstance(handle, bytes) or len(handle) != HANDLE_SIZE:
+        if not isinstance(handle, bytes):
             raise InvalidHandleError("call carries a malformed security context handle")
-        return self.table.lookup(handle), header
+        ticket = is_ticket(handle)
+        if not ticket and len(handle) != HANDLE_SIZE:
+            raise InvalidHandleError("call carries a malformed security context handle")
+        try:
+            return self.table.lookup(handle), header
+        except InvalidHandleError as exc:
+            if not ticket or self.tickets is None:
+                raise
+            stale = stale_entry(exc)
+            if stale is not None:
+                self.table.discard(stale)  # idle: the cache forgets, the ticket still opens
+        context, ticket_id, expires_at, issued_at = self.tickets.open(handle)
+        entry = self._ticket_entry(handle, context, "ticket", expires_at, ticket_id, issued_at)
+        self.table.insert(entry)
+        return entry, header
+
+    def _sign_not_run(
+        self, error: SecurityError, method: ServerMethod, verify: Callable[[ContextEntry], bytes]
+    ) -> None:
+        """A stale context refused a call before any handler ran: sign that, then forget it.
+
+        Only for a call whose opening token verifies and is fresh (``verify`` returns its call
+        sequence; the replay window records it, and for a ticket the shared replay store, so
+        no replica can run it later): a captured call replayed once the context went stale
+        has already run, so it gets no statement that it did not."""
+        entry = stale_entry(error)
+        if entry is None:
+            return
+        try:
+            call_seq = verify(entry)
+            if entry.ticket_id is not None:
+                assert self.tickets is not None
+                self.tickets.claim_refused(entry.ticket_id, call_seq, entry.issued_at)
+            token = entry.protection.not_run(not_run_prefix(entry.handle, method.part), call_seq)
+            error.not_run = token  # type: ignore[attr-defined]
+        except SecurityError:
+            pass  # not the client's fresh call, or the context cannot sign: refuse unsigned
+        finally:
+            if entry.ticket_id is None:
+                entry.context.delete()
 
     def _admit(
         self, entry: ContextEntry, method: ServerMethod, level: ProtectionLevel, call_seq: bytes
     ) -> ServerCall:
         token = entry.tokens[level]
+        ticket_id = entry.ticket_id
+        if ticket_id is not None:
+            assert self.tickets is not None
+            self.tickets.claim(ticket_id, call_seq, entry.expires_at or 0.0, entry.issued_at)
         if method.authorize:
             self.policy.check(method.method, token)
         return ServerCall(entry, entry.msg_label + method.part, call_seq, token)
@@ -213,7 +292,9 @@ class ServerSecurity:
         try:
             entry, _ = self._find(metadata)
         except SecurityError as exc:
-            _sign_not_run(exc, method, lambda stale: _open_request(stale, method, request)[2])
+            self._sign_not_run(
+                exc, method, lambda stale: _open_request(stale, method, request)[2]
+            )
             raise
         level, payload, call_seq = _open_request(entry, method, request)
         return self._admit(entry, method, level, call_seq), payload
@@ -224,13 +305,18 @@ class ServerSecurity:
             entry, header = self._find(metadata)
         except SecurityError as exc:
             header = _header(metadata)
-            _sign_not_run(exc, method, lambda stale: _open_header(stale, method, header)[1])
+            self._sign_not_run(exc, method, lambda stale: _open_header(stale, method, header)[1])
             raise
         level, call_seq = _open_header(entry, method, header)
         return self._admit(entry, method, level, call_seq)
 
     def release(self, call: ServerCall) -> None:
-        self.table.release(call.entry.handle)
+        """DeleteSecurityContext for the client: here, and for a ticket on every replica
+        (revoked in the replay store)."""
+        entry = call.entry
+        self.table.release(entry.handle)
+        if entry.ticket_id is not None and self.tickets is not None:
+            self.tickets.revoke(entry.ticket_id, entry.expires_at or 0.0, entry.issued_at)
 
 
 def _open_request(

@@ -1,7 +1,9 @@
 """The one place that maps a ``SecurityError`` to a gRPC status (style habit 4).
 
-A refused call ends with UNAUTHENTICATED (the caller could not be authenticated: bad, expired
-or unknown context, bad signature, replay, missing handle) or PERMISSION_DENIED (the caller is
+A refused call ends with UNAVAILABLE when the shared replay store could not answer
+(``replay-store-unavailable``: the handler never ran), UNAUTHENTICATED (the caller could not
+be authenticated: bad, expired or unknown context, bad signature, replay, missing handle) or
+PERMISSION_DENIED (the caller is
 known but may not do this: authorization policy, access check, impersonation level, delegation
 required or forbidden), never INTERNAL or UNKNOWN. The trailing metadata carries the coarse
 reason (``SecurityError.reason``, e.g. ``message-altered``) under ``rpcsec-reason``; the status
@@ -43,6 +45,9 @@ _PERMISSION_DENIED = frozenset(
     }
 )
 _RESOURCE_EXHAUSTED = frozenset({SecStatus.BUSY})
+# The call could not be proven fresh because the shared replay store did not answer: the
+# handler never ran, and the caller may try again (fail closed, never open).
+_UNAVAILABLE = frozenset({SecStatus.REPLAY_STORE_UNAVAILABLE})
 
 _BY_STATUS: dict[SecStatus, grpc.StatusCode] = {}
 for _status in SecStatus:
@@ -52,6 +57,8 @@ for _status in SecStatus:
         _BY_STATUS[_status] = grpc.StatusCode.PERMISSION_DENIED
     elif _status in _RESOURCE_EXHAUSTED:
         _BY_STATUS[_status] = grpc.StatusCode.RESOURCE_EXHAUSTED
+    elif _status in _UNAVAILABLE:
+        _BY_STATUS[_status] = grpc.StatusCode.UNAVAILABLE
     else:
         _BY_STATUS[_status] = grpc.StatusCode.UNAUTHENTICATED
 

@@ -2,7 +2,15 @@
 
 Every call names its context in the request metadata::
 
-    rpcsec-context-bin : the 16-byte context handle the server returned from Negotiate
+    rpcsec-context-bin : the context handle the server returned from Negotiate
+
+The handle is either a sealed ticket (``rpcsec.session``, RFC 5077 §4 layout, at least
+``MIN_TICKET_SIZE`` bytes) that any replica holding the service's key ring opens, or -- for a
+package whose contexts cannot be exported -- a random 16-byte process-local handle. The size
+tells them apart, and decides how responses are protected: with a ticket, every response token
+is sealed with per-call keys (``_responses``: record number = call_seq || index, never the
+context's own send counter, which every replica would share); with a process-local handle, by
+the context itself (``ctx.wrap``) as below.
 
 and is *opened* by exactly one token the context made, whose sequence number (bytes 1..9 of a
 core token, see ``rpcsec.sspi._context``) becomes the *call sequence*. The server's replay
@@ -52,6 +60,8 @@ from __future__ import annotations
 
 import struct
 
+from rpcsec.session import MAX_TICKET_SIZE
+from rpcsec.session._ticket import MIN_TICKET_SIZE
 from rpcsec.sspi import ProtectionLevel
 
 __all__ = [
@@ -70,6 +80,7 @@ __all__ = [
     "SEQ_SLICE",
     "SIGNED_KIND",
     "call_prefix",
+    "is_ticket",
     "level_from_byte",
     "message_prefix",
     "method_part",
@@ -142,6 +153,12 @@ def not_run_prefix(handle: bytes, method: bytes) -> bytes:
 def position(direction: int, index: int) -> bytes:
     """The direction:u8 | index:u32 tail of MSG_AAD."""
     return _POSITION.pack(direction, index)
+
+
+def is_ticket(handle: bytes) -> bool:
+    """A sealed-ticket handle (``_tickets``), as opposed to a process-local one of
+    ``HANDLE_SIZE`` bytes: both ends tell them apart by size alone."""
+    return MIN_TICKET_SIZE <= len(handle) <= MAX_TICKET_SIZE
 
 
 def level_from_byte(value: int) -> ProtectionLevel | None:

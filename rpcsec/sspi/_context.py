@@ -54,7 +54,7 @@ from ._errors import (
 )
 from ._flags import QOP, ContextReq, CredentialUse, ImpersonationLevel, ProtectionLevel
 from ._package import Mechanism, MechanismResult, get_package
-from ._protection import MAX_SEQUENCE, MessageProtector
+from ._protection import MAX_SEQUENCE, MessageProtector, hkdf_expand_label
 from ._replay import DEFAULT_WINDOW, ReceiveOrder, ReplayWindow, SequenceCounter
 from ._status import SecStatus
 
@@ -290,6 +290,24 @@ class SecurityContext:
         missing = required.normalized() & ~self.attributes
         if missing:
             raise InsufficientAttributesError(f"context lacks required attributes: {missing!r}")
+
+    def export_keying_material(
+        self, label: bytes, length: int = 32, *, server_to_client: bool
+    ) -> bytes:
+        """Keying material for a protocol layered on this context, tied to one direction
+        (the TLS exporter's idea, RFC 8446 §7.5): HKDF-Expand-Label (§7.1) of that direction's
+        secret with ``label``. Both ends derive the same bytes. Raises ``InvalidStateError``
+        for a package whose message keys are not direction secrets (kerberos GSS wrap).
+        """
+        self._established()
+        protector = self._protector
+        assert protector is not None
+        outbound, inbound = protector.secrets()
+        if not outbound or not inbound:
+            raise InvalidStateError(f"package {self.package.name!r} has no direction secrets")
+        ours = self.is_client is not server_to_client  # the client sends client-to-server
+        secret = outbound if ours else inbound
+        return hkdf_expand_label(secret, b"exporter " + bytes(label), length)
 
     def query_attributes(self, attribute: ContextAttribute) -> Any:
         """QueryContextAttributes."""
