@@ -13,6 +13,8 @@ import sys
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rpcsec.cli import main
 from rpcsec.session import (
@@ -87,8 +89,8 @@ def test_create_refuses_an_existing_ring(ring_dir, clock) -> None:
 
 
 def test_create_tightens_an_existing_empty_directory(ring_dir, clock) -> None:
-    ring_dir.mkdir(mode=0o755)
-    os.chmod(ring_dir, 0o755)
+    ring_dir.mkdir(mode=0o777)
+    os.chmod(ring_dir, 0o777)
     TicketKeyRing.create(ring_dir, clock=clock)
     assert stat.S_IMODE(ring_dir.stat().st_mode) == 0o700
 
@@ -101,11 +103,32 @@ def test_load_refuses_a_key_file_readable_by_others(ring_dir, clock, mode) -> No
         TicketKeyRing.load(ring_dir, clock=clock)
 
 
-def test_load_refuses_an_open_directory(ring_dir, clock) -> None:
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777, 0o1777])
+def test_load_refuses_a_directory_others_can_write(ring_dir, clock, mode) -> None:
+    # Whoever can add a file could plant a key of their own and forge every ticket.
     TicketKeyRing.create(ring_dir, clock=clock)
-    os.chmod(ring_dir, 0o755)
-    with pytest.raises(KeyRingPermissionError):
+    os.chmod(ring_dir, mode)
+    with pytest.raises(KeyRingPermissionError, match="writable"):
         TicketKeyRing.load(ring_dir, clock=clock)
+
+
+def test_load_accepts_a_read_only_secret_volume_of_symlinks(tmp_path, clock) -> None:
+    # Kubernetes secret volumes: a 0755 directory, key names as symlinks into ..data/.
+    source = tmp_path / "source"
+    ring = TicketKeyRing.create(source, clock=clock)
+    volume = tmp_path / "volume"
+    (volume / "..data").mkdir(parents=True)
+    for key_file in _key_files(source):
+        (volume / "..data" / key_file.name).write_bytes(key_file.read_bytes())
+        os.chmod(volume / "..data" / key_file.name, 0o400)
+        (volume / key_file.name).symlink_to(pathlib.Path("..data") / key_file.name)
+    os.chmod(volume, 0o755)
+    mounted = TicketKeyRing.load(volume, clock=clock)
+    assert mounted.key_names == ring.key_names
+    assert mounted.open(_seal(ring, clock)).state == b"state"
+    os.chmod(volume / "..data" / _key_files(source)[0].name, 0o444)  # world-readable target
+    with pytest.raises(KeyRingPermissionError):
+        TicketKeyRing.load(volume, clock=clock)
 
 
 @pytest.mark.parametrize("size", [0, 16, 31, 33, 64])
@@ -267,6 +290,49 @@ def test_rotation_never_shows_readers_half_a_key(ring_dir, clock) -> None:
     assert len(_key_files(ring_dir)) == 2
 
 
+def test_two_operators_rotating_at_once_are_serialised(ring_dir, clock) -> None:
+    TicketKeyRing.create(ring_dir, clock=clock)
+    errors: list[BaseException] = []
+
+    def rotate() -> None:
+        try:
+            for _ in range(15):
+                TicketKeyRing.rotate(ring_dir, keep=3, clock=clock)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rotate) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    files = _key_files(ring_dir)
+    assert len(files) == 3
+    stamps = [int(f.name.split("-")[0]) for f in files]
+    assert stamps == sorted(set(stamps))  # 46 keys made at one clock instant, all ordered
+    assert stamps[-1] == int(NOW * 1000) + 45
+
+
+@pytest.fixture(scope="module")
+def shared_ring_dir(tmp_path_factory) -> pathlib.Path:
+    directory = tmp_path_factory.mktemp("shared") / "ring"
+    TicketKeyRing.create(directory)
+    return directory
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rest=st.binary(max_size=200), known=st.booleans(), eager=st.booleans())
+def test_directory_ring_refuses_arbitrary_tickets_only_with_the_typed_error(
+    shared_ring_dir, rest: bytes, known: bool, eager: bool
+) -> None:
+    # Through the miss path (unknown key name: a stat, maybe a re-read) and the AEAD path.
+    ring = TicketKeyRing.load(shared_ring_dir, refresh_interval=0 if eager else 1.0)
+    name = ring.key_names[0] if known else os.urandom(16)
+    with pytest.raises(InvalidHandleError):
+        ring.open(bytes([1]) + name + rest)
+
+
 # -- lifetimes -------------------------------------------------------------------------------
 
 
@@ -312,6 +378,28 @@ def test_from_secrets_rings_interoperate_and_order_newest_first(clock) -> None:
             TicketKeyRing.from_secrets(bad, clock=clock)  # type: ignore[arg-type]
     with pytest.raises(KeyRingError):
         TicketKeyRing.from_secrets([new, new], clock=clock)
+
+
+def test_secrets_ring_rotates_in_place_when_the_manager_hands_in_a_new_secret(clock) -> None:
+    first, second = os.urandom(32), os.urandom(32)
+    ring = TicketKeyRing.from_secrets([first], clock=clock, max_age=DAY)
+    old_ticket = _seal(ring, clock)
+    clock.now += DAY  # the only key is now too old to seal
+    with pytest.raises(InternalSecurityError):
+        _seal(ring, clock)
+    ring.update_secrets([second, first])
+    new_ticket = _seal(ring, clock)
+    assert new_ticket[1:17] == ring.key_names[0] != old_ticket[1:17]
+    clock.now = NOW + 1800
+    assert ring.open(old_ticket).state == b"state"  # the old key still opens
+    ring.update_secrets([second])  # retired
+    with pytest.raises(InvalidHandleError):
+        ring.open(old_ticket)
+    assert ring.open(new_ticket).state == b"state"
+    with pytest.raises(ValueError):
+        ring.update_secrets([])
+    with pytest.raises(TypeError):
+        TicketKeyRing.generate(clock=clock).update_secrets([first])
 
 
 def test_a_directory_key_and_the_same_secret_handed_in_agree(ring_dir, clock) -> None:

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rpcsec.session import (
@@ -32,6 +32,7 @@ from rpcsec.sspi import SecStatus, SecurityError, error_for_status
 
 FRESH, REPLAY, REVOKED = ReplayVerdict.FRESH, ReplayVerdict.REPLAY, ReplayVerdict.REVOKED
 NOW = 1_800_000_000.0
+T = 2.0  # timeouts for tests not about timeouts: the CI machine is shared and can be slow
 
 
 class Clock:
@@ -227,14 +228,18 @@ def test_redis_reply_decoding_fails_closed(reply: object) -> None:
 
 
 def test_redis_layout_keys_share_a_slot_and_expire_with_the_ticket() -> None:
-    layout = RedisLayout("p:", Clock(), reset_skew=5)
-    keys, args = layout.claim_call(b"\x01" * 16, 42, NOW + 1.0001, None)  # type: ignore[misc]
+    layout = RedisLayout("p:", Clock(), max_clock_skew=5, window=128)
+    keys, args = layout.claim_call(b"\x01" * 16, 42, NOW + 1.0001, NOW - 1)  # type: ignore[misc]
     tag = "{" + "01" * 16 + "}"
-    assert keys == ["p:epoch", f"p:{tag}:revoked", f"p:{tag}:42"]
-    assert args == [1001, -1, 5000]  # ttl rounded up, no issued_at, skew in ms
-    assert layout.claim_call(b"\x01" * 16, 42, NOW, None) is None  # expired: no round trip
-    with pytest.raises(ValueError):
-        RedisLayout("", Clock(), reset_skew=5)
+    assert keys == ["p:epoch", f"p:{tag}:revoked", f"p:{tag}:window"]
+    # ttl rounded up plus the skew, issued_at in ms, skew in ms, the number, the window size
+    assert args == [6001, int((NOW - 1) * 1000), 5000, 42, 128]
+    assert layout.claim_call(b"\x01" * 16, 42, NOW, None) is REVOKED  # expired: no trip
+    assert layout.claim_call(b"\x01" * 16, 2**53, NOW + 1, None) is REPLAY  # not exact in Lua
+    for bad in ({"prefix": ""}, {"max_clock_skew": -1}, {"window": 100}):
+        kwargs = {"prefix": "p:", "clock": Clock(), "max_clock_skew": 5, **bad}
+        with pytest.raises(ValueError):
+            RedisLayout(**kwargs)  # type: ignore[arg-type]
 
 
 # -- Redis: a real server ----------------------------------------------------------------------
@@ -257,7 +262,7 @@ def prefix() -> str:
 
 @pytest.fixture
 def store(redis_server, prefix):
-    with RedisReplayStore(redis_server.url, prefix=prefix) as store:
+    with RedisReplayStore(redis_server.url, prefix=prefix, max_clock_skew=0.1, timeout=T) as store:
         yield store
 
 
@@ -271,8 +276,67 @@ def test_redis_fresh_once_then_replay(store) -> None:
     assert store.claim(ticket, 3, time.time() - 1) is REVOKED  # expired, decided locally
 
 
+def _walk(steps: list[int]) -> list[int]:
+    """Steps to sequence numbers: a walk that mostly advances and sometimes steps back inside
+    (or beyond) the window, as multiplexed calls arrive, plus duplicates (replays)."""
+    position, numbers = 0, []
+    for step in steps:
+        position = max(0, position + step)
+        numbers.append(position)
+    return numbers
+
+
+_SEQUENCES = st.lists(
+    st.one_of(
+        st.integers(min_value=-80, max_value=90),  # reorder, duplicate, slide a block or two
+        st.sampled_from([0, 64, 128, -64, 191]),  # block boundaries and ring wrap-around
+        st.integers(min_value=1000, max_value=2**40),  # far jumps: the whole ring cleared
+    ),
+    min_size=1,
+    max_size=80,
+).map(_walk)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(sequences=_SEQUENCES, window=st.sampled_from([64, 128, 192]))
+def test_redis_window_decides_exactly_like_the_cores_window(
+    store, redis_server, prefix, sequences: list[int], window: int
+) -> None:
+    """The Lua window and rpcsec.sspi.ReplayWindow (through MemoryReplayStore) give the same
+    verdict for every claim of any sequence, so FRESH means the same everywhere."""
+    redis_store = RedisReplayStore(store.client, prefix=prefix, window=window)
+    memory = MemoryReplayStore(window=window)
+    ticket = _tid()
+    expires = time.time() + 60
+    for seq in sequences:
+        expected = memory.claim(ticket, seq, expires)
+        assert redis_store.claim(ticket, seq, expires) is expected, (seq, sequences)
+
+
+@pytest.mark.parametrize("window", [64, 192])
+def test_redis_window_matches_the_core_on_a_sweep_of_every_slot(store, prefix, window) -> None:
+    """Deterministic sweep: every number in order, each followed by replays and late arrivals
+    at distances around the window edge -- every ring slot and every slide of one block."""
+    redis_store = RedisReplayStore(store.client, prefix=prefix, window=window)
+    memory = MemoryReplayStore(window=window)
+    ticket = _tid()
+    expires = time.time() + 60
+    verdicts = []
+    for top in range(0, 4 * window + 70, 3):
+        for seq in (top, top - 1, top - 2, top - window // 2, top - window + 1, top - window):
+            if seq >= 0:
+                expected = memory.claim(ticket, seq, expires)
+                assert redis_store.claim(ticket, seq, expires) is expected, (top, seq)
+                verdicts.append(expected)
+    assert verdicts.count(FRESH) > 100 and verdicts.count(REPLAY) > 100
+
+
 def test_redis_two_replicas_racing_get_exactly_one_fresh_per_number(redis_server, prefix) -> None:
-    replicas = [RedisReplayStore(redis_server.url, prefix=prefix) for _ in range(2)]
+    replicas = [RedisReplayStore(redis_server.url, prefix=prefix, timeout=T) for _ in range(2)]
     ticket = _tid()
     expires = time.time() + 60
     results: list[list[ReplayVerdict]] = [[], [], [], []]
@@ -296,8 +360,8 @@ def test_redis_two_replicas_racing_get_exactly_one_fresh_per_number(redis_server
 
 
 def test_redis_revocation_reaches_the_other_replica(redis_server, prefix) -> None:
-    one = RedisReplayStore(redis_server.url, prefix=prefix)
-    two = RedisReplayStore(redis_server.url, prefix=prefix)
+    one = RedisReplayStore(redis_server.url, prefix=prefix, timeout=T)
+    two = RedisReplayStore(redis_server.url, prefix=prefix, timeout=T)
     ticket = _tid()
     expires = time.time() + 60
     assert one.claim(ticket, 1, expires) is FRESH
@@ -312,8 +376,8 @@ def test_redis_prefixes_separate_services(redis_server) -> None:
     ticket = _tid()
     expires = time.time() + 60
     with (
-        RedisReplayStore(redis_server.url, prefix="svc-a:") as a,
-        RedisReplayStore(redis_server.url, prefix="svc-b:") as b,
+        RedisReplayStore(redis_server.url, prefix="svc-a:", timeout=T) as a,
+        RedisReplayStore(redis_server.url, prefix="svc-b:", timeout=T) as b,
     ):
         assert a.claim(ticket, 1, expires) is FRESH
         assert b.claim(ticket, 1, expires) is FRESH
@@ -327,7 +391,7 @@ def test_redis_entries_expire_with_the_ticket(store, prefix) -> None:
     client = store.client
     keys = client.keys(f"{prefix}{{*")
     assert len(keys) == 2
-    assert all(0 < client.pttl(key) <= 300 for key in keys)
+    assert all(0 < client.pttl(key) <= 300 + 100 for key in keys)  # ticket + skew
     _poll(lambda: not client.keys(f"{prefix}{{*"), timeout=5)
     assert store.claim(ticket, 1, expires) is REVOKED  # the ticket itself is dead
 
@@ -337,7 +401,7 @@ def test_redis_claim_extends_a_claim_key_to_a_later_expiry(store, prefix) -> Non
     now = time.time()
     assert store.claim(ticket, 1, now + 5) is FRESH
     assert store.claim(ticket, 1, now + 500) is REPLAY
-    (key,) = store.client.keys(f"{prefix}{{{ticket.hex()}}}:1")
+    (key,) = store.client.keys(f"{prefix}{{{ticket.hex()}}}:window")
     assert store.client.pttl(key) > 100_000
 
 
@@ -389,7 +453,7 @@ def test_redis_killed_mid_traffic_fails_closed_then_recovers(tmp_path) -> None:
         accepted: set[int] = set()
         verdicts_after_kill: list[ReplayVerdict] = []
         errors = 0
-        killed = threading.Event()
+        phase = ["up"]  # "up" -> "down" (killed) -> "back" (restarted, empty)
         stop = threading.Event()
 
         def traffic() -> None:
@@ -398,12 +462,13 @@ def test_redis_killed_mid_traffic_fails_closed_then_recovers(tmp_path) -> None:
             while not stop.is_set():
                 seq += 1
                 for number in (seq, seq - 1):  # each new number, then a replay of the last
+                    started_in = phase[0]
                     try:
                         verdict = store.claim(ticket, number, expires, issued_at=issued)
                     except ReplayStoreUnavailableError:
                         errors += 1
                         continue
-                    if killed.is_set():
+                    if started_in != "up":
                         verdicts_after_kill.append(verdict)
                     if verdict is FRESH:
                         assert number not in accepted
@@ -413,9 +478,10 @@ def test_redis_killed_mid_traffic_fails_closed_then_recovers(tmp_path) -> None:
         worker.start()
         _poll(lambda: len(accepted) >= 50)
         server.kill()
-        killed.set()
+        phase[0] = "down"
         _poll(lambda: errors >= 5)
         server.start()  # back, empty: it lost every claim
+        phase[0] = "back"
         _poll(lambda: len(verdicts_after_kill) >= 20)
         stop.set()
         worker.join()
@@ -425,7 +491,7 @@ def test_redis_killed_mid_traffic_fails_closed_then_recovers(tmp_path) -> None:
         assert FRESH not in verdicts_after_kill
         assert set(verdicts_after_kill) == {REVOKED}
         # ...while a ticket issued after the restart works at once (the store recovered).
-        later = time.time() + 6  # beyond reset_skew
+        later = time.time() + 6  # beyond max_clock_skew (5 s)
         fresh_ticket = _tid()
         assert store.claim(fresh_ticket, 1, later + 600, issued_at=later) is FRESH
         assert store.claim(fresh_ticket, 1, later + 600, issued_at=later) is REPLAY
@@ -435,8 +501,8 @@ def test_redis_killed_mid_traffic_fails_closed_then_recovers(tmp_path) -> None:
 
 
 async def test_async_redis_store(redis_server, prefix) -> None:
-    one = AsyncRedisReplayStore(redis_server.url, prefix=prefix)
-    two = AsyncRedisReplayStore(redis_server.url, prefix=prefix)
+    one = AsyncRedisReplayStore(redis_server.url, prefix=prefix, timeout=T)
+    two = AsyncRedisReplayStore(redis_server.url, prefix=prefix, timeout=T)
     assert isinstance(one, AsyncReplayStore)
     ticket = _tid()
     expires = time.time() + 60
@@ -467,6 +533,31 @@ async def test_async_redis_store_fails_closed(tmp_path) -> None:
         with pytest.raises(ReplayStoreUnavailableError):
             await store.ping()
         await store.aclose()
+    finally:
+        server.stop()
+
+
+def test_redis_full_fails_closed(tmp_path) -> None:
+    """A Redis out of memory (noeviction) refuses writes: the claim fails closed, and keys are
+    never evicted (which would forget claims)."""
+    from helpers.redis_server import RedisServer, require_redis
+
+    require_redis()
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        store = RedisReplayStore(server.url, timeout=T)
+        expires = time.time() + 60
+        assert store.claim(_tid(), 1, expires) is FRESH
+        client = store.client
+        client.config_set("maxmemory", client.info("memory")["used_memory"] + 64 * 1024)
+        errors = 0
+        for _ in range(500):  # each new ticket needs a new window: memory runs out
+            try:
+                assert store.claim(_tid(), 5000, expires) is FRESH
+            except ReplayStoreUnavailableError:
+                errors += 1
+        assert errors > 0
+        store.close()
     finally:
         server.stop()
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import pathlib
 import re
@@ -108,7 +109,18 @@ def _check_private(mode: int, what: str) -> None:
     if mode & 0o077:
         raise KeyRingPermissionError(
             f"{what} is accessible by group or other (mode {stat.S_IMODE(mode):04o}); "
-            "ticket keys must be private to the service (0600 files, 0700 directory)"
+            "ticket keys must be private to the service (0600 or 0400 files)"
+        )
+
+
+def _check_directory(mode: int, what: str) -> None:
+    """A directory others can write to lets them plant a key (and forge every ticket); one
+    they can merely list shows key names, which every ticket carries anyway (so a read-only
+    secret volume, 0755, is accepted; ``create`` still makes 0700)."""
+    if mode & 0o022:
+        raise KeyRingPermissionError(
+            f"{what} is writable by group or other (mode {stat.S_IMODE(mode):04o}); "
+            "anyone who can add a key file can forge tickets"
         )
 
 
@@ -154,7 +166,7 @@ def _read_directory(directory: pathlib.Path) -> _Snapshot:
     rotation: list again (a few times) rather than fail."""
     if not directory.is_dir():
         raise KeyRingError(f"{directory}: no such key ring directory")
-    _check_private(os.stat(directory).st_mode, f"key ring directory {directory}")
+    _check_directory(os.stat(directory).st_mode, f"key ring directory {directory}")
     for _attempt in range(5):
         before = _dir_stat(directory)
         names = _list_key_files(directory)
@@ -215,6 +227,21 @@ def _locked(directory: pathlib.Path):
         os.close(fd)
 
 
+def _secrets_snapshot(secrets: list[bytes], now: float, known: dict[bytes, float]) -> _Snapshot:
+    """Keys from secrets listed newest first: a secret already held keeps its age; new ones
+    count from ``now``, each a millisecond older than the one before so the order holds."""
+    if isinstance(secrets, bytes | str) or not isinstance(secrets, list | tuple) or not secrets:
+        raise ValueError("the ring takes a non-empty list of 32-byte secrets, newest first")
+    keys = []
+    newer = math.inf
+    for index, secret in enumerate(secrets):
+        key = TicketKey(secret, now - index * 1e-3)
+        created = min(known.get(key.name, key.created_at), newer - 1e-3)
+        keys.append(TicketKey(secret, created) if created != key.created_at else key)
+        newer = created
+    return _snapshot(keys)
+
+
 def _check_positive(value: float, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"{what} must be a positive number of seconds")
@@ -235,7 +262,6 @@ class TicketKeyRing:
         clock: Clock = time.time,
         max_age: float = DEFAULT_MAX_AGE,
         rotate_after: float | None = None,
-        keep: int = DEFAULT_KEEP,
         refresh_interval: float = REFRESH_INTERVAL,
     ) -> None:
         """Use the class methods; this is their common part."""
@@ -244,7 +270,7 @@ class TicketKeyRing:
         self._clock = clock
         self._max_age = _check_positive(max_age, "max_age")
         self._rotate_after = rotate_after
-        self._keep = keep
+        self._from_secrets = False
         if isinstance(refresh_interval, bool) or not isinstance(refresh_interval, int | float):
             raise ValueError("refresh_interval must be a number of seconds")
         self._refresh_interval = max(0.0, float(refresh_interval))
@@ -279,13 +305,21 @@ class TicketKeyRing:
         max_age: float = DEFAULT_MAX_AGE,
     ) -> TicketKeyRing:
         """A ring from 32-byte secrets a secrets manager holds, newest first. Their ages are
-        unknown, so they count from now; the caller rotates by building a new ring."""
-        if isinstance(secrets, bytes | str) or not secrets:
-            raise ValueError("from_secrets takes a non-empty list of 32-byte secrets")
-        now = clock()
-        # Newest first: give older secrets strictly older creation times so the order holds.
-        keys = [TicketKey(secret, now - index * 1e-3) for index, secret in enumerate(secrets)]
-        return cls(_snapshot(keys), clock=clock, max_age=max_age)
+        unknown, so they count from now: hand in a new newest secret (``update_secrets``)
+        within ``max_age`` or sealing stops."""
+        ring = cls(_secrets_snapshot(secrets, clock(), {}), clock=clock, max_age=max_age)
+        ring._from_secrets = True
+        return ring
+
+    def update_secrets(self, secrets: list[bytes]) -> None:
+        """Replace the secrets of a ``from_secrets`` ring (newest first), e.g. when the secrets
+        manager rotated: secrets already held keep their age, new ones count from now. Safe
+        while other threads seal and open."""
+        if not self._from_secrets:
+            raise TypeError("update_secrets is for rings made by from_secrets")
+        with self._lock:
+            known = {key.name: key.created_at for key in self._snap.keys}
+            self._snap = _secrets_snapshot(secrets, self._clock(), known)
 
     @classmethod
     def create(
@@ -315,9 +349,11 @@ class TicketKeyRing:
         max_age: float = DEFAULT_MAX_AGE,
         refresh_interval: float = REFRESH_INTERVAL,
     ) -> TicketKeyRing:
-        """Read a ring directory. Refuses (``KeyRingError``) key files or a directory open to
-        group/other (``KeyRingPermissionError``), files of the wrong size or name, and an
-        empty ring. The ring re-reads the directory when it changes (see ``refresh``)."""
+        """Read a ring directory. Refuses (``KeyRingError``) key files readable or writable by
+        group/other or a directory they can write (``KeyRingPermissionError``), files of the
+        wrong size or name, and an empty ring. Key files may be symlinks (Kubernetes secret
+        volumes); what is checked is the file read (``fstat`` of the open descriptor). The ring
+        re-reads the directory when it changes (see ``refresh``)."""
         path = pathlib.Path(directory)
         return cls(
             _read_directory(path),
@@ -475,7 +511,7 @@ class TicketKeyRing:
                 if _dir_stat(directory) == old.dir_stat:
                     return False
                 new = _read_directory(directory)
-            except (OSError, KeyRingError) as exc:
+            except Exception as exc:  # open() raises only its two typed errors, whatever this is
                 _LOG.warning(
                     "ticket key ring %s not re-read, keeping the last keys: %s", directory, exc
                 )

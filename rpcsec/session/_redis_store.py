@@ -1,10 +1,19 @@
 """The replay store replicas share: a real Redis server, one atomic round trip per claim.
 
-``claim`` runs one Lua script (EVALSHA; redis-py loads it again after a Redis restart): check
-the store's epoch marker, then the ticket's revocation key, then ``SET NX PX`` on the key of
-(ticket, sequence), expiring with the ticket. Redis runs a script atomically, so of any number
-of replicas claiming the same (ticket, sequence) exactly one gets FRESH (RFC 4120 §3.2.3:
-servers sharing a key share a replay cache).
+``claim`` runs one Lua script (EVALSHA; redis-py loads it again after a Redis restart) that
+checks the store's epoch marker, then the ticket's revocation key, then the ticket's sliding
+window: the RFC 4303 §3.4.3 anti-replay window in the RFC 6479 ring-of-64-bit-blocks layout,
+the same window as the core's ``ReplayWindow`` and ``MemoryReplayStore`` (so a verdict means
+the same in one process and across replicas). Redis runs a script atomically, so of any
+number of replicas claiming the same (ticket, sequence) exactly one gets FRESH (RFC 4120
+§3.2.3: servers sharing a key share a replay cache).
+
+Why a window and not one ``SET NX`` key per (ticket, sequence): such keys live as long as the
+ticket (up to days), one per call -- a context making 1 000 calls/s would hold 3.6 million
+keys per hour. The window is one string per ticket (a 16-byte top plus ``window / 8 + 8``
+bytes of bits, about 2 KiB by default) expiring with the ticket plus ``max_clock_skew``; a
+window slide clears at most two byte ranges (``SETRANGE``), so a peer jumping sequence
+numbers costs O(1) commands.
 
 Fail closed: any connection, timeout, script or reply error raises
 ``ReplayStoreUnavailableError`` (reason ``replay-store-unavailable``; bindings answer
@@ -12,10 +21,11 @@ UNAVAILABLE and the handler never runs). Timeouts are short (0.25 s) by default.
 
 Data loss: a Redis restarted without its data would take a captured request as fresh. The
 epoch marker (``<prefix>epoch``, no expiry) records when this dataset began; when a claim finds
-it missing the script sets it to Redis' own time plus ``reset_skew``, and a claim whose
+it missing the script sets it to Redis' own time plus ``max_clock_skew``, and a claim whose
 ``issued_at`` predates the marker is REVOKED (its client re-binds). Run Redis with
 ``maxmemory-policy noeviction`` (evicted keys would be forgotten claims; with noeviction a full
-Redis refuses writes, which fails closed here).
+Redis refuses writes, which fails closed here) and without partial persistence (an RDB
+snapshot restored after a crash brings back an old marker with old windows).
 
 The key layout and scripts are written once (``RedisLayout``) for the sync and asyncio stores.
 """
@@ -27,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rpcsec.sspi import ReplayStoreUnavailableError
+from rpcsec.sspi import DEFAULT_WINDOW, ReplayStoreUnavailableError
 
 from ._replay_store import ReplayVerdict, check_claim_arguments
 
@@ -37,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLAIM_SCRIPT",
+    "DEFAULT_MAX_CLOCK_SKEW",
     "DEFAULT_PREFIX",
     "DEFAULT_TIMEOUT",
     "AsyncRedisReplayStore",
@@ -46,12 +57,24 @@ __all__ = [
 
 DEFAULT_PREFIX = "rpcsec:replay:"
 DEFAULT_TIMEOUT = 0.25
-DEFAULT_RESET_SKEW = 5.0
+DEFAULT_MAX_CLOCK_SKEW = 5.0
+MAX_SCRIPT_SEQUENCE = (1 << 53) - 1
+"""Lua numbers are doubles: larger sequence numbers are refused as replays (fail closed;
+2**53 calls on one context is centuries of traffic)."""
 
 CLAIM_SCRIPT = """
--- KEYS[1] epoch marker, KEYS[2] ticket revocation, KEYS[3] (ticket, sequence) claim
--- ARGV[1] ms until the ticket expires, ARGV[2] ticket issued_at in ms or -1,
--- ARGV[3] ms added to Redis' time when the marker is missing (clock skew of sealers)
+-- KEYS[1] epoch marker, KEYS[2] ticket revocation, KEYS[3] ticket window
+-- ARGV[1] ms the keys live (ticket expiry + skew), ARGV[2] issued_at ms or -1,
+-- ARGV[3] skew ms, ARGV[4] sequence (< 2^53), ARGV[5] window size (a multiple of 64)
+-- Window string: bytes 0..15 the highest sequence accepted (decimal), then a ring of
+-- window/64 + 1 blocks of 64 bits (RFC 6479); bit of s = s mod (64 * blocks).
+local function extend(key, ttl)
+  if redis.call('PTTL', key) < 0 then
+    redis.call('PEXPIRE', key, ttl)
+  else
+    redis.call('PEXPIRE', key, ttl, 'GT')
+  end
+end
 local birth = redis.call('GET', KEYS[1])
 if birth then
   birth = tonumber(birth)
@@ -63,9 +86,35 @@ end
 local issued = tonumber(ARGV[2])
 if issued >= 0 and issued < birth then return 2 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
-if redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[1]) then return 0 end
-redis.call('PEXPIRE', KEYS[3], ARGV[1], 'GT')
-return 1
+local ttl = ARGV[1]
+local seq = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+local nblocks = window / 64 + 1
+local bit = 128 + seq % (nblocks * 64)
+local top = redis.call('GETRANGE', KEYS[3], 0, 15)
+if top == '' then top = -1 else top = tonumber(top) end
+if seq > top then
+  local new_block = math.floor(seq / 64)
+  local old_block = -1
+  if top >= 0 then old_block = math.floor(top / 64) end
+  if new_block ~= old_block then
+    local start = math.max(old_block + 1, new_block - nblocks + 1)
+    local count = new_block - start + 1
+    local first = start % nblocks
+    local head = math.min(count, nblocks - first)
+    redis.call('SETRANGE', KEYS[3], 16 + first * 8, string.rep('\0', head * 8))
+    if count > head then
+      redis.call('SETRANGE', KEYS[3], 16, string.rep('\0', (count - head) * 8))
+    end
+  end
+  redis.call('SETRANGE', KEYS[3], 0, string.format('%016.0f', seq))
+elseif top - seq >= window or redis.call('GETBIT', KEYS[3], bit) == 1 then
+  extend(KEYS[3], ttl)  -- a re-sealed ticket id with a later expiry keeps its window
+  return 1
+end
+redis.call('SETBIT', KEYS[3], bit, 1)
+extend(KEYS[3], ttl)
+return 0
 """
 
 _VERDICTS = {0: ReplayVerdict.FRESH, 1: ReplayVerdict.REPLAY, 2: ReplayVerdict.REVOKED}
@@ -84,21 +133,33 @@ def _redis_module() -> Any:
 class RedisLayout:
     """Keys, script arguments and reply decoding, without I/O (shared by sync and aio).
 
-    Keys: ``<prefix>epoch``; per ticket ``<prefix>{<hex id>}:revoked`` and
-    ``<prefix>{<hex id>}:<sequence>`` (the hash tag keeps one ticket's keys in one slot).
+    Keys: ``<prefix>epoch``; per ticket ``<prefix>{<hex id>}:window`` and
+    ``<prefix>{<hex id>}:revoked`` (the hash tag keeps one ticket's keys in one slot).
     """
 
-    def __init__(self, prefix: str, clock: Callable[[], float], reset_skew: float) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        clock: Callable[[], float],
+        max_clock_skew: float,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise ValueError("key prefix must be a non-empty string")
-        if isinstance(reset_skew, bool) or not isinstance(reset_skew, int | float):
-            raise ValueError("reset_skew must be a number of seconds")
-        if not 0 <= reset_skew <= 3600:
-            raise ValueError("reset_skew must be 0..3600 seconds")
+        if isinstance(max_clock_skew, bool) or not isinstance(max_clock_skew, int | float):
+            raise ValueError("max_clock_skew must be a number of seconds")
+        if not 0 <= max_clock_skew <= 3600:
+            raise ValueError("max_clock_skew must be 0..3600 seconds")
+        if isinstance(window, bool) or not isinstance(window, int) or window <= 0 or window % 64:
+            raise ValueError("replay window size must be a positive multiple of 64")
         self.prefix = prefix
         self.clock = clock
-        self.reset_skew_ms = int(reset_skew * 1000)
+        self.skew_ms = int(max_clock_skew * 1000)
+        self.window = window
         self.epoch_key = f"{prefix}epoch"
+
+    def _tag(self, ticket_id: bytes) -> str:
+        return f"{self.prefix}{{{ticket_id.hex()}}}"
 
     def ttl_ms(self, expires_at: float) -> int:
         """Milliseconds until ``expires_at`` (rounded up), 0 if it has passed."""
@@ -106,30 +167,33 @@ class RedisLayout:
 
     def claim_call(
         self, ticket_id: bytes, sequence: int, expires_at: float, issued_at: float | None
-    ) -> tuple[list[str], list[int]] | None:
-        """(keys, args) for CLAIM_SCRIPT, or None when the ticket expired (REVOKED, no trip)."""
+    ) -> tuple[list[str], list[int]] | ReplayVerdict:
+        """(keys, args) for CLAIM_SCRIPT, or the verdict when it needs no round trip: REVOKED
+        for an expired ticket, REPLAY for a sequence number Lua cannot represent exactly."""
         check_claim_arguments(ticket_id, sequence, expires_at, issued_at)
         ttl = self.ttl_ms(expires_at)
         if ttl <= 0:
-            return None
-        tag = f"{self.prefix}{{{ticket_id.hex()}}}"
+            return ReplayVerdict.REVOKED
+        if sequence > MAX_SCRIPT_SEQUENCE:
+            return ReplayVerdict.REPLAY
+        tag = self._tag(ticket_id)
         issued_ms = -1 if issued_at is None else max(0, math.floor(issued_at * 1000))
-        keys = [self.epoch_key, f"{tag}:revoked", f"{tag}:{sequence}"]
-        return keys, [ttl, issued_ms, self.reset_skew_ms]
+        keys = [self.epoch_key, f"{tag}:revoked", f"{tag}:window"]
+        return keys, [ttl + self.skew_ms, issued_ms, self.skew_ms, sequence, self.window]
 
     def revoke_call(
         self, ticket_id: bytes, expires_at: float, issued_at: float | None
     ) -> tuple[str, int] | None:
-        """(key, ttl ms) for the revocation ``SET``, or None when the ticket already expired."""
+        """(key, ms) for the revocation ``SET``, or None when the ticket already expired."""
         check_claim_arguments(ticket_id, 0, expires_at, issued_at)
         ttl = self.ttl_ms(expires_at)
         if ttl <= 0:
             return None
-        return f"{self.prefix}{{{ticket_id.hex()}}}:revoked", ttl
+        return f"{self._tag(ticket_id)}:revoked", ttl + self.skew_ms
 
     def init_marker_ms(self) -> int:
         """The epoch marker a new store sets if the dataset has none (``SET NX``): its own
-        creation time, so tickets it seals after starting are claimable at once."""
+        creation time, so tickets sealed after it started are claimable at once."""
         return math.floor(self.clock() * 1000)
 
     @staticmethod
@@ -140,18 +204,32 @@ class RedisLayout:
         return _VERDICTS[reply]
 
 
-def _client_options(timeout: float) -> dict[str, Any]:
+DEFAULT_MAX_CONNECTIONS = 32
+
+
+def _pooled_client(module: Any, url: str, timeout: float, max_connections: int) -> Any:
+    """A client on a bounded pool: a burst of concurrent claims queues for one of
+    ``max_connections`` connections (waiting at most ``timeout``) instead of opening hundreds
+    of sockets at once, each racing its connect timeout."""
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise ValueError("timeout must be a positive number of seconds")
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+        raise ValueError("max_connections must be a positive integer")
+    if max_connections < 1:
+        raise ValueError("max_connections must be a positive integer")
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry_on_timeout": False,
-        "retry": Retry(NoBackoff(), 0),  # a failure is reported at once: the binding decides
-    }
+    pool = module.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 0),  # a failure is reported at once: the binding decides
+    )
+    return module.Redis.from_pool(pool)
 
 
 def _unavailable(exc: BaseException) -> ReplayStoreUnavailableError:
@@ -160,8 +238,15 @@ def _unavailable(exc: BaseException) -> ReplayStoreUnavailableError:
 
 class RedisReplayStore:
     """Replay store on a Redis server shared by the replicas (sync; ``AsyncRedisReplayStore``
-    for asyncio). ``target`` is a ``redis://`` URL (timeouts from ``timeout``) or a
-    ``redis.Redis`` client (its own timeouts). Thread-safe (redis-py pools connections)."""
+    for asyncio). Thread-safe (redis-py pools connections).
+
+    ``target``: a ``redis://`` URL (socket, connect and pool-wait timeouts ``timeout``, at
+    most ``max_connections`` sockets, no retries: a failure is reported at once) or a
+    ``redis.Redis`` client (its own settings). ``prefix``
+    separates services sharing a Redis; every replica of one service uses the same prefix
+    and ``window``. ``max_clock_skew``: how far replicas' clocks may differ from each other
+    and from Redis (keys outlive their ticket by this much; after a data loss, tickets issued
+    within this much of the new marker are refused)."""
 
     def __init__(
         self,
@@ -169,13 +254,15 @@ class RedisReplayStore:
         *,
         prefix: str = DEFAULT_PREFIX,
         timeout: float = DEFAULT_TIMEOUT,
-        reset_skew: float = DEFAULT_RESET_SKEW,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+        window: int = DEFAULT_WINDOW,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         module = _redis_module()
-        self._layout = RedisLayout(prefix, clock, reset_skew)
+        self._layout = RedisLayout(prefix, clock, max_clock_skew, window)
         if isinstance(target, str):
-            self._client = module.Redis.from_url(target, **_client_options(timeout))
+            self._client = _pooled_client(module, target, timeout, max_connections)
             self._owned = True
         elif isinstance(target, module.Redis):
             self._client, self._owned = target, False
@@ -200,8 +287,8 @@ class RedisReplayStore:
     ) -> ReplayVerdict:
         """Check and record (ticket, sequence) in one atomic round trip (see module doc)."""
         call = self._layout.claim_call(ticket_id, sequence, expires_at, issued_at)
-        if call is None:
-            return ReplayVerdict.REVOKED
+        if isinstance(call, ReplayVerdict):
+            return call
         keys, args = call
         try:
             self._ensure_marker()
@@ -257,15 +344,17 @@ class AsyncRedisReplayStore:
         *,
         prefix: str = DEFAULT_PREFIX,
         timeout: float = DEFAULT_TIMEOUT,
-        reset_skew: float = DEFAULT_RESET_SKEW,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+        window: int = DEFAULT_WINDOW,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         module = _redis_module()
         import redis.asyncio as aioredis
 
-        self._layout = RedisLayout(prefix, clock, reset_skew)
+        self._layout = RedisLayout(prefix, clock, max_clock_skew, window)
         if isinstance(target, str):
-            self._client = aioredis.Redis.from_url(target, **_client_options(timeout))
+            self._client = _pooled_client(aioredis, target, timeout, max_connections)
             self._owned = True
         elif isinstance(target, aioredis.Redis):
             self._client, self._owned = target, False
@@ -289,8 +378,8 @@ class AsyncRedisReplayStore:
         issued_at: float | None = None,
     ) -> ReplayVerdict:
         call = self._layout.claim_call(ticket_id, sequence, expires_at, issued_at)
-        if call is None:
-            return ReplayVerdict.REVOKED
+        if isinstance(call, ReplayVerdict):
+            return call
         keys, args = call
         try:
             await self._ensure_marker()
