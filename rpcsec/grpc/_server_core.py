@@ -87,8 +87,6 @@ def not_run_token(error: BaseException) -> bytes | None:
     return token if isinstance(token, bytes) else None
 
 
-
-
 class ServerCall:
     """One admitted call: the caller's token and the keys to its messages."""
 
@@ -234,18 +232,28 @@ class ServerSecurity:
         ticket = is_ticket(handle)
         if not ticket and len(handle) != HANDLE_SIZE:
             raise InvalidHandleError("call carries a malformed security context handle")
+        tickets = self.tickets
+        if ticket and tickets is not None and tickets.ring.refresh():
+            self._drop_retired(tickets)  # the ring changed: no cached ticket outlives its key
         try:
             return self.table.lookup(handle), header
         except InvalidHandleError as exc:
-            if not ticket or self.tickets is None:
+            if not ticket or tickets is None:
                 raise
             stale = stale_entry(exc)
             if stale is not None:
                 self.table.discard(stale)  # idle: the cache forgets, the ticket still opens
+        assert self.tickets is not None
         context, ticket_id, expires_at, issued_at = self.tickets.open(handle)
         entry = self._ticket_entry(handle, context, "ticket", expires_at, ticket_id, issued_at)
         self.table.insert(entry)
         return entry, header
+
+    def _drop_retired(self, tickets: ContextTickets) -> None:
+        live = set(tickets.ring.key_names)
+        for entry in self.table.entries():
+            if entry.ticket_id is not None and entry.handle[1:17] not in live:
+                self.table.discard(entry)  # RFC 5077 layout: version:u8 | key_name[16] | ...
 
     def _sign_not_run(
         self, error: SecurityError, method: ServerMethod, verify: Callable[[ContextEntry], bytes]
@@ -292,9 +300,7 @@ class ServerSecurity:
         try:
             entry, _ = self._find(metadata)
         except SecurityError as exc:
-            self._sign_not_run(
-                exc, method, lambda stale: _open_request(stale, method, request)[2]
-            )
+            self._sign_not_run(exc, method, lambda stale: _open_request(stale, method, request)[2])
             raise
         level, payload, call_seq = _open_request(entry, method, request)
         return self._admit(entry, method, level, call_seq), payload

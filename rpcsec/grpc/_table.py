@@ -203,6 +203,10 @@ class ContextTable:
         entry.context.delete()
         return True
 
+    def entries(self) -> list[ContextEntry]:
+        with self._lock:
+            return list(self._entries.values())
+
     def discard(self, entry: ContextEntry) -> None:
         """Forget ``entry`` if it is still the cached one (a stale ticket entry)."""
         with self._lock:

@@ -128,9 +128,7 @@ class ContextTickets:
             raise InvalidHandleError("ticket does not hold a server context")
         return context, opened.ticket_id, opened.expires_at, opened.issued_at
 
-    def claim(
-        self, ticket_id: bytes, call_seq: bytes, expires_at: float, issued_at: float
-    ) -> None:
+    def claim(self, ticket_id: bytes, call_seq: bytes, expires_at: float, issued_at: float) -> None:
         """The request opening call ``call_seq`` is fresh cluster-wide, or the call is refused
         (``replay``; ``context-unknown`` once released; ``replay-store-unavailable``)."""
         verdict = self.store.claim(
