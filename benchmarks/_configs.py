@@ -7,6 +7,9 @@
   ``kerberos_privacy`` when a real KDC can be started): rpcsec ``secure_channel`` over an
   insecure gRPC channel, the server's ``SecurityInterceptor`` in front of the same handlers.
 
+What users pick instead (mTLS + a per-call JWT, Envoy sidecars) and three replicas behind
+Envoy are in ``_alternatives``: the same ``Config``, measured in the same rounds, reported apart.
+
 The clients run in the suite's process; the servers in a child process of their own
 (``_server``), so the two ends do not share a GIL. Two servers there, same handler functions,
 same thread pool size: one carries the plain port and the TLS port, the other the rpcsec
@@ -20,7 +23,7 @@ import json
 import os
 import pathlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +35,7 @@ from rpcsec.sspi import ContextReq, Credentials, CredentialUse, ProtectionLevel
 from ._pki import BenchPki, make_pki
 from ._server import ServerProcess
 
-__all__ = ["BASELINES", "Config", "Lab", "start_lab"]
+__all__ = ["BASELINES", "Config", "Lab", "server_spec", "start_lab"]
 
 BASELINES = ("plain", "grpc_tls")
 FRESH = [("grpc.use_local_subchannel_pool", 1)]
@@ -92,6 +95,10 @@ class Config:
     server_cpu: Callable[[], float]
     identity: PackageIdentity | None = None
     protection: ProtectionLevel | None = None
+    alternative: bool = False
+    """Measured in the same rounds, reported apart (``_alternatives``): not held to targets."""
+    same_topology: str | None = None
+    """The plain configuration through the same proxy and replicas, for a second ratio."""
     _channel: grpc.Channel | None = None
 
     @property
@@ -121,15 +128,20 @@ class Lab:
     notes: list[str]
     identities: dict[str, PackageIdentity]
     kerberos: Any = None
+    alternatives: Any = None
 
     def stop(self) -> None:
         for config in self.configs:
             config.close()
         try:
-            self.servers.stop()
+            if self.alternatives is not None:
+                self.alternatives.stop()
         finally:
-            if self.kerberos is not None:
-                self.kerberos.stop()
+            try:
+                self.servers.stop()
+            finally:
+                if self.kerberos is not None:
+                    self.kerberos.stop()
 
 
 def _ntlm_identity(directory: pathlib.Path) -> PackageIdentity:
@@ -219,9 +231,10 @@ def _rpcsec_config(
     )
 
 
-def start_lab(directory: pathlib.Path, *, kerberos: bool = True) -> Lab:
+def start_lab(directory: pathlib.Path, *, kerberos: bool = True, alternatives: bool = True) -> Lab:
     """Make the identities, start the KDC (when there is one) and the server process, and
-    describe each configuration."""
+    describe each configuration; with ``alternatives``, also what users pick instead
+    (``_alternatives``: mTLS + JWT, Envoy sidecars, replicas behind Envoy)."""
     notes: list[str] = [
         "grpc_tls: ECDSA P-256 leaves with a DNS SAN 'localhost', issued under the rpcsec "
         "authority's Ed25519 root by the benchmark (grpcio's BoringSSL refuses Ed25519 leaf "
@@ -244,22 +257,30 @@ def start_lab(directory: pathlib.Path, *, kerberos: bool = True) -> Lab:
         if krb_lab is not None:
             krb_lab.stop()
         raise
+    lab = Lab(configs=[], servers=servers, notes=notes, identities=identities, kerberos=krb_lab)
     try:
-        configs = _configs(pki, identities, servers)
+        lab.configs = _configs(pki, identities, servers)
+        if alternatives:
+            from ._alternatives import start_alternatives
+
+            lab.alternatives = start_alternatives(directory, pki, servers, identities)
+            lab.configs += lab.alternatives.configs
+            notes += lab.alternatives.notes
     except BaseException:
-        try:
-            servers.stop()
-        finally:
-            if krb_lab is not None:
-                krb_lab.stop()
+        lab.stop()
         raise
-    return Lab(
-        configs=configs,
-        servers=servers,
-        notes=notes,
-        identities=identities,
-        kerberos=krb_lab,
-    )
+    return lab
+
+
+def server_spec(pki: BenchPki, identities: Iterable[PackageIdentity]) -> dict[str, Any]:
+    """What ``_server`` needs: its TLS pair and roots (PEM text) and the package identities."""
+    return {
+        "max_workers": MAX_WORKERS,
+        "tls_key": pki.tls_server.key.decode(),
+        "tls_certificate": pki.tls_server.certificate.decode(),
+        "tls_root": pki.root_pem.decode(),
+        "identities": [identity.__dict__ for identity in identities],
+    }
 
 
 def _start_servers(
@@ -267,13 +288,7 @@ def _start_servers(
 ) -> ServerProcess:
     """The server process, with the same interpreter and allocator environment as this one;
     libkrb5 there finds the lab's KDC through ``KRB5_CONFIG``."""
-    spec = {
-        "max_workers": MAX_WORKERS,
-        "tls_key": pki.tls_server.key.decode(),
-        "tls_certificate": pki.tls_server.certificate.decode(),
-        "tls_root": pki.root_pem.decode(),
-        "identities": [identity.__dict__ for identity in identities.values()],
-    }
+    spec = server_spec(pki, identities.values())
     env = dict(os.environ)
     if krb_lab is not None:
         env["KRB5_CONFIG"] = str(krb_lab.krb5_conf)

@@ -146,6 +146,11 @@ def render_table(document: dict[str, Any]) -> str:
                 f" {_ratio(entry['ratio_to_plain'].get(short)):>8s}"
                 f" {_ratio(entry['ratio_to_grpc_tls'].get(short)):>8s}"
             )
+    from ._alternatives import render_alternatives
+
+    alternatives = render_alternatives(document)
+    if alternatives:
+        lines.append("\n" + alternatives)
     targets = document.get("targets") or []
     if targets:
         lines.append("\ntargets")
@@ -229,6 +234,11 @@ def render_markdown(document: dict[str, Any], chart_name: str | None) -> str:
         out.append("| " + " | ".join(row) + " |")
     if chart_name:
         out += ["", f"![benchmark chart]({chart_name})"]
+    from ._alternatives import render_alternatives
+
+    alternatives = render_alternatives(document)
+    if alternatives:
+        out += ["", alternatives]
     targets = document.get("targets") or []
     if targets:
         out += [

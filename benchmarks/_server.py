@@ -32,9 +32,10 @@ import select
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import IO, Any
 
-__all__ = ["ServerProcess", "serve"]
+__all__ = ["ServerProcess", "answer_commands", "serve"]
 
 READY = "READY "
 START_TIMEOUT = 120.0
@@ -63,38 +64,59 @@ def serve(spec: dict[str, Any], commands: IO[str], replies: IO[str]) -> None:
         interceptor = SecurityInterceptor(
             [identity.server() for identity in identities],
             max_handshakes=max_workers // 2,
+            # Options of a deployment (a ticket key ring, a replay store) from the spec.
+            **spec.get("interceptor_kwargs", {}),
         )
         rpcsec, rpcsec_pool, rpcsec_port, _ = start_server([interceptor], max_workers=max_workers)
         servers.append(rpcsec)
         ports = {"plain": plain_port, "tls": tls_port, "rpcsec": rpcsec_port}
-        replies.write(READY + json.dumps(ports) + "\n")
-        replies.flush()
-        for line in commands:
-            command = line.strip()
-            if command == "stats":
-                stats = {"plain": base_pool.cpu_seconds, "rpcsec": rpcsec_pool.cpu_seconds}
-                replies.write(json.dumps(stats) + "\n")
-                replies.flush()
-            elif command == "stop":
-                break
-            else:
-                replies.write(json.dumps({"error": f"unknown command {command!r}"}) + "\n")
-                replies.flush()
+        answer_commands(
+            ports,
+            lambda: {"plain": base_pool.cpu_seconds, "rpcsec": rpcsec_pool.cpu_seconds},
+            commands,
+            replies,
+        )
     finally:
         for server in servers:
             server.stop(None)
 
 
-class ServerProcess:
-    """The parent's handle on the server process: start it, read its CPU time, stop it."""
+def answer_commands(
+    ports: dict[str, Any],
+    stats: Callable[[], dict[str, float]],
+    commands: IO[str],
+    replies: IO[str],
+) -> None:
+    """The child's side of the protocol once its servers listen: the READY line, then one
+    answer per command until ``stop`` or end of input. Shared by every server process of the
+    suite (``_alternatives`` runs one too)."""
+    replies.write(READY + json.dumps(ports) + "\n")
+    replies.flush()
+    for line in commands:
+        command = line.strip()
+        if command == "stats":
+            replies.write(json.dumps(stats()) + "\n")
+            replies.flush()
+        elif command == "stop":
+            break
+        else:
+            replies.write(json.dumps({"error": f"unknown command {command!r}"}) + "\n")
+            replies.flush()
 
-    def __init__(self, spec: dict[str, Any], env: dict[str, str]) -> None:
+
+class ServerProcess:
+    """The parent's handle on the server process: start it, read its CPU time, stop it.
+    ``module`` is the child to run (``python -m MODULE``, speaking the protocol above)."""
+
+    def __init__(
+        self, spec: dict[str, Any], env: dict[str, str], module: str = "benchmarks._server"
+    ) -> None:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self._lock = threading.Lock()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._server"],
+            [sys.executable, "-m", module],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

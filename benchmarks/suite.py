@@ -100,6 +100,7 @@ def run_suite(
     budget: Budget,
     *,
     kerberos: bool = True,
+    alternatives: bool = True,
     only: set[str] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def run_suite(
     samples: dict[str, dict[str, list[float]]] = {}
     errors: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="rpcsec-bench-") as tmp:
-        lab = start_lab(pathlib.Path(tmp), kerberos=kerberos)
+        lab = start_lab(pathlib.Path(tmp), kerberos=kerberos, alternatives=alternatives)
         try:
             configs = [c for c in lab.configs if only is None or c.name in only]
             memory_packages = sorted({c.identity.package for c in configs if c.identity})
@@ -182,12 +183,14 @@ def run_suite(
                     per = memory[config.identity.package]["bytes_per_context"]
                     samples[config.name][MEMORY.key] = [per]
             labels = {c.name: c.label for c in configs}
+            apart = {c.name: c.same_topology for c in configs if c.alternative}
             notes = list(lab.notes)
             memory_counts = {p: m["contexts"] for p, m in memory.items()}
         finally:
             lab.stop()
     machine["load_average_after"] = load_average()
     document = _document(machine, samples, labels, errors, budget, notes, memory_counts)
+    _set_apart(document, apart)
     document["targets"] = evaluate_targets(document)
     return document
 
@@ -240,6 +243,29 @@ def _document(
     }
 
 
+def _set_apart(document: dict[str, Any], apart: dict[str, str | None]) -> None:
+    """Move the alternatives (``_alternatives``) from ``configs`` to ``alternatives``: measured
+    in the same rounds, not held to rpcsec's targets. One held against the plain gRPC of its
+    own topology also gets ``ratio_to_same_topology``."""
+    configs = document["configs"]
+    moved: dict[str, Any] = {}
+    for name, same in apart.items():
+        if name not in configs:
+            continue
+        entry = moved[name] = configs.pop(name)
+        base = configs.get(same or "") or moved.get(same or "")
+        if base is not None:
+            entry["ratio_to_same_topology"] = {
+                _short(key): (
+                    entry[key]["median"] / base[key]["median"]
+                    if entry.get(key) and base.get(key) and base[key]["median"]
+                    else None
+                )
+                for key in document["workloads"]
+            }
+    document["alternatives"] = moved
+
+
 def main(argv: list[str] | None = None) -> int:
     ensure_allocator_settings()
     parser = argparse.ArgumentParser(
@@ -249,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds (default 5, quick 1)")
     parser.add_argument("--only", help="comma-separated configurations (plain,grpc_tls,...)")
     parser.add_argument("--no-kerberos", action="store_true", help="do not start a KDC")
+    parser.add_argument(
+        "--no-alternatives",
+        action="store_true",
+        help="skip mTLS + JWT, Envoy sidecars and the replicas behind Envoy",
+    )
     parser.add_argument(
         "--json", type=pathlib.Path, help=f"results file (full run: {DEFAULT_JSON})"
     )
@@ -274,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         budget = Budget(**{**budget.__dict__, "rounds": args.rounds})
     only = set(args.only.split(",")) if args.only else None
-    document = run_suite(budget, kerberos=not args.no_kerberos, only=only)
+    document = run_suite(
+        budget, kerberos=not args.no_kerberos, alternatives=not args.no_alternatives, only=only
+    )
     document["machine"]["mode"] = "quick" if args.quick else "full"
 
     from ._report import render_table, write_outputs

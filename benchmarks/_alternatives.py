@@ -1,0 +1,462 @@
+"""What users pick instead of rpcsec for "who is calling", and rpcsec where services really run.
+
+Measured in the same rounds as the main configurations (issue 14 item 4, issue 9 "Speed"),
+reported apart from them (``alternatives`` in the results: ratios to plain gRPC and, for the
+replica topologies, to plain gRPC through the same proxy and replicas):
+
+* ``grpc_tls_jwt``: gRPC mTLS plus a JWT per call -- the client attaches a bearer token with
+  ``grpc.access_token_call_credentials`` (gRPC's own per-call credentials plugin), a server
+  interceptor verifies it on every call with PyJWT (EdDSA, Ed25519; issuer, audience, expiry
+  required) before the handler runs and hands the handler the subject. The server is a process
+  of its own (``python -m benchmarks._alternatives``, the ``_server`` protocol).
+* ``envoy_sidecar_mtls``: Envoy sidecars doing the mTLS (Istio's data path, ``_proxies``).
+* ``envoy_rr3_plain`` / ``envoy_rr3_x509_integrity`` / ``envoy_rr3_x509_privacy``: three
+  replicas behind Envoy round-robin. The rpcsec ones need contexts any replica can open (the
+  session layer, issue 9); until then they are probed first and reported "not available".
+
+Configurations whose binary is missing (Envoy) are reported as not measured, never as errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime
+import json
+import os
+import pathlib
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import grpc
+
+from rpcsec.sspi import ProtectionLevel
+
+from ._configs import FRESH, MAX_WORKERS, Config, PackageIdentity, _rpcsec_config, server_spec
+from ._pki import BenchPki
+from ._server import ServerProcess
+
+__all__ = [
+    "JWT_ALGORITHM",
+    "Alternatives",
+    "JwtInterceptor",
+    "render_alternatives",
+    "replica_interceptor_kwargs",
+    "start_alternatives",
+]
+
+JWT_ALGORITHM = "EdDSA"
+ISSUER = "https://idp.bench.rpcsec.test"
+AUDIENCE = "echo.bench.rpcsec.test"
+REPLICAS = 3
+PROBE_CALLS = 3 * REPLICAS
+CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("jwt_caller", default=None)
+"""The verified subject, inside a handler of the JWT server (what ``current_token()`` is to
+rpcsec)."""
+
+
+# -- the JWT server (child process) ------------------------------------------------------------
+
+
+class JwtInterceptor(grpc.ServerInterceptor):
+    """Verifies ``authorization: Bearer <JWT>`` on every call, inside the handler's thread
+    (so the server pool's CPU accounting sees it, as it sees rpcsec's verification). A missing,
+    expired, foreign or malformed token ends the call UNAUTHENTICATED; the handler never runs.
+    Wrapped handlers are made once per method."""
+
+    def __init__(self, public_key_pem: bytes, issuer: str, audience: str) -> None:
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        self._key = load_pem_public_key(public_key_pem)
+        self._issuer = issuer
+        self._audience = audience
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def _verify(self, context: Any) -> str:
+        import jwt
+
+        token = None
+        for key, value in context.invocation_metadata():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                token = value[len("Bearer ") :]
+                break
+        if token is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no bearer token")
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,  # type: ignore[arg-type]
+                algorithms=[JWT_ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            )
+        except jwt.InvalidTokenError:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+        return str(claims["sub"])
+
+    def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        verify = self._verify
+
+        def guarded(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def run(request: Any, context: Any) -> Any:
+                reset = CALLER.set(verify(context))
+                try:
+                    return behavior(request, context)
+                finally:
+                    CALLER.reset(reset)
+
+            return run
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                guarded(handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+
+            def stream(request: Any, context: Any) -> Any:
+                reset = CALLER.set(verify(context))
+                try:
+                    yield from handler.unary_stream(request, context)
+                finally:
+                    CALLER.reset(reset)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        raise NotImplementedError("the benchmark service has unary requests only")
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        wrapped = self._handlers.get(details.method)
+        if wrapped is None:
+            wrapped = self._handlers.setdefault(details.method, self._wrap(handler))
+        return wrapped
+
+
+def serve(spec: dict[str, Any], commands: IO[str], replies: IO[str]) -> None:
+    """The JWT server: gRPC mTLS (the suite's TLS leaves) + ``JwtInterceptor``."""
+    from ._server import answer_commands
+    from ._service import start_server
+
+    tls = grpc.ssl_server_credentials(
+        [(spec["tls_key"].encode(), spec["tls_certificate"].encode())],
+        root_certificates=spec["tls_root"].encode(),
+        require_client_auth=True,
+    )
+    interceptor = JwtInterceptor(spec["jwt_public_key"].encode(), ISSUER, AUDIENCE)
+    server, pool, _plain, tls_port = start_server(
+        [interceptor], max_workers=int(spec["max_workers"]), tls=tls
+    )
+    try:
+        answer_commands({"jwt": tls_port}, lambda: {"jwt": pool.cpu_seconds}, commands, replies)
+    finally:
+        server.stop(None)
+
+
+# -- the parent's side -------------------------------------------------------------------------
+
+
+def _signing_key() -> tuple[Any, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return key, public.decode()
+
+
+def _token(key: Any, subject: str = "spiffe://bench.rpcsec.test/user/alice") -> str:
+    """A token as an identity provider issues one: minted once, reused until it expires."""
+    import jwt
+
+    now = datetime.datetime.now(datetime.UTC)
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": subject,
+        "iat": now,
+        "exp": now + datetime.timedelta(hours=1),
+        "jti": str(uuid.uuid4()),
+    }
+    return str(jwt.encode(claims, key, algorithm=JWT_ALGORITHM))
+
+
+def replica_interceptor_kwargs(directory: pathlib.Path) -> dict[str, Any]:
+    """``SecurityInterceptor`` options every replica of ``envoy_rr3_x509_*`` gets (JSON). The
+    session layer (issue 9) puts here what replicas share -- a ticket key ring, the Redis replay
+    store -- once those options exist; today there are none."""
+    return {}
+
+
+@dataclass
+class Alternatives:
+    """The alternatives' configurations, what runs them, and notes for the report."""
+
+    configs: list[Config] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    _stops: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def stop(self) -> None:
+        errors = []
+        for stop in reversed(self._stops):
+            try:
+                stop()
+            except Exception as exc:  # stop everything, then report the first failure
+                errors.append(exc)
+        self._stops.clear()
+        if errors:
+            raise errors[0]
+
+
+def _check_jwt_refusals(address: str, credentials: grpc.ChannelCredentials, foreign: str) -> None:
+    """The JWT server must refuse a call without a token and one signed by another key, or
+    the comparison would measure a server that checks nothing."""
+    from ._service import UNARY_METHOD
+
+    options = [*FRESH, ("grpc.ssl_target_name_override", "localhost")]
+    attempts = {
+        "no token": credentials,
+        "a token signed by another key": grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(foreign)
+        ),
+    }
+    for what, channel_credentials in attempts.items():
+        with grpc.secure_channel(address, channel_credentials, options=options) as channel:
+            try:
+                channel.unary_unary(UNARY_METHOD)(b"probe", timeout=10)
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    continue
+                raise
+            raise RuntimeError(f"the JWT server accepted a call with {what}")
+
+
+def _jwt(pki: BenchPki, env: dict[str, str], alternatives: Alternatives) -> None:
+    key, public = _signing_key()
+    spec = {
+        "max_workers": MAX_WORKERS,
+        "tls_key": pki.tls_server.key.decode(),
+        "tls_certificate": pki.tls_server.certificate.decode(),
+        "tls_root": pki.root_pem.decode(),
+        "jwt_public_key": public,
+    }
+    server = ServerProcess(spec, env, module="benchmarks._alternatives")
+    alternatives._stops.append(server.stop)
+    address = f"127.0.0.1:{server.ports['jwt']}"
+    tls = grpc.ssl_channel_credentials(pki.root_pem, pki.tls_client.key, pki.tls_client.certificate)
+    _check_jwt_refusals(address, tls, _token(_signing_key()[0]))
+    credentials = grpc.composite_channel_credentials(
+        tls, grpc.access_token_call_credentials(_token(key))
+    )
+    options = [*FRESH, ("grpc.ssl_target_name_override", "localhost")]
+    alternatives.configs.append(
+        Config(
+            "grpc_tls_jwt",
+            "gRPC mTLS + JWT per call",
+            lambda: grpc.secure_channel(address, credentials, options=options),
+            lambda: server.cpu_seconds()["jwt"],
+            alternative=True,
+        )
+    )
+    alternatives.notes.append(
+        f"grpc_tls_jwt: gRPC mTLS + a bearer JWT ({JWT_ALGORITHM}, PyJWT) attached by "
+        "access_token_call_credentials and verified by a server interceptor on every call "
+        "(issuer, audience, expiry); checked to refuse a missing and a foreign token"
+    )
+
+
+def _sidecars(
+    pki: BenchPki, plain: ServerProcess, directory: pathlib.Path, alt: Alternatives
+) -> None:
+    from ._proxies import Sidecars
+
+    sidecars = Sidecars.start(pki, plain.ports["plain"], directory)
+    alt._stops.append(sidecars.stop)
+    address = sidecars.address
+    alt.configs.append(
+        Config(
+            "envoy_sidecar_mtls",
+            "Envoy sidecars mTLS (Istio path)",
+            lambda: grpc.insecure_channel(address, options=FRESH),
+            lambda: plain.cpu_seconds()["plain"] + sidecars.server_cpu_seconds(),
+            alternative=True,
+        )
+    )
+    alt.notes.append(
+        "envoy_sidecar_mtls: client -> local Envoy (plaintext h2) -> mTLS (ECDSA P-256 leaves) "
+        "-> server-side Envoy -> the plain server; server CPU = the server's pool + the "
+        "server-side Envoy process (/proc, 10 ms ticks). The Envoys pool their upstream "
+        "connection, so a new client channel does not cost a new mTLS handshake"
+    )
+
+
+def _available(config: Config) -> str | None:
+    """None if ``PROBE_CALLS`` unary calls on a new channel all succeed; else why not."""
+    from ._service import UNARY_METHOD
+
+    channel = config.fresh_channel()
+    try:
+        call = channel.unary_unary(UNARY_METHOD)
+        for _ in range(PROBE_CALLS):
+            call(b"probe", timeout=10)
+    except Exception as exc:
+        text = str(exc.details()) if isinstance(exc, grpc.RpcError) else str(exc)
+        return f"{type(exc).__name__}: {text[:200]}"
+    finally:
+        with contextlib.suppress(Exception):  # the release of a context nobody can open
+            channel.close()
+    return None
+
+
+def _replicas(
+    pki: BenchPki,
+    identity: PackageIdentity,
+    env: dict[str, str],
+    directory: pathlib.Path,
+    alt: Alternatives,
+) -> None:
+    from ._proxies import Replicas
+
+    spec = server_spec(pki, [identity])
+    spec["interceptor_kwargs"] = replica_interceptor_kwargs(directory)
+    group = Replicas.start(REPLICAS, spec, env, directory)
+    alt._stops.append(group.stop)
+    plain_address = group.address("plain")
+    alt.configs.append(
+        Config(
+            "envoy_rr3_plain",
+            "3 replicas, Envoy RR: gRPC plain",
+            lambda: grpc.insecure_channel(plain_address, options=FRESH),
+            lambda: group.cpu_seconds("plain"),
+            alternative=True,
+        )
+    )
+    for level in (ProtectionLevel.INTEGRITY, ProtectionLevel.PRIVACY):
+        name = f"envoy_rr3_x509_{level.name.lower()}"
+        config = _rpcsec_config(
+            name,
+            f"3 replicas, Envoy RR: rpcsec x509 {level.name}",
+            group.address("rpcsec"),
+            identity,
+            level,
+            lambda: group.cpu_seconds("rpcsec"),
+        )
+        config.alternative = True
+        config.same_topology = "envoy_rr3_plain"
+        reason = _available(config)
+        if reason is None:
+            alt.configs.append(config)
+        else:
+            alt.notes.append(
+                f"{name}: not available -- {PROBE_CALLS} calls on a new channel through Envoy "
+                f"round-robin to {REPLICAS} replicas did not all succeed ({reason}); needs "
+                "contexts any replica can open (issue 9)"
+            )
+    alt.notes.append(
+        f"envoy_rr3_*: {REPLICAS} server processes (python -m benchmarks._server), one Envoy "
+        "round-robin (HTTP/2 both sides, no retries) over their plain ports and one over "
+        "their rpcsec ports; server CPU = the three pools"
+    )
+
+
+def start_alternatives(
+    directory: pathlib.Path,
+    pki: BenchPki,
+    servers: ServerProcess,
+    identities: dict[str, PackageIdentity],
+) -> Alternatives:
+    """Start what the alternatives need; returns their configurations (those that can run)."""
+    alt = Alternatives()
+    env = dict(os.environ)
+    try:
+        _jwt(pki, env, alt)
+        from ._proxies import envoy_unavailable_reason
+
+        reason = envoy_unavailable_reason()
+        if reason is not None:
+            alt.notes.append(f"envoy_sidecar_mtls, envoy_rr3_*: not measured ({reason})")
+            return alt
+        envoy_dir = directory / "envoy"
+        envoy_dir.mkdir(exist_ok=True)
+        _sidecars(pki, servers, envoy_dir, alt)
+        _replicas(pki, identities["x509"], env, envoy_dir, alt)
+    except BaseException:
+        alt.stop()
+        raise
+    return alt
+
+
+HEADLINE = (
+    "unary_latency_us",
+    "server_cpu_per_call_us",
+    "unary_throughput_cps",
+    "stream_MBps",
+    "first_call_ms",
+)
+
+
+def render_alternatives(document: dict[str, Any]) -> str:
+    """A markdown table of the alternatives beside plain gRPC, gRPC mTLS and rpcsec x509:
+    medians and ratios to plain (and to plain through the same proxy and replicas)."""
+    from ._report import DASH, TIMES, _cell, _ratio
+    from .suite import _short
+
+    alternatives = document.get("alternatives") or {}
+    if not alternatives:
+        return ""
+    workloads = document["workloads"]
+    keys = [key for key in HEADLINE if key in workloads]
+    rows = {
+        name: entry
+        for name, entry in document["configs"].items()
+        if name in ("plain", "grpc_tls", "x509_integrity", "x509_privacy")
+    }
+    rows.update(alternatives)
+    header = ["configuration"] + [
+        f"{workloads[key]['title']} [{workloads[key]['unit']}]" for key in keys
+    ]
+    out = [
+        "## What users pick instead, and replicas behind a proxy",
+        "",
+        "Same run, same rounds (see `benchmarks/_alternatives.py`). Cells: median, then its "
+        f"ratio to plain gRPC; for the replica rows also {TIMES} plain gRPC through the same "
+        "Envoy and replicas.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for entry in rows.values():
+        row = [entry["label"]]
+        for key in keys:
+            measured = entry.get(key)
+            if not measured:
+                row.append(DASH)
+                continue
+            short = _short(key)
+            cell = f"{_cell(measured['median'])} ({_ratio(entry['ratio_to_plain'].get(short))}"
+            same = (entry.get("ratio_to_same_topology") or {}).get(short)
+            if same is not None and entry.get("ratio_to_same_topology") is not None:
+                cell += f", {_ratio(same)} same topology"
+            row.append(cell + ")")
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    spec = json.loads(sys.stdin.readline())
+    serve(spec, sys.stdin, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

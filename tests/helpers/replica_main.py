@@ -1,0 +1,167 @@
+"""``python -m helpers.replica_main``: one replica of the tests' echo service, in its own process.
+
+Services run as N replicas behind a load balancer (DESIGN §8); a test of that needs real
+processes, not N servers in the test's own interpreter (one GIL, one memory: a context table
+shared by accident would hide exactly the bug the tests look for). ``helpers.replicas``
+starts these; this module is the child.
+
+Protocol (stdin/stdout, like ``benchmarks._server``):
+
+* stdin, first line: the spec as JSON. It may hold credentials options (key paths, keytabs), so
+  it never goes on the command line::
+
+      {"name": "r0", "port": 0, "count_file": "/tmp/.../counts-r0.jsonl",
+       "security": null | {"package": "x509", "principal": null,
+                           "options": {"authority_dir": "...", "name": "documents"}},
+       "interceptor_kwargs": {...},   # forwarded verbatim to SecurityInterceptor(**kwargs)
+       "max_workers": 16,
+       "grace": 5.0}                  # seconds in-flight calls get to finish at a stop
+
+* stdout: ``READY {"name": ..., "port": ..., "pid": ...}`` once the server listens.
+* then the child serves until stdin reaches end of file (the parent closed it, or died) or it
+  is sent SIGTERM; either way it stops the server the way a pod drains (``server.stop(grace)``:
+  GOAWAY, no new calls, calls in flight get ``grace`` seconds) and exits 0.
+
+Every handler execution appends one JSON line to ``count_file`` (``O_APPEND``, one ``write``
+per line, so lines from many threads never interleave):
+``{"replica": "r0", "method": "Say", "id": "<request text>", "principal": "...",
+"metadata": {...}}`` (the call's text metadata, so a test sees what a proxy added). The request
+id is the request's ``text`` (unary, server streaming) or the first message's ``text`` (client
+and bidi streaming). The file outlives a restart, so "no call ran twice" holds across one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+__all__ = ["main", "serve"]
+
+READY = "READY "
+
+
+def _peek(request_iterator: Iterator[Any]) -> tuple[str, Iterator[Any]]:
+    """The first message's text, and an iterator that still yields every message."""
+    first = next(request_iterator, None)
+    if first is None:
+        return "", iter(())
+
+    def chained() -> Iterator[Any]:
+        yield first
+        yield from request_iterator
+
+    return first.text, chained()
+
+
+def _counting_servicer(base: type, name: str, count_file: str | None) -> Any:
+    """An ``EchoServicer`` that logs every handler execution before running it."""
+    import rpcsec
+
+    descriptor = None
+    if count_file:
+        descriptor = os.open(count_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def record(method: str, request_id: str, context: Any) -> None:
+        if descriptor is None:
+            return
+        token = rpcsec.current_token()
+        line = {
+            "replica": name,
+            "method": method,
+            "id": request_id,
+            "principal": token.principal if token is not None else "",
+            # What the proxy in front added (x-forwarded-for, ...); binary values left out.
+            "metadata": {
+                key: value
+                for key, value in context.invocation_metadata()
+                if not key.endswith("-bin")
+            },
+        }
+        os.write(descriptor, (json.dumps(line) + "\n").encode())
+
+    class CountingEchoServicer(base):  # type: ignore[misc, valid-type]
+        def Say(self, request: Any, context: Any) -> Any:
+            record("Say", request.text, context)
+            return super().Say(request, context)
+
+        def Repeat(self, request: Any, context: Any) -> Iterator[Any]:
+            record("Repeat", request.text, context)
+            return super().Repeat(request, context)
+
+        def Collect(self, request_iterator: Iterator[Any], context: Any) -> Any:
+            request_id, messages = _peek(request_iterator)
+            record("Collect", request_id, context)
+            return super().Collect(messages, context)
+
+        def Chat(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
+            request_id, messages = _peek(request_iterator)
+            record("Chat", request_id, context)
+            return super().Chat(messages, context)
+
+    return CountingEchoServicer()
+
+
+def serve(spec: dict[str, Any], stop: threading.Event) -> None:
+    import grpc
+
+    from helpers.echo import EchoServicer
+    from helpers.grpc_setup import add_services
+
+    interceptors: list[Any] = []
+    security = spec.get("security")
+    if security:
+        from rpcsec.grpc import SecurityInterceptor
+        from rpcsec.sspi import CredentialUse, acquire_credentials_handle
+
+        credentials = acquire_credentials_handle(
+            security["package"],
+            security.get("principal"),
+            CredentialUse.INBOUND,
+            **security.get("options", {}),
+        )
+        interceptors.append(SecurityInterceptor(credentials, **spec.get("interceptor_kwargs", {})))
+    max_workers = int(spec.get("max_workers", 16))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=interceptors,
+        # A restarted replica takes its old port back; no other process may share it.
+        options=[("grpc.so_reuseport", 0)],
+    )
+    servicer = _counting_servicer(EchoServicer, spec["name"], spec.get("count_file"))
+    add_services(server, [servicer])
+    port = server.add_insecure_port(f"127.0.0.1:{int(spec.get('port', 0))}")
+    if port == 0:
+        raise SystemExit(f"replica {spec['name']}: cannot listen on port {spec.get('port')}")
+    server.start()
+    ready = {"name": spec["name"], "port": port, "pid": os.getpid()}
+    sys.stdout.write(READY + json.dumps(ready) + "\n")
+    sys.stdout.flush()
+    try:
+        stop.wait()
+    finally:
+        grace = spec.get("grace")
+        server.stop(grace=None if grace is None else float(grace)).wait()
+
+
+def main() -> int:
+    spec = json.loads(sys.stdin.readline())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+
+    def watch_stdin() -> None:
+        sys.stdin.read()  # returns at end of file: the parent closed the pipe or died
+        stop.set()
+
+    threading.Thread(target=watch_stdin, name="replica-stdin", daemon=True).start()
+    serve(spec, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
