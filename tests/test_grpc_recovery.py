@@ -236,6 +236,22 @@ def test_recovery_rule() -> None:
         Action.REBIND
     )
     assert not asked  # the proof is verified only when it could matter
+    # A transport failure (UNAVAILABLE, no rpcsec reason: a proxy found its replica gone):
+    # an idempotent call is sent again a bounded number of times, anything else never.
+    assert decide(None, idempotent=True, resendable=True, attempt=0, unavailable=True) is (
+        Action.RETRY
+    )
+    assert decide(None, idempotent=True, resendable=True, attempt=3, unavailable=True) is (
+        Action.RAISE
+    )
+    assert decide(None, idempotent=False, resendable=True, attempt=0, unavailable=True) is (
+        Action.RAISE
+    )
+    assert decide(None, idempotent=True, resendable=False, attempt=0, unavailable=True) is (
+        Action.RAISE
+    )
+    assert act("replay", idempotent=True) is Action.RETRY  # gRPC's retry re-sent our bytes
+    assert act("replay") is Action.RAISE
 
 
 def test_rebind_backoff_is_capped_and_resets() -> None:

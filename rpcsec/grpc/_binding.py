@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import grpc
+
 from rpcsec.security import current_token
 from rpcsec.sspi import (
     ClientContext,
@@ -216,10 +218,16 @@ def refusal_action(
             return False  # forged or replayed: proves nothing
         return True
 
+    code = getattr(error, "code", None)
+    try:
+        unavailable = callable(code) and code() is grpc.StatusCode.UNAVAILABLE
+    except Exception:
+        unavailable = False
     return decide(
         reason_of(error),
         idempotent=idempotent,
         resendable=resendable,
         attempt=attempt,
         proven_not_run=proven,
+        unavailable=unavailable,
     )

@@ -39,7 +39,7 @@ from rpcsec.sspi import (
 from ._binding import ChannelSecurity, ClientBound, refusal_action
 from ._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from ._proto import handshake_pb2
-from ._recovery import Action, busy_delay
+from ._recovery import MAX_TRANSPORT_ATTEMPTS, Action, busy_delay
 from ._status import error_from_rpc
 from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
@@ -154,9 +154,9 @@ class _Session:
             keys=keys,
             call_seq=call_seq,
         )
-        if action is not Action.RAISE:
+        if action is Action.REBIND or action is Action.RESEND:
             self.invalidate(bound)
-        return action is Action.RESEND
+        return action is Action.RESEND or action is Action.RETRY
 
     def _handshake(self) -> ClientBound:
         negotiation = self.security.negotiation()
@@ -309,7 +309,7 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
     ) -> tuple[Any, grpc.Call | None]:
         payload = self._serialize(request)
         send = self._raw.with_call if with_call else self._raw
-        for attempt in (0, 1):
+        for attempt in range(MAX_TRANSPORT_ATTEMPTS):
             bound, keys, call_seq, ours, token = self._open_call(payload)
             protection = bound.protection
             try:

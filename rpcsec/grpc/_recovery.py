@@ -56,6 +56,12 @@ class Action(enum.Enum):
     RAISE = "raise"  # the application sees the error; the binding is kept
     REBIND = "rebind"  # the application sees the error; the next call binds afresh
     RESEND = "resend"  # bind afresh and send this call again (idempotent, first attempt)
+    RETRY = "retry"  # send this idempotent call again on the same binding (transport failure)
+
+
+# An idempotent call failed in transport (UNAVAILABLE with no rpcsec reason: a proxy found
+# its replica gone) is sent again at most this many times in all.
+MAX_TRANSPORT_ATTEMPTS = 4
 
 
 def decide(
@@ -65,14 +71,22 @@ def decide(
     resendable: bool,
     attempt: int,
     proven_not_run: Callable[[], bool] | None = None,
+    unavailable: bool = False,
 ) -> Action:
     """The one recovery rule for every call kind (unary, streams, futures, sync and aio).
 
     ``resendable``: the call's requests can be sent again (single request, nothing received
     yet). ``attempt``: 0 for the first sending; a call is sent at most twice.
     ``proven_not_run``: verifies the server's signed statement that this call did not run
-    (asked only when it matters).
+    (asked only when it matters). ``unavailable``: the call ended UNAVAILABLE.
     """
+    if (reason is None and unavailable) or reason == "replay":
+        # A proxy found its replica gone, or gRPC's own retry policy re-sent the very same
+        # sealed bytes after a first attempt got through (the replay store refused the copy:
+        # it ran at most once). Only an idempotent call may be sent again, as a new call.
+        if idempotent and resendable and attempt < MAX_TRANSPORT_ATTEMPTS - 1:
+            return Action.RETRY
+        return Action.RAISE
     if reason not in _STALE:
         return Action.RAISE
     if (

@@ -28,6 +28,7 @@ from typing import Any
 
 from rpcsec.session import (
     MemoryReplayStore,
+    RedisReplayStore,
     ReplayStore,
     ReplayVerdict,
     TicketKeyRing,
@@ -82,14 +83,20 @@ class ContextTickets:
         clock: Callable[[], float],
     ) -> ContextTickets:
         """``ticket_keys``: a ring, a ring directory (``rpcsec keyring``), or None for a ring
-        generated in memory for this process; ``replay_store`` None: the memory store."""
+        generated in memory for this process; ``replay_store``: a store, a ``redis://`` URL
+        (``RedisReplayStore``), or None for this process's memory store."""
         if ticket_keys is None:
             ring = TicketKeyRing.generate(clock=clock)
         elif isinstance(ticket_keys, TicketKeyRing):
             ring = ticket_keys
         else:
             ring = TicketKeyRing.load(ticket_keys, clock=clock)
-        store = replay_store if replay_store is not None else MemoryReplayStore(clock=clock)
+        if replay_store is None:
+            store: ReplayStore = MemoryReplayStore(clock=clock)
+        elif isinstance(replay_store, str):
+            store = RedisReplayStore(replay_store, clock=clock)  # a redis:// URL
+        else:
+            store = replay_store
         return cls(ring, store, credentials, max_lifetime=max_lifetime, clock=clock)
 
     def issue(self, context: ServerContext) -> tuple[bytes, ServerContext, bytes, float, float]:

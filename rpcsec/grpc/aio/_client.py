@@ -149,9 +149,9 @@ class _Session:
             keys=keys,
             call_seq=call_seq,
         )
-        if action is not Action.RAISE:
+        if action is Action.REBIND or action is Action.RESEND:
             self.invalidate(bound)
-        return action is Action.RESEND
+        return action is Action.RESEND or action is Action.RETRY
 
     async def _handshake(self) -> ClientBound:
         negotiation = self.security.negotiation()
