@@ -81,6 +81,7 @@ def build_security(
     clock: Callable[[], float],
     ticket_keys: Any = None,
     replay_store: Any = None,
+    trusted_proxies: Iterable[str] = (),
 ) -> ServerSecurity:
     """The ``ServerSecurity`` both interceptors are built on (one argument list, two APIs)."""
     table = ContextTable(
@@ -102,6 +103,7 @@ def build_security(
         package_options=package_options,
         ticket_keys=ticket_keys,
         replay_store=replay_store,
+        trusted_proxies=trusted_proxies,
         clock=clock,
     )
 
@@ -318,7 +320,7 @@ def _negotiate_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
 
     def negotiate(request_iterator: Iterator[bytes], context: Any) -> Iterator[bytes]:
         reaper.ensure_running()
-        peer = context.peer()
+        peer = security.admission_key(context.peer(), context.invocation_metadata())
         try:
             ticket = security.limiter.admit(peer, context.cancel)
         except BusyError as exc:
@@ -406,9 +408,13 @@ class InterceptorBase:
         package_options: Mapping[str, Mapping[str, Any]] | None = None,
         ticket_keys: Any = None,
         replay_store: Any = None,
+        trusted_proxies: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``ticket_keys``: the service's ``rpcsec.session.TicketKeyRing`` or its directory
+        """``trusted_proxies``: addresses or networks of the L7 proxies in front; the
+        per-client handshake limit then keys on the client address they forward
+        (``_admission``), otherwise on the direct peer's host.
+        ``ticket_keys``: the service's ``rpcsec.session.TicketKeyRing`` or its directory
         (``rpcsec keyring``), shared by every replica; None generates one for this process.
         ``replay_store``: the ``ReplayStore`` every replica shares (``RedisReplayStore``);
         None: one in this process's memory. Handles are tickets any replica with the ring
@@ -427,6 +433,7 @@ class InterceptorBase:
             package_options=package_options,
             ticket_keys=ticket_keys,
             replay_store=replay_store,
+            trusted_proxies=trusted_proxies,
             clock=clock,
         )
         self._negotiate, self._release = self._handshake_handlers(self.security)

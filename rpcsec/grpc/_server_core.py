@@ -29,6 +29,7 @@ from rpcsec.sspi import (
     ServerContext,
 )
 
+from ._admission import AdmissionKey
 from ._calls import FIRST_RESPONSE, CallProtection, Inbound, Outbound
 from ._handshake import ServerNegotiation
 from ._policy import AuthorizationPolicy
@@ -128,9 +129,11 @@ class ServerSecurity:
         package_options: Mapping[str, Mapping[str, Any]] | None = None,
         ticket_keys: Any = None,
         replay_store: Any = None,
+        trusted_proxies: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.credentials = _by_package(credentials)
+        self.admission_key = AdmissionKey(trusted_proxies)
         if policy is None:
             policy = AuthorizationPolicy.any_authenticated()
         if not isinstance(policy, AuthorizationPolicy):

@@ -275,7 +275,7 @@ def _negotiate_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
     async def negotiate(
         request_iterator: AsyncIterable[bytes], context: Any
     ) -> AsyncIterator[bytes]:
-        peer = context.peer()
+        peer = security.admission_key(context.peer(), context.invocation_metadata())
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
 
