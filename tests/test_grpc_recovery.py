@@ -321,3 +321,17 @@ def test_a_not_run_statement_for_another_call_proves_nothing(x509_setup, serve) 
             stub.Say(_request("once"))
         assert reason_of(info.value) == "expired"
         assert echo.calls == before + 1  # not sent again on a proof for another call
+
+
+def test_reasons_from_the_server_are_bounded_and_sanitised() -> None:
+    # Issue 10 item 7: 5 030 characters or embedded newlines came through verbatim.
+    from helpers.wiretap import ForgedRefusal
+
+    from rpcsec.grpc._status import error_from_rpc
+
+    for forged in ("x" * 5030, "expired\nInjected: log line", "ctx\x1b[31m", "", "UPPER"):
+        refusal = ForgedRefusal(forged)
+        assert reason_of(refusal) == "unknown-reason"
+        error = error_from_rpc(refusal)
+        assert error is not None and len(str(error)) < 100 and "\n" not in str(error)
+    assert reason_of(ForgedRefusal("context-unknown")) == "context-unknown"

@@ -99,12 +99,26 @@ def not_run_of(error: BaseException) -> bytes | None:
     return None
 
 
+_MAX_REASON = 48
+_REASON_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
 def _metadata_reason(metadata: Iterable[Any] | None) -> str | None:
     for item in metadata or ():
         key, value = item[0], item[1]
         if key == REASON_KEY:
-            return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            return _bounded(text)
     return None
+
+
+def _bounded(text: str) -> str:
+    """A reason as a peer may state it: rpcsec's reasons are short lowercase codes. Anything
+    else (5 000 characters, newlines, escapes) is not repeated to the application or a log:
+    it becomes ``unknown-reason`` (issue 10 item 7)."""
+    if not text or len(text) > _MAX_REASON or not set(text) <= _REASON_CHARS:
+        return "unknown-reason"
+    return text
 
 
 def reason_of(error: BaseException) -> str | None:
