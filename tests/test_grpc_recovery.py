@@ -335,3 +335,57 @@ def test_reasons_from_the_server_are_bounded_and_sanitised() -> None:
         error = error_from_rpc(refusal)
         assert error is not None and len(str(error)) < 100 and "\n" not in str(error)
     assert reason_of(ForgedRefusal("context-unknown")) == "context-unknown"
+
+
+def test_session_core_state_machine(x509_setup) -> None:
+    # The sans-IO binding state both clients share: table-driven, CLOSED is final, a dropped
+    # binding makes the next bind a (backed-off) re-bind.
+    from helpers.pair import handshake
+
+    from rpcsec.grpc._binding import ChannelSecurity, ClientBound
+    from rpcsec.grpc._session import SessionCore, SessionState
+    from rpcsec.sspi import ClientContext, ImpersonationLevel, ServerContext
+
+    setup = x509_setup
+    security = ChannelSecurity(
+        setup.client(),
+        target_name=setup.target(),
+        requirements=setup.requirements,
+        impersonation=ImpersonationLevel.IMPERSONATE,
+        protection=ProtectionLevel.INTEGRITY,
+        package_options=None,
+    )
+    from rpcsec.grpc._recovery import RebindBackoff
+
+    security.backoff = RebindBackoff(random_source=lambda: 1.0)
+
+    def new_bound(generation: int) -> ClientBound:
+        client = ClientContext(setup.client(), setup.target(), setup.requirements)
+        handshake(client, ServerContext(setup.server()))
+        return ClientBound(client, b"h" * 16, ProtectionLevel.INTEGRITY, generation)
+
+    core = SessionCore(security, random_source=lambda: 1.0)
+    assert core.state is SessionState.UNBOUND and core.usable() is None
+    assert core.before_bind() == 0.0
+    first = new_bound(1)
+    core.established(first)
+    assert core.state is SessionState.BOUND and core.usable() is first
+    assert core.usable(stale=first) is None
+    core.invalidate(new_bound(2))  # not the current binding: nothing happens
+    assert core.state is SessionState.BOUND
+    core.invalidate(first)
+    assert core.state is SessionState.STALE and core.current is None
+    core.invalidate(first)  # idempotent
+    assert core.before_bind() == 0.0  # the first re-bind after a good call: at once
+    second = new_bound(3)
+    core.established(second)
+    core.invalidate(second)
+    assert core.before_bind() > 0.0  # a second re-bind with no call succeeding: backs off
+    core.established(new_bound(4))
+    assert core.busy(0, remaining=10.0) is not None and core.busy(0, remaining=0.0) is None
+    assert core.close() is not None and core.state is SessionState.CLOSED
+    assert core.close() is None  # closing again is fine
+    with pytest.raises(ValueError):
+        core.before_bind()
+    with pytest.raises(ValueError):
+        core.established(new_bound(5))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,10 +35,11 @@ from rpcsec.sspi import (
     SecurityError,
 )
 
-from ._binding import ChannelSecurity, ClientBound, refusal_action
+from ._binding import ChannelSecurity, ClientBound
 from ._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from ._proto import handshake_pb2
-from ._recovery import MAX_TRANSPORT_ATTEMPTS, Action, busy_delay
+from ._recovery import MAX_TRANSPORT_ATTEMPTS
+from ._session import SessionCore
 from ._status import error_from_rpc
 from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
@@ -67,62 +67,59 @@ def _parse_response(raw: bytes) -> handshake_pb2.NegotiateResponse:
 
 
 class _Session:
-    """One channel's binding: the current ``ClientBound`` and how to make a new one."""
+    """One channel's binding: the I/O shell over ``SessionCore`` (the handshake stream, the
+    lock that makes concurrent first calls share one handshake, the waits it asks for)."""
 
     def __init__(
         self, raw: grpc.Channel, security: ChannelSecurity, handshake_timeout: float
     ) -> None:
         self.raw = raw
         self.security = security
+        self.core = SessionCore(security)
         self._timeout = handshake_timeout
-        self._bound: ClientBound | None = None
         self._lock = threading.Lock()
-        self._closed = False
         self._negotiate = raw.stream_stream(NEGOTIATE_METHOD)
         self._release = raw.unary_unary(RELEASE_METHOD)
         self._check_caller = security.owner is not None
-        self._stale = False  # the last binding was dropped: the next bind is a re-bind
-        self.succeeded = security.backoff.succeeded
+        self.succeeded = self.core.succeeded
+        self.refused = self.core.refused
 
     @property
     def current(self) -> ClientBound | None:
-        return self._bound
+        return self.core.current
 
     def bound(self) -> ClientBound:
         """The established binding, binding first if there is none (or it expired)."""
         if self._check_caller:
             self.security.check_caller()
-        bound = self._bound
-        if bound is not None and bound.usable(self.security.clock()):
+        core = self.core
+        bound = core.usable()
+        if bound is not None:
             return bound
-        return self._bind(bound)
+        return self._bind(core.current)
 
     def _bind(self, stale: ClientBound | None) -> ClientBound:
+        core = self.core
         with self._lock:  # concurrent first calls share one handshake
-            if self._closed:
-                raise ValueError("the channel is closed")
-            bound = self._bound
-            if bound is not None and bound is not stale and bound.usable(self.security.clock()):
+            bound = core.usable(stale)
+            if bound is not None:
                 return bound
-            self._bound = None
-            if self._stale:
-                time.sleep(self.security.backoff.before_rebind())
+            time.sleep(core.before_bind())
             bound = self._handshake_when_admitted()
-            self._bound = bound
-            self._stale = False
+            core.established(bound)
             return bound
 
     def _handshake_when_admitted(self) -> ClientBound:
-        """The handshake, tried again after ``busy`` with jittered backoff within its
-        deadline (no call ran: a refused handshake is always safe to repeat)."""
+        """The handshake, tried again after ``busy`` within its deadline (no call ran: a
+        refused handshake is always safe to repeat)."""
         deadline = time.monotonic() + self._timeout
         attempt = 0
         while True:
             try:
                 return self._handshake()
             except BusyError:
-                delay = busy_delay(attempt, jitter=random.random())
-                if time.monotonic() + delay >= deadline:
+                delay = self.core.busy(attempt, deadline - time.monotonic())
+                if delay is None:
                     raise
                 attempt += 1
                 time.sleep(delay)
@@ -130,33 +127,7 @@ class _Session:
     def invalidate(self, bound: ClientBound) -> None:
         """The server does not know ``bound`` any more: the next call binds again."""
         with self._lock:
-            if self._bound is bound:
-                self._bound = None
-                self._stale = True
-
-    def refused(
-        self,
-        bound: ClientBound,
-        error: grpc.RpcError,
-        idempotent: bool,
-        resendable: bool,
-        attempt: int,
-        keys: MethodKeys | None = None,
-        call_seq: bytes | None = None,
-    ) -> bool:
-        """Apply the recovery rule to a refused call; True: send the call again."""
-        action = refusal_action(
-            error,
-            idempotent=idempotent,
-            resendable=resendable,
-            attempt=attempt,
-            bound=bound,
-            keys=keys,
-            call_seq=call_seq,
-        )
-        if action is Action.REBIND or action is Action.RESEND:
-            self.invalidate(bound)
-        return action is Action.RESEND or action is Action.RETRY
+            self.core.invalidate(bound)
 
     def _handshake(self) -> ClientBound:
         negotiation = self.security.negotiation()
@@ -198,8 +169,7 @@ class _Session:
     def release(self) -> None:
         """DeleteSecurityContext on both sides; the release call is signed by the context."""
         with self._lock:
-            self._closed = True
-            bound, self._bound = self._bound, None
+            bound = self.core.close()
         if bound is not None:
             self._release_bound(bound)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable, Sequence
 from typing import Any
@@ -30,10 +29,11 @@ from rpcsec.sspi import (
     SecurityError,
 )
 
-from .._binding import ChannelSecurity, ClientBound, refusal_action
+from .._binding import ChannelSecurity, ClientBound
 from .._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from .._client import DEFAULT_HANDSHAKE_TIMEOUT, _parse_response
-from .._recovery import LOST_STATUS, Action, busy_delay
+from .._recovery import LOST_STATUS
+from .._session import SessionCore
 from .._status import REASON_KEY, error_from_rpc
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
@@ -60,57 +60,49 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 class _Session:
-    """One aio channel's binding: the current ``ClientBound`` and the handshake."""
+    """One aio channel's binding: the asyncio I/O shell over ``SessionCore``."""
 
     def __init__(
         self, raw: grpc.aio.Channel, security: ChannelSecurity, handshake_timeout: float
     ) -> None:
         self.raw = raw
         self.security = security
+        self.core = SessionCore(security)
         self._timeout = handshake_timeout
-        self._bound: ClientBound | None = None
         self._lock = asyncio.Lock()
-        self._closed = False
         self._negotiate = raw.stream_stream(NEGOTIATE_METHOD)
         self._release = raw.unary_unary(RELEASE_METHOD)
         self._check_caller = security.owner is not None
-        self._stale = False  # the last binding was dropped: the next bind is a re-bind
-        self.succeeded = security.backoff.succeeded
+        self.succeeded = self.core.succeeded
+        self.refused = self.core.refused
+        self.invalidate = self.core.invalidate  # one event loop: no lock needed
 
     @property
     def current(self) -> ClientBound | None:
-        return self._bound
+        return self.core.current
 
     def ready(self) -> ClientBound | None:
         """The binding if it can be used right now (the fast path, no await)."""
         if self._check_caller:
             self.security.check_caller()
-        bound = self._bound
-        if bound is not None and bound.usable(self.security.clock()):
-            return bound
-        return None
+        return self.core.usable()
 
     async def bound(self, stale: ClientBound | None = None) -> ClientBound:
+        core = self.core
         bound = self.ready()
         if bound is not None and bound is not stale:
             return bound
         async with self._lock:  # concurrent first calls share one handshake
-            if self._closed:
-                raise ValueError("the channel is closed")
-            bound = self._bound
-            if bound is not None and bound is not stale and bound.usable(self.security.clock()):
+            bound = core.usable(stale)
+            if bound is not None:
                 return bound
-            self._bound = None
-            if self._stale:
-                await asyncio.sleep(self.security.backoff.before_rebind())
+            await asyncio.sleep(core.before_bind())
             bound = await self._handshake_when_admitted()
-            self._bound = bound
-            self._stale = False
+            core.established(bound)
             return bound
 
     async def _handshake_when_admitted(self) -> ClientBound:
-        """The handshake, tried again after ``busy`` with jittered backoff within its
-        deadline (see ``_recovery``)."""
+        """The handshake, tried again after ``busy`` within its deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         attempt = 0
@@ -118,40 +110,11 @@ class _Session:
             try:
                 return await self._handshake()
             except BusyError:
-                delay = busy_delay(attempt, jitter=random.random())
-                if loop.time() + delay >= deadline:
+                delay = self.core.busy(attempt, deadline - loop.time())
+                if delay is None:
                     raise
                 attempt += 1
                 await asyncio.sleep(delay)
-
-    def invalidate(self, bound: ClientBound) -> None:
-        if self._bound is bound:
-            self._bound = None
-            self._stale = True
-
-    def refused(
-        self,
-        bound: ClientBound,
-        error: BaseException,
-        idempotent: bool,
-        resendable: bool,
-        attempt: int,
-        keys: MethodKeys | None = None,
-        call_seq: bytes | None = None,
-    ) -> bool:
-        """Apply the recovery rule to a refused call; True: send the call again."""
-        action = refusal_action(
-            error,
-            idempotent=idempotent,
-            resendable=resendable,
-            attempt=attempt,
-            bound=bound,
-            keys=keys,
-            call_seq=call_seq,
-        )
-        if action is Action.REBIND or action is Action.RESEND:
-            self.invalidate(bound)
-        return action is Action.RESEND or action is Action.RETRY
 
     async def _handshake(self) -> ClientBound:
         negotiation = self.security.negotiation()
@@ -188,8 +151,7 @@ class _Session:
 
     async def release(self) -> None:
         async with self._lock:
-            self._closed = True
-            bound, self._bound = self._bound, None
+            bound = self.core.close()
         if bound is not None:
             await self._release_bound(bound)
 
