@@ -389,3 +389,36 @@ def test_session_core_state_machine(x509_setup) -> None:
         core.before_bind()
     with pytest.raises(ValueError):
         core.established(new_bound(5))
+
+
+def test_client_detected_failures_are_rpc_errors_too(x509_setup, serve) -> None:
+    # Issue 10 item 6: a tampered response is a grpc.RpcError (code, details, trailers with
+    # the reason) *and* the SecurityError subclass, for every call kind.
+    from helpers.wiretap import flip
+
+    from rpcsec.sspi import MessageAlteredError
+
+    setup = x509_setup
+    echo = EchoServicer()
+    address = serve([SecurityInterceptor(setup.server())], [echo])
+    tap = Wiretap()
+    raw = grpc.intercept_channel(grpc.insecure_channel(address), tap)
+    with secure_channel(raw, setup.client(), **setup.channel_options()) as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        stub.Say(_request("bind"))
+        tap.responses = lambda method, messages: [flip(m, 3) for m in messages]
+        for kind, call in _calls(stub).items():
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            error = info.value
+            assert isinstance(error, MessageAlteredError), kind
+            assert error.code() is grpc.StatusCode.UNAUTHENTICATED, kind
+            assert error.details() == "rpcsec: message-altered", kind
+            assert reason_of(error) == "message-altered", kind
+        # Truncated stream (the end marker dropped): the same, as an RpcError.
+        tap.responses = lambda method, messages: messages[:-1]
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Repeat(_request("r", 2)))
+        assert isinstance(info.value, MessageAlteredError)
+        tap.responses = None
+        assert stub.Say(_request("fine")).text == "fine"

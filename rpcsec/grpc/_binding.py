@@ -27,7 +27,7 @@ from rpcsec.sspi import (
     SecurityError,
 )
 
-from ._calls import CallProtection, MethodKeys
+from ._calls import CallProtection, ClientCallProtection, MethodKeys
 from ._cloaking import resolve_credentials
 from ._handshake import ClientNegotiation
 from ._recovery import REBIND_REASONS, Action, IdempotentMethods, RebindBackoff, decide
@@ -69,7 +69,7 @@ class ClientBound:
         self.protection: CallProtection = (
             TicketClientProtection(context, handle, ResponseKeys.of(context))
             if is_ticket(handle)
-            else CallProtection(context, handle)
+            else ClientCallProtection(context, handle)
         )
         self._level_byte = LEVEL_BYTES[level]
         self._ctx_metadata = (CONTEXT_KEY, handle)

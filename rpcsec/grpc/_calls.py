@@ -15,8 +15,10 @@ from rpcsec.sspi import (
     MessageAlteredError,
     ProtectionLevel,
     SecurityContext,
+    SecurityError,
 )
 
+from ._client_errors import as_rpc_error
 from ._wire import (
     END,
     END_MARKER_KIND,
@@ -31,7 +33,15 @@ from ._wire import (
     position,
 )
 
-__all__ = ["FIRST_REQUEST", "FIRST_RESPONSE", "CallProtection", "Inbound", "MethodKeys", "Outbound"]
+__all__ = [
+    "FIRST_REQUEST",
+    "FIRST_RESPONSE",
+    "CallProtection",
+    "ClientCallProtection",
+    "Inbound",
+    "MethodKeys",
+    "Outbound",
+]
 
 FIRST_REQUEST = position(REQUEST, 0)
 FIRST_RESPONSE = position(RESPONSE, 0)
@@ -83,12 +93,42 @@ class CallProtection:
     ) -> None:
         self.context.verify(b"", token, aad=prefix + call_seq + position(direction | END, count))
 
+    def altered(self, message: str) -> SecurityError:
+        """The error for a stream that was cut or extended (the client's is an RpcError)."""
+        return MessageAlteredError(message)
+
     def not_run(self, prefix: bytes, call_seq: bytes) -> bytes:
         """The server's signed "call ``call_seq`` did not run" (``prefix``: NOT_RUN_AAD)."""
         return self.context.sign(b"", aad=prefix + call_seq)
 
     def check_not_run(self, prefix: bytes, call_seq: bytes, token: bytes) -> None:
         self.context.verify(b"", token, aad=prefix + call_seq)
+
+
+class ClientCallProtection(CallProtection):
+    """The client's ``CallProtection``: a response that does not verify raises its
+    ``SecurityError`` as a ``grpc.RpcError`` too (``_client_errors``)."""
+
+    __slots__ = ()
+
+    def open(
+        self, prefix: bytes, call_seq: bytes, pos: bytes, token: bytes, encrypt: bool
+    ) -> bytes:
+        try:
+            return CallProtection.open(self, prefix, call_seq, pos, token, encrypt)
+        except SecurityError as exc:
+            raise as_rpc_error(exc) from exc.__cause__
+
+    def check_end(
+        self, prefix: bytes, call_seq: bytes, direction: int, count: int, token: bytes
+    ) -> None:
+        try:
+            CallProtection.check_end(self, prefix, call_seq, direction, count, token)
+        except SecurityError as exc:
+            raise as_rpc_error(exc) from exc.__cause__
+
+    def altered(self, message: str) -> SecurityError:
+        return as_rpc_error(MessageAlteredError(message))
 
 
 class _Direction:
@@ -158,7 +198,7 @@ class Inbound(_Direction):
             raise self.error
         try:
             if self.ended:
-                raise MessageAlteredError("message after the end of the stream")
+                raise self._protection.altered("message after the end of the stream")
             if token[:1] == _END_BYTE:
                 self._protection.check_end(
                     self._prefix, self._call_seq, self._direction, self.count, token
@@ -184,7 +224,7 @@ class Inbound(_Direction):
         if self.error is not None:
             raise self.error
         if not self.ended:
-            self.error = MessageAlteredError("stream ended without its end marker (truncated)")
+            self.error = self._protection.altered("stream ended without its end marker (truncated)")
             raise self.error
 
 

@@ -31,10 +31,12 @@ from rpcsec.sspi import (
     InvalidTokenError,
     MessageAlteredError,
     SecurityContext,
+    SecurityError,
     hkdf_expand_label,
 )
 
-from ._calls import CallProtection
+from ._calls import CallProtection, ClientCallProtection
+from ._client_errors import as_rpc_error
 from ._wire import END, END_MARKER_KIND, SEALED_KIND, SIGNED_KIND, position
 
 __all__ = ["RESPONSE_LABEL", "ResponseKeys", "TicketClientProtection", "TicketServerProtection"]
@@ -150,7 +152,7 @@ class TicketServerProtection(CallProtection):
         return self.responses.mark(prefix + call_seq, call_seq, _NOT_RUN_INDEX)
 
 
-class TicketClientProtection(CallProtection):
+class TicketClientProtection(ClientCallProtection):
     """The client's ``CallProtection`` of a ticket context: requests sealed with the context,
     responses opened with ``ResponseKeys``."""
 
@@ -163,13 +165,19 @@ class TicketClientProtection(CallProtection):
     def open(
         self, prefix: bytes, call_seq: bytes, pos: bytes, token: bytes, encrypt: bool
     ) -> bytes:
-        return self.responses.open(prefix + call_seq + pos, call_seq, pos, token, encrypt)
+        try:
+            return self.responses.open(prefix + call_seq + pos, call_seq, pos, token, encrypt)
+        except SecurityError as exc:
+            raise as_rpc_error(exc) from None
 
     def check_end(
         self, prefix: bytes, call_seq: bytes, direction: int, count: int, token: bytes
     ) -> None:
         pos = position(direction | END, count)
-        self.responses.check_mark(prefix + call_seq + pos, call_seq, pos[1:5], token)
+        try:
+            self.responses.check_mark(prefix + call_seq + pos, call_seq, pos[1:5], token)
+        except SecurityError as exc:
+            raise as_rpc_error(exc) from None
 
     def check_not_run(self, prefix: bytes, call_seq: bytes, token: bytes) -> None:
         self.responses.check_mark(prefix + call_seq, call_seq, _NOT_RUN_INDEX, token)

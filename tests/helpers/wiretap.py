@@ -307,10 +307,15 @@ class Wiretap(
         if "SecurityHandshake" in record.method:
             return continuation(details, request_iterator)
         outcome = continuation(details, self._request_stream(record, request_iterator))
+        if outcome.exception() is not None:
+            return outcome
         forged = self._forged(record.method)
-        if forged is not None and outcome.exception() is None:
+        if forged is not None:
             return ForgedRefusal(forged, self.forge_trailers)
-        return outcome
+        response = outcome.result()
+        record.responses.append(response)
+        (rewritten,) = self._rewrite_responses(record.method, [response])
+        return outcome if rewritten is response else _Outcome(outcome, rewritten)
 
     def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
         record = self._start(client_call_details)
