@@ -137,12 +137,14 @@ def _keyring_rotate(args: argparse.Namespace) -> int:
 def _keyring_show(args: argparse.Namespace) -> int:
     import time
 
-    from rpcsec.session import TicketKeyRing
+    from rpcsec.session import DEFAULT_MAX_AGE, TicketKeyRing
 
     now = time.time()
     for index, info in enumerate(TicketKeyRing.describe(args.directory)):
         role = "seals+opens" if index == 0 else "opens"
         age = max(0.0, now - info.created_at)
+        if index == 0 and age >= DEFAULT_MAX_AGE:
+            role = "opens (too old to seal: run 'rpcsec keyring rotate')"
         print(f"{info.name.hex()}  age {age / 3600:8.2f} h  {role}")
     return 0
 

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -201,6 +202,26 @@ def test_newest_key_seals_after_rotation(ring_dir, clock) -> None:
     assert ring.key_names[0].hex() in _key_files(ring_dir)[-1].name  # newest file sorts last
 
 
+def test_rotate_cleans_up_after_a_crashed_rotation_and_ignores_its_leftovers(
+    ring_dir, clock
+) -> None:
+    ring = TicketKeyRing.create(ring_dir, clock=clock)
+    leftover = ring_dir / ".tmp-0123456789abcdef.key"  # a rotation killed before os.replace
+    fd = os.open(leftover, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"half")
+    os.close(fd)
+    assert TicketKeyRing.load(ring_dir, clock=clock).key_names == ring.key_names
+    TicketKeyRing.rotate(ring_dir, clock=clock)
+    assert not leftover.exists()
+
+
+def test_a_fifo_named_like_a_key_is_refused_without_blocking(ring_dir, clock) -> None:
+    TicketKeyRing.create(ring_dir, clock=clock)
+    os.mkfifo(ring_dir / f"{int(NOW * 1000) + 1:013d}-{'ab' * 16}.key", 0o600)
+    with pytest.raises(KeyRingError, match="not a regular file"):
+        TicketKeyRing.load(ring_dir, clock=clock)
+
+
 def test_rotate_keep_bounds_and_validation(ring_dir, clock) -> None:
     TicketKeyRing.create(ring_dir, clock=clock)
     for _ in range(5):
@@ -226,6 +247,39 @@ def test_replica_opens_tickets_of_another_including_right_after_an_unseen_rotati
     assert replica.key_names == rotated.key_names
 
 
+def test_a_replica_in_another_process_opens_tickets_sealed_after_a_rotation(ring_dir) -> None:
+    """A real second process holds the ring; this one rotates and seals under the new key;
+    the other process opens it without being told (its refresh on the unknown key name)."""
+    TicketKeyRing.create(ring_dir)
+    program = (
+        "import sys\n"
+        "from rpcsec.session import TicketKeyRing\n"
+        "ring = TicketKeyRing.load(sys.argv[1])\n"
+        "print('READY', flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    print(ring.open(bytes.fromhex(line.strip())).state.decode(), flush=True)\n"
+    )
+    replica = subprocess.Popen(
+        [sys.executable, "-c", program, str(ring_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert replica.stdout is not None and replica.stdin is not None
+        assert replica.stdout.readline().strip() == "READY"
+        ring = TicketKeyRing.rotate(ring_dir)
+        ticket = ring.seal(
+            b"from-replica-one", ticket_id=os.urandom(16), expires_at=time.time() + 60
+        )
+        replica.stdin.write(ticket.hex() + "\n")
+        replica.stdin.flush()
+        assert replica.stdout.readline().strip() == "from-replica-one"
+    finally:
+        replica.kill()
+        replica.wait()
+
+
 def test_replica_picks_up_a_rotation_for_sealing_and_a_retirement(ring_dir, clock) -> None:
     TicketKeyRing.create(ring_dir, clock=clock)
     replica = TicketKeyRing.load(ring_dir, clock=clock, refresh_interval=0)
@@ -246,6 +300,36 @@ def test_refresh_is_rate_limited_and_reports_changes(ring_dir, clock) -> None:
     TicketKeyRing.rotate(ring_dir, clock=clock)
     assert eager.refresh() is True
     assert TicketKeyRing.generate(clock=clock).refresh() is False
+
+
+def test_open_uses_keys_another_thread_loaded_during_its_refresh(ring_dir, clock) -> None:
+    # Regression (found by the rotation-under-traffic test): open() looked again only when its
+    # own refresh reported a change; when another thread had re-read the directory while this
+    # one waited for the lock, the refresh saw nothing new and the ticket was refused.
+    TicketKeyRing.create(ring_dir, clock=clock)
+    replica = TicketKeyRing.load(ring_dir, clock=clock)
+    rotated = TicketKeyRing.rotate(ring_dir, clock=clock)
+
+    def concurrent_refresh() -> bool:
+        replica._reload(force=True)  # "the other thread" loads the new key...
+        return False  # ...so this thread's own refresh finds nothing changed
+
+    replica._refresh_on_miss = concurrent_refresh  # type: ignore[method-assign]
+    assert replica.open(_seal(rotated, clock, b"raced")).state == b"raced"
+
+
+def test_a_rotation_the_directory_timestamps_hide_is_still_found(ring_dir, clock) -> None:
+    # Two changes inside one kernel clock tick leave the directory's mtime/ctime unchanged:
+    # simulate a replica whose last read already carries the post-rotation timestamps.
+    import dataclasses
+
+    from rpcsec.session._keyring import _dir_stat
+
+    TicketKeyRing.create(ring_dir, clock=clock)
+    replica = TicketKeyRing.load(ring_dir, clock=clock, refresh_interval=0)
+    rotated = TicketKeyRing.rotate(ring_dir, clock=clock)
+    replica._snap = dataclasses.replace(replica._snap, dir_stat=_dir_stat(ring_dir))
+    assert replica.open(_seal(rotated, clock, b"hidden")).state == b"hidden"
 
 
 def test_a_broken_directory_keeps_the_last_good_keys(ring_dir, clock, caplog) -> None:
@@ -288,6 +372,48 @@ def test_rotation_never_shows_readers_half_a_key(ring_dir, clock) -> None:
         thread.join()
     assert failures == []
     assert len(_key_files(ring_dir)) == 2
+
+
+def test_rotation_under_traffic_drops_no_live_ticket(ring_dir) -> None:
+    """Two replicas seal and open each other's tickets while an operator rotates (keep=3)
+    faster than any real schedule: every ticket opens on the other replica."""
+    TicketKeyRing.create(ring_dir)
+    replicas = [TicketKeyRing.load(ring_dir, refresh_interval=0.02) for _ in range(2)]
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    opened = [0]
+    rotations = [0]
+
+    def rotate() -> None:
+        while not stop.wait(0.15):  # a pace, not a wait for readiness
+            TicketKeyRing.rotate(ring_dir, keep=3)
+            rotations[0] += 1
+
+    def traffic(sealer: TicketKeyRing, opener: TicketKeyRing) -> None:
+        while not stop.is_set():
+            ticket = sealer.seal(b"live", ticket_id=os.urandom(16), expires_at=time.time() + 60)
+            try:
+                assert opener.open(ticket).state == b"live"
+                opened[0] += 1
+            except BaseException as exc:
+                failures.append(exc)
+                return
+
+    threads = [
+        threading.Thread(target=rotate),
+        threading.Thread(target=traffic, args=(replicas[0], replicas[1])),
+        threading.Thread(target=traffic, args=(replicas[1], replicas[0])),
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while rotations[0] < 6 and not failures and time.monotonic() < deadline:
+        stop.wait(0.05)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert rotations[0] >= 6 and opened[0] > 100
 
 
 def test_two_operators_rotating_at_once_are_serialised(ring_dir, clock) -> None:
@@ -427,6 +553,13 @@ def test_cli_create_rotate_show(ring_dir, capsys) -> None:
         assert key_file.read_bytes().hex() not in out  # never the secret
     assert main(["keyring", "create", str(ring_dir)]) == 1  # refuses an existing ring
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_show_says_when_the_ring_is_too_old_to_seal(ring_dir, capsys) -> None:
+    TicketKeyRing.create(ring_dir, clock=Clock(time.time() - 8 * DAY))  # the CLI uses real time
+    capsys.readouterr()
+    assert main(["keyring", "show", str(ring_dir)]) == 0
+    assert "too old to seal" in capsys.readouterr().out
 
 
 def test_cli_reports_a_refused_ring_as_a_user_error(ring_dir, capsys) -> None:

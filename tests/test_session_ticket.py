@@ -185,6 +185,21 @@ def test_largest_state_fits_the_bound(ring: TicketKeyRing) -> None:
     assert len(sealed) == MAX_TICKET_SIZE and ring.open(sealed).state == state
 
 
+def test_an_authentic_ticket_with_a_short_plaintext_is_refused_by_the_size_bound(
+    ring: TicketKeyRing,
+) -> None:
+    # Only a sealer bug could make one (seal() always writes the fixed fields). The size bound
+    # refuses it before any cryptography, and padding it up to the bound breaks the tag.
+    key = ring._snap.keys[0]
+    header = bytes([TICKET_VERSION]) + key.name
+    iv = os.urandom(12)
+    sealed = header + iv + key._aead.encrypt(iv, b"y" * 20, header)
+    assert len(sealed) < MIN_TICKET_SIZE
+    assert isinstance(_refused(ring, sealed), InvalidHandleError)
+    padded = sealed + b"\x00" * (MIN_TICKET_SIZE - len(sealed))
+    assert isinstance(_refused(ring, padded), InvalidHandleError)
+
+
 def test_expiry_in_the_clear_cannot_be_extended(ring: TicketKeyRing) -> None:
     # The times are inside the ciphertext; rewriting where they would sit fails the tag.
     sealed = ring.seal(b"s", ticket_id=b"t" * 16, expires_at=NOW + 1)

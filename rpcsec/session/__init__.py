@@ -25,13 +25,14 @@ from ._replay_store import (
     ReplayStoreUnavailableError,
     ReplayVerdict,
 )
-from ._ticket import MAX_TICKET_SIZE, OpenedTicket, TicketKey
+from ._ticket import MAX_TICKET_SIZE, MIN_TICKET_SIZE, OpenedTicket, TicketKey
 
 __all__ = [
     "DEFAULT_KEEP",
     "DEFAULT_MAX_AGE",
     "DEFAULT_ROTATE_AFTER",
     "MAX_TICKET_SIZE",
+    "MIN_TICKET_SIZE",
     "AsyncMemoryReplayStore",
     "AsyncRedisReplayStore",
     "AsyncReplayStore",

@@ -22,6 +22,7 @@ the same way whichever way it got it; a directory ring checks the file name agai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import math
@@ -57,6 +58,8 @@ DEFAULT_ROTATE_AFTER = 24 * 3600.0
 DEFAULT_KEEP = 3
 REFRESH_INTERVAL = 1.0
 """A directory ring looks at its directory at most this often on the normal path."""
+FULL_READ_INTERVAL = 30.0
+"""...and reads its files at least this often, changed or not."""
 
 _KEY_FILE = re.compile(r"^(?P<ms>[0-9]{1,16})-(?P<name>[0-9a-f]{32})\.key$")
 _TEMP_PREFIX = ".tmp-"
@@ -91,6 +94,10 @@ class _Snapshot:
     by_name: dict[bytes, TicketKey]
     files: dict[bytes, str]  # key name -> file name, for a directory ring
     dir_stat: tuple[int, int, int] | None
+    settled: bool = True
+    """False when the directory changed within ``_SETTLE_NS`` of being read: a change in the
+    same kernel clock tick would not move its timestamps, so an equal ``stat`` proves
+    nothing and the next miss reads the files again."""
 
 
 def _snapshot(
@@ -124,6 +131,13 @@ def _check_directory(mode: int, what: str) -> None:
         )
 
 
+_SETTLE_NS = 100_000_000  # 100 ms: well above a kernel tick (1-10 ms)
+
+
+def _settled(dir_stat: tuple[int, int, int]) -> bool:
+    return time.time_ns() - max(dir_stat[1], dir_stat[2]) > _SETTLE_NS
+
+
 def _dir_stat(directory: pathlib.Path) -> tuple[int, int, int]:
     st = os.stat(directory)
     return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
@@ -142,7 +156,7 @@ def _read_key_file(directory: pathlib.Path, filename: str) -> TicketKey:
     if match is None:
         raise KeyRingError(f"{filename}: not a ticket key file name (<unix-ms>-<hexname>.key)")
     path = directory / filename
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO never blocks us
     try:
         st = os.fstat(fd)  # the file we read, not whatever the name points at later
         if not stat.S_ISREG(st.st_mode):
@@ -176,7 +190,8 @@ def _read_directory(directory: pathlib.Path) -> _Snapshot:
             continue
         if not keys:
             raise KeyRingError(f"{directory}: the key ring is empty (run 'rpcsec keyring create')")
-        return _snapshot(keys, {k.name: n for k, n in zip(keys, names, strict=True)}, before)
+        snap = _snapshot(keys, {k.name: n for k, n in zip(keys, names, strict=True)}, before)
+        return dataclasses.replace(snap, settled=_settled(before))
     raise KeyRingError(f"{directory}: keys kept changing while being read")
 
 
@@ -204,6 +219,15 @@ def _write_key_file(directory: pathlib.Path, created_ms: int) -> TicketKey:
         raise
     _fsync_directory(directory)
     return key
+
+
+def _remove_stale_temporaries(directory: pathlib.Path) -> None:
+    """Temporary files a crashed rotation left. Called under the lock, which every writer
+    holds while it writes, so none of them is being written now."""
+    for entry in os.listdir(directory):
+        if entry.startswith(_TEMP_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(directory / entry)
 
 
 def _fsync_directory(directory: pathlib.Path) -> None:
@@ -276,6 +300,7 @@ class TicketKeyRing:
         self._refresh_interval = max(0.0, float(refresh_interval))
         self._lock = threading.Lock()
         self._next_poll = time.monotonic() + self._refresh_interval
+        self._last_read = time.monotonic()
 
     # -- construction --------------------------------------------------------------------
 
@@ -381,6 +406,7 @@ class TicketKeyRing:
             raise ValueError("keep must be a positive integer")
         path = pathlib.Path(directory)
         with _locked(path):
+            _remove_stale_temporaries(path)
             current = _read_directory(path)
             newest_ms = round(current.keys[0].created_at * 1000)
             _write_key_file(path, max(int(clock() * 1000), newest_ms + 1))
@@ -461,7 +487,10 @@ class TicketKeyRing:
         name = parse_key_name(ticket)
         self._poll()
         key = self._snap.by_name.get(name)
-        if key is None and self._refresh_on_miss():
+        if key is None:
+            self._refresh_on_miss()
+            # Look again whatever it returned: another thread may have re-read the directory
+            # while this one waited for the lock (then this refresh saw nothing new).
             key = self._snap.by_name.get(name)
         if key is None:
             raise InvalidHandleError("ticket names a key this ring does not hold")
@@ -471,14 +500,17 @@ class TicketKeyRing:
         """Re-read a directory ring if it changed; True if the set of keys changed.
 
         Cheap: at most one ``stat`` of the directory per ``refresh_interval`` (1 s); the
-        files are read only when the directory changed. A ring that cannot be re-read (half
-        retired, permissions broken) keeps its last good keys and logs why. An in-memory ring
-        returns False (it rotates itself in ``seal``)."""
+        files are read only when the directory changed, and in any case every
+        ``FULL_READ_INTERVAL`` (30 s: a directory's timestamps are as coarse as the kernel's
+        clock tick, so two changes within one tick can look like one). A ring that cannot be
+        re-read (half retired, permissions broken) keeps its last good keys and logs why. An
+        in-memory ring returns False (it rotates itself in ``seal``)."""
         now = time.monotonic()
-        if now < self._next_poll:
+        if self._directory is None or now < self._next_poll:
             return False
         self._next_poll = now + self._refresh_interval
-        return self._reload_if_changed()
+        unsure = not self._snap.settled or now - self._last_read >= FULL_READ_INTERVAL
+        return self._reload(force=unsure)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -488,27 +520,33 @@ class TicketKeyRing:
 
     def _refresh_on_miss(self) -> bool:
         """On an unknown key name: one ``stat`` (cheaper than the AES-GCM a well-formed ticket
-        costs, so bogus names cannot make refusals expensive); files are read only if the
-        directory changed since the last read, or that read is older than a second."""
+        costs, so bogus names cannot make refusals expensive). The files are read if the
+        directory changed, or it changed just before the last read (``_Snapshot.settled``),
+        or the last look is older than ``refresh_interval``: so a flood of unknown names
+        costs at most one read of the directory per interval, plus reads during the 100 ms
+        after a rotation."""
         if self._directory is None:
             return False
         try:
             current = _dir_stat(self._directory)
         except OSError:
             return False
-        if current == self._snap.dir_stat and time.monotonic() < self._next_poll:
+        now = time.monotonic()
+        stale = now >= self._next_poll
+        snap = self._snap
+        if current == snap.dir_stat and snap.settled and not stale:
             return False
-        self._next_poll = time.monotonic() + self._refresh_interval
-        return self._reload_if_changed()
+        self._next_poll = now + self._refresh_interval
+        return self._reload(force=stale or not snap.settled)
 
-    def _reload_if_changed(self) -> bool:
+    def _reload(self, *, force: bool) -> bool:
         directory = self._directory
         if directory is None:
             return False
         with self._lock:
             old = self._snap
             try:
-                if _dir_stat(directory) == old.dir_stat:
+                if not force and _dir_stat(directory) == old.dir_stat:
                     return False
                 new = _read_directory(directory)
             except Exception as exc:  # open() raises only its two typed errors, whatever this is
@@ -517,6 +555,7 @@ class TicketKeyRing:
                 )
                 return False
             self._snap = new
+            self._last_read = time.monotonic()
             changed = new.by_name.keys() != old.by_name.keys()
         if changed:
             _LOG.info("ticket key ring %s: %d keys", directory, len(new.keys))

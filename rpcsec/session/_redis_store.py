@@ -24,14 +24,19 @@ epoch marker (``<prefix>epoch``, no expiry) records when this dataset began; whe
 it missing the script sets it to Redis' own time plus ``max_clock_skew``, and a claim whose
 ``issued_at`` predates the marker is REVOKED (its client re-binds). Run Redis with
 ``maxmemory-policy noeviction`` (evicted keys would be forgotten claims; with noeviction a full
-Redis refuses writes, which fails closed here) and without partial persistence (an RDB
-snapshot restored after a crash brings back an old marker with old windows).
+Redis refuses writes, which fails closed here) and either without persistence or with
+``appendonly yes`` + ``appendfsync always`` (an RDB snapshot restored after a crash brings
+back an old marker with old windows). The store reads these settings before its first claim
+and fails every claim closed on anything else (``verify_config``); ``check()`` raises. Not
+covered: a failover to a Redis replica that missed the last writes (asynchronous
+replication) keeps the marker too -- use one primary, or ``WAIT``-backed replication.
 
 The key layout and scripts are written once (``RedisLayout``) for the sync and asyncio stores.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -47,6 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLAIM_SCRIPT",
+    "INIT_SCRIPT",
+    "REVOKE_SCRIPT",
     "DEFAULT_MAX_CLOCK_SKEW",
     "DEFAULT_PREFIX",
     "DEFAULT_TIMEOUT",
@@ -55,9 +62,13 @@ __all__ = [
     "RedisReplayStore",
 ]
 
+_LOG = logging.getLogger("rpcsec.session")
+
 DEFAULT_PREFIX = "rpcsec:replay:"
 DEFAULT_TIMEOUT = 0.25
-DEFAULT_MAX_CLOCK_SKEW = 5.0
+DEFAULT_MAX_CLOCK_SKEW = 1.0
+"""Replicas' clocks agree with each other and with Redis to within this (NTP does far better).
+After a Redis data loss, tickets issued within this much of the new marker are refused too."""
 MAX_SCRIPT_SEQUENCE = (1 << 53) - 1
 """Lua numbers are doubles: larger sequence numbers are refused as replays (fail closed;
 2**53 calls on one context is centuries of traffic)."""
@@ -115,6 +126,25 @@ end
 redis.call('SETBIT', KEYS[3], bit, 1)
 extend(KEYS[3], ttl)
 return 0
+"""
+
+REVOKE_SCRIPT = """
+-- KEYS[1] ticket revocation, KEYS[2] ticket window; ARGV[1] ms the revocation lives.
+-- Revoked: no claim will ever read the window again, so it is dropped in the same step.
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+INIT_SCRIPT = """
+-- KEYS[1] epoch marker; ARGV[1] the new store's creation time (ms, its own clock).
+-- A new dataset begins at the earlier of that and Redis' time: a replica whose clock runs
+-- ahead must not make every other replica's fresh tickets look older than the dataset.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], string.format('%.0f', math.min(now, tonumber(ARGV[1]))))
+return 1
 """
 
 _VERDICTS = {0: ReplayVerdict.FRESH, 1: ReplayVerdict.REPLAY, 2: ReplayVerdict.REVOKED}
@@ -183,18 +213,67 @@ class RedisLayout:
 
     def revoke_call(
         self, ticket_id: bytes, expires_at: float, issued_at: float | None
-    ) -> tuple[str, int] | None:
-        """(key, ms) for the revocation ``SET``, or None when the ticket already expired."""
+    ) -> tuple[list[str], list[int]] | None:
+        """(keys, args) for REVOKE_SCRIPT, or None when the ticket already expired."""
         check_claim_arguments(ticket_id, 0, expires_at, issued_at)
         ttl = self.ttl_ms(expires_at)
         if ttl <= 0:
             return None
-        return f"{self._tag(ticket_id)}:revoked", ttl + self.skew_ms
+        tag = self._tag(ticket_id)
+        return [f"{tag}:revoked", f"{tag}:window"], [ttl + self.skew_ms]
 
     def init_marker_ms(self) -> int:
-        """The epoch marker a new store sets if the dataset has none (``SET NX``): its own
-        creation time, so tickets sealed after it started are claimable at once."""
+        """The epoch marker a new store sets if the dataset has none (INIT_SCRIPT): its own
+        creation time (or Redis' time if earlier), so tickets sealed after it started are
+        claimable at once."""
         return math.floor(self.clock() * 1000)
+
+    CHECKED_SETTINGS = ("maxmemory-policy", "save", "appendonly", "appendfsync")
+
+    @staticmethod
+    def check_config(reply: object) -> None:
+        """Judge ``CONFIG GET`` of ``CHECKED_SETTINGS``; raises ``ValueError`` (a deployment
+        mistake) for a Redis that could forget claims while keeping its epoch marker:
+
+        * ``maxmemory-policy`` other than ``noeviction`` may evict a window (every key here
+          has a TTL, so even ``volatile-*``);
+        * RDB snapshots without AOF (``save`` set, ``appendonly no``), or AOF not fsynced on
+          every write (``appendfsync`` not ``always``): a crash restores an older dataset
+          *with* the marker, so claims made since are silently forgotten.
+
+        Safe: no persistence at all (a restart comes back empty: the marker is gone and every
+        older ticket is refused), or ``appendonly yes`` with ``appendfsync always``. A Redis
+        that refuses CONFIG (managed services) is logged, not refused."""
+        settings: dict[str, str] = {}
+        if isinstance(reply, dict):
+            for key, value in reply.items():
+                key = key.decode("ascii", "replace") if isinstance(key, bytes) else str(key)
+                text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+                settings[key] = str(text)
+        if not all(name in settings for name in RedisLayout.CHECKED_SETTINGS):
+            _LOG.warning(
+                "replay store: cannot read Redis' configuration; it must not evict keys "
+                "(maxmemory-policy noeviction) nor restore old snapshots after a crash"
+            )
+            return
+        policy = settings["maxmemory-policy"]
+        if policy != "noeviction":
+            raise ValueError(
+                f"Redis maxmemory-policy is {policy!r}: evicting keys forgets claims, so replays"
+                " could be accepted; set maxmemory-policy noeviction"
+            )
+        if settings["appendonly"] == "yes":
+            if settings["appendfsync"] != "always":
+                raise ValueError(
+                    "Redis appendfsync is not 'always': a crash loses the last claims but keeps "
+                    "the epoch marker, so those requests could be replayed"
+                )
+        elif settings["save"].strip():
+            raise ValueError(
+                "Redis takes RDB snapshots without AOF: a crash restores an older dataset with "
+                "its epoch marker, forgetting later claims; use save '' (no persistence) or "
+                "appendonly yes with appendfsync always"
+            )
 
     @staticmethod
     def verdict(reply: object) -> ReplayVerdict:
@@ -236,17 +315,79 @@ def _unavailable(exc: BaseException) -> ReplayStoreUnavailableError:
     return ReplayStoreUnavailableError(f"replay store unavailable: {type(exc).__name__}")
 
 
-class RedisReplayStore:
+class _RedisStoreBase:
+    """What the sync and asyncio stores share: the layout, the client, the three scripts
+    (redis-py runs them by EVALSHA and loads them again after a Redis restart), and the
+    once-only epoch-marker initialisation. The subclasses are the I/O shells."""
+
+    def __init__(
+        self,
+        target: Any,
+        client_module: Any,
+        *,
+        prefix: str,
+        timeout: float,
+        max_clock_skew: float,
+        window: int,
+        max_connections: int,
+        verify_config: bool,
+        clock: Callable[[], float],
+    ) -> None:
+        self._layout = RedisLayout(prefix, clock, max_clock_skew, window)
+        self._config_unreadable: tuple[type[BaseException], ...] = (
+            _redis_module().exceptions.ResponseError,  # CONFIG disabled or not permitted
+        )
+        if isinstance(target, str):
+            self._client = _pooled_client(client_module, target, timeout, max_connections)
+            self._owned = True
+        elif isinstance(target, client_module.Redis):
+            self._client, self._owned = target, False
+        else:
+            raise TypeError(f"target must be a redis:// URL or a {client_module.__name__}.Redis")
+        self._claim_script = self._client.register_script(CLAIM_SCRIPT)
+        self._init_script = self._client.register_script(INIT_SCRIPT)
+        self._revoke_script = self._client.register_script(REVOKE_SCRIPT)
+        self._marker_ms = self._layout.init_marker_ms()
+        self._marker_pending = True
+        self._verify_pending = bool(verify_config)
+        self._config_refusal: str | None = None
+
+    def _judge_config(self, reply: object) -> None:
+        """Record the verdict on Redis' configuration (``RedisLayout.check_config``): an
+        unsafe one makes every later claim fail closed, with the reason in the log."""
+        self._verify_pending = False
+        try:
+            RedisLayout.check_config(reply)
+        except ValueError as exc:
+            self._config_refusal = str(exc)
+            _LOG.error("replay store refuses to use this Redis: %s", exc)
+
+    def _refuse_if_unsafe(self) -> None:
+        if self._config_refusal is not None:
+            raise ReplayStoreUnavailableError("replay store: Redis could forget claims")
+
+    def _take_marker_init(self) -> bool:
+        """True once: the first claim sets the dataset's marker if it has none. If that first
+        attempt fails, a missing marker is left to the claim script (Redis' own time plus the
+        skew), never set later to this store's (by then old) creation time."""
+        pending, self._marker_pending = self._marker_pending, False
+        return pending
+
+
+class RedisReplayStore(_RedisStoreBase):
     """Replay store on a Redis server shared by the replicas (sync; ``AsyncRedisReplayStore``
     for asyncio). Thread-safe (redis-py pools connections).
 
     ``target``: a ``redis://`` URL (socket, connect and pool-wait timeouts ``timeout``, at
     most ``max_connections`` sockets, no retries: a failure is reported at once) or a
-    ``redis.Redis`` client (its own settings). ``prefix``
-    separates services sharing a Redis; every replica of one service uses the same prefix
-    and ``window``. ``max_clock_skew``: how far replicas' clocks may differ from each other
-    and from Redis (keys outlive their ticket by this much; after a data loss, tickets issued
-    within this much of the new marker are refused)."""
+    ``redis.Redis`` client (its own settings). ``prefix`` separates services sharing a Redis;
+    every replica of one service uses the same prefix and ``window``. ``max_clock_skew``: how
+    far replicas' clocks may differ from each other and from Redis (keys outlive their ticket
+    by this much; after a data loss, tickets issued within this much of the new marker are
+    refused). ``verify_config``: before its first claim the store reads Redis' eviction and
+    persistence settings (``RedisLayout.check_config``) and, if they could forget claims,
+    fails every claim closed (the reason is logged); a Redis that refuses CONFIG is used with
+    a warning. ``check()`` runs the same judgement and raises."""
 
     def __init__(
         self,
@@ -257,21 +398,20 @@ class RedisReplayStore:
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
         window: int = DEFAULT_WINDOW,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        verify_config: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        module = _redis_module()
-        self._layout = RedisLayout(prefix, clock, max_clock_skew, window)
-        if isinstance(target, str):
-            self._client = _pooled_client(module, target, timeout, max_connections)
-            self._owned = True
-        elif isinstance(target, module.Redis):
-            self._client, self._owned = target, False
-        else:
-            raise TypeError("target must be a redis:// URL or a redis.Redis client")
-        self._script = self._client.register_script(CLAIM_SCRIPT)
-        self._marker_ms = self._layout.init_marker_ms()
-        self._marker_set = False
-        self._errors: tuple[type[BaseException], ...] = (module.RedisError, OSError)
+        super().__init__(
+            target,
+            _redis_module(),
+            prefix=prefix,
+            timeout=timeout,
+            max_clock_skew=max_clock_skew,
+            window=window,
+            max_connections=max_connections,
+            verify_config=verify_config,
+            clock=clock,
+        )
 
     @property
     def client(self) -> redis.Redis:
@@ -285,17 +425,37 @@ class RedisReplayStore:
         *,
         issued_at: float | None = None,
     ) -> ReplayVerdict:
-        """Check and record (ticket, sequence) in one atomic round trip (see module doc)."""
+        """Check and record (ticket, sequence) in one atomic round trip (see module doc).
+
+        Raises:
+            ReplayStoreUnavailableError: Redis did not answer (any error, timeout, odd reply).
+            TypeError, ValueError: caller mistakes, before any I/O.
+        """
         call = self._layout.claim_call(ticket_id, sequence, expires_at, issued_at)
         if isinstance(call, ReplayVerdict):
             return call
         keys, args = call
+        self._prepare()
         try:
-            self._ensure_marker()
-            reply = self._script(keys=keys, args=args)
-        except self._errors as exc:
+            reply = self._claim_script(keys=keys, args=args)
+        except Exception as exc:  # fail closed on anything the client raises
             raise _unavailable(exc) from exc
         return self._layout.verdict(reply)
+
+    def _prepare(self) -> None:
+        """Once: judge Redis' configuration, set the epoch marker. Then refuse if unsafe."""
+        try:
+            if self._verify_pending:
+                try:
+                    reply = self._client.config_get(*RedisLayout.CHECKED_SETTINGS)
+                except self._config_unreadable:
+                    reply = None
+                self._judge_config(reply)
+            if self._take_marker_init():
+                self._init_script(keys=[self._layout.epoch_key], args=[self._marker_ms])
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        self._refuse_if_unsafe()
 
     def revoke(
         self, ticket_id: bytes, expires_at: float, *, issued_at: float | None = None
@@ -304,29 +464,37 @@ class RedisReplayStore:
         call = self._layout.revoke_call(ticket_id, expires_at, issued_at)
         if call is None:
             return
-        key, ttl = call
+        keys, args = call
+        self._prepare()
         try:
-            self._client.set(key, b"1", px=ttl)
-        except self._errors as exc:
+            self._revoke_script(keys=keys, args=args)
+        except Exception as exc:
             raise _unavailable(exc) from exc
 
     def ping(self) -> None:
         """Raise ``ReplayStoreUnavailableError`` unless Redis answers (a readiness check)."""
         try:
             self._client.ping()
-        except self._errors as exc:
+        except Exception as exc:
             raise _unavailable(exc) from exc
+
+    def check(self) -> None:
+        """A start-up check: Redis answers and cannot forget claims (``check_config``).
+
+        Raises:
+            ReplayStoreUnavailableError: Redis did not answer.
+            ValueError: its eviction policy or persistence could forget claims.
+        """
+        self.ping()
+        try:
+            reply = self._client.config_get(*RedisLayout.CHECKED_SETTINGS)
+        except Exception:  # CONFIG is often disabled on managed Redis: say so, go on
+            reply = None
+        self._layout.check_config(reply)
 
     def close(self) -> None:
         if self._owned:
             self._client.close()
-
-    def _ensure_marker(self) -> None:
-        # Once only: if this first attempt fails, a missing marker is left to the script
-        # (Redis' own time), never set later to this store's creation time.
-        if not self._marker_set:
-            self._marker_set = True
-            self._client.set(self._layout.epoch_key, self._marker_ms, nx=True)
 
     def __enter__(self) -> RedisReplayStore:
         return self
@@ -335,8 +503,9 @@ class RedisReplayStore:
         self.close()
 
 
-class AsyncRedisReplayStore:
-    """``RedisReplayStore`` for asyncio (``redis.asyncio``): same script, keys and rules."""
+class AsyncRedisReplayStore(_RedisStoreBase):
+    """``RedisReplayStore`` for asyncio (``redis.asyncio``): same scripts, keys and rules.
+    Use one per event loop."""
 
     def __init__(
         self,
@@ -347,23 +516,23 @@ class AsyncRedisReplayStore:
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
         window: int = DEFAULT_WINDOW,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        verify_config: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        module = _redis_module()
+        _redis_module()
         import redis.asyncio as aioredis
 
-        self._layout = RedisLayout(prefix, clock, max_clock_skew, window)
-        if isinstance(target, str):
-            self._client = _pooled_client(aioredis, target, timeout, max_connections)
-            self._owned = True
-        elif isinstance(target, aioredis.Redis):
-            self._client, self._owned = target, False
-        else:
-            raise TypeError("target must be a redis:// URL or a redis.asyncio.Redis client")
-        self._script = self._client.register_script(CLAIM_SCRIPT)
-        self._marker_ms = self._layout.init_marker_ms()
-        self._marker_set = False
-        self._errors: tuple[type[BaseException], ...] = (module.RedisError, OSError)
+        super().__init__(
+            target,
+            aioredis,
+            prefix=prefix,
+            timeout=timeout,
+            max_clock_skew=max_clock_skew,
+            window=window,
+            max_connections=max_connections,
+            verify_config=verify_config,
+            clock=clock,
+        )
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -377,16 +546,31 @@ class AsyncRedisReplayStore:
         *,
         issued_at: float | None = None,
     ) -> ReplayVerdict:
+        """As ``RedisReplayStore.claim``."""
         call = self._layout.claim_call(ticket_id, sequence, expires_at, issued_at)
         if isinstance(call, ReplayVerdict):
             return call
         keys, args = call
+        await self._prepare()
         try:
-            await self._ensure_marker()
-            reply = await self._script(keys=keys, args=args)
-        except self._errors as exc:
+            reply = await self._claim_script(keys=keys, args=args)
+        except Exception as exc:  # fail closed on anything the client raises
             raise _unavailable(exc) from exc
         return self._layout.verdict(reply)
+
+    async def _prepare(self) -> None:
+        try:
+            if self._verify_pending:
+                try:
+                    reply = await self._client.config_get(*RedisLayout.CHECKED_SETTINGS)
+                except self._config_unreadable:
+                    reply = None
+                self._judge_config(reply)
+            if self._take_marker_init():
+                await self._init_script(keys=[self._layout.epoch_key], args=[self._marker_ms])
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        self._refuse_if_unsafe()
 
     async def revoke(
         self, ticket_id: bytes, expires_at: float, *, issued_at: float | None = None
@@ -394,28 +578,31 @@ class AsyncRedisReplayStore:
         call = self._layout.revoke_call(ticket_id, expires_at, issued_at)
         if call is None:
             return
-        key, ttl = call
+        keys, args = call
+        await self._prepare()
         try:
-            await self._client.set(key, b"1", px=ttl)
-        except self._errors as exc:
+            await self._revoke_script(keys=keys, args=args)
+        except Exception as exc:
             raise _unavailable(exc) from exc
 
     async def ping(self) -> None:
         try:
             await self._client.ping()
-        except self._errors as exc:
+        except Exception as exc:
             raise _unavailable(exc) from exc
+
+    async def check(self) -> None:
+        """As ``RedisReplayStore.check``."""
+        await self.ping()
+        try:
+            reply = await self._client.config_get(*RedisLayout.CHECKED_SETTINGS)
+        except Exception:
+            reply = None
+        self._layout.check_config(reply)
 
     async def aclose(self) -> None:
         if self._owned:
             await self._client.aclose()
-
-    async def _ensure_marker(self) -> None:
-        # Once only: if this first attempt fails, a missing marker is left to the script
-        # (Redis' own time), never set later to this store's creation time.
-        if not self._marker_set:
-            self._marker_set = True
-            await self._client.set(self._layout.epoch_key, self._marker_ms, nx=True)
 
     async def __aenter__(self) -> AsyncRedisReplayStore:
         return self

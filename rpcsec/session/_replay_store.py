@@ -279,8 +279,20 @@ class AsyncMemoryReplayStore:
     """``MemoryReplayStore`` behind the ``AsyncReplayStore`` interface (it never blocks on
     I/O, so the coroutines just call it)."""
 
-    def __init__(self, store: MemoryReplayStore | None = None, **kwargs: object) -> None:
-        self.store = store if store is not None else MemoryReplayStore(**kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        store: MemoryReplayStore | None = None,
+        *,
+        max_tickets: int = DEFAULT_MAX_TICKETS,
+        max_revoked: int = DEFAULT_MAX_REVOKED,
+        window: int = DEFAULT_WINDOW,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if store is None:
+            store = MemoryReplayStore(
+                max_tickets=max_tickets, max_revoked=max_revoked, window=window, clock=clock
+            )
+        self.store = store
 
     async def claim(
         self,

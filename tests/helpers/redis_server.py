@@ -54,13 +54,17 @@ def _free_port() -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1; restartable on the same port."""
 
-    def __init__(self, directory: pathlib.Path, *, timeout: float = 15.0) -> None:
+    def __init__(
+        self, directory: pathlib.Path, *, timeout: float = 15.0, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.directory = pathlib.Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.timeout = timeout
+        self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen[str] | None = None
         self._log: list[str] = []
+        self._started = False
 
     @property
     def url(self) -> str:
@@ -69,10 +73,13 @@ class RedisServer:
     def start(self) -> RedisServer:
         if self.process is not None:
             raise RuntimeError("redis-server already running")
-        for _attempt in range(3):
+        # A restart must come back on the same port (clients hold the URL); a first start
+        # that lost a race for its port tries another.
+        for _attempt in range(1 if self._started else 3):
             if self._start_once():
+                self._started = True
                 return self
-            self.port = _free_port()  # lost a race for the port: try another
+            self.port = _free_port()
         raise RuntimeError("redis-server did not start:\n" + "".join(self._log[-20:]))
 
     def _start_once(self) -> bool:
@@ -86,6 +93,7 @@ class RedisServer:
             "--appendonly", "no",
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
+            *self.extra_args,
         ]  # fmt: skip
         process = subprocess.Popen(
             command,
