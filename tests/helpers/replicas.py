@@ -14,7 +14,10 @@ sleep::
         assert set(group.served_by().values()) ...
 
 Every handler execution is logged by the replica (``counts-NAME.jsonl`` in the group's
-directory), so ``executions()`` says how often each (method, request id) ran and where.
+directory), so ``executions()`` says how often each (method, request id) ran, where, as whom,
+and with which request metadata (what a proxy added). ``ContinuousTraffic`` keeps calls going
+from background threads while a test restarts replicas, and waits on their progress.
+A stopping replica drains like a pod (``grace``); ``Replica.kill()`` is a crash.
 
 ``interceptor_kwargs`` is any JSON object and goes verbatim to ``SecurityInterceptor(**kwargs)``
 in every replica: options the session layer adds (a ticket key ring directory, a replay store
