@@ -153,3 +153,33 @@ def test_eviction_never_kills_a_stream_in_flight(x509_setup, serve) -> None:
             sent.put(None)
             assert list(replies) == []
         assert stub.Say(echo_pb2.EchoRequest(text="again")).text == "again"
+
+
+def test_a_slow_stream_reader_is_never_taken_for_a_replay(x509_setup, serve) -> None:
+    # The client sealed the stream's messages early (gRPC pulled them); the handler reads them
+    # only after 200 other calls on the same context passed the replay window (64). They are
+    # checked by their (call, index) position, not by the window: the stream succeeds.
+    setup = x509_setup
+    gate = threading.Event()
+    first_read = threading.Event()
+
+    class SlowReader(EchoServicer):
+        def Collect(self, request_iterator, context):
+            texts = [next(request_iterator).text]
+            first_read.set()
+            gate.wait(20)
+            texts.extend(request.text for request in request_iterator)
+            return echo_pb2.EchoResponse(text="".join(texts))
+
+    interceptor = SecurityInterceptor(setup.server(), replay_window=64)
+    address = serve([interceptor], [SlowReader()])
+    with secure_channel(address, setup.client(), **setup.channel_options()) as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        stub.Say(echo_pb2.EchoRequest(text="bind"))
+        requests = [echo_pb2.EchoRequest(text=str(i % 10)) for i in range(20)]
+        future = stub.Collect.future(iter(requests))
+        assert first_read.wait(10)
+        for index in range(200):
+            assert stub.Say(echo_pb2.EchoRequest(text=str(index))).text == str(index)
+        gate.set()
+        assert future.result(timeout=20).text == "".join(r.text for r in requests)

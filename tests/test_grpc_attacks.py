@@ -250,8 +250,10 @@ def test_replayed_calls_and_messages(tapped) -> None:
     # An earlier call's request message inside a new, legitimate call.
     tap.requests = lambda method, messages: [first.requests[0]]
     assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="second"))) == "replay"
+    # An in-stream message is checked by its (call, position), not by the replay window: an
+    # earlier stream's message is protected for another call.
     tap.requests = lambda method, messages: [stream.requests[0], *messages[1:]]
-    assert _refused(lambda: stub.Collect(iter(requests))) == "replay"
+    assert _refused(lambda: stub.Collect(iter(requests))) == "message-altered"
 
     # A stream message that was never delivered (the attacker swallowed it) pasted into the
     # next stream: fresh sequence number, but protected for another call.

@@ -81,8 +81,12 @@ class CallProtection:
         if not token:
             raise InvalidTokenError("message is not a protected token")
         # ``encrypted=`` refuses a token of the other kind (MessageAlteredError) without building
-        # a MessageInfo per message.
-        return self.context.unwrap(token, aad=prefix + call_seq + pos, encrypted=encrypt)
+        # a MessageInfo per message. No replay window: the AAD binds the message to its call
+        # (accepted once) and position (opened in order), so a slow reader whose messages fall
+        # behind other calls' is never taken for a replay.
+        return self.context.unwrap(
+            token, aad=prefix + call_seq + pos, encrypted=encrypt, record=False
+        )
 
     def end_marker(self, prefix: bytes, call_seq: bytes, direction: int, count: int) -> bytes:
         """The signed end of a stream of ``count`` messages."""
@@ -91,7 +95,9 @@ class CallProtection:
     def check_end(
         self, prefix: bytes, call_seq: bytes, direction: int, count: int, token: bytes
     ) -> None:
-        self.context.verify(b"", token, aad=prefix + call_seq + position(direction | END, count))
+        self.context.verify(
+            b"", token, aad=prefix + call_seq + position(direction | END, count), record=False
+        )
 
     def altered(self, message: str) -> SecurityError:
         """The error for a stream that was cut or extended (the client's is an RpcError)."""

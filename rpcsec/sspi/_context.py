@@ -374,14 +374,14 @@ class SecurityContext:
         except struct.error:
             raise _exhausted() from None
 
-    def _parse_header(self, token: bytes, kind: int, minimum: int) -> int:
+    def _parse_header(self, token: bytes, kind: int, minimum: int, record: bool = True) -> int:
         if len(token) < minimum:
             raise InvalidTokenError("message token is truncated")
         if token[0] != kind:
             raise InvalidTokenError("message token has the wrong type")
         seq = int.from_bytes(token[1:9], "big")
         receive = self._receive
-        if receive is not None:
+        if receive is not None and record:
             receive.check(seq)
         return seq
 
@@ -403,14 +403,18 @@ class SecurityContext:
             raise _exhausted() from None
         return header + protector.sign(seq, header + aad, data)
 
-    def verify(self, data: bytes, signature: bytes, *, aad: bytes = b"") -> int:
+    def verify(
+        self, data: bytes, signature: bytes, *, aad: bytes = b"", record: bool = True
+    ) -> int:
         """VerifySignature: raises unless ``signature`` is the peer's over ``aad`` and ``data``.
-        Returns the sender's sequence number."""
+        Returns the sender's sequence number. ``record=False`` skips the replay window, for a
+        caller whose ``aad`` already makes the message unique and ordered (a binding's
+        in-stream messages, bound to their call and position)."""
         protector = self._ready()
-        seq = self._parse_header(signature, _KIND_MIC, HEADER_SIZE + 1)
+        seq = self._parse_header(signature, _KIND_MIC, HEADER_SIZE + 1, record)
         protector.verify(seq, bytes(signature[:HEADER_SIZE]) + aad, data, signature[HEADER_SIZE:])
         receive = self._receive
-        if receive is not None:
+        if receive is not None and record:
             receive.accept(seq)
         return seq
 
@@ -436,14 +440,22 @@ class SecurityContext:
             return protector.seal_token(seq, header, aad, data)
         return header + protector.sign(seq, header + aad, data) + data
 
-    def unwrap(self, token: bytes, *, aad: bytes = b"", encrypted: bool | None = None) -> bytes:
+    def unwrap(
+        self,
+        token: bytes,
+        *,
+        aad: bytes = b"",
+        encrypted: bool | None = None,
+        record: bool = True,
+    ) -> bytes:
         """DecryptMessage / integrity unwrap of a token made by the peer's ``wrap``.
 
         ``encrypted`` True (False) requires a sealed (signed-only) token, for callers that fix
         the protection level: the other kind raises ``MessageAlteredError``, so a peer cannot
-        turn a sealed exchange into a readable one. None accepts either.
+        turn a sealed exchange into a readable one. None accepts either. ``record=False``: as
+        for ``verify``.
         """
-        data, qop, _seq = self._unwrap(token, aad)
+        data, qop, _seq = self._unwrap(token, aad, record)
         if encrypted is not None and (qop == _QOP_DEFAULT) is not encrypted:
             raise MessageAlteredError("message protection does not match the expected level")
         return data
@@ -453,20 +465,20 @@ class SecurityContext:
         data, qop, seq = self._unwrap(token, aad)
         return data, MessageInfo(qop=qop, seq=seq)
 
-    def _unwrap(self, token: bytes, aad: bytes) -> tuple[bytes, int, int]:
+    def _unwrap(self, token: bytes, aad: bytes, record: bool = True) -> tuple[bytes, int, int]:
         protector = self._ready()
         if not token:
             raise InvalidTokenError("empty message token")
         kind = token[0]
         if kind == _KIND_WRAP:
-            seq = self._parse_header(token, _KIND_WRAP, HEADER_SIZE)
+            seq = self._parse_header(token, _KIND_WRAP, HEADER_SIZE, record)
             view = memoryview(token)
             body = view[HEADER_SIZE:] if protector.accepts_views else bytes(view[HEADER_SIZE:])
             data = protector.unseal(seq, bytes(view[:HEADER_SIZE]) + aad, body)
             qop = _QOP_DEFAULT
         elif kind == _KIND_SIGNED:
             size = protector.signature_size
-            seq = self._parse_header(token, _KIND_SIGNED, HEADER_SIZE + size)
+            seq = self._parse_header(token, _KIND_SIGNED, HEADER_SIZE + size, record)
             header = bytes(token[:HEADER_SIZE])
             data = bytes(token[HEADER_SIZE + size :])
             protector.verify(seq, header + aad, data, token[HEADER_SIZE : HEADER_SIZE + size])
@@ -474,7 +486,7 @@ class SecurityContext:
         else:
             raise InvalidTokenError("message token has the wrong type")
         receive = self._receive
-        if receive is not None:
+        if receive is not None and record:
             receive.accept(seq)
         return data, qop, seq
 
