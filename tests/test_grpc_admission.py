@@ -183,3 +183,61 @@ def test_a_slow_stream_reader_is_never_taken_for_a_replay(x509_setup, serve) -> 
             assert stub.Say(echo_pb2.EchoRequest(text=str(index))).text == str(index)
         gate.set()
         assert future.result(timeout=20).text == "".join(r.text for r in requests)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_max_lifetime_ends_an_admitted_stream_at_a_message_boundary(x509_setup, serve) -> None:
+    from rpcsec.grpc import reason_of
+    from rpcsec.sspi import ContextExpiredError
+
+    setup = x509_setup
+    clock = _Clock()
+    echo = EchoServicer()
+    interceptor = SecurityInterceptor(setup.server(), max_lifetime=60.0, clock=clock)
+    address = serve([interceptor], [echo])
+    with secure_channel(address, setup.client(), **setup.channel_options()) as channel:
+        sent: queue.Queue[echo_pb2.EchoRequest | None] = queue.Queue()
+        replies = echo_pb2_grpc.EchoStub(channel).Chat(iter(sent.get, None))
+        sent.put(echo_pb2.EchoRequest(text="a"))
+        assert next(replies).text == "A"
+        clock.now += 61  # the context's lifetime ends while the stream is open
+        sent.put(echo_pb2.EchoRequest(text="b"))
+        with pytest.raises(grpc.RpcError) as info:
+            next(replies)
+        sent.put(None)
+    assert isinstance(info.value, ContextExpiredError)  # typed, not UNKNOWN
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert reason_of(info.value) == "expired"
+    assert echo.calls == 1
+
+
+async def test_aio_max_lifetime_ends_an_admitted_stream(x509_setup, aio_serve) -> None:
+    from helpers.echo import AsyncEchoServicer
+
+    from rpcsec.grpc import aio as rpcsec_aio
+    from rpcsec.grpc import reason_of
+    from rpcsec.sspi import ContextExpiredError
+
+    setup = x509_setup
+    clock = _Clock()
+    interceptor = rpcsec_aio.SecurityInterceptor(setup.server(), max_lifetime=60.0, clock=clock)
+    address = await aio_serve([interceptor], [AsyncEchoServicer()])
+    async with rpcsec_aio.secure_channel(
+        address, setup.client(), **setup.channel_options()
+    ) as channel:
+        call = echo_pb2_grpc.EchoStub(channel).Chat()
+        await call.write(echo_pb2.EchoRequest(text="a"))
+        assert (await call.read()).text == "A"
+        clock.now += 61
+        await call.write(echo_pb2.EchoRequest(text="b"))
+        with pytest.raises(grpc.RpcError) as info:
+            await call.read()
+    assert isinstance(info.value, ContextExpiredError)
+    assert reason_of(info.value) == "expired"

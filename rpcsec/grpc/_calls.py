@@ -10,7 +10,10 @@ one AAD concatenation plus the core's wrap/unwrap; nothing else is allocated per
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rpcsec.sspi import (
+    ContextExpiredError,
     InvalidTokenError,
     MessageAlteredError,
     ProtectionLevel,
@@ -141,7 +144,16 @@ class _Direction:
     """One stream direction of one call: what every message of it is bound to, and how many
     have passed."""
 
-    __slots__ = ("_call_seq", "_direction", "_encrypt", "_prefix", "_protection", "count")
+    __slots__ = (
+        "_call_seq",
+        "_clock",
+        "_direction",
+        "_encrypt",
+        "_expires_at",
+        "_prefix",
+        "_protection",
+        "count",
+    )
 
     def __init__(
         self,
@@ -150,13 +162,24 @@ class _Direction:
         call_seq: bytes,
         direction: int,
         encrypt: bool,
+        expires_at: float | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._protection = protection
         self._prefix = prefix
         self._call_seq = call_seq
         self._direction = direction
         self._encrypt = encrypt
+        # The server ends an admitted stream at the first message boundary past the context's
+        # lifetime (``max_lifetime``), with a typed ``expired`` refusal.
+        self._expires_at = expires_at if clock is not None else None
+        self._clock = clock
         self.count = 0
+
+    def _check_lifetime(self) -> None:
+        expires_at = self._expires_at
+        if expires_at is not None and self._clock() >= expires_at:  # type: ignore[misc]
+            raise ContextExpiredError("the security context expired during the stream")
 
 
 class Outbound(_Direction):
@@ -165,6 +188,8 @@ class Outbound(_Direction):
     __slots__ = ()
 
     def seal(self, payload: bytes) -> bytes:
+        if self._expires_at is not None:
+            self._check_lifetime()
         index = self.count
         self.count = index + 1
         return self._protection.seal(
@@ -194,8 +219,10 @@ class Inbound(_Direction):
         call_seq: bytes,
         direction: int,
         encrypt: bool,
+        expires_at: float | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        super().__init__(protection, prefix, call_seq, direction, encrypt)
+        super().__init__(protection, prefix, call_seq, direction, encrypt, expires_at, clock)
         self.ended = False
         self.error: Exception | None = None
 
@@ -205,6 +232,8 @@ class Inbound(_Direction):
         try:
             if self.ended:
                 raise self._protection.altered("message after the end of the stream")
+            if self._expires_at is not None:
+                self._check_lifetime()
             if token[:1] == _END_BYTE:
                 self._protection.check_end(
                     self._prefix, self._call_seq, self._direction, self.count, token

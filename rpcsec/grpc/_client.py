@@ -37,6 +37,7 @@ from rpcsec.sspi import (
 
 from ._binding import ChannelSecurity, ClientBound
 from ._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
+from ._client_errors import typed_expiry
 from ._proto import handshake_pb2
 from ._recovery import MAX_TRANSPORT_ATTEMPTS
 from ._session import SessionCore
@@ -527,7 +528,10 @@ class _ResponseStream(grpc.Call):
                     )
                     inbound = self._inbound
                     continue
-                raise
+                typed = typed_expiry(exc)
+                if typed is exc:
+                    raise
+                raise typed from exc
             try:
                 data = inbound.open(token)
             except SecurityError:

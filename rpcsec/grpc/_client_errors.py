@@ -14,11 +14,11 @@ from typing import Any
 
 import grpc
 
-from rpcsec.sspi import SecurityError
+from rpcsec.sspi import ContextExpiredError, SecurityError
 
-from ._status import REASON_KEY, details_for, status_for
+from ._status import REASON_KEY, details_for, reason_of, status_for
 
-__all__ = ["ClientDetected", "as_rpc_error"]
+__all__ = ["ClientDetected", "as_rpc_error", "typed_expiry"]
 
 
 class ClientDetected(grpc.RpcError):
@@ -41,6 +41,14 @@ class ClientDetected(grpc.RpcError):
 
 
 _CLASSES: dict[type[SecurityError], type[SecurityError]] = {}
+
+
+def typed_expiry(error: BaseException) -> BaseException:
+    """A stream the server ended because the context's lifetime ran out (``expired``) as a
+    ``ContextExpiredError`` that is also a ``grpc.RpcError``; any other error as it is."""
+    if reason_of(error) != "expired":
+        return error
+    return as_rpc_error(ContextExpiredError("the server ended the stream: the context expired"))
 
 
 def as_rpc_error(error: SecurityError) -> SecurityError:

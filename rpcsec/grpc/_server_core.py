@@ -91,10 +91,18 @@ def not_run_token(error: BaseException) -> bytes | None:
 class ServerCall:
     """One admitted call: the caller's token and the keys to its messages."""
 
-    __slots__ = ("call_seq", "encrypt", "entry", "prefix", "protection", "token")
+    __slots__ = ("call_seq", "clock", "encrypt", "entry", "prefix", "protection", "token")
 
-    def __init__(self, entry: ContextEntry, prefix: bytes, call_seq: bytes, token: AccessToken):
+    def __init__(
+        self,
+        entry: ContextEntry,
+        prefix: bytes,
+        call_seq: bytes,
+        token: AccessToken,
+        clock: Callable[[], float] | None = None,
+    ):
         self.entry = entry
+        self.clock = clock
         self.protection: CallProtection = entry.protection
         self.prefix = prefix
         self.call_seq = call_seq
@@ -107,10 +115,26 @@ class ServerCall:
         )
 
     def inbound(self) -> Inbound:
-        return Inbound(self.protection, self.prefix, self.call_seq, REQUEST, self.encrypt)
+        return Inbound(
+            self.protection,
+            self.prefix,
+            self.call_seq,
+            REQUEST,
+            self.encrypt,
+            self.entry.expires_at,
+            self.clock,
+        )
 
     def outbound(self) -> Outbound:
-        return Outbound(self.protection, self.prefix, self.call_seq, RESPONSE, self.encrypt)
+        return Outbound(
+            self.protection,
+            self.prefix,
+            self.call_seq,
+            RESPONSE,
+            self.encrypt,
+            self.entry.expires_at,
+            self.clock,
+        )
 
 
 class ServerSecurity:
@@ -293,7 +317,7 @@ class ServerSecurity:
             self.tickets.claim(ticket_id, call_seq, entry.expires_at or 0.0, entry.issued_at)
         if method.authorize:
             self.policy.check(method.method, token)
-        return ServerCall(entry, entry.msg_label + method.part, call_seq, token)
+        return ServerCall(entry, entry.msg_label + method.part, call_seq, token, self.clock)
 
     def open_unary(
         self, metadata: Sequence[Any] | None, method: ServerMethod, request: bytes

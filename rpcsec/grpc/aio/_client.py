@@ -32,6 +32,7 @@ from rpcsec.sspi import (
 from .._binding import ChannelSecurity, ClientBound
 from .._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from .._client import DEFAULT_HANDSHAKE_TIMEOUT, _parse_response
+from .._client_errors import typed_expiry
 from .._recovery import LOST_STATUS
 from .._session import SessionCore
 from .._status import REASON_KEY, error_from_rpc
@@ -410,9 +411,10 @@ class _StreamResponse(_Call):
                     self._attempt += 1
                     started = await self._restart(started)
                     continue
-                if exc is raised:
+                typed = typed_expiry(exc)
+                if typed is raised:
                     raise
-                raise exc from None
+                raise typed from raised
             if token is EOF:
                 inbound.finish()
                 return EOF
