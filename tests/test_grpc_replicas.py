@@ -335,3 +335,16 @@ def test_redis_killed_mid_traffic_fails_closed_then_recovers(
             assert cluster.calls > before
     finally:
         redis.stop()
+
+
+def test_server_options_are_checked(x509_setup, tmp_path) -> None:
+    from rpcsec.session import AsyncMemoryReplayStore, KeyRingError
+
+    with pytest.raises(TypeError):
+        SecurityInterceptor(x509_setup.server(), replay_store=AsyncMemoryReplayStore())
+    with pytest.raises(TypeError):
+        SecurityInterceptor(x509_setup.server(), replay_store=object())
+    with pytest.raises(KeyRingError):  # no ring there
+        SecurityInterceptor(x509_setup.server(), ticket_keys=tmp_path / "nothing")
+    with pytest.raises(TypeError):
+        SecurityInterceptor(x509_setup.server(), trusted_proxies="10.0.0.1")

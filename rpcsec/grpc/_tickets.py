@@ -20,6 +20,7 @@ replica other than the handshake's cannot act for the caller (DELEGATION_REQUIRE
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import secrets
@@ -66,6 +67,13 @@ class ContextTickets:
             getattr(store, "revoke", None)
         ):
             raise TypeError("replay_store must be a ReplayStore (claim / revoke)")
+        if inspect.iscoroutinefunction(store.claim):
+            # Admission runs synchronously on both servers today; an awaitable verdict would be
+            # an unawaited coroutine (refused, but only by accident). Say so at once.
+            raise TypeError(
+                "replay_store must be a synchronous ReplayStore (RedisReplayStore, not "
+                "AsyncRedisReplayStore), also for the asyncio interceptor"
+            )
         self.ring = ring
         self.store = store
         self._credentials = credentials
