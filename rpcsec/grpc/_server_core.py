@@ -194,12 +194,13 @@ class ServerSecurity:
         a package that cannot export -- remember it here under a random handle."""
         tickets = self.tickets
         if tickets is not None:
+            caller = context.peer  # with any delegated credentials (not in the ticket); read
+            # before the export, which retires the exporter
             try:
                 ticket, continued, ticket_id, expires_at, issued_at = tickets.issue(context)
             except InvalidStateError:
                 pass  # not exportable: process-local
             else:
-                caller = context.peer  # with any delegated credentials (not in the ticket)
                 context.delete()
                 self.table.insert(
                     self._ticket_entry(

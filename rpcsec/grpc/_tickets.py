@@ -12,6 +12,11 @@ context; the table only caches opened tickets. Because every replica holds the s
   the context's own send counter, which every replica would start at the same number;
 * release revokes the ticket id in the store, which every replica consults on every call.
 
+ImportSecurityContext may open one export blob once per credentials handle (harden-core's
+ledger): then a replica re-opens a ticket whose cache entry it dropped (idle, evicted) only
+if its handle allows it, and otherwise answers ``context-unknown`` (the client re-binds);
+other replicas are unaffected (each has its own handle).
+
 A package whose contexts cannot be exported (kerberos with MIT's own wrap) keeps a
 process-local random handle instead: such a context is served by the replica that made it.
 Delegated credentials (a forwarded TGT, an x509 proxy key) are not sealed: a handler on a
@@ -21,7 +26,6 @@ replica other than the handshake's cannot act for the caller (DELEGATION_REQUIRE
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import secrets
 from collections.abc import Callable, Mapping
@@ -111,7 +115,6 @@ class ContextTickets:
         """Seal an established context: (ticket, the context continued from the ticket's own
         state, ticket id, expires_at, issued_at). ``InvalidStateError`` if it cannot be
         exported (the caller then keeps it process-local)."""
-        blob = context.export()
         now = self._clock()
         expires_at = now + self.ring.max_ticket_lifetime
         if self._max_lifetime is not None:
@@ -120,6 +123,7 @@ class ContextTickets:
             expires_at = min(expires_at, context.expires_at)
         if expires_at <= now:
             raise InvalidStateError("context expires before a ticket could be used")
+        blob = context.export()  # last: an export retires the exporter
         ticket_id = secrets.token_bytes(TICKET_ID_SIZE)
         ticket = self.ring.seal(blob, ticket_id=ticket_id, expires_at=expires_at, issued_at=now)
         continued = import_security_context(blob, context.credentials, clock=self._clock)
@@ -131,14 +135,17 @@ class ContextTickets:
         (context, ticket id, expires_at, issued_at). Anything wrong with it is
         ``context-unknown`` (or ``expired``); the peer learns nothing more."""
         opened = self.ring.open(ticket)
-        try:
-            name = json.loads(opened.state)["package"]
-            credentials = self._credentials[str(name).lower()]
-            context = import_security_context(opened.state, credentials, clock=self._clock)
-        except SecurityError as exc:
-            raise InvalidHandleError("ticket state cannot be continued here") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidHandleError("ticket state is malformed") from exc
+        context: Any = None
+        for credentials in self._credentials.values():  # the blob names its package
+            try:
+                context = import_security_context(opened.state, credentials, clock=self._clock)
+                break
+            except SecurityError:
+                continue  # another package's credentials, or (once per handle) opened before
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InvalidHandleError("ticket state is malformed") from exc
+        if context is None:
+            raise InvalidHandleError("ticket state cannot be continued here")
         if not isinstance(context, ServerContext):
             raise InvalidHandleError("ticket does not hold a server context")
         return context, opened.ticket_id, opened.expires_at, opened.issued_at
