@@ -785,3 +785,32 @@ def test_redis_store_refuses_a_bad_target() -> None:
         RedisReplayStore(12)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         RedisReplayStore("redis://127.0.0.1:1/0", timeout=0)
+
+
+def test_the_session_micro_benchmark_runs(tmp_path) -> None:
+    """``python -m benchmarks.session_store --quick`` runs end to end against a real Redis
+    (timings are never asserted; this keeps the benchmark from rotting)."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    from helpers.redis_server import require_redis
+
+    require_redis()
+    root = pathlib.Path(__file__).resolve().parent.parent
+    out = tmp_path / "session.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.session_store", "--quick", "--json", str(out)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["ticket_bytes"] == 77 + 600
+    for name in ("open (memory ring)", "claim (memory)", "claim (redis, sync)"):
+        assert results[name]["median"] > 0
