@@ -191,11 +191,40 @@ def _token(key: Any, subject: str = "spiffe://bench.rpcsec.test/user/alice") -> 
     return str(jwt.encode(claims, key, algorithm=JWT_ALGORITHM))
 
 
-def replica_interceptor_kwargs(directory: pathlib.Path) -> dict[str, Any]:
-    """``SecurityInterceptor`` options every replica of ``envoy_rr3_x509_*`` gets (JSON). The
-    session layer (issue 9) puts here what replicas share -- a ticket key ring, the Redis replay
-    store -- once those options exist; today there are none."""
-    return {}
+def replica_interceptor_kwargs(
+    directory: pathlib.Path, redis_url: str | None = None
+) -> dict[str, Any]:
+    """``SecurityInterceptor`` options every replica of ``envoy_rr3_x509_*`` gets (JSON): what
+    replicas share (issue 9) -- one ticket key ring directory, made here, and the Redis replay
+    store when one runs (else each replica's memory store: replays are then refused only by
+    the replica that saw the request)."""
+    from rpcsec.session import TicketKeyRing
+
+    ring = directory / "ticket-ring"
+    if not ring.exists():
+        TicketKeyRing.create(ring)
+    kwargs: dict[str, Any] = {"ticket_keys": str(ring)}
+    if redis_url is not None:
+        kwargs["replay_store"] = redis_url
+    return kwargs
+
+
+def _start_redis(directory: pathlib.Path, alt: Alternatives) -> str | None:
+    """A real redis-server for the replicas' shared replay store, if the machine has one."""
+    from ._proxies import TESTS
+
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    from helpers.redis_server import RedisServer, redis_unavailable_reason
+
+    reason = redis_unavailable_reason()
+    if reason is not None:
+        alt.notes.append(f"envoy_rr3_x509_*: memory replay stores ({reason})")
+        return None
+    server = RedisServer(directory / "redis").start()
+    alt._stops.append(server.stop)
+    alt.notes.append("envoy_rr3_x509_*: replay store = one real Redis shared by the replicas")
+    return server.url
 
 
 @dataclass
@@ -328,7 +357,7 @@ def _replicas(
     from ._proxies import Replicas
 
     spec = server_spec(pki, [identity])
-    spec["interceptor_kwargs"] = replica_interceptor_kwargs(directory)
+    spec["interceptor_kwargs"] = replica_interceptor_kwargs(directory, _start_redis(directory, alt))
     group = Replicas.start(REPLICAS, spec, env, directory)
     alt._stops.append(group.stop)
     plain_address = group.address("plain")

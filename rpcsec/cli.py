@@ -442,6 +442,8 @@ def add_probe_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     )
     probe.add_argument("--timeout", type=float, default=10.0, help="handshake timeout, seconds")
     probe.set_defaults(handler=_probe)
+
+
 def _keyring_create(args: argparse.Namespace) -> int:
     from rpcsec.session import TicketKeyRing
 

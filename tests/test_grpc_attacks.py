@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 import pytest
 from helpers.echo import AdminServicer, EchoServicer
+from helpers.grpc_setup import forget_contexts
 from helpers.wiretap import Wiretap, craft_call, craft_stream_call, flip
 
 from rpcsec.grpc import SecurityInterceptor, reason_of, secure_channel
@@ -25,7 +26,6 @@ from rpcsec.grpc._proto import handshake_pb2
 from rpcsec.sspi import (
     ClientContext,
     MessageAlteredError,
-    ReplayError,
     SecurityError,
 )
 
@@ -141,20 +141,58 @@ def test_expired_and_idle_contexts(package_setup, serve) -> None:
         metadata, token, _ = craft_call(context, handle, SAY, _say("fresh"))
         say(token, metadata=metadata)
 
-        clock.now += 20  # 65 s > max_lifetime: the server refuses the context as expired
-        metadata, token, _ = craft_call(context, handle, SAY, _say("late"))
-        assert _refused(lambda: say(token, metadata=metadata)) == "expired"
-        assert len(interceptor.contexts) == 0
-        # ... and the secure channel re-binds transparently (the handler never ran).
+        clock.now += 20  # 65 s > max_lifetime: the server refuses the context as expired,
+        # signing that the channel's call did not run: the channel re-binds and sends it again
+        # (the handler runs once).
+        calls = echo.calls
         assert stub.Say(echo_pb2.EchoRequest(text="again")).text == "again"
+        assert echo.calls == calls + 1
         assert len(interceptor.contexts) == 1
         handle2 = tap.app_calls()[-1].value("rpcsec-context-bin")
         assert handle2 != handle
+        # The expired context stays expired: its ticket says so, on any replica.
+        metadata, token, _ = craft_call(context, handle, SAY, _say("late"))
+        assert _refused(lambda: say(token, metadata=metadata)) == "expired"
 
-        clock.now += 31  # idle too long: forgotten, reported as unknown
-        metadata, token, _ = craft_call(channel.security_context, handle2, SAY, _say("idle"))
-        assert _refused(lambda: say(token, metadata=metadata)) == "context-unknown"
+        for _ in range(2):  # keep it from idling until its lifetime ends
+            clock.now += 25
+            stub.Say(echo_pb2.EchoRequest(text="keep"))
+        clock.now += 11  # 61 s > max_lifetime
+        metadata, token, _ = craft_call(channel.security_context, handle2, SAY, _say("late"))
+        with pytest.raises(grpc.RpcError) as info:
+            say(token, metadata=metadata)
+        assert reason_of(info.value) == "expired"
+        # A fresh call made with the context gets the signed "did not run" (the crafted call
+        # is the client's own); the server has forgotten the context now.
+        assert any(key == "rpcsec-not-run-bin" for key, _ in info.value.trailing_metadata())
+        assert len(interceptor.contexts) == 0
+        # That call never reached the channel: its next call meets the expired ticket with no
+        # cached entry to sign with, which proves nothing about whether it ran: it fails, and
+        # the one after re-binds.
+        assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="x"))) == "expired"
         assert stub.Say(echo_pb2.EchoRequest(text="rebound")).text == "rebound"
+        handle3 = tap.app_calls()[-1].value("rpcsec-context-bin")
+
+        # Idle too long: the cache forgets the entry, but the ticket still opens (idle_timeout
+        # bounds memory; max_lifetime bounds the context's life).
+        # A replica re-opens the ticket, unless its credentials handle opens an export once
+        # (then context-unknown: the client re-binds). Either way nothing runs twice.
+        clock.now += 31
+        calls = echo.calls
+        metadata, token, _ = craft_call(channel.security_context, handle3, SAY, _say("idle"))
+        try:
+            say(token, metadata=metadata)
+            reopened = True
+        except grpc.RpcError as exc:
+            assert reason_of(exc) == "context-unknown"
+            reopened = False
+        assert echo.calls == calls + int(reopened)
+        if reopened:
+            # The replay store refuses that request a second time, even when the ticket is
+            # opened afresh (a new entry has a new window of its own).
+            interceptor.contexts.discard(interceptor.contexts._entries[handle3])
+            assert _refused(lambda: say(token, metadata=metadata)) in {"replay", "context-unknown"}
+            assert echo.calls == calls + 1
         attacker.close()
 
 
@@ -221,8 +259,10 @@ def test_replayed_calls_and_messages(tapped) -> None:
     # An earlier call's request message inside a new, legitimate call.
     tap.requests = lambda method, messages: [first.requests[0]]
     assert _refused(lambda: stub.Say(echo_pb2.EchoRequest(text="second"))) == "replay"
+    # An in-stream message is checked by its (call, position), not by the replay window: an
+    # earlier stream's message is protected for another call.
     tap.requests = lambda method, messages: [stream.requests[0], *messages[1:]]
-    assert _refused(lambda: stub.Collect(iter(requests))) == "replay"
+    assert _refused(lambda: stub.Collect(iter(requests))) == "message-altered"
 
     # A stream message that was never delivered (the attacker swallowed it) pasted into the
     # next stream: fresh sequence number, but protected for another call.
@@ -300,7 +340,8 @@ def test_responses_replayed_or_pasted_into_another_call(tapped) -> None:
     first_response = tap.app_calls()[-1].responses[0]
 
     tap.responses = lambda method, messages: [first_response]
-    with pytest.raises(ReplayError):
+    # Bound to the call it answers (its per-call nonce and AAD): wrong for any other call.
+    with pytest.raises(MessageAlteredError):
         stub.Say(echo_pb2.EchoRequest(text="two"))
 
     # A response the client never saw, delivered as the answer to the next call.
@@ -390,7 +431,9 @@ def test_transparent_rebind_after_the_server_forgets(package_setup, serve) -> No
     echo = EchoServicer()
     interceptor = SecurityInterceptor(setup.server())
     address = serve([interceptor], [echo])
-    with secure_channel(address, setup.client(), **setup.channel_options()) as channel:
+    with secure_channel(
+        address, setup.client(), idempotent_methods=[SAY, REPEAT], **setup.channel_options()
+    ) as channel:
         stub = echo_pb2_grpc.EchoStub(channel)
         stub.Say(echo_pb2.EchoRequest(text="bind"))
         first = channel.security_context
@@ -400,10 +443,9 @@ def test_transparent_rebind_after_the_server_forgets(package_setup, serve) -> No
         ):
             interceptor.contexts.purge()  # nothing is stale yet: nothing dropped
             assert len(interceptor.contexts) == 1
-            # The server forgets the context (restart, eviction): the next unary-request call
-            # re-binds and is sent once more; the handler runs exactly once.
-            (entry,) = list(interceptor.contexts._entries)
-            interceptor.contexts.release(entry)
+            # The server forgets the context (restart, eviction): the next call of a method
+            # declared idempotent re-binds and is sent once more; the handler runs once.
+            forget_contexts(interceptor)
             calls = echo.calls
             assert call()
             assert echo.calls == calls + 1
@@ -411,8 +453,7 @@ def test_transparent_rebind_after_the_server_forgets(package_setup, serve) -> No
             first = channel.security_context
 
         # A request-streaming call cannot be sent again: it fails, the next call re-binds.
-        (entry,) = list(interceptor.contexts._entries)
-        interceptor.contexts.release(entry)
+        forget_contexts(interceptor)
         assert (
             _refused(lambda: stub.Collect(iter([echo_pb2.EchoRequest(text="a")])))
             == "context-unknown"
@@ -438,7 +479,9 @@ def test_real_server_restart(package_setup) -> None:
         return server, bound
 
     server, port = start()
-    channel = secure_channel(f"127.0.0.1:{port}", setup.client(), **setup.channel_options())
+    channel = secure_channel(
+        f"127.0.0.1:{port}", setup.client(), idempotent_methods=[SAY], **setup.channel_options()
+    )
     stub = echo_pb2_grpc.EchoStub(channel)
     try:
         assert stub.Say(echo_pb2.EchoRequest(text="before")).text == "before"
@@ -459,7 +502,8 @@ def test_eviction_keeps_the_table_bounded(package_setup, serve) -> None:
     interceptor = SecurityInterceptor(setup.server(), max_contexts=2)
     address = serve([interceptor], [EchoServicer()])
     channels = [
-        secure_channel(address, setup.client(), **setup.channel_options()) for _ in range(4)
+        secure_channel(address, setup.client(), idempotent_methods=[SAY], **setup.channel_options())
+        for _ in range(4)
     ]
     stubs = [echo_pb2_grpc.EchoStub(c) for c in channels]
     for _ in range(2):
@@ -615,8 +659,8 @@ def test_half_open_handshake_flood_from_one_peer(ntlm_setup, serve) -> None:
         assert interceptor.handshakes.peers == 1
         assert len(interceptor.contexts) == 0
         assert interceptor.handshakes.refused == 996
-        # A legitimate client (another connection) still binds and calls.
-        await asyncio.to_thread(_still_serves, setup, address)
+        # The limit is per client *host*: another connection of the flooding host is the same
+        # client (a client of another host binds at once: test_grpc_admission).
         # Past the timeout, the next handshake reaps the half-open ones (their streams are
         # cancelled, freeing the server threads they held).
         clock.now += 11

@@ -25,6 +25,7 @@ from rpcsec.grpc._status import passthrough_status, reason_of
 from rpcsec.grpc._table import ContextTable, HandshakeLimiter
 from rpcsec.grpc._wire import REQUEST, RESPONSE
 from rpcsec.security import EVERYONE, AccessToken, impersonate
+from rpcsec.session import ReplayStoreUnavailableError
 from rpcsec.sspi import (
     AccessDeniedError,
     BusyError,
@@ -74,6 +75,7 @@ def test_every_security_failure_maps_to_a_security_status() -> None:
         grpc.StatusCode.UNAUTHENTICATED,
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAVAILABLE,
     }
     for status in SecStatus:
         if not status.is_error:
@@ -84,6 +86,8 @@ def test_every_security_failure_maps_to_a_security_status() -> None:
     assert status_for(MessageAlteredError()) is grpc.StatusCode.UNAUTHENTICATED
     assert status_for(InvalidHandleError()) is grpc.StatusCode.UNAUTHENTICATED
     assert status_for(BusyError()) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    # The shared replay store did not answer: the handler never ran, the caller may retry.
+    assert status_for(ReplayStoreUnavailableError()) is grpc.StatusCode.UNAVAILABLE
 
 
 def test_reason_and_passthrough_of_rpc_errors() -> None:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._binding import REBIND_REASONS
 from ._client import SecureChannel, secure_channel
 from ._cloaking import get_default_credentials, set_default_credentials
 from ._policy import AuthorizationPolicy, AuthorizationRule, Decision
+from ._recovery import REBIND_REASONS
 from ._server import SecurityInterceptor, secure_server
 from ._status import REASON_KEY, error_from_rpc, reason_of, status_for
 from ._table import ContextTable, HandshakeLimiter

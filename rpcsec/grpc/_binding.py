@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import grpc
 
 from rpcsec._settings import effective_settings
 from rpcsec.security import _audit as audit
@@ -24,20 +26,19 @@ from rpcsec.sspi import (
     DelegationPolicyError,
     ImpersonationLevel,
     ProtectionLevel,
+    SecurityError,
     check_target_name,
 )
 
-from ._calls import CallProtection, MethodKeys
+from ._calls import CallProtection, ClientCallProtection, MethodKeys
 from ._cloaking import resolve_credentials
 from ._handshake import ClientNegotiation
-from ._status import reason_of
-from ._wire import CALL_KEY, CONTEXT_KEY, LEVEL_BYTES, SEQ_SLICE
+from ._recovery import REBIND_REASONS, Action, IdempotentMethods, RebindBackoff, decide
+from ._responses import ResponseKeys, TicketClientProtection
+from ._status import not_run_of, reason_of
+from ._wire import CALL_KEY, CONTEXT_KEY, LEVEL_BYTES, SEQ_SLICE, is_ticket
 
-__all__ = ["REBIND_REASONS", "ChannelSecurity", "ClientBound", "should_rebind"]
-
-# A call refused for one of these reasons never reached a handler: the server did not know or
-# no longer accepts the context. Re-binding and sending the call again once is safe.
-REBIND_REASONS = frozenset({"context-unknown", "expired"})
+__all__ = ["REBIND_REASONS", "ChannelSecurity", "ClientBound", "refusal_action"]
 
 _ALWAYS = ContextReq.INTEGRITY
 _ORDERING = ContextReq.REPLAY_DETECT | ContextReq.SEQUENCE_DETECT
@@ -68,7 +69,11 @@ class ClientBound:
         self.level = level
         self.encrypt = level is ProtectionLevel.PRIVACY
         self.generation = generation
-        self.protection = CallProtection(context, handle)
+        self.protection: CallProtection = (
+            TicketClientProtection(context, handle, ResponseKeys.of(context))
+            if is_ticket(handle)
+            else ClientCallProtection(context, handle)
+        )
         self._level_byte = LEVEL_BYTES[level]
         self._ctx_metadata = (CONTEXT_KEY, handle)
         self._metadata = (self._ctx_metadata,)
@@ -115,10 +120,13 @@ class ChannelSecurity:
         package_options: dict[str, Any] | None,
         lifetime: float | None = None,
         replay_window: int | None = None,
+        idempotent_methods: Iterable[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         settings = effective_settings(protection=protection, impersonation=impersonation)
         protection, impersonation = settings.protection, settings.impersonation
+        self.idempotent = IdempotentMethods(idempotent_methods)
+        self.backoff = RebindBackoff()
         if not isinstance(protection, ProtectionLevel) or protection not in LEVEL_BYTES:
             raise ValueError("protection must be ProtectionLevel.INTEGRITY or PRIVACY")
         if not isinstance(impersonation, ImpersonationLevel):
@@ -192,6 +200,41 @@ class ChannelSecurity:
             )
 
 
-def should_rebind(error: BaseException) -> bool:
-    """The server refused a call because it does not know (or no longer accepts) the context."""
-    return reason_of(error) in REBIND_REASONS
+def refusal_action(
+    error: BaseException,
+    *,
+    idempotent: bool,
+    resendable: bool,
+    attempt: int,
+    bound: ClientBound | None = None,
+    keys: MethodKeys | None = None,
+    call_seq: bytes | None = None,
+) -> Action:
+    """``_recovery.decide`` for a refused call's error (sync ``grpc.RpcError`` or aio);
+    ``bound``/``keys``/``call_seq`` name the call, to verify a signed "did not run"."""
+
+    def proven() -> bool:
+        if bound is None or keys is None or call_seq is None:
+            return False
+        token = not_run_of(error)
+        if token is None:
+            return False
+        try:
+            bound.protection.check_not_run(keys.not_run, call_seq, token)
+        except SecurityError:
+            return False  # forged or replayed: proves nothing
+        return True
+
+    code = getattr(error, "code", None)
+    try:
+        unavailable = callable(code) and code() is grpc.StatusCode.UNAVAILABLE
+    except Exception:
+        unavailable = False
+    return decide(
+        reason_of(error),
+        idempotent=idempotent,
+        resendable=resendable,
+        attempt=attempt,
+        proven_not_run=proven,
+        unavailable=unavailable,
+    )

@@ -10,13 +10,18 @@ one AAD concatenation plus the core's wrap/unwrap; nothing else is allocated per
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rpcsec.sspi import (
+    ContextExpiredError,
     InvalidTokenError,
     MessageAlteredError,
     ProtectionLevel,
     SecurityContext,
+    SecurityError,
 )
 
+from ._client_errors import as_rpc_error
 from ._wire import (
     END,
     END_MARKER_KIND,
@@ -26,11 +31,20 @@ from ._wire import (
     call_prefix,
     message_prefix,
     method_part,
+    not_run_prefix,
     open_aad,
     position,
 )
 
-__all__ = ["FIRST_REQUEST", "FIRST_RESPONSE", "CallProtection", "Inbound", "MethodKeys", "Outbound"]
+__all__ = [
+    "FIRST_REQUEST",
+    "FIRST_RESPONSE",
+    "CallProtection",
+    "ClientCallProtection",
+    "Inbound",
+    "MethodKeys",
+    "Outbound",
+]
 
 FIRST_REQUEST = position(REQUEST, 0)
 FIRST_RESPONSE = position(RESPONSE, 0)
@@ -39,7 +53,7 @@ FIRST_RESPONSE = position(RESPONSE, 0)
 class MethodKeys:
     """The constant parts of every signature over calls of one method on one context."""
 
-    __slots__ = ("call_aad", "method", "open_aad", "prefix")
+    __slots__ = ("call_aad", "method", "not_run", "open_aad", "prefix")
 
     def __init__(self, handle: bytes, method: str, level: ProtectionLevel) -> None:
         part = method_part(method)
@@ -47,6 +61,7 @@ class MethodKeys:
         self.call_aad = call_prefix(handle) + LEVEL_BYTES[level] + part
         self.open_aad = open_aad(handle, part)
         self.prefix = message_prefix(handle, part)
+        self.not_run = not_run_prefix(handle, part)
 
 
 class CallProtection:
@@ -69,8 +84,12 @@ class CallProtection:
         if not token:
             raise InvalidTokenError("message is not a protected token")
         # ``encrypted=`` refuses a token of the other kind (MessageAlteredError) without building
-        # a MessageInfo per message.
-        return self.context.unwrap(token, aad=prefix + call_seq + pos, encrypted=encrypt)
+        # a MessageInfo per message. No replay window: the AAD binds the message to its call
+        # (accepted once) and position (opened in order), so a slow reader whose messages fall
+        # behind other calls' is never taken for a replay.
+        return self.context.unwrap(
+            token, aad=prefix + call_seq + pos, encrypted=encrypt, record=False
+        )
 
     def end_marker(self, prefix: bytes, call_seq: bytes, direction: int, count: int) -> bytes:
         """The signed end of a stream of ``count`` messages."""
@@ -79,14 +98,62 @@ class CallProtection:
     def check_end(
         self, prefix: bytes, call_seq: bytes, direction: int, count: int, token: bytes
     ) -> None:
-        self.context.verify(b"", token, aad=prefix + call_seq + position(direction | END, count))
+        self.context.verify(
+            b"", token, aad=prefix + call_seq + position(direction | END, count), record=False
+        )
+
+    def altered(self, message: str) -> SecurityError:
+        """The error for a stream that was cut or extended (the client's is an RpcError)."""
+        return MessageAlteredError(message)
+
+    def not_run(self, prefix: bytes, call_seq: bytes) -> bytes:
+        """The server's signed "call ``call_seq`` did not run" (``prefix``: NOT_RUN_AAD)."""
+        return self.context.sign(b"", aad=prefix + call_seq)
+
+    def check_not_run(self, prefix: bytes, call_seq: bytes, token: bytes) -> None:
+        self.context.verify(b"", token, aad=prefix + call_seq)
+
+
+class ClientCallProtection(CallProtection):
+    """The client's ``CallProtection``: a response that does not verify raises its
+    ``SecurityError`` as a ``grpc.RpcError`` too (``_client_errors``)."""
+
+    __slots__ = ()
+
+    def open(
+        self, prefix: bytes, call_seq: bytes, pos: bytes, token: bytes, encrypt: bool
+    ) -> bytes:
+        try:
+            return CallProtection.open(self, prefix, call_seq, pos, token, encrypt)
+        except SecurityError as exc:
+            raise as_rpc_error(exc) from exc.__cause__
+
+    def check_end(
+        self, prefix: bytes, call_seq: bytes, direction: int, count: int, token: bytes
+    ) -> None:
+        try:
+            CallProtection.check_end(self, prefix, call_seq, direction, count, token)
+        except SecurityError as exc:
+            raise as_rpc_error(exc) from exc.__cause__
+
+    def altered(self, message: str) -> SecurityError:
+        return as_rpc_error(MessageAlteredError(message))
 
 
 class _Direction:
     """One stream direction of one call: what every message of it is bound to, and how many
     have passed."""
 
-    __slots__ = ("_call_seq", "_direction", "_encrypt", "_prefix", "_protection", "count")
+    __slots__ = (
+        "_call_seq",
+        "_clock",
+        "_direction",
+        "_encrypt",
+        "_expires_at",
+        "_prefix",
+        "_protection",
+        "count",
+    )
 
     def __init__(
         self,
@@ -95,13 +162,24 @@ class _Direction:
         call_seq: bytes,
         direction: int,
         encrypt: bool,
+        expires_at: float | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._protection = protection
         self._prefix = prefix
         self._call_seq = call_seq
         self._direction = direction
         self._encrypt = encrypt
+        # The server ends an admitted stream at the first message boundary past the context's
+        # lifetime (``max_lifetime``), with a typed ``expired`` refusal.
+        self._expires_at = expires_at if clock is not None else None
+        self._clock = clock
         self.count = 0
+
+    def _check_lifetime(self) -> None:
+        expires_at = self._expires_at
+        if expires_at is not None and self._clock() >= expires_at:  # type: ignore[misc]
+            raise ContextExpiredError("the security context expired during the stream")
 
 
 class Outbound(_Direction):
@@ -110,6 +188,8 @@ class Outbound(_Direction):
     __slots__ = ()
 
     def seal(self, payload: bytes) -> bytes:
+        if self._expires_at is not None:
+            self._check_lifetime()
         index = self.count
         self.count = index + 1
         return self._protection.seal(
@@ -139,8 +219,10 @@ class Inbound(_Direction):
         call_seq: bytes,
         direction: int,
         encrypt: bool,
+        expires_at: float | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        super().__init__(protection, prefix, call_seq, direction, encrypt)
+        super().__init__(protection, prefix, call_seq, direction, encrypt, expires_at, clock)
         self.ended = False
         self.error: Exception | None = None
 
@@ -149,7 +231,9 @@ class Inbound(_Direction):
             raise self.error
         try:
             if self.ended:
-                raise MessageAlteredError("message after the end of the stream")
+                raise self._protection.altered("message after the end of the stream")
+            if self._expires_at is not None:
+                self._check_lifetime()
             if token[:1] == _END_BYTE:
                 self._protection.check_end(
                     self._prefix, self._call_seq, self._direction, self.count, token
@@ -175,7 +259,7 @@ class Inbound(_Direction):
         if self.error is not None:
             raise self.error
         if not self.ended:
-            self.error = MessageAlteredError("stream ended without its end marker (truncated)")
+            self.error = self._protection.altered("stream ended without its end marker (truncated)")
             raise self.error
 
 

@@ -5,8 +5,10 @@ the multicallables instead: the underlying ones are made *without* serializers, 
 serializes then seals (EncryptMessage / integrity wrap), and opens then deserializes the
 response. The first call binds: one ``Negotiate`` stream runs the handshake (concurrent first
 calls share it); the granted attributes are checked before any application call is sent.
-A context the server no longer knows makes the channel re-bind and send a unary-request call
-once more (the handler cannot have run). ``close()`` releases the server's context.
+A refusal saying the server no longer knows the context makes the channel re-bind for the next
+call; the refused call itself is sent again only for a method declared idempotent (the refusal
+is not signed, so it proves nothing about whether the handler ran: see ``_recovery``).
+``close()`` releases the server's context.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from rpcsec.sspi import (
+    BusyError,
     ClientContext,
     ContextExpiredError,
     ContextReq,
@@ -32,9 +35,12 @@ from rpcsec.sspi import (
     SecurityError,
 )
 
-from ._binding import ChannelSecurity, ClientBound, should_rebind
+from ._binding import ChannelSecurity, ClientBound
 from ._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
+from ._client_errors import typed_expiry
 from ._proto import handshake_pb2
+from ._recovery import MAX_TRANSPORT_ATTEMPTS
+from ._session import SessionCore
 from ._status import error_from_rpc
 from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
@@ -62,51 +68,67 @@ def _parse_response(raw: bytes) -> handshake_pb2.NegotiateResponse:
 
 
 class _Session:
-    """One channel's binding: the current ``ClientBound`` and how to make a new one."""
+    """One channel's binding: the I/O shell over ``SessionCore`` (the handshake stream, the
+    lock that makes concurrent first calls share one handshake, the waits it asks for)."""
 
     def __init__(
         self, raw: grpc.Channel, security: ChannelSecurity, handshake_timeout: float
     ) -> None:
         self.raw = raw
         self.security = security
+        self.core = SessionCore(security)
         self._timeout = handshake_timeout
-        self._bound: ClientBound | None = None
         self._lock = threading.Lock()
-        self._closed = False
         self._negotiate = raw.stream_stream(NEGOTIATE_METHOD)
         self._release = raw.unary_unary(RELEASE_METHOD)
         self._check_caller = security.owner is not None
+        self.succeeded = self.core.succeeded
+        self.refused = self.core.refused
 
     @property
     def current(self) -> ClientBound | None:
-        return self._bound
+        return self.core.current
 
     def bound(self) -> ClientBound:
         """The established binding, binding first if there is none (or it expired)."""
         if self._check_caller:
             self.security.check_caller()
-        bound = self._bound
-        if bound is not None and bound.usable(self.security.clock()):
+        core = self.core
+        bound = core.usable()
+        if bound is not None:
             return bound
-        return self._bind(bound)
+        return self._bind(core.current)
 
     def _bind(self, stale: ClientBound | None) -> ClientBound:
+        core = self.core
         with self._lock:  # concurrent first calls share one handshake
-            if self._closed:
-                raise ValueError("the channel is closed")
-            bound = self._bound
-            if bound is not None and bound is not stale and bound.usable(self.security.clock()):
+            bound = core.usable(stale)
+            if bound is not None:
                 return bound
-            self._bound = None
-            bound = self._handshake()
-            self._bound = bound
+            time.sleep(core.before_bind())
+            bound = self._handshake_when_admitted()
+            core.established(bound)
             return bound
+
+    def _handshake_when_admitted(self) -> ClientBound:
+        """The handshake, tried again after ``busy`` within its deadline (no call ran: a
+        refused handshake is always safe to repeat)."""
+        deadline = time.monotonic() + self._timeout
+        attempt = 0
+        while True:
+            try:
+                return self._handshake()
+            except BusyError:
+                delay = self.core.busy(attempt, deadline - time.monotonic())
+                if delay is None:
+                    raise
+                attempt += 1
+                time.sleep(delay)
 
     def invalidate(self, bound: ClientBound) -> None:
         """The server does not know ``bound`` any more: the next call binds again."""
         with self._lock:
-            if self._bound is bound:
-                self._bound = None
+            self.core.invalidate(bound)
 
     def _handshake(self) -> ClientBound:
         negotiation = self.security.negotiation()
@@ -148,8 +170,7 @@ class _Session:
     def release(self) -> None:
         """DeleteSecurityContext on both sides; the release call is signed by the context."""
         with self._lock:
-            self._closed = True
-            bound, self._bound = self._bound, None
+            bound = self.core.close()
         if bound is not None:
             self._release_bound(bound)
 
@@ -166,7 +187,7 @@ class _Session:
 
 
 class _Multicallable:
-    __slots__ = ("_deserialize", "_method", "_raw", "_serialize", "_session")
+    __slots__ = ("_deserialize", "_idempotent", "_method", "_raw", "_serialize", "_session")
 
     def __init__(
         self,
@@ -181,6 +202,7 @@ class _Multicallable:
         self._method = method
         self._serialize = serialize or _identity
         self._deserialize = deserialize or _identity
+        self._idempotent = method in session.security.idempotent
 
     def _open_call(
         self, payload: bytes | None
@@ -203,6 +225,18 @@ class _Multicallable:
                     raise
                 session.invalidate(bound)  # expired between the check and the signature
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _opener(self, bound: ClientBound, keys: MethodKeys, call_seq: bytes) -> Callable:
+        deserialize = self._deserialize
+
+        def open_response(response: bytes) -> Any:
+            data = bound.protection.open(
+                keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt
+            )
+            self._session.succeeded()
+            return deserialize(data)
+
+        return open_response
 
 
 class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
@@ -246,7 +280,7 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
     ) -> tuple[Any, grpc.Call | None]:
         payload = self._serialize(request)
         send = self._raw.with_call if with_call else self._raw
-        for attempt in (0, 1):
+        for attempt in range(MAX_TRANSPORT_ATTEMPTS):
             bound, keys, call_seq, ours, token = self._open_call(payload)
             protection = bound.protection
             try:
@@ -259,12 +293,14 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
                     compression=compression,
                 )
             except grpc.RpcError as exc:
-                if attempt == 0 and should_rebind(exc):
-                    self._session.invalidate(bound)
+                if self._session.refused(
+                    bound, exc, self._idempotent, True, attempt, keys, call_seq
+                ):
                     continue
                 raise
             response, call = outcome if with_call else (outcome, None)
             data = protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
+            self._session.succeeded()
             return self._deserialize(data), call
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -277,9 +313,9 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> _VerifiedFuture:
-        """Binds first if needed (blocking); the call itself runs asynchronously. No
-        transparent re-bind: a refusal for ``context-unknown`` surfaces from ``result()``
-        and the next call binds again."""
+        """Binds first if needed (blocking); the call itself runs asynchronously. Never sent
+        twice: a refusal for ``context-unknown`` surfaces from ``result()`` and the next call
+        binds again."""
         bound, keys, call_seq, ours, token = self._open_call(self._serialize(request))
         raw = self._raw.future(
             token,
@@ -290,18 +326,6 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
             compression=compression,
         )
         return _VerifiedFuture(raw, self._session, bound, self._opener(bound, keys, call_seq))
-
-    def _opener(self, bound: ClientBound, keys: MethodKeys, call_seq: bytes) -> Callable:
-        deserialize = self._deserialize
-
-        def open_response(response: bytes) -> Any:
-            return deserialize(
-                bound.protection.open(
-                    keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt
-                )
-            )
-
-        return open_response
 
 
 class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
@@ -343,15 +367,20 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
         compression: grpc.Compression | None = None,
     ) -> tuple[Any, grpc.Call]:
         bound, keys, call_seq, ours, requests = self._start(request_iterator)
-        response, call = self._raw.with_call(
-            requests,
-            timeout=timeout,
-            metadata=_merge(ours, metadata),
-            credentials=credentials,
-            wait_for_ready=wait_for_ready,
-            compression=compression,
-        )
+        try:
+            response, call = self._raw.with_call(
+                requests,
+                timeout=timeout,
+                metadata=_merge(ours, metadata),
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+        except grpc.RpcError as exc:
+            self._session.refused(bound, exc, self._idempotent, False, 0)
+            raise
         data = bound.protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
+        self._session.succeeded()
         return self._deserialize(data), call
 
     def future(
@@ -372,16 +401,7 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
             wait_for_ready=wait_for_ready,
             compression=compression,
         )
-        deserialize = self._deserialize
-
-        def open_response(response: bytes) -> Any:
-            return deserialize(
-                bound.protection.open(
-                    keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt
-                )
-            )
-
-        return _VerifiedFuture(raw, self._session, bound, open_response)
+        return _VerifiedFuture(raw, self._session, bound, self._opener(bound, keys, call_seq))
 
 
 def _sealed_requests(
@@ -406,7 +426,7 @@ class _UnaryStream(_Multicallable, grpc.UnaryStreamMultiCallable):
     ) -> _ResponseStream:
         payload = self._serialize(request)
 
-        def start() -> tuple[Any, Inbound, ClientBound]:
+        def start() -> _Started:
             bound, keys, call_seq, ours, token = self._open_call(payload)
             protection = bound.protection
             raw = self._raw(
@@ -418,9 +438,9 @@ class _UnaryStream(_Multicallable, grpc.UnaryStreamMultiCallable):
                 compression=compression,
             )
             inbound = Inbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
-            return raw, inbound, bound
+            return raw, inbound, bound, keys, call_seq
 
-        return _ResponseStream(self._session, start, self._deserialize, retry=True)
+        return _ResponseStream(self._session, start, self._deserialize, retry=self._idempotent)
 
 
 class _StreamStream(_Multicallable, grpc.StreamStreamMultiCallable):
@@ -435,7 +455,7 @@ class _StreamStream(_Multicallable, grpc.StreamStreamMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> _ResponseStream:
-        def start() -> tuple[Any, Inbound, ClientBound]:
+        def start() -> _Started:
             bound, keys, call_seq, ours, _ = self._open_call(None)
             protection = bound.protection
             outbound = Outbound(protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
@@ -448,9 +468,14 @@ class _StreamStream(_Multicallable, grpc.StreamStreamMultiCallable):
                 compression=compression,
             )
             inbound = Inbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
-            return raw, inbound, bound
+            return raw, inbound, bound, keys, call_seq
 
-        return _ResponseStream(self._session, start, self._deserialize, retry=False)
+        return _ResponseStream(self._session, start, self._deserialize, retry=None)
+
+
+# One sending of a response-streaming call: the grpc call, its response cursor, the binding,
+# the method's keys and the call sequence.
+_Started = tuple[Any, Inbound, ClientBound, MethodKeys, bytes]
 
 
 class _ResponseStream(grpc.Call):
@@ -460,16 +485,20 @@ class _ResponseStream(grpc.Call):
     def __init__(
         self,
         session: _Session,
-        start: Callable[[], tuple[Any, Inbound, ClientBound]],
+        start: Callable[[], _Started],
         deserialize: Callable[[bytes], Any],
         *,
-        retry: bool,
+        retry: bool | None,
     ) -> None:
+        # retry: the method is idempotent (True) or not (False); None: its requests are a
+        # stream and cannot be sent again.
         self._session = session
         self._start = start
         self._deserialize = deserialize
-        self._retry = retry
-        self._raw, self._inbound, self._bound = start()
+        self._idempotent = bool(retry)
+        self._resendable = retry is not None
+        self._attempt = 0
+        self._raw, self._inbound, self._bound, self._keys, self._call_seq = start()
 
     def __iter__(self) -> _ResponseStream:
         return self
@@ -483,20 +512,33 @@ class _ResponseStream(grpc.Call):
                 inbound.finish()
                 raise
             except grpc.RpcError as exc:
-                if self._retry and inbound.count == 0 and should_rebind(exc):
-                    self._retry = False
-                    self._session.invalidate(self._bound)
-                    self._raw, self._inbound, self._bound = self._start()
+                resendable = self._resendable and inbound.count == 0
+                if self._session.refused(
+                    self._bound,
+                    exc,
+                    self._idempotent,
+                    resendable,
+                    self._attempt,
+                    self._keys,
+                    self._call_seq,
+                ):
+                    self._attempt += 1
+                    self._raw, self._inbound, self._bound, self._keys, self._call_seq = (
+                        self._start()
+                    )
                     inbound = self._inbound
                     continue
-                raise
-            self._retry = False
+                typed = typed_expiry(exc)
+                if typed is exc:
+                    raise
+                raise typed from exc
             try:
                 data = inbound.open(token)
             except SecurityError:
                 self._raw.cancel()
                 raise
             if data is None:
+                self._session.succeeded()
                 # The end marker: the transport must end here too (or report the status).
                 for extra in self._raw:
                     inbound.open(extra)
@@ -571,8 +613,7 @@ class _VerifiedFuture(grpc.Future, grpc.Call):
         try:
             response = self._raw.result(timeout)
         except grpc.RpcError as exc:
-            if should_rebind(exc):
-                self._session.invalidate(self._bound)
+            self._session.refused(self._bound, exc, False, False, 0)
             raise
         return self._opened(response)
 
@@ -739,6 +780,7 @@ def secure_channel(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     lifetime: float | None = None,
     replay_window: int | None = None,
+    idempotent_methods: Iterable[str] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> SecureChannel:
     """A channel to ``target`` whose calls are authenticated as ``credentials``.
@@ -755,7 +797,11 @@ def secure_channel(
     ClientContext (e.g. x509 ``delegate_to``). ``target`` may be an existing ``grpc.Channel``
     (it is then owned by the secure channel); otherwise ``options`` and
     ``channel_credentials`` (transport TLS, optional: rpcsec protects messages either way) make
-    one.
+    one. ``idempotent_methods`` (method paths, or ``/pkg.Service/`` for a whole service; the
+    proto's ``idempotency_level`` counts too) may be sent again after a refusal saying the
+    server does not know the context; any other call is never sent twice (the refusal is not
+    signed: a man in the middle can forge it after the handler ran). The channel re-binds for
+    the next call either way, with backoff.
     """
     security = ChannelSecurity(
         credentials,
@@ -766,6 +812,7 @@ def secure_channel(
         package_options=package_options,
         lifetime=lifetime,
         replay_window=replay_window,
+        idempotent_methods=idempotent_methods,
         clock=clock,
     )
     if isinstance(target, grpc.Channel):

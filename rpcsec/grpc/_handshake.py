@@ -25,7 +25,7 @@ from rpcsec.sspi import (
 )
 
 from ._proto import handshake_pb2
-from ._wire import HANDLE_SIZE
+from ._wire import HANDLE_SIZE, is_ticket
 
 __all__ = ["MAX_LEGS", "MAX_MESSAGE", "ClientNegotiation", "ServerNegotiation"]
 
@@ -72,7 +72,9 @@ class ClientNegotiation:
         if response.complete:
             if not self.context.complete or out is not None:
                 raise InvalidTokenError("server finished the handshake before the client")
-            if len(response.context_handle) != HANDLE_SIZE:
+            if len(response.context_handle) != HANDLE_SIZE and not is_ticket(
+                response.context_handle
+            ):
                 raise InvalidTokenError("server returned a malformed context handle")
             self.handle = bytes(response.context_handle)
             return None

@@ -37,7 +37,7 @@ from rpcsec.sspi import (
 
 from ._calls import Inbound
 from ._policy import AuthorizationPolicy
-from ._server_core import ServerMethod, ServerSecurity
+from ._server_core import ServerMethod, ServerSecurity, not_run_token
 from ._status import (
     details_for,
     passthrough_status,
@@ -80,6 +80,9 @@ def build_security(
     replay_window: int,
     package_options: Mapping[str, Mapping[str, Any]] | None,
     clock: Callable[[], float],
+    ticket_keys: Any = None,
+    replay_store: Any = None,
+    trusted_proxies: Iterable[str] = (),
 ) -> ServerSecurity:
     """The ``ServerSecurity`` both interceptors are built on (one argument list, two APIs)."""
     table = ContextTable(
@@ -99,6 +102,9 @@ def build_security(
         limiter=limiter,
         replay_window=replay_window,
         package_options=package_options,
+        ticket_keys=ticket_keys,
+        replay_store=replay_store,
+        trusted_proxies=trusted_proxies,
         clock=clock,
     )
 
@@ -119,7 +125,7 @@ def log_refusal(method: str, context: Any, error: BaseException, reason: str) ->
 def refuse(context: Any, error: SecurityError, method: str) -> NoReturn:
     """End the call with the status and reason for ``error`` (raises, as ``abort`` does)."""
     log_refusal(method, context, error, error.reason)
-    context.set_trailing_metadata(trailing_metadata_for(error.reason))
+    context.set_trailing_metadata(trailing_metadata_for(error.reason, not_run_token(error)))
     context.abort(status_for(error), details_for(error.reason))
     raise AssertionError("abort() returned")  # pragma: no cover
 
@@ -314,7 +320,7 @@ def _negotiate_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
 
     def negotiate(request_iterator: Iterator[bytes], context: Any) -> Iterator[bytes]:
         reaper.ensure_running()
-        peer = context.peer()
+        peer = security.admission_key(context.peer(), context.invocation_metadata())
         try:
             ticket = security.limiter.admit(peer, context.cancel)
         except BusyError as exc:
@@ -400,8 +406,19 @@ class InterceptorBase:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         replay_window: int = DEFAULT_WINDOW,
         package_options: Mapping[str, Mapping[str, Any]] | None = None,
+        ticket_keys: Any = None,
+        replay_store: Any = None,
+        trusted_proxies: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``trusted_proxies``: addresses or networks of the L7 proxies in front; the
+        per-client handshake limit then keys on the client address they forward
+        (``_admission``), otherwise on the direct peer's host.
+        ``ticket_keys``: the service's ``rpcsec.session.TicketKeyRing`` or its directory
+        (``rpcsec keyring``), shared by every replica; None generates one for this process.
+        ``replay_store``: the ``ReplayStore`` every replica shares (``RedisReplayStore``);
+        None: one in this process's memory. Handles are tickets any replica with the ring
+        opens (see ``rpcsec.grpc._tickets``)."""
         settings = effective_settings(credentials=credentials, policy=policy)
         self.security = build_security(
             credentials if credentials is not None else settings.inbound_credentials(),
@@ -415,6 +432,9 @@ class InterceptorBase:
             handshake_timeout=handshake_timeout,
             replay_window=replay_window,
             package_options=package_options,
+            ticket_keys=ticket_keys,
+            replay_store=replay_store,
+            trusted_proxies=trusted_proxies,
             clock=clock,
         )
         self._negotiate, self._release = self._handshake_handlers(self.security)

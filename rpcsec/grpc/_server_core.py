@@ -23,15 +23,20 @@ from rpcsec.sspi import (
     Credentials,
     CredentialUse,
     InvalidHandleError,
+    InvalidStateError,
     InvalidTokenError,
     ProtectionLevel,
+    SecurityError,
     ServerContext,
 )
 
+from ._admission import AdmissionKey
 from ._calls import FIRST_RESPONSE, CallProtection, Inbound, Outbound
 from ._handshake import ServerNegotiation
 from ._policy import AuthorizationPolicy
-from ._table import ContextEntry, ContextTable, HandshakeLimiter
+from ._responses import ResponseKeys, TicketServerProtection
+from ._table import ContextEntry, ContextTable, HandshakeLimiter, stale_entry
+from ._tickets import ContextTickets
 from ._wire import (
     CALL_KEY,
     CONTEXT_KEY,
@@ -43,11 +48,13 @@ from ._wire import (
     SEALED_KIND,
     SEQ_SLICE,
     SIGNED_KIND,
+    is_ticket,
     level_from_byte,
     method_part,
+    not_run_prefix,
 )
 
-__all__ = ["ServerCall", "ServerMethod", "ServerSecurity"]
+__all__ = ["ServerCall", "ServerMethod", "ServerSecurity", "not_run_token"]
 
 _BINDING_REQUIRES = ContextReq.INTEGRITY | ContextReq.REPLAY_DETECT
 _PRIVACY = ProtectionLevel.PRIVACY
@@ -77,13 +84,27 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def not_run_token(error: BaseException) -> bytes | None:
+    """The signed "this call did not run" a refusal carries (``_wire``: NOT_RUN_AAD), if any."""
+    token = getattr(error, "not_run", None)
+    return token if isinstance(token, bytes) else None
+
+
 class ServerCall:
     """One admitted call: the caller's token and the keys to its messages."""
 
-    __slots__ = ("call_seq", "encrypt", "entry", "prefix", "protection", "token")
+    __slots__ = ("call_seq", "clock", "encrypt", "entry", "prefix", "protection", "token")
 
-    def __init__(self, entry: ContextEntry, prefix: bytes, call_seq: bytes, token: AccessToken):
+    def __init__(
+        self,
+        entry: ContextEntry,
+        prefix: bytes,
+        call_seq: bytes,
+        token: AccessToken,
+        clock: Callable[[], float] | None = None,
+    ):
         self.entry = entry
+        self.clock = clock
         self.protection: CallProtection = entry.protection
         self.prefix = prefix
         self.call_seq = call_seq
@@ -96,10 +117,26 @@ class ServerCall:
         )
 
     def inbound(self) -> Inbound:
-        return Inbound(self.protection, self.prefix, self.call_seq, REQUEST, self.encrypt)
+        return Inbound(
+            self.protection,
+            self.prefix,
+            self.call_seq,
+            REQUEST,
+            self.encrypt,
+            self.entry.expires_at,
+            self.clock,
+        )
 
     def outbound(self) -> Outbound:
-        return Outbound(self.protection, self.prefix, self.call_seq, RESPONSE, self.encrypt)
+        return Outbound(
+            self.protection,
+            self.prefix,
+            self.call_seq,
+            RESPONSE,
+            self.encrypt,
+            self.entry.expires_at,
+            self.clock,
+        )
 
 
 class ServerSecurity:
@@ -116,9 +153,13 @@ class ServerSecurity:
         replay_window: int = DEFAULT_WINDOW,
         lifetime: float | None = None,
         package_options: Mapping[str, Mapping[str, Any]] | None = None,
+        ticket_keys: Any = None,
+        replay_store: Any = None,
+        trusted_proxies: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.credentials = _by_package(credentials)
+        self.admission_key = AdmissionKey(trusted_proxies)
         if policy is None:
             policy = AuthorizationPolicy.any_authenticated()
         if not isinstance(policy, AuthorizationPolicy):
@@ -135,6 +176,13 @@ class ServerSecurity:
         self._replay_window = replay_window
         self._lifetime = lifetime
         self._package_options = {k.lower(): dict(v) for k, v in (package_options or {}).items()}
+        self.tickets: ContextTickets | None = ContextTickets.default(
+            self.credentials,
+            ticket_keys=ticket_keys,
+            replay_store=replay_store,
+            max_lifetime=self.table.max_lifetime,
+            clock=clock,
+        )
 
     # -- handshakes ------------------------------------------------------------------------
 
@@ -142,14 +190,53 @@ class ServerSecurity:
         return ServerNegotiation(
             self.credentials,
             self._new_context,
-            lambda context: self._register(context, peer),
+            lambda context: self.register(context, peer),
             lambda error: audit.refusal(NEGOTIATE_METHOD, peer, error, handshake=True),
         )
 
-    def _register(self, context: ServerContext, peer: str) -> bytes:
-        handle = self.table.add(context, peer)
-        audit.logon(context.peer, peer)
-        return handle
+    def register(self, context: ServerContext, peer: str) -> bytes:
+        """Name an established context: seal it into a ticket (any replica opens it), or --
+        a package that cannot export -- remember it here under a random handle."""
+        caller = context.peer  # with any delegated credentials; read before the export,
+        # which retires the exporter
+        audit.logon(caller, peer)
+        tickets = self.tickets
+        if tickets is not None:
+            try:
+                ticket, continued, ticket_id, expires_at, issued_at = tickets.issue(context)
+            except InvalidStateError:
+                pass  # not exportable: process-local
+            else:
+                context.delete()
+                self.table.insert(
+                    self._ticket_entry(
+                        ticket, continued, peer, expires_at, ticket_id, issued_at, caller
+                    )
+                )
+                return ticket
+        return self.table.add(context, peer)
+
+    def _ticket_entry(
+        self,
+        ticket: bytes,
+        context: ServerContext,
+        peer: str,
+        expires_at: float,
+        ticket_id: bytes,
+        issued_at: float,
+        caller: AccessToken | None = None,
+    ) -> ContextEntry:
+        return ContextEntry(
+            ticket,
+            context,
+            peer,
+            self.clock(),
+            expires_at,
+            protection=TicketServerProtection(context, ticket, ResponseKeys.of(context)),
+            caller=caller,
+            ticket_id=ticket_id,
+            issued_at=issued_at,
+        )
 
     def _new_context(self, credentials: Credentials) -> ServerContext:
         kwargs: dict[str, Any] = {"replay_window": self._replay_window, "clock": self.clock}
@@ -174,52 +261,142 @@ class ServerSecurity:
                 header = item[1]
         if handle is None:
             raise InvalidHandleError("call carries no security context handle")
-        if not isinstance(handle, bytes) or len(handle) != HANDLE_SIZE:
+        if not isinstance(handle, bytes):
             raise InvalidHandleError("call carries a malformed security context handle")
-        return self.table.lookup(handle), header
+        ticket = is_ticket(handle)
+        if not ticket and len(handle) != HANDLE_SIZE:
+            raise InvalidHandleError("call carries a malformed security context handle")
+        tickets = self.tickets
+        if ticket and tickets is not None and tickets.ring.refresh():
+            self._drop_retired(tickets)  # the ring changed: no cached ticket outlives its key
+        try:
+            return self.table.lookup(handle), header
+        except InvalidHandleError as exc:
+            if not ticket or tickets is None:
+                raise
+            stale = stale_entry(exc)
+            if stale is not None:
+                self.table.discard(stale)  # idle: the cache forgets, the ticket still opens
+        assert self.tickets is not None
+        context, ticket_id, expires_at, issued_at = self.tickets.open(handle)
+        entry = self._ticket_entry(handle, context, "ticket", expires_at, ticket_id, issued_at)
+        self.table.insert(entry)
+        return entry, header
+
+    def _drop_retired(self, tickets: ContextTickets) -> None:
+        live = set(tickets.ring.key_names)
+        for entry in self.table.entries():
+            if entry.ticket_id is not None and entry.handle[1:17] not in live:
+                self.table.discard(entry)  # RFC 5077 layout: version:u8 | key_name[16] | ...
+
+    def _sign_not_run(
+        self, error: SecurityError, method: ServerMethod, verify: Callable[[ContextEntry], bytes]
+    ) -> None:
+        """A stale context refused a call before any handler ran: sign that, then forget it.
+
+        Only for a call whose opening token verifies and is fresh (``verify`` returns its call
+        sequence; the replay window records it, and for a ticket the shared replay store, so
+        no replica can run it later): a captured call replayed once the context went stale
+        has already run, so it gets no statement that it did not."""
+        entry = stale_entry(error)
+        if entry is None:
+            return
+        try:
+            call_seq = verify(entry)
+            if entry.ticket_id is not None:
+                assert self.tickets is not None
+                self.tickets.claim_refused(entry.ticket_id, call_seq, entry.issued_at)
+            token = entry.protection.not_run(not_run_prefix(entry.handle, method.part), call_seq)
+            error.not_run = token  # type: ignore[attr-defined]
+        except SecurityError:
+            pass  # not the client's fresh call, or the context cannot sign: refuse unsigned
+        finally:
+            if entry.ticket_id is None:
+                entry.context.delete()
 
     def _admit(
         self, entry: ContextEntry, method: ServerMethod, level: ProtectionLevel, call_seq: bytes
     ) -> ServerCall:
         token = entry.tokens[level]
+        ticket_id = entry.ticket_id
+        if ticket_id is not None:
+            assert self.tickets is not None
+            self.tickets.claim(ticket_id, call_seq, entry.expires_at or 0.0, entry.issued_at)
         if method.authorize:
             self.policy.check(method.method, token)
-        return ServerCall(entry, entry.msg_label + method.part, call_seq, token)
+        return ServerCall(entry, entry.msg_label + method.part, call_seq, token, self.clock)
 
     def open_unary(
         self, metadata: Sequence[Any] | None, method: ServerMethod, request: bytes
     ) -> tuple[ServerCall, bytes]:
         """Admit a single-request call, opened by its request message; returns the call and
         the request's payload, or raises the ``SecurityError`` that refuses it."""
-        entry, _ = self._find(metadata)
-        if not isinstance(request, bytes) or not request:
-            raise InvalidTokenError("call does not open with a protected message")
-        kind = request[0]
-        if kind == SEALED_KIND:
-            level = ProtectionLevel.PRIVACY
-        elif kind == SIGNED_KIND:
-            level = ProtectionLevel.INTEGRITY
-        else:
-            raise InvalidTokenError("call does not open with a protected message")
-        payload = entry.context.unwrap(
-            request, aad=entry.open_prefix + method.part, encrypted=level is _PRIVACY
-        )
-        return self._admit(entry, method, level, request[SEQ_SLICE]), payload
+        try:
+            entry, _ = self._find(metadata)
+        except SecurityError as exc:
+            self._sign_not_run(exc, method, lambda stale: _open_request(stale, method, request)[2])
+            raise
+        level, payload, call_seq = _open_request(entry, method, request)
+        return self._admit(entry, method, level, call_seq), payload
 
     def open_call(self, metadata: Sequence[Any] | None, method: ServerMethod) -> ServerCall:
         """Admit a request-streaming call, opened by the signed call header in its metadata."""
-        entry, header = self._find(metadata)
-        if not isinstance(header, bytes) or len(header) < 10 or header[1] != END_MARKER_KIND:
-            raise InvalidTokenError("call carries no valid call header")
-        level = level_from_byte(header[0])
-        if level is None:
-            raise InvalidTokenError("call header names an unknown protection level")
-        signature = header[1:]
-        entry.context.verify(b"", signature, aad=entry.call_prefix + header[:1] + method.part)
-        return self._admit(entry, method, level, signature[SEQ_SLICE])
+        try:
+            entry, header = self._find(metadata)
+        except SecurityError as exc:
+            header = _header(metadata)
+            self._sign_not_run(exc, method, lambda stale: _open_header(stale, method, header)[1])
+            raise
+        level, call_seq = _open_header(entry, method, header)
+        return self._admit(entry, method, level, call_seq)
 
     def release(self, call: ServerCall) -> None:
-        self.table.release(call.entry.handle)
+        """DeleteSecurityContext for the client: here, and for a ticket on every replica
+        (revoked in the replay store)."""
+        entry = call.entry
+        self.table.release(entry.handle)
+        if entry.ticket_id is not None and self.tickets is not None:
+            self.tickets.revoke(entry.ticket_id, entry.expires_at or 0.0, entry.issued_at)
+
+
+def _open_request(
+    entry: ContextEntry, method: ServerMethod, request: Any
+) -> tuple[ProtectionLevel, bytes, bytes]:
+    """Verify a single-request call's opening token: (level, payload, call sequence)."""
+    if not isinstance(request, bytes) or not request:
+        raise InvalidTokenError("call does not open with a protected message")
+    kind = request[0]
+    if kind == SEALED_KIND:
+        level = ProtectionLevel.PRIVACY
+    elif kind == SIGNED_KIND:
+        level = ProtectionLevel.INTEGRITY
+    else:
+        raise InvalidTokenError("call does not open with a protected message")
+    payload = entry.context.unwrap(
+        request, aad=entry.open_prefix + method.part, encrypted=level is _PRIVACY
+    )
+    return level, payload, request[SEQ_SLICE]
+
+
+def _open_header(
+    entry: ContextEntry, method: ServerMethod, header: Any
+) -> tuple[ProtectionLevel, bytes]:
+    """Verify a request-streaming call's signed call header: (level, call sequence)."""
+    if not isinstance(header, bytes) or len(header) < 10 or header[1] != END_MARKER_KIND:
+        raise InvalidTokenError("call carries no valid call header")
+    level = level_from_byte(header[0])
+    if level is None:
+        raise InvalidTokenError("call header names an unknown protection level")
+    signature = header[1:]
+    entry.context.verify(b"", signature, aad=entry.call_prefix + header[:1] + method.part)
+    return level, signature[SEQ_SLICE]
+
+
+def _header(metadata: Sequence[Any] | None) -> Any:
+    for item in metadata or ():
+        if item[0] == CALL_KEY:
+            return item[1]
+    return None
 
 
 def _by_package(credentials: Credentials | Iterable[Credentials]) -> dict[str, Credentials]:

@@ -30,7 +30,13 @@ from rpcsec.sspi import (
 from ._calls import CallProtection
 from ._wire import HANDLE_SIZE, call_prefix, message_prefix, open_aad
 
-__all__ = ["ContextEntry", "ContextTable", "HandshakeLimiter", "HandshakeTicket"]
+__all__ = [
+    "ContextEntry",
+    "ContextTable",
+    "HandshakeLimiter",
+    "HandshakeTicket",
+    "stale_entry",
+]
 
 _LOG = logging.getLogger("rpcsec.grpc")
 
@@ -50,27 +56,44 @@ class ContextEntry:
         "context",
         "expires_at",
         "handle",
+        "issued_at",
         "last_used",
         "msg_label",
         "open_prefix",
         "peer",
         "protection",
+        "ticket_id",
         "tokens",
     )
 
     def __init__(
-        self, handle: bytes, context: ServerContext, peer: str, now: float, expires_at: float | None
+        self,
+        handle: bytes,
+        context: ServerContext,
+        peer: str,
+        now: float,
+        expires_at: float | None,
+        *,
+        protection: CallProtection | None = None,
+        caller: AccessToken | None = None,
+        ticket_id: bytes | None = None,
+        issued_at: float = 0.0,
     ) -> None:
         self.handle = handle
         self.context = context
         self.peer = peer
-        self.protection = CallProtection(context, handle)
+        self.protection = protection or CallProtection(context, handle)
         self.call_prefix = call_prefix(handle)
         self.msg_label = message_prefix(handle, b"")
         self.open_prefix = open_aad(handle, b"")
         self.last_used = now
         self.expires_at = expires_at
-        caller: AccessToken = context.peer
+        # A ticket's entry is a cache of what the ticket says: the replay store, not this
+        # process, decides freshness, and dropping the entry forgets nothing.
+        self.ticket_id = ticket_id
+        self.issued_at = issued_at
+        if caller is None:
+            caller = context.peer
         # The caller's token as handlers see it, one per protection level a call may use.
         self.tokens: dict[ProtectionLevel, AccessToken] = {
             level: caller.replace(protection_level=level)
@@ -117,17 +140,24 @@ class ContextTable:
             own = now + self.max_lifetime
             expires_at = own if expires_at is None else min(expires_at, own)
         handle = secrets.token_bytes(HANDLE_SIZE)
-        entry = ContextEntry(handle, context, peer, now, expires_at)
+        self.insert(ContextEntry(handle, context, peer, now, expires_at))
+        return handle
+
+    def insert(self, entry: ContextEntry) -> None:
+        """Cache ``entry`` under its handle, evicting the least recently used beyond the
+        bound. An evicted process-local context is deleted (its client re-binds); an evicted
+        ticket is only forgotten here (its next call opens the ticket again, and a call in
+        flight on it finishes)."""
         evicted: list[ContextEntry] = []
         with self._lock:
-            self._entries[handle] = entry
+            self._entries[entry.handle] = entry
             while len(self._entries) > self.max_contexts:
                 evicted.append(self._entries.popitem(last=False)[1])
             self.evictions += len(evicted)
         for old in evicted:
             _LOG.info("context of %s evicted (table full)", old.tokens[ProtectionLevel.INTEGRITY])
-            old.context.delete()
-        return handle
+            if old.ticket_id is None:
+                old.context.delete()
 
     def lookup(self, handle: bytes) -> ContextEntry:
         """The entry for ``handle``; ``InvalidHandleError`` (context-unknown) if never known,
@@ -154,10 +184,15 @@ class ContextTable:
         with self._lock:
             if self._entries.get(handle) is entry:
                 del self._entries[handle]
-        entry.context.delete()
+        # The entry leaves the table now; its keys go with the refusal (``stale_entry``) so
+        # the server can sign that this call did not run, then delete the context.
+        error: InvalidHandleError | ContextExpiredError
         if idle is not None and now - last > idle:
-            raise InvalidHandleError("security context was idle too long and has been forgotten")
-        raise ContextExpiredError("security context has expired")
+            error = InvalidHandleError("security context was idle too long and has been forgotten")
+        else:
+            error = ContextExpiredError("security context has expired")
+        error.stale_entry = entry  # type: ignore[union-attr]
+        raise error
 
     def release(self, handle: bytes) -> bool:
         """DeleteSecurityContext on the client's behalf (``channel.close()``)."""
@@ -167,6 +202,16 @@ class ContextTable:
             return False
         entry.context.delete()
         return True
+
+    def entries(self) -> list[ContextEntry]:
+        with self._lock:
+            return list(self._entries.values())
+
+    def discard(self, entry: ContextEntry) -> None:
+        """Forget ``entry`` if it is still the cached one (a stale ticket entry)."""
+        with self._lock:
+            if self._entries.get(entry.handle) is entry:
+                del self._entries[entry.handle]
 
     def purge(self) -> int:
         """Drop every idle or expired entry now; returns how many."""
@@ -181,6 +226,12 @@ class ContextTable:
         for entry in dropped:
             entry.context.delete()
         return len(dropped)
+
+
+def stale_entry(error: BaseException) -> ContextEntry | None:
+    """The entry a refusal from ``lookup`` just removed (its context not yet deleted)."""
+    entry = getattr(error, "stale_entry", None)
+    return entry if isinstance(entry, ContextEntry) else None
 
 
 @dataclass(eq=False, slots=True)

@@ -2,7 +2,15 @@
 
 Every call names its context in the request metadata::
 
-    rpcsec-context-bin : the 16-byte context handle the server returned from Negotiate
+    rpcsec-context-bin : the context handle the server returned from Negotiate
+
+The handle is either a sealed ticket (``rpcsec.session``, RFC 5077 §4 layout, at least
+``MIN_TICKET_SIZE`` bytes) that any replica holding the service's key ring opens, or -- for a
+package whose contexts cannot be exported -- a random 16-byte process-local handle. The size
+tells them apart, and decides how responses are protected: with a ticket, every response token
+is sealed with per-call keys (``_responses``: record number = call_seq || index, never the
+context's own send counter, which every replica would share); with a process-local handle, by
+the context itself (``ctx.wrap``) as below.
 
 and is *opened* by exactly one token the context made, whose sequence number (bytes 1..9 of a
 core token, see ``rpcsec.sspi._context``) becomes the *call sequence*. The server's replay
@@ -32,6 +40,17 @@ does not verify (DESIGN §5). A *stream* direction ends with an end-of-stream ma
 differs from every wrap token's, so truncating a stream is detected as well. Unary directions
 carry exactly one message and need no marker.
 
+A call refused *before any handler code ran* because its context is stale (``expired``, or
+idle and about to be forgotten: ``context-unknown``), while the server still holds the
+context's keys, carries a signed statement that this very call did not run::
+
+    rpcsec-not-run-bin : MIC token = ctx.sign(b"", aad=NOT_RUN_AAD)
+    NOT_RUN_AAD = "rpcsec not-run v1" 0x00 | handle | len(method):u16 | method | call_seq:u64
+
+The server forgets the context as it signs, so no later call with that sequence number is
+ever accepted by it. Only such a verified statement lets a client send a non-idempotent call
+again (see ``rpcsec.grpc._recovery``); the bare ``rpcsec-reason`` trailer never does.
+
 Not protected: the gRPC status, its details and any metadata the application sets. An attacker
 on the path can always turn a call into a failure; what it cannot do is make a client accept a
 response, or a server run a handler, that the peer did not send for that very call.
@@ -41,6 +60,8 @@ from __future__ import annotations
 
 import struct
 
+from rpcsec.session import MAX_TICKET_SIZE
+from rpcsec.session._ticket import MIN_TICKET_SIZE
 from rpcsec.sspi import ProtectionLevel
 
 __all__ = [
@@ -51,6 +72,7 @@ __all__ = [
     "HANDLE_SIZE",
     "LEVEL_BYTES",
     "NEGOTIATE_METHOD",
+    "NOT_RUN_KEY",
     "RELEASE_METHOD",
     "REQUEST",
     "RESPONSE",
@@ -58,15 +80,18 @@ __all__ = [
     "SEQ_SLICE",
     "SIGNED_KIND",
     "call_prefix",
+    "is_ticket",
     "level_from_byte",
     "message_prefix",
     "method_part",
+    "not_run_prefix",
     "open_aad",
     "position",
 ]
 
 CONTEXT_KEY = "rpcsec-context-bin"
 CALL_KEY = "rpcsec-call-bin"
+NOT_RUN_KEY = "rpcsec-not-run-bin"
 HANDLE_SIZE = 16
 
 SERVICE = "rpcsec.v1.SecurityHandshake"
@@ -87,6 +112,7 @@ SEQ_SLICE = slice(1, 9)
 _CALL_LABEL = b"rpcsec call v1\x00"
 _OPEN_LABEL = b"rpcsec open v1\x00"
 _MSG_LABEL = b"rpcsec msg v1\x00"
+_NOT_RUN_LABEL = b"rpcsec not-run v1\x00"
 _POSITION = struct.Struct(">BI")
 
 LEVEL_BYTES: dict[ProtectionLevel, bytes] = {
@@ -119,9 +145,20 @@ def message_prefix(handle: bytes, method: bytes) -> bytes:
     return _MSG_LABEL + handle + method
 
 
+def not_run_prefix(handle: bytes, method: bytes) -> bytes:
+    """NOT_RUN_AAD up to the call sequence; ``method`` is ``method_part(path)``."""
+    return _NOT_RUN_LABEL + handle + method
+
+
 def position(direction: int, index: int) -> bytes:
     """The direction:u8 | index:u32 tail of MSG_AAD."""
     return _POSITION.pack(direction, index)
+
+
+def is_ticket(handle: bytes) -> bool:
+    """A sealed-ticket handle (``_tickets``), as opposed to a process-local one of
+    ``HANDLE_SIZE`` bytes: both ends tell them apart by size alone."""
+    return MIN_TICKET_SIZE <= len(handle) <= MAX_TICKET_SIZE
 
 
 def level_from_byte(value: int) -> ProtectionLevel | None:

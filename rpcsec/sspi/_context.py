@@ -62,7 +62,7 @@ from ._flags import (
     ProtectionLevel,
 )
 from ._package import Mechanism, MechanismResult
-from ._protection import MAX_SEQUENCE, MessageProtector
+from ._protection import MAX_SEQUENCE, MessageProtector, hkdf_expand_label
 from ._replay import DEFAULT_WINDOW, ReceiveOrder, ReplayWindow, SequenceCounter
 from ._status import SecStatus
 from ._target import check_target_name
@@ -325,6 +325,24 @@ class SecurityContext:
         if missing:
             raise InsufficientAttributesError(f"context lacks required attributes: {missing!r}")
 
+    def export_keying_material(
+        self, label: bytes, length: int = 32, *, server_to_client: bool
+    ) -> bytes:
+        """Keying material for a protocol layered on this context, tied to one direction
+        (the TLS exporter's idea, RFC 8446 §7.5): HKDF-Expand-Label (§7.1) of that direction's
+        secret with ``label``. Both ends derive the same bytes. Raises ``InvalidStateError``
+        for a package whose message keys are not direction secrets (kerberos GSS wrap).
+        """
+        self._established()
+        protector = self._protector
+        assert protector is not None
+        outbound, inbound = protector.secrets()
+        if not outbound or not inbound:
+            raise InvalidStateError(f"package {self.package.name!r} has no direction secrets")
+        ours = self.is_client is not server_to_client  # the client sends client-to-server
+        secret = outbound if ours else inbound
+        return hkdf_expand_label(secret, b"exporter " + bytes(label), length)
+
     def query_attributes(self, attribute: ContextAttribute) -> Any:
         """QueryContextAttributes."""
         result = self._established()
@@ -390,14 +408,14 @@ class SecurityContext:
         except struct.error:
             raise _exhausted() from None
 
-    def _parse_header(self, token: bytes, kind: int, minimum: int) -> int:
+    def _parse_header(self, token: bytes, kind: int, minimum: int, record: bool = True) -> int:
         if len(token) < minimum:
             raise InvalidTokenError("message token is truncated")
         if token[0] != kind:
             raise InvalidTokenError("message token has the wrong type")
         seq = int.from_bytes(token[1:9], "big")
         receive = self._receive
-        if receive is not None:
+        if receive is not None and record:
             receive.check(seq)
         return seq
 
@@ -419,14 +437,18 @@ class SecurityContext:
             raise _exhausted() from None
         return header + protector.sign(seq, header + aad, data)
 
-    def verify(self, data: bytes, signature: bytes, *, aad: bytes = b"") -> int:
+    def verify(
+        self, data: bytes, signature: bytes, *, aad: bytes = b"", record: bool = True
+    ) -> int:
         """VerifySignature: raises unless ``signature`` is the peer's over ``aad`` and ``data``.
-        Returns the sender's sequence number."""
+        Returns the sender's sequence number. ``record=False`` skips the replay window, for a
+        caller whose ``aad`` already makes the message unique and ordered (a binding's
+        in-stream messages, bound to their call and position)."""
         protector = self._ready()
-        seq = self._parse_header(signature, _KIND_MIC, HEADER_SIZE + 1)
+        seq = self._parse_header(signature, _KIND_MIC, HEADER_SIZE + 1, record)
         protector.verify(seq, bytes(signature[:HEADER_SIZE]) + aad, data, signature[HEADER_SIZE:])
         receive = self._receive
-        if receive is not None:
+        if receive is not None and record:
             receive.accept(seq)
         return seq
 
@@ -452,14 +474,22 @@ class SecurityContext:
             return protector.seal_token(seq, header, aad, data)
         return header + protector.sign(seq, header + aad, data) + data
 
-    def unwrap(self, token: bytes, *, aad: bytes = b"", encrypted: bool | None = None) -> bytes:
+    def unwrap(
+        self,
+        token: bytes,
+        *,
+        aad: bytes = b"",
+        encrypted: bool | None = None,
+        record: bool = True,
+    ) -> bytes:
         """DecryptMessage / integrity unwrap of a token made by the peer's ``wrap``.
 
         ``encrypted`` True (False) requires a sealed (signed-only) token, for callers that fix
         the protection level: the other kind raises ``MessageAlteredError``, so a peer cannot
-        turn a sealed exchange into a readable one. None accepts either.
+        turn a sealed exchange into a readable one. None accepts either. ``record=False``: as
+        for ``verify``.
         """
-        data, qop, _seq = self._unwrap(token, aad)
+        data, qop, _seq = self._unwrap(token, aad, record)
         if encrypted is not None and (qop == _QOP_DEFAULT) is not encrypted:
             raise MessageAlteredError("message protection does not match the expected level")
         return data
@@ -469,20 +499,20 @@ class SecurityContext:
         data, qop, seq = self._unwrap(token, aad)
         return data, MessageInfo(qop=qop, seq=seq)
 
-    def _unwrap(self, token: bytes, aad: bytes) -> tuple[bytes, int, int]:
+    def _unwrap(self, token: bytes, aad: bytes, record: bool = True) -> tuple[bytes, int, int]:
         protector = self._ready()
         if not token:
             raise InvalidTokenError("empty message token")
         kind = token[0]
         if kind == _KIND_WRAP:
-            seq = self._parse_header(token, _KIND_WRAP, HEADER_SIZE)
+            seq = self._parse_header(token, _KIND_WRAP, HEADER_SIZE, record)
             view = memoryview(token)
             body = view[HEADER_SIZE:] if protector.accepts_views else bytes(view[HEADER_SIZE:])
             data = protector.unseal(seq, bytes(view[:HEADER_SIZE]) + aad, body)
             qop = _QOP_DEFAULT
         elif kind == _KIND_SIGNED:
             size = protector.signature_size
-            seq = self._parse_header(token, _KIND_SIGNED, HEADER_SIZE + size)
+            seq = self._parse_header(token, _KIND_SIGNED, HEADER_SIZE + size, record)
             header = bytes(token[:HEADER_SIZE])
             data = bytes(token[HEADER_SIZE + size :])
             protector.verify(seq, header + aad, data, token[HEADER_SIZE : HEADER_SIZE + size])
@@ -490,7 +520,7 @@ class SecurityContext:
         else:
             raise InvalidTokenError("message token has the wrong type")
         receive = self._receive
-        if receive is not None:
+        if receive is not None and record:
             receive.accept(seq)
         return data, qop, seq
 
@@ -834,6 +864,7 @@ def import_security_context(
     credentials: Credentials,
     *,
     clock: Callable[[], float] = time.time,
+    once: bool = True,
 ) -> SecurityContext:
     """ImportSecurityContext: continue a context another process exported.
 
@@ -846,6 +877,10 @@ def import_security_context(
     but then each copy sends under the same keys from the same sequence number: only a
     caller that keeps their outbound sequence spaces apart itself (as a session layer that
     numbers responses per call does) may do that; anyone else imports a blob exactly once.
+    Such a caller passes ``once=False``: the blob may then be imported again with the same
+    handle (a replica re-opening a ticket after its cache dropped it). It must never send
+    with the imported context's own counter (the gRPC binding's tickets seal responses with
+    per-call keys, ``rpcsec.grpc._responses``, and claim requests in a shared replay store).
 
     Raises ``InvalidTokenError`` for a blob that is not one (never a bare ``ValueError``),
     ``UnsupportedFunctionError`` for a package that cannot import, ``ReplayError`` as above.
@@ -907,7 +942,8 @@ def import_security_context(
     except (ValueError, TypeError) as exc:  # e.g. a secret of the wrong size, a bad window
         raise InvalidTokenError("exported context is malformed") from exc
     # Claimed last: a blob that failed to import can be retried; one that imported cannot.
-    credentials.import_ledger.claim(state.blob_id, state.expires)
+    if once:
+        credentials.import_ledger.claim(state.blob_id, state.expires)
     return context
 
 

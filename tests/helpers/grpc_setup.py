@@ -160,3 +160,15 @@ async def serve_aio(
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}"
+
+
+def forget_contexts(interceptor: Any) -> None:
+    """Make a server forget every context, as a restart with a fresh in-memory key ring does:
+    the cached entries are dropped and the tickets issued so far no longer open."""
+    from rpcsec.session import TicketKeyRing
+
+    security = interceptor.security
+    if security.tickets is not None:
+        security.tickets.ring = TicketKeyRing.generate(clock=security.clock)
+    for handle in list(security.table._entries):
+        security.table.release(handle)

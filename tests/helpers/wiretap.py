@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from rpcsec.sspi import ProtectionLevel, SecurityContext
 
 __all__ = [
+    "AioForger",
+    "ForgedRefusal",
     "Recorded",
     "Wiretap",
     "call_aad",
@@ -143,6 +146,75 @@ class _Responses(grpc.Call):
         return self._real.add_callback(callback)
 
 
+_FORGED_CODES = {"busy": grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def forged_code(reason: str) -> grpc.StatusCode:
+    """The status an rpcsec server would send with ``reason`` (what a forger imitates)."""
+    return _FORGED_CODES.get(reason, grpc.StatusCode.UNAUTHENTICATED)
+
+
+class ForgedRefusal(grpc.RpcError, grpc.Call, grpc.Future):
+    """What a man in the middle returns *after the real call ran*: the server's answer thrown
+    away and replaced by an unsigned refusal (``rpcsec-reason: <reason>`` in the trailers)."""
+
+    def __init__(self, reason: str, extra: tuple[tuple[str, Any], ...] = ()) -> None:
+        super().__init__()
+        self._reason = reason
+        self._extra = extra
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        raise self
+
+    def result(self, timeout: float | None = None) -> bytes:
+        raise self
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return None
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def initial_metadata(self) -> Any:
+        return ()
+
+    def trailing_metadata(self) -> Any:
+        return (("rpcsec-reason", self._reason), *self._extra)
+
+    def code(self) -> Any:
+        return forged_code(self._reason)
+
+    def details(self) -> Any:
+        return f"rpcsec: {self._reason}"
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> Any:
+        return None
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+
 class Wiretap(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
@@ -156,6 +228,15 @@ class Wiretap(
         self.requests: Transform | None = None
         self.responses: Transform | None = None
         self.metadata: Callable[[str, tuple], tuple] | None = None
+        # ``forge(method) -> reason | None``: let the call run to completion on the server,
+        # then hand the client a forged refusal instead of the server's answer.
+        self.forge: Callable[[str], str | None] | None = None
+        self.forge_trailers: tuple[tuple[str, Any], ...] = ()  # added to each forged refusal
+
+    def _forged(self, method: str) -> str | None:
+        if self.forge is None or "SecurityHandshake" in method:
+            return None
+        return self.forge(method)
 
     def app_calls(self) -> list[Recorded]:
         return [c for c in self.calls if "SecurityHandshake" not in c.method]
@@ -186,6 +267,9 @@ class Wiretap(
         outcome = continuation(details, request)
         if outcome.exception() is not None:
             return outcome
+        forged = self._forged(record.method)
+        if forged is not None:
+            return ForgedRefusal(forged, self.forge_trailers)
         response = outcome.result()
         record.responses.append(response)
         (rewritten,) = self._rewrite_responses(record.method, [response])
@@ -197,13 +281,19 @@ class Wiretap(
         record.requests.append(request)
         (request,) = self._rewrite_requests(record.method, [request])
         call = continuation(details, request)
-        if self.responses is None:
+        return self._response_stream(record, call)
+
+    def _response_stream(self, record: Recorded, call: Any) -> Any:
+        forged = self._forged(record.method)
+        if self.responses is None and forged is None:
             return call
         try:
             messages = list(call)
         except grpc.RpcError:
             return call
         record.responses.extend(messages)
+        if forged is not None:
+            return ForgedRefusal(forged, self.forge_trailers)
         return _Responses(call, self._rewrite_responses(record.method, messages))
 
     def _request_stream(self, record: Recorded, request_iterator) -> Iterator[bytes]:
@@ -216,7 +306,16 @@ class Wiretap(
         details = self._details(client_call_details, record)
         if "SecurityHandshake" in record.method:
             return continuation(details, request_iterator)
-        return continuation(details, self._request_stream(record, request_iterator))
+        outcome = continuation(details, self._request_stream(record, request_iterator))
+        if outcome.exception() is not None:
+            return outcome
+        forged = self._forged(record.method)
+        if forged is not None:
+            return ForgedRefusal(forged, self.forge_trailers)
+        response = outcome.result()
+        record.responses.append(response)
+        (rewritten,) = self._rewrite_responses(record.method, [response])
+        return outcome if rewritten is response else _Outcome(outcome, rewritten)
 
     def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
         record = self._start(client_call_details)
@@ -224,14 +323,87 @@ class Wiretap(
         if "SecurityHandshake" in record.method:
             return continuation(details, request_iterator)  # the handshake is interactive
         call = continuation(details, self._request_stream(record, request_iterator))
-        if self.responses is None:
+        return self._response_stream(record, call)
+
+
+def _is_handshake(details: Any) -> bool:
+    method = details.method
+    return (b"SecurityHandshake" if isinstance(method, bytes) else "SecurityHandshake") in method
+
+
+class AioForger:
+    """The asyncio man in the middle: each application call runs to completion on the
+    server, then the client gets ``grpc.aio.AioRpcError`` with a forged refusal instead.
+
+    ``grpc.aio`` files each interceptor under one call kind only, so ``interceptors`` is one
+    object per kind, all forging for this instance."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.forged = 0
+        self.interceptors = [
+            _AioForgeUnaryUnary(self),
+            _AioForgeUnaryStream(self),
+            _AioForgeStreamUnary(self),
+            _AioForgeStreamStream(self),
+        ]
+
+    def error(self) -> grpc.aio.AioRpcError:
+        self.forged += 1
+        return grpc.aio.AioRpcError(
+            forged_code(self.reason),
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(("rpcsec-reason", self.reason)),
+            f"rpcsec: {self.reason}",
+        )
+
+    async def drained(self, call: Any) -> Any:
+        async for _message in call:
+            pass
+        raise self.error()
+        yield b""  # pragma: no cover  (an async generator)
+
+
+class _AioForgeUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, forger: AioForger) -> None:
+        self.forger = forger
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        call = await continuation(client_call_details, request)
+        if _is_handshake(client_call_details):
             return call
-        try:
-            messages = list(call)
-        except grpc.RpcError:
+        await call
+        raise self.forger.error()
+
+
+class _AioForgeStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, forger: AioForger) -> None:
+        self.forger = forger
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        call = await continuation(client_call_details, request_iterator)
+        await call
+        raise self.forger.error()
+
+
+class _AioForgeUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, forger: AioForger) -> None:
+        self.forger = forger
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        call = await continuation(client_call_details, request)
+        return self.forger.drained(call)
+
+
+class _AioForgeStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, forger: AioForger) -> None:
+        self.forger = forger
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        call = await continuation(client_call_details, request_iterator)
+        if _is_handshake(client_call_details):
             return call
-        record.responses.extend(messages)
-        return _Responses(call, self._rewrite_responses(record.method, messages))
+        return self.forger.drained(call)
 
 
 # -- the documented wire format, written out independently ----------------------------------

@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 
 from rpcsec.sspi import (
+    BusyError,
     ClientContext,
     ContextExpiredError,
     ContextReq,
@@ -28,10 +29,13 @@ from rpcsec.sspi import (
     SecurityError,
 )
 
-from .._binding import ChannelSecurity, ClientBound, should_rebind
+from .._binding import ChannelSecurity, ClientBound
 from .._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from .._client import DEFAULT_HANDSHAKE_TIMEOUT, _parse_response
-from .._status import error_from_rpc
+from .._client_errors import typed_expiry
+from .._recovery import LOST_STATUS
+from .._session import SessionCore
+from .._status import REASON_KEY, error_from_rpc
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
 __all__ = ["SecureChannel", "secure_channel"]
@@ -57,52 +61,61 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 class _Session:
-    """One aio channel's binding: the current ``ClientBound`` and the handshake."""
+    """One aio channel's binding: the asyncio I/O shell over ``SessionCore``."""
 
     def __init__(
         self, raw: grpc.aio.Channel, security: ChannelSecurity, handshake_timeout: float
     ) -> None:
         self.raw = raw
         self.security = security
+        self.core = SessionCore(security)
         self._timeout = handshake_timeout
-        self._bound: ClientBound | None = None
         self._lock = asyncio.Lock()
-        self._closed = False
         self._negotiate = raw.stream_stream(NEGOTIATE_METHOD)
         self._release = raw.unary_unary(RELEASE_METHOD)
         self._check_caller = security.owner is not None
+        self.succeeded = self.core.succeeded
+        self.refused = self.core.refused
+        self.invalidate = self.core.invalidate  # one event loop: no lock needed
 
     @property
     def current(self) -> ClientBound | None:
-        return self._bound
+        return self.core.current
 
     def ready(self) -> ClientBound | None:
         """The binding if it can be used right now (the fast path, no await)."""
         if self._check_caller:
             self.security.check_caller()
-        bound = self._bound
-        if bound is not None and bound.usable(self.security.clock()):
-            return bound
-        return None
+        return self.core.usable()
 
     async def bound(self, stale: ClientBound | None = None) -> ClientBound:
+        core = self.core
         bound = self.ready()
         if bound is not None and bound is not stale:
             return bound
         async with self._lock:  # concurrent first calls share one handshake
-            if self._closed:
-                raise ValueError("the channel is closed")
-            bound = self._bound
-            if bound is not None and bound is not stale and bound.usable(self.security.clock()):
+            bound = core.usable(stale)
+            if bound is not None:
                 return bound
-            self._bound = None
-            bound = await self._handshake()
-            self._bound = bound
+            await asyncio.sleep(core.before_bind())
+            bound = await self._handshake_when_admitted()
+            core.established(bound)
             return bound
 
-    def invalidate(self, bound: ClientBound) -> None:
-        if self._bound is bound:
-            self._bound = None
+    async def _handshake_when_admitted(self) -> ClientBound:
+        """The handshake, tried again after ``busy`` within its deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        attempt = 0
+        while True:
+            try:
+                return await self._handshake()
+            except BusyError:
+                delay = self.core.busy(attempt, deadline - loop.time())
+                if delay is None:
+                    raise
+                attempt += 1
+                await asyncio.sleep(delay)
 
     async def _handshake(self) -> ClientBound:
         negotiation = self.security.negotiation()
@@ -139,8 +152,7 @@ class _Session:
 
     async def release(self) -> None:
         async with self._lock:
-            self._closed = True
-            bound, self._bound = self._bound, None
+            bound = self.core.close()
         if bound is not None:
             await self._release_bound(bound)
 
@@ -277,10 +289,12 @@ class _UnaryResponse(_Call):
         session: _Session,
         launch: Callable[[ClientBound], _Started],
         deserialize: Callable[[bytes], Any],
-        retry: bool,
+        retry: bool | None,
     ) -> None:
+        # retry: the method is idempotent (True) or not; None: its requests are a stream.
         self._deserialize = deserialize
-        self._retry = retry
+        self._idempotent = bool(retry)
+        self._resendable = retry is not None
         self._outcome: tuple[bool, Any] | None = None
         super().__init__(session, launch)
 
@@ -299,21 +313,54 @@ class _UnaryResponse(_Call):
 
     async def _receive(self) -> Any:
         started = await self._ready()
-        retry = self._retry
+        attempt = 0
         while True:
             try:
                 response = await started.call
-            except grpc.RpcError as exc:
-                if retry and should_rebind(exc):
-                    retry = False
+            except grpc.RpcError as raised:
+                exc = await _final_status(started.call, raised)
+                if self._session.refused(
+                    started.bound,
+                    exc,
+                    self._idempotent,
+                    self._resendable,
+                    attempt,
+                    started.keys,
+                    started.call_seq,
+                ):
+                    attempt += 1
                     started = await self._restart(started)
                     continue
-                raise
+                if exc is raised:
+                    raise
+                raise exc from None
             bound = started.bound
             data = bound.protection.open(
                 started.keys.prefix, started.call_seq, FIRST_RESPONSE, response, bound.encrypt
             )
+            self._session.succeeded()
             return self._deserialize(data)
+
+
+async def _final_status(call: Any, raised: grpc.RpcError) -> grpc.RpcError:
+    """The error to act on. grpc.aio loses the server's status when a request write races the
+    server ending the call (it reports the failed write as INTERNAL "Internal error from Core"
+    instead): that call was refused before its requests were read, so it is reported as a
+    stale binding (``_recovery.LOST_STATUS``), which re-binds the next call but never re-sends
+    this one."""
+    if (
+        not isinstance(raised, grpc.aio.AioRpcError)
+        or raised.code() is not grpc.StatusCode.INTERNAL
+    ):
+        return raised
+    if "SendMessageOperation" not in (raised.debug_error_string() or ""):
+        return raised
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        raised.initial_metadata(),
+        grpc.aio.Metadata((REASON_KEY, LOST_STATUS)),
+        "rpcsec: the server ended the call before reading its requests",
+    )
 
 
 class _StreamResponse(_Call):
@@ -324,10 +371,12 @@ class _StreamResponse(_Call):
         session: _Session,
         launch: Callable[[ClientBound], _Started],
         deserialize: Callable[[bytes], Any],
-        retry: bool,
+        retry: bool | None,
     ) -> None:
         self._deserialize = deserialize
-        self._retry = retry
+        self._idempotent = bool(retry)
+        self._resendable = retry is not None
+        self._attempt = 0
         super().__init__(session, launch)
 
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -347,19 +396,32 @@ class _StreamResponse(_Call):
             assert inbound is not None
             try:
                 token = await started.call.read()
-            except grpc.RpcError as exc:
-                if self._retry and inbound.count == 0 and should_rebind(exc):
-                    self._retry = False
+            except grpc.RpcError as raised:
+                exc = await _final_status(started.call, raised)
+                resendable = self._resendable and inbound.count == 0
+                if self._session.refused(
+                    started.bound,
+                    exc,
+                    self._idempotent,
+                    resendable,
+                    self._attempt,
+                    started.keys,
+                    started.call_seq,
+                ):
+                    self._attempt += 1
                     started = await self._restart(started)
                     continue
-                raise
-            self._retry = False
+                typed = typed_expiry(exc)
+                if typed is raised:
+                    raise
+                raise typed from raised
             if token is EOF:
                 inbound.finish()
                 return EOF
             try:
                 data = inbound.open(token)
                 if data is None:
+                    self._session.succeeded()
                     extra = await started.call.read()
                     if extra is not EOF:
                         inbound.open(extra)  # a message after the end marker
@@ -428,6 +490,7 @@ class _Multicallable:
         self._method = method
         self._serialize = serialize or _identity
         self._deserialize = deserialize or _identity
+        self._idempotent = method in session.security.idempotent
 
     def _open_call(
         self, bound: ClientBound, payload: bytes | None
@@ -472,7 +535,7 @@ class _UnaryUnaryMultiCallable(_Multicallable, grpc.aio.UnaryUnaryMultiCallable)
             )
             return _Started(bound, keys, call_seq, call, None, None)
 
-        return _UnaryResponse(self._session, launch, self._deserialize, True)
+        return _UnaryResponse(self._session, launch, self._deserialize, self._idempotent)
 
 
 class _UnaryStreamMultiCallable(_Multicallable, grpc.aio.UnaryStreamMultiCallable):
@@ -502,7 +565,7 @@ class _UnaryStreamMultiCallable(_Multicallable, grpc.aio.UnaryStreamMultiCallabl
             inbound = Inbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
             return _Started(bound, keys, call_seq, call, inbound, None)
 
-        return _StreamResponse(self._session, launch, self._deserialize, True)
+        return _StreamResponse(self._session, launch, self._deserialize, self._idempotent)
 
 
 class _StreamUnaryMultiCallable(_Multicallable, grpc.aio.StreamUnaryMultiCallable):
@@ -533,7 +596,7 @@ class _StreamUnaryMultiCallable(_Multicallable, grpc.aio.StreamUnaryMultiCallabl
             )
             return _Started(bound, keys, call_seq, call, None, outbound)
 
-        return _StreamUnaryCall(self._serialize, self._session, launch, self._deserialize, False)
+        return _StreamUnaryCall(self._serialize, self._session, launch, self._deserialize, None)
 
 
 class _StreamStreamMultiCallable(_Multicallable, grpc.aio.StreamStreamMultiCallable):
@@ -566,7 +629,7 @@ class _StreamStreamMultiCallable(_Multicallable, grpc.aio.StreamStreamMultiCalla
             inbound = Inbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
             return _Started(bound, keys, call_seq, call, inbound, outbound)
 
-        return _StreamStreamCall(self._serialize, self._session, launch, self._deserialize, False)
+        return _StreamStreamCall(self._serialize, self._session, launch, self._deserialize, None)
 
 
 class SecureChannel(grpc.aio.Channel):
@@ -680,6 +743,7 @@ def secure_channel(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     lifetime: float | None = None,
     replay_window: int | None = None,
+    idempotent_methods: Iterable[str] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> SecureChannel:
     """The asyncio twin of ``rpcsec.grpc.secure_channel`` (same arguments and rules)."""
@@ -692,6 +756,7 @@ def secure_channel(
         package_options=package_options,
         lifetime=lifetime,
         replay_window=replay_window,
+        idempotent_methods=idempotent_methods,
         clock=clock,
     )
     if isinstance(target, grpc.aio.Channel):

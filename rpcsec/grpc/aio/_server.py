@@ -37,7 +37,7 @@ from .._server import (
     log_refusal,
     sync_handler,
 )
-from .._server_core import ServerMethod, ServerSecurity
+from .._server_core import ServerMethod, ServerSecurity, not_run_token
 from .._status import details_for, passthrough_status, status_for, trailing_metadata_for
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD
 
@@ -50,7 +50,9 @@ EOF = grpc.aio.EOF
 async def refuse(context: Any, error: SecurityError, method: str) -> NoReturn:
     log_refusal(method, context, error, error.reason)
     await context.abort(
-        status_for(error), details_for(error.reason), trailing_metadata_for(error.reason)
+        status_for(error),
+        details_for(error.reason),
+        trailing_metadata_for(error.reason, not_run_token(error)),
     )
     raise AssertionError("abort() returned")  # pragma: no cover
 
@@ -273,7 +275,7 @@ def _negotiate_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
     async def negotiate(
         request_iterator: AsyncIterable[bytes], context: Any
     ) -> AsyncIterator[bytes]:
-        peer = context.peer()
+        peer = security.admission_key(context.peer(), context.invocation_metadata())
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
 

@@ -1,0 +1,183 @@
+"""Response protection any replica can apply without ever repeating a nonce.
+
+When a context is a sealed ticket, every replica that opens the ticket holds the same server
+keys. Sealing responses with the context's own send counter (``ctx.wrap``) would then make two
+replicas seal under one (key, nonce). Instead a response is sealed under a key and nonce that
+depend only on *the call it answers*:
+
+* The record number of a response message is ``call_seq:u64 || index:u32`` (96 bits): the
+  call's sequence number -- the client's own, accepted once cluster-wide because every replica
+  claims it in the shared replay store before running the call -- and the message's position
+  in the response stream. No two responses of any replica share it.
+* The nonce is that record number XORed into a secret IV, and keys change every 2**24 calls:
+  TLS 1.3's per-record nonce (RFC 8446 §5.3) and key update limit (§5.5), with the keys and
+  IV of each epoch from HKDF-Expand-Label (RFC 8446 §7.1) over the context's server-to-client
+  direction secret (``SecurityContext.export_keying_material``, label ``rpcsec resp``).
+
+Tokens (``_wire``): ``kind:u8 | AES-256-GCM(payload)`` for PRIVACY, ``kind:u8 | GMAC tag[16] |
+payload`` for INTEGRITY (RFC 4543), ``END_MARKER_KIND | tag`` for a stream's end and a
+refusal's signed "did not run" (index 0xFFFFFFFF, never a message's). The AAD is the kind byte
+and the message's ``_wire`` AAD, so a token cannot change kind, call, method or position.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from rpcsec.sspi import (
+    InvalidTokenError,
+    MessageAlteredError,
+    SecurityContext,
+    SecurityError,
+    hkdf_expand_label,
+)
+
+from ._calls import CallProtection, ClientCallProtection
+from ._client_errors import as_rpc_error
+from ._wire import END, END_MARKER_KIND, SEALED_KIND, SIGNED_KIND, position
+
+__all__ = ["RESPONSE_LABEL", "ResponseKeys", "TicketClientProtection", "TicketServerProtection"]
+
+RESPONSE_LABEL = b"rpcsec resp"
+_NOT_RUN_INDEX = b"\xff\xff\xff\xff"
+_TAG = 16
+_KEEP_EPOCHS = 4
+_SEALED = bytes((SEALED_KIND,))
+_SIGNED = bytes((SIGNED_KIND,))
+_END = bytes((END_MARKER_KIND,))
+
+
+class ResponseKeys:
+    """The response keys of one context: AES-256-GCM per epoch of 2**24 calls."""
+
+    __slots__ = ("_cache", "_lock", "_secret")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) != 32:
+            raise ValueError("response secret must be 32 bytes")
+        self._secret = secret
+        self._cache: dict[bytes, tuple[AESGCM, int]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, context: SecurityContext) -> ResponseKeys:
+        """From an established context (both ends derive the same keys)."""
+        return cls(context.export_keying_material(RESPONSE_LABEL, 32, server_to_client=True))
+
+    def key(self, call_seq: bytes, index: bytes) -> tuple[AESGCM, bytes]:
+        """The AEAD and nonce of the record (call_seq, index)."""
+        epoch = call_seq[:5]  # call_seq >> 24
+        entry = self._cache.get(epoch)
+        if entry is None:
+            entry = self._derive(epoch)
+        return entry[0], (entry[1] ^ int.from_bytes(call_seq + index, "big")).to_bytes(12, "big")
+
+    def _derive(self, epoch: bytes) -> tuple[AESGCM, int]:
+        secret = hkdf_expand_label(self._secret, b"resp epoch" + epoch, 32)
+        key = hkdf_expand_label(secret, b"key", 32)
+        iv = int.from_bytes(hkdf_expand_label(secret, b"iv", 12), "big")
+        entry = (AESGCM(key), iv)
+        with self._lock:
+            if len(self._cache) >= _KEEP_EPOCHS:
+                self._cache.pop(min(self._cache), None)
+            self._cache[epoch] = entry
+        return entry
+
+    def __repr__(self) -> str:
+        return "<response keys hidden>"
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def seal(self, aad: bytes, call_seq: bytes, pos: bytes, payload: bytes, encrypt: bool):
+        aead, nonce = self.key(call_seq, pos[1:5])
+        if encrypt:
+            return _SEALED + aead.encrypt(nonce, payload, _SEALED + aad)
+        return _SIGNED + aead.encrypt(nonce, b"", _SIGNED + aad + payload) + payload
+
+    def open(self, aad: bytes, call_seq: bytes, pos: bytes, token: bytes, encrypt: bool) -> bytes:
+        if not token:
+            raise InvalidTokenError("message is not a protected token")
+        kind = token[:1]
+        if kind != (_SEALED if encrypt else _SIGNED):
+            if kind in (_SEALED, _SIGNED):
+                raise MessageAlteredError("message protection does not match the expected level")
+            raise InvalidTokenError("message token has the wrong type")
+        if len(token) < 1 + _TAG:
+            raise InvalidTokenError("message token is truncated")
+        aead, nonce = self.key(call_seq, pos[1:5])
+        try:
+            if encrypt:
+                return aead.decrypt(nonce, token[1:], _SEALED + aad)
+            payload = token[1 + _TAG :]
+            aead.decrypt(nonce, token[1 : 1 + _TAG], _SIGNED + aad + payload)
+            return payload
+        except InvalidTag:
+            raise MessageAlteredError("message failed its integrity check") from None
+
+    def mark(self, aad: bytes, call_seq: bytes, index: bytes) -> bytes:
+        aead, nonce = self.key(call_seq, index)
+        return _END + aead.encrypt(nonce, b"", _END + aad)
+
+    def check_mark(self, aad: bytes, call_seq: bytes, index: bytes, token: bytes) -> None:
+        if not isinstance(token, bytes) or len(token) != 1 + _TAG or token[:1] != _END:
+            raise InvalidTokenError("signature token is malformed")
+        aead, nonce = self.key(call_seq, index)
+        try:
+            aead.decrypt(nonce, token[1:], _END + aad)
+        except InvalidTag:
+            raise MessageAlteredError("signature does not verify") from None
+
+
+class TicketServerProtection(CallProtection):
+    """The server's ``CallProtection`` of a ticket context: requests are opened with the
+    context (the client is their only sender); responses are sealed with ``ResponseKeys``."""
+
+    __slots__ = ("responses",)
+
+    def __init__(self, context: SecurityContext, handle: bytes, responses: ResponseKeys) -> None:
+        super().__init__(context, handle)
+        self.responses = responses
+
+    def seal(self, prefix: bytes, call_seq: bytes, pos: bytes, payload: bytes, encrypt: bool):
+        return self.responses.seal(prefix + call_seq + pos, call_seq, pos, payload, encrypt)
+
+    def end_marker(self, prefix: bytes, call_seq: bytes, direction: int, count: int) -> bytes:
+        pos = position(direction | END, count)
+        return self.responses.mark(prefix + call_seq + pos, call_seq, pos[1:5])
+
+    def not_run(self, prefix: bytes, call_seq: bytes) -> bytes:
+        return self.responses.mark(prefix + call_seq, call_seq, _NOT_RUN_INDEX)
+
+
+class TicketClientProtection(ClientCallProtection):
+    """The client's ``CallProtection`` of a ticket context: requests sealed with the context,
+    responses opened with ``ResponseKeys``."""
+
+    __slots__ = ("responses",)
+
+    def __init__(self, context: SecurityContext, handle: bytes, responses: ResponseKeys) -> None:
+        super().__init__(context, handle)
+        self.responses = responses
+
+    def open(
+        self, prefix: bytes, call_seq: bytes, pos: bytes, token: bytes, encrypt: bool
+    ) -> bytes:
+        try:
+            return self.responses.open(prefix + call_seq + pos, call_seq, pos, token, encrypt)
+        except SecurityError as exc:
+            raise as_rpc_error(exc) from None
+
+    def check_end(
+        self, prefix: bytes, call_seq: bytes, direction: int, count: int, token: bytes
+    ) -> None:
+        pos = position(direction | END, count)
+        try:
+            self.responses.check_mark(prefix + call_seq + pos, call_seq, pos[1:5], token)
+        except SecurityError as exc:
+            raise as_rpc_error(exc) from None
+
+    def check_not_run(self, prefix: bytes, call_seq: bytes, token: bytes) -> None:
+        self.responses.check_mark(prefix + call_seq, call_seq, _NOT_RUN_INDEX, token)

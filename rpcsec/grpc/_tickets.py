@@ -1,0 +1,180 @@
+"""Context handles that are sealed tickets: what the server seals, opens and claims.
+
+A handle is a ticket (``rpcsec.session``: RFC 5077 §4 layout, lifetime and rotation after
+RFC 8446 §4.6.1) sealing the server context's export (ExportSecurityContext: direction
+secrets, granted attributes, impersonation level, the caller's token, expiry). Any replica
+whose ``TicketKeyRing`` holds the sealing key opens it (ImportSecurityContext) and serves the
+context; the table only caches opened tickets. Because every replica holds the same keys:
+
+* requests are claimed in the shared ``ReplayStore`` (cluster-wide: a request accepted by one
+  replica is refused by all, RFC 4120 §3.2.3) after they verify and before anything runs;
+* responses are sealed with ``ResponseKeys`` (per-call nonces, ``_responses``), never with
+  the context's own send counter, which every replica would start at the same number;
+* release revokes the ticket id in the store, which every replica consults on every call.
+
+The ticket's state is imported with ``once=False``: ImportSecurityContext otherwise opens a
+blob once per credentials handle, and a replica must be able to re-open a ticket whose cache
+entry it dropped (idle, evicted). That is safe only because nothing here sends with the
+imported context's own counter (responses: per-call keys; requests: claimed in the store).
+
+Every package whose contexts export is sealed: x509, ntlm, and kerberos / negotiate (their
+per-message keys now come from the GSS session key, so MIT's context is not needed after the
+handshake). A package that cannot export keeps a process-local random handle instead: such a
+context is served by the replica that made it. Delegated credentials travel in the export
+where the package can write them (kerberos, negotiate: the forwarded TGT, via
+``SecurityPackage.export_delegation``), so a kerberos handler on any replica can act for the
+caller. An x509 proxy key is not sealed: an x509 handler on a replica other than the
+handshake's cannot act for the caller (DELEGATION_REQUIRED).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rpcsec.session import (
+    MemoryReplayStore,
+    RedisReplayStore,
+    ReplayStore,
+    ReplayVerdict,
+    TicketKeyRing,
+)
+from rpcsec.sspi import (
+    Credentials,
+    InvalidHandleError,
+    InvalidStateError,
+    ReplayError,
+    SecurityError,
+    ServerContext,
+    import_security_context,
+)
+
+__all__ = ["TICKET_ID_SIZE", "ContextTickets"]
+
+TICKET_ID_SIZE = 16
+
+
+class ContextTickets:
+    """The service's ring and replay store, and the credentials tickets are imported with."""
+
+    def __init__(
+        self,
+        ring: TicketKeyRing,
+        store: ReplayStore,
+        credentials: Mapping[str, Credentials],
+        *,
+        max_lifetime: float | None,
+        clock: Callable[[], float],
+    ) -> None:
+        if not isinstance(ring, TicketKeyRing):
+            raise TypeError("ticket_keys must be a TicketKeyRing or a key ring directory")
+        if not callable(getattr(store, "claim", None)) or not callable(
+            getattr(store, "revoke", None)
+        ):
+            raise TypeError("replay_store must be a ReplayStore (claim / revoke)")
+        if inspect.iscoroutinefunction(store.claim):
+            # Admission runs synchronously on both servers today; an awaitable verdict would be
+            # an unawaited coroutine (refused, but only by accident). Say so at once.
+            raise TypeError(
+                "replay_store must be a synchronous ReplayStore (RedisReplayStore, not "
+                "AsyncRedisReplayStore), also for the asyncio interceptor"
+            )
+        self.ring = ring
+        self.store = store
+        self._credentials = credentials
+        self._max_lifetime = max_lifetime
+        self._clock = clock
+
+    @classmethod
+    def default(
+        cls,
+        credentials: Mapping[str, Credentials],
+        *,
+        ticket_keys: TicketKeyRing | str | Any = None,
+        replay_store: ReplayStore | None = None,
+        max_lifetime: float | None,
+        clock: Callable[[], float],
+    ) -> ContextTickets:
+        """``ticket_keys``: a ring, a ring directory (``rpcsec keyring``), or None for a ring
+        generated in memory for this process; ``replay_store``: a store, a ``redis://`` URL
+        (``RedisReplayStore``), or None for this process's memory store."""
+        if ticket_keys is None:
+            ring = TicketKeyRing.generate(clock=clock)
+        elif isinstance(ticket_keys, TicketKeyRing):
+            ring = ticket_keys
+        else:
+            ring = TicketKeyRing.load(ticket_keys, clock=clock)
+        if replay_store is None:
+            store: ReplayStore = MemoryReplayStore(clock=clock)
+        elif isinstance(replay_store, str):
+            store = RedisReplayStore(replay_store, clock=clock)  # a redis:// URL
+        else:
+            store = replay_store
+        return cls(ring, store, credentials, max_lifetime=max_lifetime, clock=clock)
+
+    def issue(self, context: ServerContext) -> tuple[bytes, ServerContext, bytes, float, float]:
+        """Seal an established context: (ticket, the context continued from the ticket's own
+        state, ticket id, expires_at, issued_at). ``InvalidStateError`` if it cannot be
+        exported (the caller then keeps it process-local)."""
+        now = self._clock()
+        expires_at = now + self.ring.max_ticket_lifetime
+        if self._max_lifetime is not None:
+            expires_at = min(expires_at, now + self._max_lifetime)
+        if context.expires_at is not None:
+            expires_at = min(expires_at, context.expires_at)
+        if expires_at <= now:
+            raise InvalidStateError("context expires before a ticket could be used")
+        blob = context.export()  # last: an export retires the exporter
+        ticket_id = secrets.token_bytes(TICKET_ID_SIZE)
+        ticket = self.ring.seal(blob, ticket_id=ticket_id, expires_at=expires_at, issued_at=now)
+        continued = import_security_context(
+            blob, context.credentials, clock=self._clock, once=False
+        )
+        assert isinstance(continued, ServerContext)
+        return ticket, continued, ticket_id, expires_at, now
+
+    def open(self, ticket: bytes) -> tuple[ServerContext, bytes, float, float]:
+        """Open a ticket another replica (or this one, before a cache eviction) issued:
+        (context, ticket id, expires_at, issued_at). Anything wrong with it is
+        ``context-unknown`` (or ``expired``); the peer learns nothing more."""
+        opened = self.ring.open(ticket)
+        context: Any = None
+        for credentials in self._credentials.values():  # the blob names its package
+            try:
+                context = import_security_context(
+                    opened.state, credentials, clock=self._clock, once=False
+                )
+                break
+            except SecurityError:
+                continue  # another package's credentials
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InvalidHandleError("ticket state is malformed") from exc
+        if context is None:
+            raise InvalidHandleError("ticket state cannot be continued here")
+        if not isinstance(context, ServerContext):
+            raise InvalidHandleError("ticket does not hold a server context")
+        return context, opened.ticket_id, opened.expires_at, opened.issued_at
+
+    def claim(self, ticket_id: bytes, call_seq: bytes, expires_at: float, issued_at: float) -> None:
+        """The request opening call ``call_seq`` is fresh cluster-wide, or the call is refused
+        (``replay``; ``context-unknown`` once released; ``replay-store-unavailable``)."""
+        verdict = self.store.claim(
+            ticket_id, int.from_bytes(call_seq, "big"), expires_at, issued_at=issued_at
+        )
+        if verdict is ReplayVerdict.FRESH:
+            return
+        if verdict is ReplayVerdict.REPLAY:
+            raise ReplayError("request was already accepted by this service")
+        raise InvalidHandleError("security context was released")
+
+    def claim_refused(self, ticket_id: bytes, call_seq: bytes, issued_at: float) -> None:
+        """Claim a call refused as expired, so no replica can ever run it: only then may the
+        refusal say it did not run. Kept for a minute past now (the ticket itself is over)."""
+        self.claim(ticket_id, call_seq, max(self._clock() + 60.0, 0.0), issued_at)
+
+    def revoke(self, ticket_id: bytes, expires_at: float, issued_at: float) -> None:
+        if math.isfinite(expires_at) and expires_at > self._clock():
+            self.store.revoke(ticket_id, expires_at, issued_at=issued_at)
