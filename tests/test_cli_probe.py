@@ -282,8 +282,16 @@ def test_busy_server_is_a_refusal_by_the_server(bundles) -> None:
     holder = raw.stream_stream(NEGOTIATE_METHOD)(iter(outbox.get, None), timeout=30)
     try:
         next(holder)  # the server answered leg 1: its only handshake slot is taken
+        # busy is retried with backoff within the deadline (docs/session.md): a deadline
+        # shorter than the server's half-open timeout ends the retries while the slot is held.
         result = probe(
-            f"127.0.0.1:{port}", "--target-name", NOTES, "--bundle", str(bundles / "alice")
+            f"127.0.0.1:{port}",
+            "--target-name",
+            NOTES,
+            "--bundle",
+            str(bundles / "alice"),
+            "--timeout",
+            "1",
         )
     finally:
         holder.cancel()
