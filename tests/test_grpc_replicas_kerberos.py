@@ -115,4 +115,5 @@ def test_without_delegation_no_replica_can_call_onward(kerberos_realm, serve, ri
             with pytest.raises(grpc.RpcError) as caught:
                 stub.Say(echo_pb2.EchoRequest(text="onward"))
             assert reason_of(caught.value) == "delegation-required"
+    assert sum(replica.calls for replica in replicas) == 3  # the handlers ran and refused
     assert storage.calls == 0  # nothing reached storage from any replica
