@@ -213,3 +213,51 @@ def test_without_the_delegation_in_the_ticket_only_the_handshakes_replica_can(
     assert refused and {reason_of(r) for r in refused} == {"delegation-required"}
     assert len(served) < CALLS  # round robin: mostly refused (by two replicas in three)
     assert _handshakes(tap) == 1
+
+
+async def test_aio_replicas_call_onward_as_alice(pki, aio_serve, ring_dir) -> None:
+    """The same with ``grpc.aio`` replicas, async handlers and an aio client."""
+    from helpers.echo import AsyncEchoServicer
+
+    from rpcsec.grpc import aio as rpcsec_aio
+
+    storage = AsyncEchoServicer()
+    storage_address = await aio_serve(
+        [rpcsec_aio.SecurityInterceptor(pki.credentials("storage", CredentialUse.BOTH))],
+        [storage],
+    )
+
+    async def hook(request: echo_pb2.EchoRequest) -> echo_pb2.EchoResponse:
+        async with rpcsec_aio.secure_channel(
+            storage_address, target_name=pki.id("storage"), protection=ProtectionLevel.PRIVACY
+        ) as channel:
+            return await echo_pb2_grpc.EchoStub(channel).Say(echo_pb2.EchoRequest(text="x"))
+
+    store = MemoryReplayStore()
+    replicas = [AsyncEchoServicer(onward=hook) for _ in range(REPLICAS)]
+    addresses = [
+        await aio_serve(
+            [
+                rpcsec_aio.SecurityInterceptor(
+                    pki.credentials("documents", CredentialUse.BOTH),
+                    ticket_keys=TicketKeyRing.load(ring_dir, refresh_interval=0),
+                    replay_store=store,
+                )
+            ],
+            [replica],
+        )
+        for replica in replicas
+    ]
+    raw = grpc.aio.insecure_channel("ipv4:" + ",".join(addresses), options=ROUND_ROBIN)
+    async with rpcsec_aio.secure_channel(
+        raw,
+        pki.credentials("alice"),
+        target_name=pki.id("documents"),
+        impersonation=ImpersonationLevel.DELEGATE,
+        package_options={"delegate_to": [pki.id("storage")]},
+    ) as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        answers = [await stub.Say(echo_pb2.EchoRequest(text="onward")) for _ in range(CALLS)]
+    assert {a.principal for a in answers} == {pki.id("alice")}
+    assert all(replica.calls > 0 for replica in replicas)
+    assert storage.calls == CALLS
