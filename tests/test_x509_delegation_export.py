@@ -34,6 +34,7 @@ from rpcsec.sspi import (
     CredentialUse,
     DelegationPolicyError,
     ImpersonationLevel,
+    InvalidHandleError,
     InvalidTokenError,
     SecurityError,
     UntrustedRootError,
@@ -301,3 +302,38 @@ def test_a_chain_too_large_for_a_ticket_is_not_exported(pki, monkeypatch) -> Non
     blob = delegated_export(pki)
     assert "delegation" not in json.loads(blob)
     assert replica(pki, blob).peer.delegated_credentials is None
+
+
+def _tickets(pki, service: str, ring):
+    import time as clock
+
+    from rpcsec.grpc._tickets import ContextTickets
+
+    credentials = {"x509": pki.credentials(service, CredentialUse.BOTH)}
+    return ContextTickets.default(
+        credentials, ticket_keys=ring, max_lifetime=None, clock=clock.time
+    )
+
+
+def test_a_sealed_ticket_carries_the_delegation_to_another_replica(pki) -> None:
+    """The binding's own path: seal on one replica (``issue``), open on another (``open``)."""
+    from rpcsec.session import TicketKeyRing
+
+    ring = TicketKeyRing.generate()
+    client = initialize_security_context(
+        pki.credentials("alice"),
+        pki.id("documents"),
+        DELEGATE,
+        impersonation=ImpersonationLevel.DELEGATE,
+        options={"delegate_to": [pki.id("storage")]},
+    )
+    documents = accept_security_context(pki.credentials("documents", CredentialUse.INBOUND))
+    handshake(client, documents)
+    ticket, *_ = _tickets(pki, "documents", ring).issue(documents)
+    opened, *_ = _tickets(pki, "documents", ring).open(ticket)
+    hop, storage = onward(pki, opened.peer.delegated_credentials, "storage")
+    handshake(hop, storage)
+    assert storage.peer.principal == pki.id("alice")
+    # A service of another identity that (misconfigured) shares the ring: context-unknown.
+    with pytest.raises(InvalidHandleError):
+        _tickets(pki, "storage", ring).open(ticket)
