@@ -21,10 +21,10 @@ Every package whose contexts export is sealed: x509, ntlm, and kerberos / negoti
 per-message keys now come from the GSS session key, so MIT's context is not needed after the
 handshake). A package that cannot export keeps a process-local random handle instead: such a
 context is served by the replica that made it. Delegated credentials travel in the export
-where the package can write them (kerberos, negotiate: the forwarded TGT, via
-``SecurityPackage.export_delegation``), so a kerberos handler on any replica can act for the
-caller. An x509 proxy key is not sealed: an x509 handler on a replica other than the
-handshake's cannot act for the caller (DELEGATION_REQUIRED).
+where the package can write them (``SecurityPackage.export_delegation``; kerberos, negotiate:
+the forwarded TGT; x509: the proxy chain and the context's fresh proxy key, never the
+service's own key), so a handler on any replica can act for the caller; the importing
+replica's own credentials prove its identity and re-verify an x509 chain.
 """
 
 from __future__ import annotations

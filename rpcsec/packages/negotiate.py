@@ -934,7 +934,7 @@ class NegotiatePackage(SecurityPackage):
             raise ValueError("only Kerberos credentials received by delegation can be exported")
         return export_kerberos_credentials(material.kerberos)
 
-    def import_delegation(self, blob: bytes) -> Credentials:
+    def import_delegation(self, blob: bytes, owner: Credentials | None = None) -> Credentials:
         kerberos, raw = import_kerberos_credentials(blob)
         kerberos = replace(kerberos, initiator=_SpnegoHooks.adopt(raw))
         material = NegotiateCredentials(principal=kerberos.principal, kerberos=kerberos)

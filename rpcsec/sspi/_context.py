@@ -909,7 +909,9 @@ def import_security_context(
             delegation_chain=peer_state.chain,
             expires_at=peer_state.expires,
             delegated_credentials=(
-                package.import_delegation(state.delegation) if state.delegation else None
+                package.import_delegation(state.delegation, credentials)
+                if state.delegation
+                else None
             ),
         )
         result = MechanismResult(

@@ -158,8 +158,12 @@ class SecurityPackage(ABC):
         of ExportSecurityContext). WARNING: the bytes act as the client; seal them."""
         raise UnsupportedFunctionError(f"package {self.name!r} cannot export delegation")
 
-    def import_delegation(self, blob: bytes) -> Credentials:
-        """The credentials ``export_delegation`` wrote; ``SecurityError`` if malformed."""
+    def import_delegation(self, blob: bytes, owner: Credentials | None = None) -> Credentials:
+        """The credentials ``export_delegation`` wrote; ``SecurityError`` if malformed.
+
+        ``owner`` is the importing service's own credentials (ImportSecurityContext's): a
+        package whose delegation is proven with the delegate's identity (x509) takes that
+        identity from them rather than from the blob."""
         raise UnsupportedFunctionError(f"package {self.name!r} cannot import delegation")
 
 

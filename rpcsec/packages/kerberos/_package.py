@@ -90,7 +90,7 @@ class KerberosPackage(SecurityPackage):
             raise ValueError("these are not kerberos credentials")
         return export_kerberos_credentials(_material(credentials.material))
 
-    def import_delegation(self, blob: bytes) -> Credentials:
+    def import_delegation(self, blob: bytes, owner: Credentials | None = None) -> Credentials:
         """OUTBOUND credentials from ``export_delegation`` (gss_import_cred, after checks)."""
         material, _ = import_kerberos_credentials(blob)
         return Credentials(

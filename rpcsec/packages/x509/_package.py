@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from rpcsec.sspi._credentials import Credentials
+from rpcsec.sspi._errors import UnsupportedFunctionError
 from rpcsec.sspi._flags import ContextReq, CredentialUse, ImpersonationLevel, PackageCapability
 from rpcsec.sspi._package import Mechanism, SecurityPackage
 from rpcsec.sspi._protection import AeadProtector, MessageProtector
 from rpcsec.sspi._target import AnyServer
 
 from ._credential import X509Credential, load_credential
+from ._delegation import export_x509_delegation, import_x509_delegation
 from ._mechanism import _NO_TARGET, X509ClientMechanism, X509ServerMechanism
 from ._spiffe import parse_spiffe_id
 
@@ -96,3 +99,29 @@ class X509Package(SecurityPackage):
 
     def import_protector(self, outbound: bytes, inbound: bytes, datagram: bool) -> MessageProtector:
         return AeadProtector(outbound, inbound, datagram=datagram)
+
+    def export_delegation(self, credentials: Credentials) -> bytes:
+        """The proxy chain and this context's fresh proxy key (``_delegation``), never the
+        service's own key. WARNING: the bytes act as the caller; only a sealed ticket holds
+        them. ``UnsupportedFunctionError`` for a chain too large for a ticket."""
+        material = credentials.material
+        if credentials.package is not self or not isinstance(material, X509Credential):
+            raise ValueError("these are not x509 credentials")
+        try:
+            return export_x509_delegation(material)
+        except OverflowError as exc:
+            raise UnsupportedFunctionError(str(exc)) from exc
+
+    def import_delegation(self, blob: bytes, owner: Credentials | None = None) -> Credentials:
+        """OUTBOUND credentials acting as the chain's principal, proven by ``owner``'s identity
+        (the importing service's credentials): the chain is verified again against its trust
+        anchors and must have been delegated to it."""
+        if owner is None or owner.package is not self:
+            raise ValueError("x509 delegation is imported with the service's x509 credentials")
+        material = import_x509_delegation(blob, owner.material)
+        return Credentials(
+            package=self,
+            principal=material.principal,
+            use=CredentialUse.OUTBOUND,
+            material=material,
+        )

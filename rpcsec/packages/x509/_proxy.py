@@ -223,10 +223,11 @@ def _openssl_verify(
     for anchor in anchors:
         store.add_cert(crypto.X509.from_cryptography(anchor))
     store.set_time(_utc(now))
-    leaf = crypto.X509.from_cryptography(chain[0])
-    intermediates = [crypto.X509.from_cryptography(c) for c in chain[1:]]
-    context = crypto.X509StoreContext(store, leaf, intermediates)
     try:
+        # A certificate ``cryptography`` parsed can still be one OpenSSL's d2i refuses.
+        leaf = crypto.X509.from_cryptography(chain[0])
+        intermediates = [crypto.X509.from_cryptography(c) for c in chain[1:]]
+        context = crypto.X509StoreContext(store, leaf, intermediates)
         return context.get_verified_chain()
     except crypto.X509StoreContextError as exc:
         errors = exc.errors if isinstance(exc.errors, list) else []
