@@ -27,7 +27,7 @@ from helpers.echo import AsyncEchoServicer, EchoServicer
 import rpcsec
 from rpcsec.grpc import SecurityInterceptor, reason_of, secure_channel, set_default_credentials
 from rpcsec.grpc import aio as rpcsec_aio
-from rpcsec.grpc._wire import NEGOTIATE_METHOD
+from rpcsec.grpc._wire import NEGOTIATE_METHOD, is_ticket
 from rpcsec.sspi import ContextReq, ImpersonationLevel
 
 CALLERS = 50
@@ -138,6 +138,9 @@ def test_fifty_callers_on_sixteen_threads_share_one_channel(x509_setup, serve) -
     # One handshake per caller at storage (not one per call), all on one connection.
     assert negotiations.count == CALLERS
     assert len({peer for _, peer in storage.seen}) == 1
+    # 50 bindings cached, each on a sealed ticket (the session layer's handles).
+    bindings = [session.current for session in shared._session.callers.sessions()]
+    assert len(bindings) == CALLERS and all(is_ticket(b.handle) for b in bindings)
     shared.close()
 
 
@@ -314,3 +317,61 @@ async def test_aio_caller_without_delegation_is_refused(x509_setup, serve, aio_s
     assert reason_of(info.value) == "delegation-required"
     assert negotiations.count == 0 and storage.seen == []
     await shared.close()
+
+
+class _Template:
+    """Stands in for ChannelSecurity in the sans-IO cache's unit tests."""
+
+    def for_caller(self, credentials, owner):
+        return (credentials, owner)
+
+
+def _delegating_token(principal: str, credentials, expires_at: float | None = None):
+    return rpcsec.AccessToken(
+        principal=principal,
+        package="x509",
+        impersonation_level=ImpersonationLevel.DELEGATE,
+        expires_at=expires_at,
+        delegated_credentials=credentials,
+    )
+
+
+def test_caller_sessions_never_hand_one_callers_session_to_another(x509_setup) -> None:
+    from rpcsec.grpc._cloaking import CallerSessions
+
+    now = [1000.0]
+    cache = CallerSessions(_Template(), lambda made: made, max_callers=2, clock=lambda: now[0])
+    alice, alice_again, bob = (x509_setup.client(n) for n in ("alice", "alice", "bob"))
+    # Same principal, two delegations (two handles): two bindings, never shared.
+    with rpcsec.impersonate(_delegating_token("alice", alice, 2000.0)):
+        first = cache.select()
+        assert cache.select() is first and first[0] is alice
+    with rpcsec.impersonate(_delegating_token("alice", alice_again, 2000.0)):
+        assert cache.select()[0] is alice_again
+    assert cache.made == 2
+    with rpcsec.impersonate(_delegating_token("bob", bob, 2000.0)):
+        assert cache.select()[0] is bob  # evicts alice's first (least recently used)
+    assert cache.evicted == 1 and len(cache) == 2
+    with rpcsec.impersonate(_delegating_token("alice", alice, 2000.0)):
+        assert cache.select() is not first  # bound again, a new session
+    now[0] = 2000.0  # every delegation has ended
+    with rpcsec.impersonate(_delegating_token("bob", bob, 2000.0)):
+        with pytest.raises(rpcsec.sspi.DelegationPolicyError):
+            cache.select()
+    assert cache.close() and len(cache) == 0
+    with rpcsec.impersonate(_delegating_token("bob", bob)), pytest.raises(ValueError):
+        cache.select()  # closed: nothing is made after close
+    with pytest.raises(ValueError):
+        CallerSessions(_Template(), lambda made: made, max_callers=0)
+
+
+def test_caller_sessions_refuse_a_caller_who_did_not_delegate(x509_setup) -> None:
+    from rpcsec.grpc._cloaking import CallerSessions
+
+    cache = CallerSessions(_Template(), lambda made: made)
+    token = rpcsec.AccessToken(
+        principal="alice", package="x509", impersonation_level=ImpersonationLevel.IMPERSONATE
+    )
+    with rpcsec.impersonate(token), pytest.raises(rpcsec.sspi.DelegationRequiredError):
+        cache.select()
+    assert cache.made == 0 and cache.peek() is None
