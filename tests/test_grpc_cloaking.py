@@ -375,3 +375,37 @@ def test_caller_sessions_refuse_a_caller_who_did_not_delegate(x509_setup) -> Non
     with rpcsec.impersonate(token), pytest.raises(rpcsec.sspi.DelegationRequiredError):
         cache.select()
     assert cache.made == 0 and cache.peek() is None
+
+
+async def test_aio_each_caller_is_seen_as_itself_x509_and_kerberos(
+    delegating_setup, serve, aio_serve
+) -> None:
+    setup = delegating_setup
+    storage_address, storage, negotiations = _storage(setup, serve)
+    shared = rpcsec_aio.secure_channel(storage_address, **setup.channel_options("storage"))
+
+    async def onward(request: echo_pb2.EchoRequest) -> echo_pb2.EchoResponse:
+        return await echo_pb2_grpc.EchoStub(shared).Say(echo_pb2.EchoRequest(text="via front"))
+
+    front_address = await aio_serve(
+        [rpcsec_aio.SecurityInterceptor(setup.server("documents"))], [AsyncEchoServicer(onward)]
+    )
+    channels = {
+        name: rpcsec_aio.secure_channel(front_address, setup.client(name), **_delegating(setup))
+        for name in ("alice", "bob")
+    }
+    try:
+        work = ["alice", "bob"] * 4
+        answers = await asyncio.gather(
+            *(
+                echo_pb2_grpc.EchoStub(channels[name]).Say(echo_pb2.EchoRequest(text="onward"))
+                for name in work
+            )
+        )
+    finally:
+        for channel in channels.values():
+            await channel.close()
+    assert [a.principal for a in answers] == [setup.principal(n) for n in work]
+    assert negotiations.count == 2  # one per caller, concurrent first calls sharing it
+    assert len({peer for _, peer in storage.seen}) == 1
+    await shared.close()
