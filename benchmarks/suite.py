@@ -276,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="every configuration, briefly (CI)")
     parser.add_argument("--rounds", type=int, help="rounds (default 5, quick 1)")
-    parser.add_argument("--only", help="comma-separated configurations (plain,grpc_tls,...)")
+    parser.add_argument(
+        "--only", help="comma-separated configurations (plain,grpc_tls,...,delegated_hop)"
+    )
     parser.add_argument("--no-kerberos", action="store_true", help="do not start a KDC")
     parser.add_argument(
         "--no-alternatives",
@@ -308,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         budget = Budget(**{**budget.__dict__, "rounds": args.rounds})
     only = set(args.only.split(",")) if args.only else None
+    if only == {"delegated_hop"}:  # no configuration: the delegated hop alone
+        from .delegated_hop import main as delegated_hop
+
+        return delegated_hop(["--quick"] if args.quick else [])
     document = run_suite(
         budget, kerberos=not args.no_kerberos, alternatives=not args.no_alternatives, only=only
     )
