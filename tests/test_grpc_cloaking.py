@@ -84,11 +84,10 @@ def _delegating(setup) -> dict:
 
 def _storage(setup, serve) -> tuple[str, Storage, NegotiateCounter]:
     storage, counter = Storage(), NegotiateCounter()
-    # The front is ONE peer binding for many callers at once: storage admits more concurrent
-    # handshakes from it than the default per-peer bound (else some are refused ``busy`` and
-    # retried, which would count as extra Negotiate streams here).
-    security = SecurityInterceptor(setup.server("storage"), max_handshakes_per_peer=64)
-    address = serve([counter, security], [storage])
+    # Storage's default admission: the front is ONE peer binding for many callers at once,
+    # and the cloaked channel keeps its handshakes under the per-peer bound (none is refused
+    # ``busy``, which would count as an extra Negotiate stream here).
+    address = serve([counter, SecurityInterceptor(setup.server("storage"))], [storage])
     return address, storage, counter
 
 
@@ -409,3 +408,34 @@ async def test_aio_each_caller_is_seen_as_itself_x509_and_kerberos(
     assert negotiations.count == 2  # one per caller, concurrent first calls sharing it
     assert len({peer for _, peer in storage.seen}) == 1
     await shared.close()
+
+
+def test_a_cloaked_channel_runs_a_bounded_number_of_handshakes(x509_setup, serve) -> None:
+    """All bind slots taken (other callers' handshakes in progress): the next caller's bind
+    waits, then fails ``BusyError`` within the handshake deadline, sending nothing."""
+    from rpcsec.grpc._cloaking import CONCURRENT_BINDS
+    from rpcsec.sspi import BusyError
+
+    setup = x509_setup
+    storage_address, storage, negotiations = _storage(setup, serve)
+    shared = secure_channel(
+        storage_address, handshake_timeout=0.3, **setup.channel_options("storage")
+    )
+    gate = shared._session.gate
+    for _ in range(CONCURRENT_BINDS):
+        assert gate.acquire(timeout=0)
+    set_default_credentials(setup.client("bob"))
+    try:
+        started = time.monotonic()
+        with pytest.raises(BusyError):
+            echo_pb2_grpc.EchoStub(shared).Say(echo_pb2.EchoRequest(text="me"))
+        assert time.monotonic() - started < 5
+        assert negotiations.count == 0 and storage.seen == []
+        gate.release()  # one slot free: the bind goes ahead
+        assert echo_pb2_grpc.EchoStub(shared).Say(echo_pb2.EchoRequest(text="me")).principal
+        assert negotiations.count == 1
+    finally:
+        set_default_credentials(None)
+        for _ in range(CONCURRENT_BINDS - 1):
+            gate.release()
+    shared.close()

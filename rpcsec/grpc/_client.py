@@ -38,7 +38,7 @@ from rpcsec.sspi import (
 from ._binding import ChannelSecurity, ClientBound
 from ._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from ._client_errors import typed_expiry
-from ._cloaking import DEFAULT_MAX_CALLERS, CallerSessions, cloaking_mode
+from ._cloaking import CONCURRENT_BINDS, DEFAULT_MAX_CALLERS, CallerSessions, cloaking_mode
 from ._proto import handshake_pb2
 from ._recovery import MAX_TRANSPORT_ATTEMPTS
 from ._session import SessionCore, refusal_decision
@@ -73,12 +73,17 @@ class _Session:
     lock that makes concurrent first calls share one handshake, the waits it asks for)."""
 
     def __init__(
-        self, raw: grpc.Channel, security: ChannelSecurity, handshake_timeout: float
+        self,
+        raw: grpc.Channel,
+        security: ChannelSecurity,
+        handshake_timeout: float,
+        gate: threading.Semaphore | None = None,
     ) -> None:
         self.raw = raw
         self.security = security
         self.core = SessionCore(security)
         self._timeout = handshake_timeout
+        self._gate = gate  # shared by a cloaked channel's sessions: handshakes at once
         self._lock = threading.Lock()
         self._negotiate = raw.stream_stream(NEGOTIATE_METHOD)
         self._release = raw.unary_unary(RELEASE_METHOD)
@@ -107,7 +112,16 @@ class _Session:
             if bound is not None:
                 return bound
             time.sleep(core.before_bind())
-            bound = self._handshake_when_admitted()
+            gate = self._gate
+            if gate is None:
+                bound = self._handshake_when_admitted()
+            else:
+                if not gate.acquire(timeout=self._timeout):
+                    raise BusyError("too many handshakes in progress on this channel")
+                try:
+                    bound = self._handshake_when_admitted()
+                finally:
+                    gate.release()
             core.established(bound)
             return bound
 
@@ -201,9 +215,10 @@ class _CloakedSession:
     ) -> None:
         self.raw = raw
         self.security = security  # the template: protection, idempotent methods
+        gate = self.gate = threading.BoundedSemaphore(CONCURRENT_BINDS)
         self.callers: CallerSessions[_Session] = CallerSessions(
             security,
-            lambda caller: _Session(raw, caller, handshake_timeout),
+            lambda caller: _Session(raw, caller, handshake_timeout, gate),
             max_callers=max_callers,
             clock=security.clock,
         )

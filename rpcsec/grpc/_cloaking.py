@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLOAKING_MODES",
+    "CONCURRENT_BINDS",
     "DEFAULT_MAX_CALLERS",
     "CallerSessions",
     "cloaking_mode",
@@ -43,6 +44,10 @@ __all__ = [
 
 CLOAKING_MODES = ("static", "dynamic")
 DEFAULT_MAX_CALLERS = 256
+# Handshakes one cloaked channel runs at once, whatever the number of callers binding: half the
+# server's default per-peer bound (``_table.DEFAULT_MAX_HANDSHAKES_PER_PEER``), so a front's
+# first calls queue here instead of being refused ``busy`` and retried there.
+CONCURRENT_BINDS = 4
 
 _default: Credentials | None = None
 _lock = threading.Lock()

@@ -33,7 +33,7 @@ from .._binding import ChannelSecurity, ClientBound
 from .._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from .._client import DEFAULT_HANDSHAKE_TIMEOUT, _parse_response
 from .._client_errors import typed_expiry
-from .._cloaking import DEFAULT_MAX_CALLERS, CallerSessions, cloaking_mode
+from .._cloaking import CONCURRENT_BINDS, DEFAULT_MAX_CALLERS, CallerSessions, cloaking_mode
 from .._recovery import LOST_STATUS
 from .._session import SessionCore, refusal_decision
 from .._status import REASON_KEY, error_from_rpc
@@ -65,12 +65,17 @@ class _Session:
     """One aio channel's binding: the asyncio I/O shell over ``SessionCore``."""
 
     def __init__(
-        self, raw: grpc.aio.Channel, security: ChannelSecurity, handshake_timeout: float
+        self,
+        raw: grpc.aio.Channel,
+        security: ChannelSecurity,
+        handshake_timeout: float,
+        gate: asyncio.Semaphore | None = None,
     ) -> None:
         self.raw = raw
         self.security = security
         self.core = SessionCore(security)
         self._timeout = handshake_timeout
+        self._gate = gate  # shared by a cloaked channel's sessions: handshakes at once
         self._lock = asyncio.Lock()
         self._negotiate = raw.stream_stream(NEGOTIATE_METHOD)
         self._release = raw.unary_unary(RELEASE_METHOD)
@@ -99,7 +104,18 @@ class _Session:
             if bound is not None:
                 return bound
             await asyncio.sleep(core.before_bind())
-            bound = await self._handshake_when_admitted()
+            gate = self._gate
+            if gate is None:
+                bound = await self._handshake_when_admitted()
+            else:
+                try:
+                    await asyncio.wait_for(gate.acquire(), self._timeout)
+                except TimeoutError:
+                    raise BusyError("too many handshakes in progress on this channel") from None
+                try:
+                    bound = await self._handshake_when_admitted()
+                finally:
+                    gate.release()
             core.established(bound)
             return bound
 
@@ -183,9 +199,10 @@ class _CloakedSession:
     ) -> None:
         self.raw = raw
         self.security = security  # the template: protection, idempotent methods
+        gate = self.gate = asyncio.Semaphore(CONCURRENT_BINDS)
         self.callers: CallerSessions[_Session] = CallerSessions(
             security,
-            lambda caller: _Session(raw, caller, handshake_timeout),
+            lambda caller: _Session(raw, caller, handshake_timeout, gate),
             max_callers=max_callers,
             clock=security.clock,
         )
