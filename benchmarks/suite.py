@@ -10,6 +10,9 @@ hits all of them alike. Results: median, min and max over the rounds, and each c
 ratio to plain gRPC and to gRPC TLS, written to ``benchmarks/results/latest.json`` and rendered
 into ``docs/BENCHMARKS.md`` with a chart (``docs/benchmarks.png``).
 
+After them, ``delegated_hop``: a warm two-hop delegated call (client -> front -> storage, one
+cloaked channel at the front) vs a warm direct call, stored as ``delegated_hop``.
+
 ``--quick`` (CI) runs every configuration briefly and fails only if one of them errors -- never
 on a timing -- and writes nothing unless asked to (``--json``).
 """
@@ -273,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="every configuration, briefly (CI)")
     parser.add_argument("--rounds", type=int, help="rounds (default 5, quick 1)")
-    parser.add_argument("--only", help="comma-separated configurations (plain,grpc_tls,...)")
+    parser.add_argument(
+        "--only", help="comma-separated configurations (plain,grpc_tls,...,delegated_hop)"
+    )
     parser.add_argument("--no-kerberos", action="store_true", help="do not start a KDC")
     parser.add_argument(
         "--no-alternatives",
@@ -305,10 +310,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         budget = Budget(**{**budget.__dict__, "rounds": args.rounds})
     only = set(args.only.split(",")) if args.only else None
+    if only == {"delegated_hop"}:  # no configuration: the delegated hop alone
+        from .delegated_hop import main as delegated_hop
+
+        return delegated_hop(["--quick"] if args.quick else [])
     document = run_suite(
         budget, kerberos=not args.no_kerberos, alternatives=not args.no_alternatives, only=only
     )
     document["machine"]["mode"] = "quick" if args.quick else "full"
+    if only is None or "delegated_hop" in only:
+        from .delegated_hop import describe, run_delegated_hop
+
+        try:
+            document["delegated_hop"] = run_delegated_hop(quick=args.quick, rounds=args.rounds)
+            print(describe(document["delegated_hop"]))
+        except Exception as exc:
+            document["errors"].setdefault("delegated_hop", {})["run"] = _describe(exc)
 
     from ._report import render_table, write_outputs
 

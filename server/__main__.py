@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -41,7 +42,10 @@ def _policy(
     return AuthorizationPolicy([rule])
 
 
-def build_server(args: argparse.Namespace, env: DemoEnvironment) -> tuple[grpc.Server, int]:
+def build_server(
+    args: argparse.Namespace, env: DemoEnvironment
+) -> tuple[grpc.Server, int, Callable[[], None]]:
+    """The service's server, its port, and what to close after it stops."""
     overrides = {"trust": args.trust} if args.trust else {}
     credentials = env.service_credentials(args.package, args.identity or args.service, **overrides)
     minimum = PROTECTION[args.min_protection]
@@ -69,7 +73,8 @@ def build_server(args: argparse.Namespace, env: DemoEnvironment) -> tuple[grpc.S
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), interceptors=[interceptor])
     register(servicer, server)
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")
-    return server, port
+    close = servicer.close if isinstance(servicer, DocumentsServicer) else (lambda: None)
+    return server, port, close
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     env = DemoEnvironment.load(args.env)
     env.apply_process_env(args.package)
-    server, port = build_server(args, env)
+    server, port, close = build_server(args, env)
     server.start()
     print(f"READY 127.0.0.1:{port}", flush=True)
     stop = threading.Event()
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=1).wait()
+    close()  # the front's one channel to storage
     return 0
 
 

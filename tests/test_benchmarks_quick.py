@@ -63,3 +63,13 @@ def test_results_have_the_documented_shape(quick) -> None:
     assert plain["ratio_to_plain"]["unary_latency"] == pytest.approx(1.0)
     assert set(plain["unary_latency_us"]) >= {"median", "min", "max"}
     assert document["machine"]["allocator"]["MALLOC_TRIM_THRESHOLD_"] != "default"
+
+
+def test_the_delegated_hop_was_measured(quick) -> None:
+    """Two hops through a front on one dynamically cloaked channel, and the direct call."""
+    _, document = quick
+    hop = document["delegated_hop"]
+    for way in ("direct", "two_hop_delegated", "two_hop_as_front", "two_hop_channel_per_call"):
+        assert hop[way]["median"] > 0
+    assert hop["ratio_delegated_to_direct"] > 0
+    assert hop["target_ratio"] == 1.5

@@ -133,15 +133,16 @@ def test_a_refusal_further_down_reaches_the_first_caller(x509_setup, serve) -> N
     assert storage.tokens == []
 
 
-def test_a_delegated_channel_serves_one_caller_only(x509_setup, serve) -> None:
+def test_a_statically_cloaked_channel_serves_one_caller_only(x509_setup, serve) -> None:
     setup = x509_setup
     storage = Recorder()
     storage_address = serve([SecurityInterceptor(setup.server("storage"))], [storage])
     kept: list[grpc.Channel] = []
 
     def onward(request: echo_pb2.EchoRequest) -> echo_pb2.EchoResponse:
-        if not kept:  # the first caller's channel, wrongly kept for everyone
-            kept.append(secure_channel(storage_address, **setup.channel_options("storage")))
+        if not kept:  # the first caller's static channel, wrongly kept for everyone
+            options = setup.channel_options("storage")
+            kept.append(secure_channel(storage_address, cloaking="static", **options))
         return echo_pb2_grpc.EchoStub(kept[0]).Say(echo_pb2.EchoRequest(text="shared"))
 
     front_address = serve(
@@ -165,7 +166,13 @@ def test_process_credentials_outside_impersonation(ntlm_setup, serve) -> None:
     storage = Recorder()
     storage_address = serve([SecurityInterceptor(setup.server("storage"))], [storage])
     with pytest.raises(NoCredentialsError):
-        secure_channel(storage_address, **setup.channel_options("storage"))
+        secure_channel(storage_address, cloaking="static", **setup.channel_options("storage"))
+    # Dynamic (the default without credentials): made at once, refused when a call needs an
+    # identity outside any handler, before anything is sent.
+    with secure_channel(storage_address, **setup.channel_options("storage")) as idle:
+        with pytest.raises(NoCredentialsError):
+            echo_pb2_grpc.EchoStub(idle).Say(echo_pb2.EchoRequest(text="nobody"))
+    assert storage.tokens == []
 
     def onward(request: echo_pb2.EchoRequest) -> echo_pb2.EchoResponse:
         with revert_to_self():  # the service calls as itself, not as its caller

@@ -9,6 +9,7 @@ with the two operations every call starts with (``keys`` and ``begin``).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections.abc import Callable, Iterable
@@ -17,8 +18,8 @@ from typing import Any
 import grpc
 
 from rpcsec._settings import effective_settings
+from rpcsec.security import AccessToken, current_token
 from rpcsec.security import _audit as audit
-from rpcsec.security import current_token
 from rpcsec.sspi import (
     ClientContext,
     ContextReq,
@@ -31,7 +32,7 @@ from rpcsec.sspi import (
 )
 
 from ._calls import CallProtection, ClientCallProtection, MethodKeys
-from ._cloaking import resolve_credentials
+from ._cloaking import early_credentials, resolve_credentials
 from ._handshake import ClientNegotiation
 from ._recovery import REBIND_REASONS, Action, IdempotentMethods, RebindBackoff, decide
 from ._responses import ResponseKeys, TicketClientProtection
@@ -122,6 +123,7 @@ class ChannelSecurity:
         replay_window: int | None = None,
         idempotent_methods: Iterable[str] | None = None,
         clock: Callable[[], float] = time.time,
+        dynamic: bool = False,
     ) -> None:
         settings = effective_settings(protection=protection, impersonation=impersonation)
         protection, impersonation = settings.protection, settings.impersonation
@@ -137,8 +139,18 @@ class ChannelSecurity:
             raise TypeError("requirements must be ContextReq flags")
         if target_name is not None and not isinstance(target_name, str):
             raise TypeError("target_name must be a string")
-        self.credentials, self.owner = resolve_credentials(credentials)
-        check_target_name(self.credentials, target_name)  # at construction, not first call
+        # dynamic (cloaking): the template of a channel whose identity is chosen per call
+        # (``_cloaking.CallerSessions``); its per-caller copies come from ``for_caller``.
+        self.credentials: Credentials | None
+        self.owner: AccessToken | None
+        if dynamic:
+            self.credentials, self.owner = None, None
+            early = early_credentials()
+            if early is not None:
+                check_target_name(early, target_name)
+        else:
+            self.credentials, self.owner = resolve_credentials(credentials)
+            check_target_name(self.credentials, target_name)  # at construction, not first call
         required = requirements | _ALWAYS
         if not required & _ORDERING:
             # Every call is replay protected: without a receive window a whole call could be
@@ -163,10 +175,24 @@ class ChannelSecurity:
             self._context_kwargs["replay_window"] = replay_window
         self._generations = itertools.count(1)
 
+    def for_caller(self, credentials: Credentials, owner: AccessToken | None) -> ChannelSecurity:
+        """This configuration speaking as ``credentials`` (for ``owner``, a delegating caller,
+        or the process when None): one cloaked channel's per-caller binding configuration,
+        with its own re-bind backoff and generations."""
+        check_target_name(credentials, self.target_name)
+        caller = copy.copy(self)
+        caller.credentials, caller.owner = credentials, owner
+        caller.backoff = RebindBackoff()
+        caller._generations = itertools.count(1)
+        return caller
+
     def negotiation(self) -> ClientNegotiation:
+        credentials = self.credentials
+        if credentials is None:
+            raise AssertionError("a cloaked channel negotiates per caller (for_caller)")
         audit.delegation(self.owner, self.target_name)
         context = ClientContext(
-            self.credentials,
+            credentials,
             self.target_name,
             self.requested,
             impersonation=self.impersonation,

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -38,9 +38,10 @@ from rpcsec.sspi import (
 from ._binding import ChannelSecurity, ClientBound
 from ._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from ._client_errors import typed_expiry
+from ._cloaking import CONCURRENT_BINDS, DEFAULT_MAX_CALLERS, CallerSessions, cloaking_mode
 from ._proto import handshake_pb2
 from ._recovery import MAX_TRANSPORT_ATTEMPTS
-from ._session import SessionCore
+from ._session import SessionCore, refusal_decision
 from ._status import error_from_rpc
 from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
@@ -72,12 +73,17 @@ class _Session:
     lock that makes concurrent first calls share one handshake, the waits it asks for)."""
 
     def __init__(
-        self, raw: grpc.Channel, security: ChannelSecurity, handshake_timeout: float
+        self,
+        raw: grpc.Channel,
+        security: ChannelSecurity,
+        handshake_timeout: float,
+        gate: threading.Semaphore | None = None,
     ) -> None:
         self.raw = raw
         self.security = security
         self.core = SessionCore(security)
         self._timeout = handshake_timeout
+        self._gate = gate  # shared by a cloaked channel's sessions: handshakes at once
         self._lock = threading.Lock()
         self._negotiate = raw.stream_stream(NEGOTIATE_METHOD)
         self._release = raw.unary_unary(RELEASE_METHOD)
@@ -106,7 +112,16 @@ class _Session:
             if bound is not None:
                 return bound
             time.sleep(core.before_bind())
-            bound = self._handshake_when_admitted()
+            gate = self._gate
+            if gate is None:
+                bound = self._handshake_when_admitted()
+            else:
+                if not gate.acquire(timeout=self._timeout):
+                    raise BusyError("too many handshakes in progress on this channel")
+                try:
+                    bound = self._handshake_when_admitted()
+                finally:
+                    gate.release()
             core.established(bound)
             return bound
 
@@ -186,12 +201,82 @@ class _Session:
             bound.context.delete()
 
 
+class _CloakedSession:
+    """Dynamic cloaking's shell: the ``_Session`` interface over one session per identity
+    (``_cloaking.CallerSessions``), chosen by the impersonation token current when a call
+    binds, all on the channel's one grpc channel (one HTTP/2 connection)."""
+
+    def __init__(
+        self,
+        raw: grpc.Channel,
+        security: ChannelSecurity,
+        handshake_timeout: float,
+        max_callers: int,
+    ) -> None:
+        self.raw = raw
+        self.security = security  # the template: protection, idempotent methods
+        gate = self.gate = threading.BoundedSemaphore(CONCURRENT_BINDS)
+        self.callers: CallerSessions[_Session] = CallerSessions(
+            security,
+            lambda caller: _Session(raw, caller, handshake_timeout, gate),
+            max_callers=max_callers,
+            clock=security.clock,
+        )
+
+    @property
+    def current(self) -> ClientBound | None:
+        session = self.callers.peek()
+        return None if session is None else session.current
+
+    def bound(self) -> ClientBound:
+        return self.callers.select().bound()
+
+    def _owner_of(self, bound: ClientBound) -> _Session | None:
+        for session in self.callers.sessions():
+            if session.current is bound:
+                return session
+        return None
+
+    def succeeded(self) -> None:
+        session = self.callers.peek()
+        if session is not None:
+            session.succeeded()
+
+    def refused(
+        self,
+        bound: ClientBound,
+        error: BaseException,
+        idempotent: bool,
+        resendable: bool,
+        attempt: int,
+        keys: MethodKeys | None = None,
+        call_seq: bytes | None = None,
+    ) -> bool:
+        session = self._owner_of(bound)
+        if session is not None:
+            return session.refused(bound, error, idempotent, resendable, attempt, keys, call_seq)
+        # Evicted meanwhile: nothing to invalidate, the rule is the same.
+        return refusal_decision(bound, error, idempotent, resendable, attempt, keys, call_seq)
+
+    def invalidate(self, bound: ClientBound) -> None:
+        session = self._owner_of(bound)
+        if session is not None:
+            session.invalidate(bound)
+
+    def release(self) -> None:
+        for session in self.callers.close():
+            session.release()
+
+
+_AnySession: TypeAlias = _Session | _CloakedSession
+
+
 class _Multicallable:
     __slots__ = ("_deserialize", "_idempotent", "_method", "_raw", "_serialize", "_session")
 
     def __init__(
         self,
-        session: _Session,
+        session: _AnySession,
         raw: Any,
         method: str,
         serialize: Callable[[Any], bytes] | None,
@@ -484,7 +569,7 @@ class _ResponseStream(grpc.Call):
 
     def __init__(
         self,
-        session: _Session,
+        session: _AnySession,
         start: Callable[[], _Started],
         deserialize: Callable[[bytes], Any],
         *,
@@ -586,7 +671,7 @@ class _VerifiedFuture(grpc.Future, grpc.Call):
     def __init__(
         self,
         raw: Any,
-        session: _Session,
+        session: _AnySession,
         bound: ClientBound,
         open_response: Callable[[bytes], Any],
     ) -> None:
@@ -681,9 +766,14 @@ class SecureChannel(grpc.Channel):
         security: ChannelSecurity,
         *,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_callers: int = DEFAULT_MAX_CALLERS,
     ) -> None:
         self._channel = channel
-        self._session = _Session(channel, security, handshake_timeout)
+        self._session: _AnySession
+        if security.credentials is None:  # dynamic cloaking
+            self._session = _CloakedSession(channel, security, handshake_timeout, max_callers)
+        else:
+            self._session = _Session(channel, security, handshake_timeout)
 
     # -- security --------------------------------------------------------------------------
 
@@ -782,11 +872,19 @@ def secure_channel(
     replay_window: int | None = None,
     idempotent_methods: Iterable[str] | None = None,
     clock: Callable[[], float] = time.time,
+    cloaking: str | None = None,
+    max_callers: int = DEFAULT_MAX_CALLERS,
 ) -> SecureChannel:
     """A channel to ``target`` whose calls are authenticated as ``credentials``.
 
-    ``credentials`` None: inside a handler (impersonating a caller) the caller's delegated
-    credentials, else ``DelegationRequiredError``; outside, ``set_default_credentials()``'s.
+    ``credentials`` None: each call is made as the identity current *when it is made*
+    (``cloaking="dynamic"``, DCOM's EOAC_DYNAMIC_CLOAKING): inside a handler (impersonating a
+    caller) the caller's delegated credentials, else ``DelegationRequiredError`` before
+    anything is sent; outside, ``set_default_credentials()``'s. One binding per identity
+    (at most ``max_callers``, least recently used dropped; each ends with its delegation), all
+    on this channel's one connection; a binding is never used for another caller. So one
+    channel made at service start serves every caller. ``cloaking="static"`` fixes the
+    identity current when the channel is made (the channel then serves that caller only).
     ``requirements`` (default ``ContextReq.default()``: MUTUAL_AUTH, REPLAY_DETECT, INTEGRITY,
     CONNECTION) are requested *and* required: a context granted less fails the first call with
     ``InsufficientAttributesError`` before anything of the application is sent (NTLM, which
@@ -814,6 +912,7 @@ def secure_channel(
         replay_window=replay_window,
         idempotent_methods=idempotent_methods,
         clock=clock,
+        dynamic=cloaking_mode(cloaking, credentials) == "dynamic",
     )
     if isinstance(target, grpc.Channel):
         channel = target
@@ -825,4 +924,6 @@ def secure_channel(
             channel = grpc.insecure_channel(target, options=opts)
     else:
         raise TypeError("target must be an address string or a grpc.Channel")
-    return SecureChannel(channel, security, handshake_timeout=handshake_timeout)
+    return SecureChannel(
+        channel, security, handshake_timeout=handshake_timeout, max_callers=max_callers
+    )

@@ -11,18 +11,43 @@ process speaks for itself with the credentials given to ``set_default_credential
 from __future__ import annotations
 
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from rpcsec._settings import effective_settings
 from rpcsec.security import AccessToken, current_token
 from rpcsec.sspi import (
     Credentials,
     CredentialUse,
+    DelegationPolicyError,
     DelegationRequiredError,
     ImpersonationLevel,
     NoCredentialsError,
 )
 
-__all__ = ["get_default_credentials", "resolve_credentials", "set_default_credentials"]
+if TYPE_CHECKING:
+    from ._binding import ChannelSecurity
+
+__all__ = [
+    "CLOAKING_MODES",
+    "CONCURRENT_BINDS",
+    "DEFAULT_MAX_CALLERS",
+    "CallerSessions",
+    "cloaking_mode",
+    "early_credentials",
+    "get_default_credentials",
+    "resolve_credentials",
+    "set_default_credentials",
+]
+
+CLOAKING_MODES = ("static", "dynamic")
+DEFAULT_MAX_CALLERS = 256
+# Handshakes one cloaked channel runs at once, whatever the number of callers binding: half the
+# server's default per-peer bound (``_table.DEFAULT_MAX_HANDSHAKES_PER_PEER``), so a front's
+# first calls queue here instead of being refused ``busy`` and retried there.
+CONCURRENT_BINDS = 4
 
 _default: Credentials | None = None
 _lock = threading.Lock()
@@ -75,3 +100,158 @@ def resolve_credentials(
             "rpcsec.initialize_security(), and not impersonating a caller"
         )
     return default, None
+
+
+def early_credentials() -> Credentials | None:
+    """What a dynamically cloaked channel can check when it is made: inside a handler, the
+    caller's delegated credentials (``DelegationRequiredError`` at once for a caller who did
+    not delegate, as a static channel would); outside, the process's defaults if any (None:
+    the process's identity is only needed when a call is made outside any handler)."""
+    if current_token() is not None:
+        return resolve_credentials(None)[0]
+    if _default is not None:
+        return _default
+    return effective_settings().outbound_credentials()
+
+
+def cloaking_mode(cloaking: str | None, credentials: Credentials | None) -> str:
+    """``secure_channel``'s ``cloaking`` argument: None means dynamic without credentials
+    (EOAC_DYNAMIC_CLOAKING), static with them (the identity is the one given)."""
+    if cloaking is None:
+        return "dynamic" if credentials is None else "static"
+    if cloaking not in CLOAKING_MODES:
+        raise ValueError(f"cloaking must be one of {CLOAKING_MODES}, not {cloaking!r}")
+    if cloaking == "dynamic" and credentials is not None:
+        raise ValueError("dynamic cloaking chooses the credentials per call: give none")
+    return cloaking
+
+
+def _delegation_expiry(credentials: Credentials) -> float | None:
+    """When delegated credentials stop being usable, where the package says: x509's proxy
+    chain end (a Kerberos forwarded TGT outlives the service ticket the token expires with)."""
+    delegated = getattr(credentials.material, "delegated", None)
+    delegation = getattr(delegated, "delegation", None)
+    expires = getattr(delegation, "expires_at", None)
+    return float(expires) if isinstance(expires, (int, float)) else None
+
+
+def _earliest(*times: float | None) -> float | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
+
+
+S = TypeVar("S")
+
+
+class _Entry(Generic[S]):
+    __slots__ = ("credentials", "expires_at", "session")
+
+    def __init__(self, credentials: Credentials, expires_at: float | None, session: S) -> None:
+        self.credentials = credentials  # held: the key (its id) is never reused while cached
+        self.expires_at = expires_at
+        self.session = session
+
+
+class CallerSessions(Generic[S]):
+    """Dynamic cloaking's cache: one session (binding) per identity a call is made as.
+
+    DCOM's EOAC_DYNAMIC_CLOAKING: the proxy uses the thread's impersonation token *at call
+    time*. Here that is ``rpcsec.current_token()``: each call resolves its credentials
+    (``resolve_credentials``: the caller's delegated credentials inside a handler,
+    ``DelegationRequiredError`` for a caller who did not delegate, the process's own outside)
+    and is sent on the session made for exactly those credentials. The key is the identity of
+    the credentials object (each delegation is its own handle; the entry holds it, so the id
+    is not reused while cached), never a principal name: two contexts of one principal, or a
+    re-delegation, never share a binding. An entry expires with the caller's token and its
+    delegation and is then dropped, never re-used (a call as an ended delegation is
+    ``DelegationPolicyError``, as the x509 package says for an expired proxy chain); at most
+    ``max_callers`` entries are kept (least recently used evicted; a later call of that
+    caller binds again). Sessions are made
+    by ``make`` (the sync or aio shell), all over one underlying grpc channel. No I/O here.
+    """
+
+    def __init__(
+        self,
+        template: ChannelSecurity,
+        make: Callable[[ChannelSecurity], S],
+        *,
+        max_callers: int = DEFAULT_MAX_CALLERS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(max_callers, int) or max_callers < 1:
+            raise ValueError("max_callers must be a positive integer")
+        self.template = template
+        self._make = make
+        self._max = max_callers
+        self._clock = clock
+        self._entries: OrderedDict[int, _Entry[S]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.made = 0  # sessions made (one per caller per delegation lifetime)
+        self.evicted = 0  # dropped by the bound
+        self.expired = 0  # dropped because the delegation ended
+
+    def select(self) -> S:
+        """The session for the identity current now, made on first use."""
+        credentials, owner = resolve_credentials(None)
+        now = self._clock()
+        if owner is not None and owner.expired(now):
+            raise DelegationPolicyError(
+                f"the delegation of {owner.principal} has expired: no onward call as them"
+            )
+        key = id(credentials)
+        with self._lock:
+            if self._closed:
+                raise ValueError("the channel is closed")
+            entry = self._entries.get(key)
+            if entry is not None:
+                if entry.credentials is credentials and (
+                    entry.expires_at is None or now < entry.expires_at
+                ):
+                    self._entries.move_to_end(key)
+                    return entry.session
+                del self._entries[key]  # ended (or another handle at a reused id): never reused
+                self.expired += 1
+            if owner is not None:
+                expires = _earliest(owner.expires_at, _delegation_expiry(credentials))
+                if expires is not None and now >= expires:
+                    raise DelegationPolicyError(
+                        f"the delegation of {owner.principal} has expired: no onward call"
+                    )
+            else:
+                expires = None
+            session = self._make(self.template.for_caller(credentials, owner))
+            self._entries[key] = _Entry(credentials, expires, session)
+            self.made += 1
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+                self.evicted += 1
+        return session
+
+    def peek(self) -> S | None:
+        """The session the identity current now would use, if one is cached (no binding)."""
+        try:
+            credentials, _owner = resolve_credentials(None)
+        except (DelegationRequiredError, NoCredentialsError):
+            return None
+        with self._lock:
+            entry = self._entries.get(id(credentials))
+        if entry is None or entry.credentials is not credentials:
+            return None
+        return entry.session
+
+    def sessions(self) -> Iterator[S]:
+        """The cached sessions (a snapshot)."""
+        with self._lock:
+            return iter([entry.session for entry in self._entries.values()])
+
+    def close(self) -> list[S]:
+        """The channel closes: every cached session, to release; no session is made after."""
+        with self._lock:
+            self._closed = True
+            sessions = [entry.session for entry in self._entries.values()]
+            self._entries.clear()
+        return sessions
+
+    def __len__(self) -> int:
+        return len(self._entries)

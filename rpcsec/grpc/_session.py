@@ -23,7 +23,7 @@ from ._binding import ChannelSecurity, ClientBound, refusal_action
 from ._calls import MethodKeys
 from ._recovery import Action, busy_delay
 
-__all__ = ["SessionCore", "SessionState"]
+__all__ = ["SessionCore", "SessionState", "refusal_decision"]
 
 
 class SessionState(enum.Enum):
@@ -134,3 +134,26 @@ class SessionCore:
         if action is Action.REBIND or action is Action.RESEND:
             self.invalidate(bound)
         return action is Action.RESEND or action is Action.RETRY
+
+
+def refusal_decision(
+    bound: ClientBound,
+    error: BaseException,
+    idempotent: bool,
+    resendable: bool,
+    attempt: int,
+    keys: MethodKeys | None = None,
+    call_seq: bytes | None = None,
+) -> bool:
+    """``SessionCore.refused``'s answer for a binding no session holds any more (a cloaked
+    channel evicted it): nothing to invalidate, the same rule."""
+    action = refusal_action(
+        error,
+        idempotent=idempotent,
+        resendable=resendable,
+        attempt=attempt,
+        bound=bound,
+        keys=keys,
+        call_seq=call_seq,
+    )
+    return action is Action.RESEND or action is Action.RETRY

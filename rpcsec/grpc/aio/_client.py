@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import grpc.aio
@@ -33,8 +33,9 @@ from .._binding import ChannelSecurity, ClientBound
 from .._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from .._client import DEFAULT_HANDSHAKE_TIMEOUT, _parse_response
 from .._client_errors import typed_expiry
+from .._cloaking import CONCURRENT_BINDS, DEFAULT_MAX_CALLERS, CallerSessions, cloaking_mode
 from .._recovery import LOST_STATUS
-from .._session import SessionCore
+from .._session import SessionCore, refusal_decision
 from .._status import REASON_KEY, error_from_rpc
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
@@ -64,12 +65,17 @@ class _Session:
     """One aio channel's binding: the asyncio I/O shell over ``SessionCore``."""
 
     def __init__(
-        self, raw: grpc.aio.Channel, security: ChannelSecurity, handshake_timeout: float
+        self,
+        raw: grpc.aio.Channel,
+        security: ChannelSecurity,
+        handshake_timeout: float,
+        gate: asyncio.Semaphore | None = None,
     ) -> None:
         self.raw = raw
         self.security = security
         self.core = SessionCore(security)
         self._timeout = handshake_timeout
+        self._gate = gate  # shared by a cloaked channel's sessions: handshakes at once
         self._lock = asyncio.Lock()
         self._negotiate = raw.stream_stream(NEGOTIATE_METHOD)
         self._release = raw.unary_unary(RELEASE_METHOD)
@@ -98,7 +104,18 @@ class _Session:
             if bound is not None:
                 return bound
             await asyncio.sleep(core.before_bind())
-            bound = await self._handshake_when_admitted()
+            gate = self._gate
+            if gate is None:
+                bound = await self._handshake_when_admitted()
+            else:
+                try:
+                    await asyncio.wait_for(gate.acquire(), self._timeout)
+                except TimeoutError:
+                    raise BusyError("too many handshakes in progress on this channel") from None
+                try:
+                    bound = await self._handshake_when_admitted()
+                finally:
+                    gate.release()
             core.established(bound)
             return bound
 
@@ -168,6 +185,78 @@ class _Session:
             bound.context.delete()
 
 
+class _CloakedSession:
+    """Dynamic cloaking's asyncio shell: the ``_Session`` interface over one session per
+    identity (``_cloaking.CallerSessions``), chosen by the impersonation token current when a
+    call is made (a task copies its creator's context), all on one grpc.aio channel."""
+
+    def __init__(
+        self,
+        raw: grpc.aio.Channel,
+        security: ChannelSecurity,
+        handshake_timeout: float,
+        max_callers: int,
+    ) -> None:
+        self.raw = raw
+        self.security = security  # the template: protection, idempotent methods
+        gate = self.gate = asyncio.Semaphore(CONCURRENT_BINDS)
+        self.callers: CallerSessions[_Session] = CallerSessions(
+            security,
+            lambda caller: _Session(raw, caller, handshake_timeout, gate),
+            max_callers=max_callers,
+            clock=security.clock,
+        )
+
+    @property
+    def current(self) -> ClientBound | None:
+        session = self.callers.peek()
+        return None if session is None else session.current
+
+    def ready(self) -> ClientBound | None:
+        return self.callers.select().ready()
+
+    async def bound(self, stale: ClientBound | None = None) -> ClientBound:
+        return await self.callers.select().bound(stale)
+
+    def _owner_of(self, bound: ClientBound) -> _Session | None:
+        for session in self.callers.sessions():
+            if session.current is bound:
+                return session
+        return None
+
+    def succeeded(self) -> None:
+        session = self.callers.peek()
+        if session is not None:
+            session.succeeded()
+
+    def refused(
+        self,
+        bound: ClientBound,
+        error: BaseException,
+        idempotent: bool,
+        resendable: bool,
+        attempt: int,
+        keys: MethodKeys | None = None,
+        call_seq: bytes | None = None,
+    ) -> bool:
+        session = self._owner_of(bound)
+        if session is not None:
+            return session.refused(bound, error, idempotent, resendable, attempt, keys, call_seq)
+        return refusal_decision(bound, error, idempotent, resendable, attempt, keys, call_seq)
+
+    def invalidate(self, bound: ClientBound) -> None:
+        session = self._owner_of(bound)
+        if session is not None:
+            session.invalidate(bound)
+
+    async def release(self) -> None:
+        for session in self.callers.close():
+            await session.release()
+
+
+_AnySession: TypeAlias = _Session | _CloakedSession
+
+
 class _Started:
     """One attempt of a call on one binding: the grpc.aio call and its message cursors."""
 
@@ -193,7 +282,7 @@ class _Started:
 class _Call:
     """The part of ``grpc.aio.Call`` every kind shares; the grpc.aio call starts once bound."""
 
-    def __init__(self, session: _Session, launch: Callable[[ClientBound], _Started]) -> None:
+    def __init__(self, session: _AnySession, launch: Callable[[ClientBound], _Started]) -> None:
         self._session = session
         self._launch = launch
         self._started: _Started | None = None
@@ -286,7 +375,7 @@ class _UnaryResponse(_Call):
 
     def __init__(
         self,
-        session: _Session,
+        session: _AnySession,
         launch: Callable[[ClientBound], _Started],
         deserialize: Callable[[bytes], Any],
         retry: bool | None,
@@ -368,7 +457,7 @@ class _StreamResponse(_Call):
 
     def __init__(
         self,
-        session: _Session,
+        session: _AnySession,
         launch: Callable[[ClientBound], _Started],
         deserialize: Callable[[bytes], Any],
         retry: bool | None,
@@ -479,7 +568,7 @@ async def _sealed_requests(
 class _Multicallable:
     def __init__(
         self,
-        session: _Session,
+        session: _AnySession,
         raw: Any,
         method: str,
         serialize: Callable[[Any], bytes] | None,
@@ -641,9 +730,14 @@ class SecureChannel(grpc.aio.Channel):
         security: ChannelSecurity,
         *,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_callers: int = DEFAULT_MAX_CALLERS,
     ) -> None:
         self._channel = channel
-        self._session = _Session(channel, security, handshake_timeout)
+        self._session: _AnySession
+        if security.credentials is None:  # dynamic cloaking
+            self._session = _CloakedSession(channel, security, handshake_timeout, max_callers)
+        else:
+            self._session = _Session(channel, security, handshake_timeout)
 
     async def bind(self) -> ClientContext:
         """Bind now (the first call would), and return the established context."""
@@ -745,8 +839,11 @@ def secure_channel(
     replay_window: int | None = None,
     idempotent_methods: Iterable[str] | None = None,
     clock: Callable[[], float] = time.time,
+    cloaking: str | None = None,
+    max_callers: int = DEFAULT_MAX_CALLERS,
 ) -> SecureChannel:
-    """The asyncio twin of ``rpcsec.grpc.secure_channel`` (same arguments and rules)."""
+    """The asyncio twin of ``rpcsec.grpc.secure_channel`` (same arguments and rules; dynamic
+    cloaking picks the identity current where the call is made)."""
     security = ChannelSecurity(
         credentials,
         target_name=target_name,
@@ -758,6 +855,7 @@ def secure_channel(
         replay_window=replay_window,
         idempotent_methods=idempotent_methods,
         clock=clock,
+        dynamic=cloaking_mode(cloaking, credentials) == "dynamic",
     )
     if isinstance(target, grpc.aio.Channel):
         channel = target
@@ -769,4 +867,6 @@ def secure_channel(
             channel = grpc.aio.insecure_channel(target, options=opts)
     else:
         raise TypeError("target must be an address string or a grpc.aio.Channel")
-    return SecureChannel(channel, security, handshake_timeout=handshake_timeout)
+    return SecureChannel(
+        channel, security, handshake_timeout=handshake_timeout, max_callers=max_callers
+    )
