@@ -4,8 +4,9 @@
         --storage-name spiffe://example.test/svc/notes
 
 The front has no rights of its own at the storage. Inside a handler it impersonates the
-caller, so a ``secure_channel`` made there *without credentials* uses the caller's delegated
-credentials (cloaking); the storage then sees principal = the client, via = [front]. The
+caller, so its one ``secure_channel``, made at start *without credentials*, sends each call
+with the caller's delegated credentials (dynamic cloaking); the storage then sees principal =
+the client, via = [front]. The
 client must allow it: ``client.py --delegate-to spiffe://example.test/svc/notes`` (x509
 delegation names where the front may act as you); with Kerberos (``--keytab``/``--principal``
 here, ``client.py --ccache ... --delegate`` there) the client forwards its ticket instead. A
@@ -32,22 +33,26 @@ from rpcsec.sspi import (
 
 class Front(notes_pb2_grpc.NotesServicer):
     def __init__(self, storage: str, storage_name: str) -> None:
-        self._storage, self._storage_name = storage, storage_name
-
-    def _call_storage(self, call):
         # [readme:delegation]
-        # No credentials: inside the handler this is the caller's delegated identity, or
-        # DelegationRequiredError when the caller did not delegate. One channel per caller:
-        # a channel bound as one caller is never used for another.
-        channel = secure_channel(
-            self._storage,
-            target_name=self._storage_name,
+        # One channel for every caller, made at start and without credentials (dynamic
+        # cloaking, DCOM's EOAC_DYNAMIC_CLOAKING): each call goes out as the caller the handler
+        # impersonates at that moment -- their delegated credentials, over a context cached
+        # for that caller alone -- or raises DelegationRequiredError when the caller did not
+        # delegate. All callers share its one HTTP/2 connection; none is ever sent as another.
+        self._channel = secure_channel(
+            storage,
+            target_name=storage_name,
             impersonation=ImpersonationLevel.IMPERSONATE,
             protection=ProtectionLevel.PRIVACY,  # the storage's Write needs sealed calls
         )
-        with channel:
-            return call(notes_pb2_grpc.NotesStub(channel))
+        self._storage = notes_pb2_grpc.NotesStub(self._channel)
         # [/readme:delegation]
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call_storage(self, call):
+        return call(self._storage)
 
     def Read(self, request, context):
         return self._call_storage(lambda storage: storage.Read(request))
@@ -85,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             SecurityInterceptor(credentials, policy=AuthorizationPolicy.any_authenticated())
         ],
     )
-    notes_pb2_grpc.add_NotesServicer_to_server(Front(args.storage, args.storage_name), server)
+    front = Front(args.storage, args.storage_name)
+    notes_pb2_grpc.add_NotesServicer_to_server(front, server)
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     print(f"READY 127.0.0.1:{port}", flush=True)
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         server.wait_for_termination()
     except KeyboardInterrupt:
         server.stop(grace=1).wait()
+    finally:
+        front.close()
     return 0
 
 
