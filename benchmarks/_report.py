@@ -48,9 +48,14 @@ moved its servers into a process of their own.
 In a tight loop an AES-GCM call through `cryptography` costs ~1.2 µs; *in a server loop*, after
 gRPC's C core and the other threads have run between two calls, the same call costs ~6.7 µs of
 CPU (`AESGCM.encrypt` of 100 B: 1.3 µs hot, 7.0 µs right after a gRPC call; a wrap+unwrap pair
-5.2 µs hot, 18.5 µs cold). Instruction and data caches, not arithmetic, set the price, so the
-number of AEAD calls per RPC -- not the Python glue around them -- is most of what rpcsec adds,
-and micro-benchmarks (`python -m benchmarks.core`) undercount per-call cost about 3.5x.
+5.2 µs hot, 18.5 µs cold). Instruction and data caches, not arithmetic, set the price, and
+micro-benchmarks (`python -m benchmarks.core`) undercount per-call cost about 3.5x. The AEAD
+calls are *not* most of what rpcsec adds: an outside study (issue 14: paired rounds, each
+server in its own process, CPU per thread from schedstat, 88 rounds) put the +155 µs of a unary
+100 B x509 INTEGRITY call (1.22x plain) at ~20 % extra gRPC-level work from the wrapping
+(pass-through interceptor, re-wrapped handler, `-bin` metadata), ~54 % rpcsec's Python glue
+(measured with the crypto replaced by a no-op) and ~26 % the four AES-GCM/GMAC calls; with the
+AEAD at zero cost rpcsec was still 1.16x.
 
 Changes made for issue 5 and what they bought (before -> after, same machine):
 
@@ -75,11 +80,12 @@ What still bounds the latency targets (INTEGRITY <= 1.10x, PRIVACY <= 1.15x plai
 ~48 µs of CPU per unary call in place, ~27 µs of it the four cold AEAD calls (a protected
 request and a protected response need at least four), the rest admission (table lookup,
 policy, impersonation) and the per-message Python frames. 1.10x of this machine's in-process
-plain round trip leaves ~30 µs. The design change that would pass it is **one native call per
-message**: header parse, replay check, AAD assembly and AES-GCM with a key context kept across
-messages (OpenSSL re-initialised with only a new IV, no key schedule or context copy per
-message), e.g. a small Rust extension next to `cryptography`; that shrinks each message's
-cold-cache footprint from several Python frames plus a fresh EVP context to one call.
+plain round trip leaves ~30 µs. The earlier claim here, that one native call per message
+would pass it, does not hold: the same study measured that prototype at -52 µs, 1.17x alone,
+and a one-frame Python fast path per side with precomputed per-method state plus handlers
+pre-wrapped as a generic handler (no per-call interceptor) at -45 µs, 1.15x, throughput 0.97x;
+the two combined gained little more. Fewer frames and fewer per-call objects on each side are
+what pays (issue 14, not yet done).
 Throughput under concurrency (>= 0.85x) is bound by the same CPU per call: client and server
 now have a GIL each, but on this 2-core machine the two processes together fill both cores, so
 calls/s still scale roughly as plain CPU per call over (plain + rpcsec) CPU per call;
