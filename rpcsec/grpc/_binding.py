@@ -156,16 +156,9 @@ class ChannelSecurity:
             # Every call is replay protected: without a receive window a whole call could be
             # sent again.
             required |= ContextReq.REPLAY_DETECT
-        if protection is ProtectionLevel.PRIVACY:
-            required |= ContextReq.CONFIDENTIALITY
-        requested = required
-        if impersonation >= ImpersonationLevel.DELEGATE:
-            requested |= ContextReq.DELEGATE  # allowed, not required (the server may decline)
-        self.required = required.normalized()
-        self.requested = requested.normalized()
+        self._base_required = required  # before the levels add theirs (``with_levels``)
         self.target_name = target_name
-        self.impersonation = impersonation
-        self.protection = protection
+        self._set_levels(protection, impersonation)
         self.package_options = dict(package_options or {})
         self.clock = clock
         self._context_kwargs: dict[str, Any] = {"clock": clock}
@@ -174,6 +167,38 @@ class ChannelSecurity:
         if replay_window is not None:
             self._context_kwargs["replay_window"] = replay_window
         self._generations = itertools.count(1)
+
+    def _set_levels(self, protection: ProtectionLevel, impersonation: ImpersonationLevel) -> None:
+        required = self._base_required
+        if protection is ProtectionLevel.PRIVACY:
+            required |= ContextReq.CONFIDENTIALITY
+        requested = required
+        if impersonation >= ImpersonationLevel.DELEGATE:
+            requested |= ContextReq.DELEGATE  # allowed, not required (the server may decline)
+        self.required = required.normalized()
+        self.requested = requested.normalized()
+        self.impersonation = impersonation
+        self.protection = protection
+
+    def with_levels(
+        self,
+        *,
+        protection: ProtectionLevel | None = None,
+        impersonation: ImpersonationLevel | None = None,
+    ) -> ChannelSecurity:
+        """This configuration at other levels (CoSetProxyBlanket): same identity, target and
+        requirements; its own bindings, since the levels are fixed in each handshake."""
+        protection = self.protection if protection is None else protection
+        impersonation = self.impersonation if impersonation is None else impersonation
+        if not isinstance(protection, ProtectionLevel) or protection not in LEVEL_BYTES:
+            raise ValueError("protection must be ProtectionLevel.INTEGRITY or PRIVACY")
+        if not isinstance(impersonation, ImpersonationLevel):
+            raise TypeError("impersonation must be an ImpersonationLevel")
+        blanket = copy.copy(self)
+        blanket._set_levels(protection, impersonation)
+        blanket.backoff = RebindBackoff()
+        blanket._generations = itertools.count(1)
+        return blanket
 
     def for_caller(self, credentials: Credentials, owner: AccessToken | None) -> ChannelSecurity:
         """This configuration speaking as ``credentials`` (for ``owner``, a delegating caller,

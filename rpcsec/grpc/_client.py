@@ -767,8 +767,11 @@ class SecureChannel(grpc.Channel):
         *,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_callers: int = DEFAULT_MAX_CALLERS,
+        owns_channel: bool = True,
     ) -> None:
         self._channel = channel
+        self._owns_channel = owns_channel
+        self._options = (handshake_timeout, max_callers)
         self._session: _AnySession
         if security.credentials is None:  # dynamic cloaking
             self._session = _CloakedSession(channel, security, handshake_timeout, max_callers)
@@ -842,12 +845,33 @@ class SecureChannel(grpc.Channel):
         raw = self._channel.stream_stream(method, **_raw_kwargs(kwargs))
         return _StreamStream(self._session, raw, method, request_serializer, response_deserializer)
 
+    def with_blanket(
+        self,
+        *,
+        protection: ProtectionLevel | None = None,
+        impersonation: ImpersonationLevel | None = None,
+    ) -> SecureChannel:
+        """This channel at another protection and/or impersonation level (DCOM's
+        CoSetProxyBlanket for one proxy): same identity, target and connection, its own
+        context (levels are fixed in a handshake). Omitted levels stay this channel's. Stubs
+        made on the result use the new levels; ``close()`` on it releases only its context."""
+        handshake_timeout, max_callers = self._options
+        return SecureChannel(
+            self._channel,
+            self._session.security.with_levels(protection=protection, impersonation=impersonation),
+            handshake_timeout=handshake_timeout,
+            max_callers=max_callers,
+            owns_channel=False,
+        )
+
     def close(self) -> None:
-        """Release the server's context (a signed Release call), then close the channel."""
+        """Release the server's context (a signed Release call), then close the channel
+        (unless it belongs to the channel this one was made from by ``with_blanket``)."""
         try:
             self._session.release()
         finally:
-            self._channel.close()
+            if self._owns_channel:
+                self._channel.close()
 
     def __enter__(self) -> SecureChannel:
         return self

@@ -731,8 +731,11 @@ class SecureChannel(grpc.aio.Channel):
         *,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_callers: int = DEFAULT_MAX_CALLERS,
+        owns_channel: bool = True,
     ) -> None:
         self._channel = channel
+        self._owns_channel = owns_channel
+        self._options = (handshake_timeout, max_callers)
         self._session: _AnySession
         if security.credentials is None:  # dynamic cloaking
             self._session = _CloakedSession(channel, security, handshake_timeout, max_callers)
@@ -758,12 +761,33 @@ class SecureChannel(grpc.aio.Channel):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def with_blanket(
+        self,
+        *,
+        protection: ProtectionLevel | None = None,
+        impersonation: ImpersonationLevel | None = None,
+    ) -> SecureChannel:
+        """This channel at another protection and/or impersonation level (DCOM's
+        CoSetProxyBlanket for one proxy): same identity, target and connection, its own
+        context (levels are fixed in a handshake). Omitted levels stay this channel's. Stubs
+        made on the result use the new levels; ``close()`` on it releases only its context."""
+        handshake_timeout, max_callers = self._options
+        return SecureChannel(
+            self._channel,
+            self._session.security.with_levels(protection=protection, impersonation=impersonation),
+            handshake_timeout=handshake_timeout,
+            max_callers=max_callers,
+            owns_channel=False,
+        )
+
     async def close(self, grace: float | None = None) -> None:
-        """Release the server's context (a signed Release call), then close the channel."""
+        """Release the server's context (a signed Release call), then close the channel
+        (unless it belongs to the channel this one was made from by ``with_blanket``)."""
         try:
             await self._session.release()
         finally:
-            await self._channel.close(grace)
+            if self._owns_channel:
+                await self._channel.close(grace)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         return self._channel.get_state(try_to_connect)
