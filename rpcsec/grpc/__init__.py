@@ -20,6 +20,7 @@ from typing import Any
 
 from ._client import SecureChannel, secure_channel
 from ._cloaking import get_default_credentials, set_default_credentials
+from ._metadata import METADATA_KEY, unverified_metadata
 from ._policy import AuthorizationPolicy, AuthorizationRule, Decision
 from ._recovery import REBIND_REASONS
 from ._server import SecurityInterceptor, secure_server
@@ -30,6 +31,7 @@ from ._wire import CALL_KEY, CONTEXT_KEY, NEGOTIATE_METHOD, RELEASE_METHOD
 __all__ = [
     "CALL_KEY",
     "CONTEXT_KEY",
+    "METADATA_KEY",
     "NEGOTIATE_METHOD",
     "REASON_KEY",
     "REBIND_REASONS",
@@ -48,6 +50,7 @@ __all__ = [
     "secure_server",
     "set_default_credentials",
     "status_for",
+    "unverified_metadata",
 ]
 
 

@@ -205,10 +205,11 @@ class _Multicallable:
         self._idempotent = method in session.security.idempotent
 
     def _open_call(
-        self, payload: bytes | None
+        self, payload: bytes | None, app: Metadata | None = None
     ) -> tuple[ClientBound, MethodKeys, bytes, tuple[tuple[str, bytes], ...], bytes]:
         """Bind if needed and open a call: with its single request message (``payload``), or
-        with a call header (None: request-streaming). Returns the binding, the method's keys,
+        with a call header (None: request-streaming); the opening signature also covers the
+        application's metadata ``app`` (``_metadata``). Returns the binding, the method's keys,
         the call sequence, the metadata and the request token (b"" for a header)."""
         session = self._session
         for attempt in (0, 1):
@@ -216,9 +217,9 @@ class _Multicallable:
             keys = bound.keys(self._method)
             try:
                 if payload is None:
-                    call_seq, metadata = bound.begin(keys)
+                    call_seq, metadata = bound.begin(keys, app)
                     return bound, keys, call_seq, metadata, b""
-                call_seq, metadata, token = bound.open_unary(keys, payload)
+                call_seq, metadata, token = bound.open_unary(keys, payload, app)
                 return bound, keys, call_seq, metadata, token
             except ContextExpiredError:
                 if attempt:
@@ -281,7 +282,7 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         payload = self._serialize(request)
         send = self._raw.with_call if with_call else self._raw
         for attempt in range(MAX_TRANSPORT_ATTEMPTS):
-            bound, keys, call_seq, ours, token = self._open_call(payload)
+            bound, keys, call_seq, ours, token = self._open_call(payload, metadata)
             protection = bound.protection
             try:
                 outcome = send(
@@ -316,7 +317,7 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         """Binds first if needed (blocking); the call itself runs asynchronously. Never sent
         twice: a refusal for ``context-unknown`` surfaces from ``result()`` and the next call
         binds again."""
-        bound, keys, call_seq, ours, token = self._open_call(self._serialize(request))
+        bound, keys, call_seq, ours, token = self._open_call(self._serialize(request), metadata)
         raw = self._raw.future(
             token,
             timeout=timeout,
@@ -332,9 +333,9 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
     __slots__ = ()
 
     def _start(
-        self, request_iterator: Iterable[Any]
+        self, request_iterator: Iterable[Any], metadata: Metadata | None
     ) -> tuple[ClientBound, MethodKeys, bytes, Any, Iterator[bytes]]:
-        bound, keys, call_seq, ours, _ = self._open_call(None)
+        bound, keys, call_seq, ours, _ = self._open_call(None, metadata)
         outbound = Outbound(bound.protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
         return (
             bound,
@@ -366,7 +367,7 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> tuple[Any, grpc.Call]:
-        bound, keys, call_seq, ours, requests = self._start(request_iterator)
+        bound, keys, call_seq, ours, requests = self._start(request_iterator, metadata)
         try:
             response, call = self._raw.with_call(
                 requests,
@@ -392,7 +393,7 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> _VerifiedFuture:
-        bound, keys, call_seq, ours, requests = self._start(request_iterator)
+        bound, keys, call_seq, ours, requests = self._start(request_iterator, metadata)
         raw = self._raw.future(
             requests,
             timeout=timeout,
@@ -427,7 +428,7 @@ class _UnaryStream(_Multicallable, grpc.UnaryStreamMultiCallable):
         payload = self._serialize(request)
 
         def start() -> _Started:
-            bound, keys, call_seq, ours, token = self._open_call(payload)
+            bound, keys, call_seq, ours, token = self._open_call(payload, metadata)
             protection = bound.protection
             raw = self._raw(
                 token,
@@ -456,7 +457,7 @@ class _StreamStream(_Multicallable, grpc.StreamStreamMultiCallable):
         compression: grpc.Compression | None = None,
     ) -> _ResponseStream:
         def start() -> _Started:
-            bound, keys, call_seq, ours, _ = self._open_call(None)
+            bound, keys, call_seq, ours, _ = self._open_call(None, metadata)
             protection = bound.protection
             outbound = Outbound(protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
             raw = self._raw(

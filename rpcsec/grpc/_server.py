@@ -36,6 +36,7 @@ from rpcsec.sspi import (
 )
 
 from ._calls import Inbound
+from ._metadata import VerifiedContext
 from ._policy import AuthorizationPolicy
 from ._server_core import ServerMethod, ServerSecurity, not_run_token
 from ._status import (
@@ -193,7 +194,7 @@ def sync_handler(
                 call, data = security.open_unary(context.invocation_metadata(), method, request)
                 message = deserialize(method, data)
                 with impersonate(call.token):
-                    response = app_uu(message, context)
+                    response = app_uu(message, VerifiedContext(context, call))
                 if response is None:
                     return b""
                 return call.seal_response(method.serialize(response))
@@ -217,7 +218,8 @@ def sync_handler(
                 # The handler's generator runs step by step; each step runs in a context that
                 # holds the caller's token, so nothing leaks into the server's thread.
                 run = CallerSteps(call.token)
-                responses = run.run(lambda: iter(app_us(message, context)))
+                view = VerifiedContext(context, call)
+                responses = run.run(lambda: iter(app_us(message, view)))
                 while True:
                     try:
                         response = run.run(next, responses)
@@ -243,7 +245,7 @@ def sync_handler(
                 inbound = call.inbound()
                 requests = verified_requests(request_iterator, inbound, method)
                 with impersonate(call.token):
-                    response = app_su(requests, context)
+                    response = app_su(requests, VerifiedContext(context, call))
                 _raise_stream_failure(inbound)
                 if response is None:
                     return b""
@@ -266,7 +268,8 @@ def sync_handler(
             outbound = call.outbound()
             requests = verified_requests(request_iterator, inbound, method)
             run = CallerSteps(call.token)
-            responses = run.run(lambda: iter(app_ss(requests, context)))
+            view = VerifiedContext(context, call)
+            responses = run.run(lambda: iter(app_ss(requests, view)))
             while True:
                 try:
                     response = run.run(next, responses)

@@ -493,16 +493,16 @@ class _Multicallable:
         self._idempotent = method in session.security.idempotent
 
     def _open_call(
-        self, bound: ClientBound, payload: bytes | None
+        self, bound: ClientBound, payload: bytes | None, app: Any = None
     ) -> tuple[MethodKeys, bytes, tuple[tuple[str, bytes], ...], bytes]:
         """Open a call on ``bound``: with its single request message, or (None) with a call
         header. Returns the keys, the call sequence, the metadata and the request token."""
         keys = bound.keys(self._method)
         try:
             if payload is None:
-                call_seq, metadata = bound.begin(keys)
+                call_seq, metadata = bound.begin(keys, app)
                 return keys, call_seq, metadata, b""
-            call_seq, metadata, token = bound.open_unary(keys, payload)
+            call_seq, metadata, token = bound.open_unary(keys, payload, app)
             return keys, call_seq, metadata, token
         except ContextExpiredError:
             # Expired between the check and the signature: the call binds again.
@@ -524,7 +524,7 @@ class _UnaryUnaryMultiCallable(_Multicallable, grpc.aio.UnaryUnaryMultiCallable)
         payload = self._serialize(request)
 
         def launch(bound: ClientBound) -> _Started:
-            keys, call_seq, ours, token = self._open_call(bound, payload)
+            keys, call_seq, ours, token = self._open_call(bound, payload, metadata)
             call = self._raw(
                 token,
                 timeout=timeout,
@@ -552,7 +552,7 @@ class _UnaryStreamMultiCallable(_Multicallable, grpc.aio.UnaryStreamMultiCallabl
         payload = self._serialize(request)
 
         def launch(bound: ClientBound) -> _Started:
-            keys, call_seq, ours, token = self._open_call(bound, payload)
+            keys, call_seq, ours, token = self._open_call(bound, payload, metadata)
             protection = bound.protection
             call = self._raw(
                 token,
@@ -579,7 +579,7 @@ class _StreamUnaryMultiCallable(_Multicallable, grpc.aio.StreamUnaryMultiCallabl
         compression: grpc.Compression | None = None,
     ) -> Any:
         def launch(bound: ClientBound) -> _Started:
-            keys, call_seq, ours, _ = self._open_call(bound, None)
+            keys, call_seq, ours, _ = self._open_call(bound, None, metadata)
             outbound = Outbound(bound.protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
             requests = (
                 None
@@ -610,7 +610,7 @@ class _StreamStreamMultiCallable(_Multicallable, grpc.aio.StreamStreamMultiCalla
         compression: grpc.Compression | None = None,
     ) -> Any:
         def launch(bound: ClientBound) -> _Started:
-            keys, call_seq, ours, _ = self._open_call(bound, None)
+            keys, call_seq, ours, _ = self._open_call(bound, None, metadata)
             protection = bound.protection
             outbound = Outbound(protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
             requests = (

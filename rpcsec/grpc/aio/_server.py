@@ -29,6 +29,7 @@ from rpcsec.sspi import (
 )
 
 from .._calls import Inbound, Outbound
+from .._metadata import VerifiedContext
 from .._policy import AuthorizationPolicy
 from .._server import (
     BadRequestMessage,
@@ -100,27 +101,26 @@ def _raise_stream_failure(inbound: Inbound | None) -> None:
         raise inbound.error
 
 
-class _ProtectedContext:
+class _ProtectedContext(VerifiedContext):
     """The servicer context an async streaming handler sees: ``read()`` opens each request and
-    ``write()`` seals each response; everything else is the real context."""
+    ``write()`` seals each response; ``invocation_metadata()`` is the verified metadata;
+    everything else is the real context."""
+
+    __slots__ = ("_eof", "_inbound", "_method", "_outbound")
 
     def __init__(
         self,
         context: Any,
+        call: Any,
         method: ServerMethod,
         inbound: Inbound | None,
         outbound: Outbound | None,
     ) -> None:
-        self._context = context
+        super().__init__(context, call)
         self._method = method
         self._inbound = inbound
         self._outbound = outbound
         self._eof = False
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._context, name)
 
     async def read(self) -> Any:
         inbound = self._inbound
@@ -167,7 +167,7 @@ def async_handler(
                 call, data = security.open_unary(context.invocation_metadata(), method, request)
                 message = deserialize(method, data)
                 with impersonate(call.token):
-                    response = await app_uu(message, context)
+                    response = await app_uu(message, VerifiedContext(context, call))
                 if response is None:
                     return b""
                 return call.seal_response(method.serialize(response))
@@ -188,7 +188,7 @@ def async_handler(
                 call = security.open_call(context.invocation_metadata(), method)
                 inbound = call.inbound()
                 requests = _verified_requests(request_iterator, inbound, method)
-                proxy = _ProtectedContext(context, method, inbound, None)
+                proxy = _ProtectedContext(context, call, method, inbound, None)
                 with impersonate(call.token):
                     response = await app_su(requests, proxy)
                 _raise_stream_failure(inbound)
@@ -217,7 +217,7 @@ def async_handler(
         else:
             call, data = security.open_unary(metadata, method, request)
             argument = deserialize(method, data)
-        proxy = _ProtectedContext(context, method, inbound, call.outbound())
+        proxy = _ProtectedContext(context, call, method, inbound, call.outbound())
         return call, argument, proxy, inbound
 
     if inspect.isasyncgenfunction(app):
