@@ -36,12 +36,14 @@ from rpcsec.sspi import (
 )
 
 from ._binding import ChannelSecurity, ClientBound
+from ._call_status import CallStatus
 from ._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from ._client_errors import typed_expiry
 from ._proto import handshake_pb2
 from ._recovery import MAX_TRANSPORT_ATTEMPTS
 from ._session import SessionCore
 from ._status import error_from_rpc
+from ._verified_call import VerifiedCall, checked_error, checked_status
 from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
 __all__ = ["SecureChannel", "secure_channel"]
@@ -280,7 +282,7 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         with_call: bool,
     ) -> tuple[Any, grpc.Call | None]:
         payload = self._serialize(request)
-        send = self._raw.with_call if with_call else self._raw
+        send = self._raw.with_call  # the call object: its status is checked either way
         for attempt in range(MAX_TRANSPORT_ATTEMPTS):
             bound, keys, call_seq, ours, token = self._open_call(payload, metadata)
             protection = bound.protection
@@ -298,11 +300,12 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
                     bound, exc, self._idempotent, True, attempt, keys, call_seq
                 ):
                     continue
-                raise
-            response, call = outcome if with_call else (outcome, None)
+                raise checked_error(protection, keys.prefix, call_seq, exc) from None
+            response, call = outcome
             data = protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
+            status = checked_status(protection, keys.prefix, call_seq, call)
             self._session.succeeded()
-            return self._deserialize(data), call
+            return self._deserialize(data), VerifiedCall(call, status) if with_call else None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def future(
@@ -379,10 +382,11 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
             )
         except grpc.RpcError as exc:
             self._session.refused(bound, exc, self._idempotent, False, 0)
-            raise
+            raise checked_error(bound.protection, keys.prefix, call_seq, exc) from None
         data = bound.protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
+        status = checked_status(bound.protection, keys.prefix, call_seq, call)
         self._session.succeeded()
-        return self._deserialize(data), call
+        return self._deserialize(data), VerifiedCall(call, status)
 
     def future(
         self,
@@ -499,6 +503,7 @@ class _ResponseStream(grpc.Call):
         self._idempotent = bool(retry)
         self._resendable = retry is not None
         self._attempt = 0
+        self._status: CallStatus | None = None
         self._raw, self._inbound, self._bound, self._keys, self._call_seq = start()
 
     def __iter__(self) -> _ResponseStream:
@@ -531,7 +536,7 @@ class _ResponseStream(grpc.Call):
                     continue
                 typed = typed_expiry(exc)
                 if typed is exc:
-                    raise
+                    raise self._checked_error(exc) from None
                 raise typed from exc
             try:
                 data = inbound.open(token)
@@ -539,22 +544,48 @@ class _ResponseStream(grpc.Call):
                 self._raw.cancel()
                 raise
             if data is None:
-                self._session.succeeded()
                 # The end marker: the transport must end here too (or report the status).
-                for extra in self._raw:
-                    inbound.open(extra)
+                try:
+                    for extra in self._raw:
+                        inbound.open(extra)
+                except grpc.RpcError as exc:
+                    raise self._checked_error(exc) from None
+                self._final_status()
+                self._session.succeeded()
                 raise StopIteration
             return self._deserialize(data)
 
     def next(self) -> Any:
         return self.__next__()
 
-    # grpc.Call / grpc.RpcContext of the underlying call
+    def _final_status(self) -> CallStatus:
+        """The finished call's outcome, checked against the server's signature (once)."""
+        status = self._status
+        if status is None:
+            status = self._status = checked_status(
+                self._bound.protection, self._keys.prefix, self._call_seq, self._raw
+            )
+        return status
+
+    def _checked_error(self, error: grpc.RpcError) -> BaseException:
+        return checked_error(self._bound.protection, self._keys.prefix, self._call_seq, error)
+
+    @property
+    def rpcsec_status(self) -> CallStatus:
+        return self._final_status()
+
+    # grpc.Call / grpc.RpcContext of the underlying call; metadata: the signed entries once
+    # the stream ended with an outcome the server signed (``call_status`` tells); before the
+    # end, initial metadata is as received (not yet verifiable)
     def initial_metadata(self) -> Any:
-        return self._raw.initial_metadata()
+        status = self._status
+        if status is None or not status.verified:
+            return self._raw.initial_metadata()
+        return status.initial_metadata
 
     def trailing_metadata(self) -> Any:
-        return self._raw.trailing_metadata()
+        status = self._final_status()
+        return status.trailing_metadata if status.verified else self._raw.trailing_metadata()
 
     def code(self) -> grpc.StatusCode:
         return self._raw.code()

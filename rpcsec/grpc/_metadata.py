@@ -42,13 +42,11 @@ __all__ = [
     "METADATA_KEY",
     "MAX_DECLARED_KEYS",
     "RESERVED_PREFIXES",
-    "VerifiedContext",
     "client_metadata",
     "declared_keys",
     "encode",
     "server_part",
     "split",
-    "unverified_metadata",
 ]
 
 METADATA_KEY = "rpcsec-metadata-bin"
@@ -153,42 +151,3 @@ def split(
 
 
 _OWN = frozenset({CONTEXT_KEY, CALL_KEY, METADATA_KEY})
-
-
-class VerifiedContext:
-    """The servicer context a handler sees: ``invocation_metadata()`` returns only the
-    application metadata the call's opening signature covers; the rest is kept apart
-    (``unverified_metadata``). Everything else is the real context."""
-
-    __slots__ = ("_call", "_context", "_split")
-
-    def __init__(self, context: Any, call: Any) -> None:
-        self._context = context
-        self._call = call  # a ServerCall: .metadata, .declared
-        self._split: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
-
-    def _entries(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        entries = self._split
-        if entries is None:
-            entries = self._split = split(self._call.metadata, self._call.declared)
-        return entries
-
-    def invocation_metadata(self) -> tuple[Any, ...]:
-        """The verified application metadata, in the order received."""
-        return self._entries()[0]
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._context, name)
-
-
-def unverified_metadata(context: Any) -> tuple[Any, ...]:
-    """The request metadata of the current call that no signature covers: what proxies
-    (``x-forwarded-for``, ``x-request-id``, ``x-envoy-*``), gRPC itself (``user-agent``) or
-    anyone on the path added. Never trust it for a security decision.
-
-    Raises ``TypeError`` for a context that is not an rpcsec handler's."""
-    if not isinstance(context, VerifiedContext):
-        raise TypeError("not the servicer context of a call rpcsec verified")
-    return context._entries()[1]

@@ -36,9 +36,9 @@ from rpcsec.sspi import (
 )
 
 from ._calls import Inbound
-from ._metadata import VerifiedContext
 from ._policy import AuthorizationPolicy
 from ._server_core import ServerMethod, ServerSecurity, not_run_token
+from ._servicer_context import VerifiedContext
 from ._status import (
     details_for,
     passthrough_status,
@@ -193,8 +193,10 @@ def sync_handler(
             try:
                 call, data = security.open_unary(context.invocation_metadata(), method, request)
                 message = deserialize(method, data)
+                view = VerifiedContext(context, call)
                 with impersonate(call.token):
-                    response = app_uu(message, VerifiedContext(context, call))
+                    response = app_uu(message, view)
+                view.seal_status()
                 if response is None:
                     return b""
                 return call.seal_response(method.serialize(response))
@@ -226,6 +228,7 @@ def sync_handler(
                     except StopIteration:
                         break
                     yield outbound.seal(method.serialize(response))
+                view.seal_status()
                 yield outbound.end()
             except SecurityError as exc:
                 refuse(context, exc, name)
@@ -244,9 +247,11 @@ def sync_handler(
                 call = security.open_call(context.invocation_metadata(), method)
                 inbound = call.inbound()
                 requests = verified_requests(request_iterator, inbound, method)
+                view = VerifiedContext(context, call)
                 with impersonate(call.token):
-                    response = app_su(requests, VerifiedContext(context, call))
+                    response = app_su(requests, view)
                 _raise_stream_failure(inbound)
+                view.seal_status()
                 if response is None:
                     return b""
                 return call.seal_response(method.serialize(response))
@@ -278,6 +283,7 @@ def sync_handler(
                 _raise_stream_failure(inbound)
                 yield outbound.seal(method.serialize(response))
             _raise_stream_failure(inbound)
+            view.seal_status()
             yield outbound.end()
         except SecurityError as exc:
             refuse(context, exc, name)

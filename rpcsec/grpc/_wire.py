@@ -62,9 +62,13 @@ The server forgets the context as it signs, so no later call with that sequence 
 ever accepted by it. Only such a verified statement lets a client send a non-idempotent call
 again (see ``rpcsec.grpc._recovery``); the bare ``rpcsec-reason`` trailer never does.
 
-Not protected: the gRPC status, its details and the response metadata. An attacker
-on the path can always turn a call into a failure; what it cannot do is make a client accept a
-response, or a server run a handler, that the peer did not send for that very call.
+A handler's outcome (status code, details, the initial and trailing metadata it set) is
+signed with the call's response keys into ``rpcsec-status-bin`` (``_call_status``: the layout
+of STATUS_AAD). Not signed: rpcsec's own refusals (``rpcsec-reason``; only ``rpcsec-not-run-bin``
+is), statuses from exceptions a handler let escape, and anything a proxy adds. An attacker on
+the path can always turn a call into a failure, and the client then learns it is an
+unverified one; what it cannot do is make a client accept a response, status or metadata, or
+a server run a handler, that the peer did not send for that very call.
 """
 
 from __future__ import annotations

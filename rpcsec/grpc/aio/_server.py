@@ -29,7 +29,6 @@ from rpcsec.sspi import (
 )
 
 from .._calls import Inbound, Outbound
-from .._metadata import VerifiedContext
 from .._policy import AuthorizationPolicy
 from .._server import (
     BadRequestMessage,
@@ -39,6 +38,7 @@ from .._server import (
     sync_handler,
 )
 from .._server_core import ServerMethod, ServerSecurity, not_run_token
+from .._servicer_context import AioVerifiedContext
 from .._status import details_for, passthrough_status, status_for, trailing_metadata_for
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD
 
@@ -101,7 +101,7 @@ def _raise_stream_failure(inbound: Inbound | None) -> None:
         raise inbound.error
 
 
-class _ProtectedContext(VerifiedContext):
+class _ProtectedContext(AioVerifiedContext):
     """The servicer context an async streaming handler sees: ``read()`` opens each request and
     ``write()`` seals each response; ``invocation_metadata()`` is the verified metadata;
     everything else is the real context."""
@@ -166,8 +166,10 @@ def async_handler(
             try:
                 call, data = security.open_unary(context.invocation_metadata(), method, request)
                 message = deserialize(method, data)
+                view = AioVerifiedContext(context, call)
                 with impersonate(call.token):
-                    response = await app_uu(message, VerifiedContext(context, call))
+                    response = await app_uu(message, view)
+                view.seal_status()
                 if response is None:
                     return b""
                 return call.seal_response(method.serialize(response))
@@ -192,6 +194,7 @@ def async_handler(
                 with impersonate(call.token):
                     response = await app_su(requests, proxy)
                 _raise_stream_failure(inbound)
+                proxy.seal_status()
                 if response is None:
                     return b""
                 return call.seal_response(method.serialize(response))
@@ -235,6 +238,7 @@ def async_handler(
                 finally:
                     _revert(scope)
                 _raise_stream_failure(inbound)
+                proxy.seal_status()
                 yield outbound.end()
             except SecurityError as exc:
                 await refuse(context, exc, name)
@@ -255,6 +259,7 @@ def async_handler(
                 _raise_stream_failure(inbound)
                 outbound = proxy._outbound
                 assert outbound is not None
+                proxy.seal_status()
                 await context.write(outbound.end())
             except SecurityError as exc:
                 await refuse(context, exc, name)
