@@ -30,6 +30,7 @@ from rpcsec.grpc import (
     reason_of,
     secure_channel,
 )
+from rpcsec.grpc import aio as rpcsec_aio
 from rpcsec.grpc._call_status import parse_status
 from rpcsec.sspi import InvalidTokenError, MessageAlteredError
 
@@ -269,3 +270,88 @@ def test_the_status_token_parser_fails_only_typed(raw) -> None:
     except InvalidTokenError:
         return
     assert mic and STATUS_KEY not in initial | trailing
+
+
+# -- aio: async handlers sign, the aio client checks ---------------------------------------
+
+
+class AsyncOutcomeEcho(echo_pb2_grpc.EchoServicer):
+    async def _outcome(self, text: str, context: Any) -> None:
+        await context.send_initial_metadata(INITIAL)
+        context.set_trailing_metadata(TRAILING)
+        if text == "abort":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+
+    async def Say(self, request: Any, context: Any) -> Any:
+        await self._outcome(request.text, context)
+        return echo_pb2.EchoResponse(text=request.text)
+
+    async def Repeat(self, request: Any, context: Any) -> Any:
+        await self._outcome(request.text, context)
+        yield echo_pb2.EchoResponse(text=request.text)
+
+    async def Collect(self, request_iterator: Any, context: Any) -> Any:
+        texts = [r.text async for r in request_iterator]
+        await self._outcome(texts[0], context)
+        return echo_pb2.EchoResponse(text=texts[0])
+
+    async def Chat(self, request_iterator: Any, context: Any) -> Any:
+        texts = [r.text async for r in request_iterator]
+        await self._outcome(texts[0], context)
+        yield echo_pb2.EchoResponse(text=texts[0])
+
+
+async def _one(text: str):
+    yield echo_pb2.EchoRequest(text=text)
+
+
+async def _aio_call(stub: Any, kind: str, text: str) -> Any:
+    """One aio call run to its end; returns the call object."""
+    request = echo_pb2.EchoRequest(text=text)
+    if kind == "unary_unary":
+        call = stub.Say(request, timeout=10)
+        assert (await call).text == text
+    elif kind == "stream_unary":
+        call = stub.Collect(_one(text), timeout=10)
+        assert (await call).text == text
+    else:
+        call = (
+            stub.Repeat(request, timeout=10)
+            if kind == "unary_stream"
+            else stub.Chat(_one(text), timeout=10)
+        )
+        assert [r.text async for r in call] == [text]
+    return call
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_aio_outcomes_are_verified(x509_setup, aio_serve, kind) -> None:
+    setup = x509_setup
+    address = await aio_serve(
+        [rpcsec_aio.SecurityInterceptor(setup.server())], [AsyncOutcomeEcho()]
+    )
+    async with rpcsec_aio.secure_channel(address, setup.client(), **setup.channel_options()) as ch:
+        stub = echo_pb2_grpc.EchoStub(ch)
+        call = await _aio_call(stub, kind, "hello")
+        assert call_status(call).verified
+        assert sorted(await call.trailing_metadata()) == sorted(TRAILING)
+        assert tuple(await call.initial_metadata()) == INITIAL
+        with pytest.raises(grpc.RpcError) as info:
+            await _aio_call(stub, kind, "abort")
+        assert info.value.code() is grpc.StatusCode.NOT_FOUND
+        assert call_status(info.value).verified
+        assert sorted(info.value.trailing_metadata()) == sorted(TRAILING)
+
+
+async def test_aio_client_detects_envoy_rewriting_the_status(x509_setup, serve, tmp_path) -> None:
+    setup = x509_setup
+    address = serve([SecurityInterceptor(setup.server())], [OutcomeEcho()])
+    with _forging_envoy(address, tmp_path, {"grpc-status": "5"}) as proxy:
+        async with rpcsec_aio.secure_channel(
+            proxy.address, setup.client(), **setup.channel_options()
+        ) as ch:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            for kind in KINDS:
+                with pytest.raises(MessageAlteredError) as info:
+                    await _aio_call(stub, kind, "hello")
+                assert isinstance(info.value, grpc.RpcError), kind

@@ -30,12 +30,14 @@ from rpcsec.sspi import (
 )
 
 from .._binding import ChannelSecurity, ClientBound
+from .._call_status import CallStatus, open_status
 from .._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from .._client import DEFAULT_HANDSHAKE_TIMEOUT, _parse_response
-from .._client_errors import typed_expiry
+from .._client_errors import as_rpc_error, typed_expiry
 from .._recovery import LOST_STATUS
 from .._session import SessionCore
 from .._status import REASON_KEY, error_from_rpc
+from .._verified_call import checked_error
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
 __all__ = ["SecureChannel", "secure_channel"]
@@ -200,6 +202,7 @@ class _Call:
         self._binding: asyncio.Task[ClientBound] | None = None
         self._callbacks: list[Callable[[Any], None]] = []
         self._cancelled = False
+        self._status: CallStatus | None = None
         bound = session.ready()
         if bound is not None:
             try:
@@ -265,10 +268,24 @@ class _Call:
         else:
             self._callbacks.append(callback)
 
+    @property
+    def rpcsec_status(self) -> CallStatus:
+        """The call's outcome, once it finished (``rpcsec.grpc.call_status``)."""
+        if self._status is None:
+            raise RuntimeError("the call has not finished")
+        return self._status
+
+    # metadata: the signed entries once the call finished with an outcome the server signed
     async def initial_metadata(self) -> Any:
+        status = self._status
+        if status is not None and status.verified:
+            return status.initial_metadata
         return await (await self._ready()).call.initial_metadata()
 
     async def trailing_metadata(self) -> Any:
+        status = self._status
+        if status is not None and status.verified:
+            return status.trailing_metadata
         return await (await self._ready()).call.trailing_metadata()
 
     async def code(self) -> grpc.StatusCode:
@@ -331,15 +348,41 @@ class _UnaryResponse(_Call):
                     attempt += 1
                     started = await self._restart(started)
                     continue
-                if exc is raised:
+                final = _checked(started, exc)
+                if final is raised:
                     raise
-                raise exc from None
+                raise final from None
             bound = started.bound
             data = bound.protection.open(
                 started.keys.prefix, started.call_seq, FIRST_RESPONSE, response, bound.encrypt
             )
+            self._status = await _outcome(started)
             self._session.succeeded()
             return self._deserialize(data)
+
+
+def _checked(started: _Started, error: BaseException) -> BaseException:
+    """A failed call's error: as it is, ``VerifiedRpcError`` or ``MessageAlteredError``."""
+    if not isinstance(error, grpc.aio.AioRpcError):
+        return error
+    return checked_error(started.bound.protection, started.keys.prefix, started.call_seq, error)
+
+
+async def _outcome(started: _Started) -> CallStatus:
+    """A finished call's outcome, checked against the server's signature (``_call_status``)."""
+    call = started.call
+    try:
+        return open_status(
+            started.bound.protection,
+            started.keys.prefix,
+            started.call_seq,
+            await call.code(),
+            await call.details(),
+            await call.initial_metadata(),
+            await call.trailing_metadata(),
+        )
+    except SecurityError as exc:
+        raise as_rpc_error(exc) from None
 
 
 async def _final_status(call: Any, raised: grpc.RpcError) -> grpc.RpcError:
@@ -413,7 +456,10 @@ class _StreamResponse(_Call):
                     continue
                 typed = typed_expiry(exc)
                 if typed is raised:
-                    raise
+                    final = _checked(started, raised)
+                    if final is raised:
+                        raise
+                    raise final from None
                 raise typed from raised
             if token is EOF:
                 inbound.finish()
@@ -421,10 +467,14 @@ class _StreamResponse(_Call):
             try:
                 data = inbound.open(token)
                 if data is None:
-                    self._session.succeeded()
-                    extra = await started.call.read()
+                    try:
+                        extra = await started.call.read()
+                    except grpc.RpcError as raised:
+                        raise _checked(started, raised) from None
                     if extra is not EOF:
                         inbound.open(extra)  # a message after the end marker
+                    self._status = await _outcome(started)
+                    self._session.succeeded()
                     return EOF
             except SecurityError:
                 started.call.cancel()
