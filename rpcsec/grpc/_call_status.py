@@ -50,6 +50,7 @@ _LABEL = b"rpcsec status v1\x00"
 _U16 = struct.Struct(">H")
 _CODE_DETAILS = struct.Struct(">BI")
 _MAX_TOKEN = 64 * 1024
+_NO_PAIRS = _U16.pack(0)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def app_keys(metadata: Sequence[Any] | None) -> frozenset[str]:
 
 
 def _pairs(metadata: Sequence[Any] | None, keys: frozenset[str]) -> bytes:
+    if not keys:
+        return _NO_PAIRS
     return encode(
         [(item[0].encode("ascii"), _value(item[1])) for item in metadata or () if item[0] in keys]
     )
@@ -185,6 +188,9 @@ def open_status(
         trailing_keys,
     )
     protection.check_status(aad, call_seq, mic)
+    if not initial_keys and not trailing_keys:  # the common case: the handler set none
+        others = tuple(item for item in trailing if item[0] != STATUS_KEY)
+        return CallStatus(True, code, details, (), (), initial, others)
     signed_initial = tuple(item for item in initial if item[0] in initial_keys)
     signed_trailing = tuple(item for item in trailing if item[0] in trailing_keys)
     return CallStatus(
