@@ -355,3 +355,21 @@ async def test_aio_client_detects_envoy_rewriting_the_status(x509_setup, serve, 
                 with pytest.raises(MessageAlteredError) as info:
                     await _aio_call(stub, kind, "hello")
                 assert isinstance(info.value, grpc.RpcError), kind
+
+
+def test_futures_check_the_outcome(direct, x509_setup, serve, tmp_path) -> None:
+    _, setup, stub = direct
+    future = stub.Say.future(echo_pb2.EchoRequest(text="hello"), timeout=10)
+    assert future.result().text == "hello"
+    assert call_status(future).verified
+    assert sorted(future.trailing_metadata()) == sorted(TRAILING)
+    failing = stub.Collect.future(iter([echo_pb2.EchoRequest(text="abort")]), timeout=10)
+    with pytest.raises(grpc.RpcError) as info:
+        failing.result()
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND and call_status(info.value).verified
+    address = serve([SecurityInterceptor(setup.server())], [OutcomeEcho()])
+    with _forging_envoy(address, tmp_path, {"grpc-status": "5"}) as proxy:
+        with secure_channel(proxy.address, setup.client(), **setup.channel_options()) as ch:
+            forged = echo_pb2_grpc.EchoStub(ch).Say.future(echo_pb2.EchoRequest(text="x"))
+            with pytest.raises(MessageAlteredError):
+                forged.result()

@@ -229,17 +229,40 @@ class _Multicallable:
                 session.invalidate(bound)  # expired between the check and the signature
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _opener(self, bound: ClientBound, keys: MethodKeys, call_seq: bytes) -> Callable:
-        deserialize = self._deserialize
+    def _opener(self, bound: ClientBound, keys: MethodKeys, call_seq: bytes) -> _Opener:
+        return _Opener(self._session, bound, keys, call_seq, self._deserialize)
 
-        def open_response(response: bytes) -> Any:
-            data = bound.protection.open(
-                keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt
-            )
-            self._session.succeeded()
-            return deserialize(data)
 
-        return open_response
+class _Opener:
+    """A unary-response call's future outcome: the response opened, the status checked."""
+
+    __slots__ = ("_bound", "_call_seq", "_deserialize", "_keys", "_session")
+
+    def __init__(
+        self,
+        session: _Session,
+        bound: ClientBound,
+        keys: MethodKeys,
+        call_seq: bytes,
+        deserialize: Callable[[bytes], Any],
+    ) -> None:
+        self._session = session
+        self._bound = bound
+        self._keys = keys
+        self._call_seq = call_seq
+        self._deserialize = deserialize
+
+    def open(self, response: bytes, call: Any) -> tuple[Any, CallStatus]:
+        bound, prefix = self._bound, self._keys.prefix
+        data = bound.protection.open(
+            prefix, self._call_seq, FIRST_RESPONSE, response, bound.encrypt
+        )
+        status = checked_status(bound.protection, prefix, self._call_seq, call)
+        self._session.succeeded()
+        return self._deserialize(data), status
+
+    def check_error(self, error: grpc.RpcError) -> BaseException:
+        return checked_error(self._bound.protection, self._keys.prefix, self._call_seq, error)
 
 
 class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
@@ -620,7 +643,7 @@ class _VerifiedFuture(grpc.Future, grpc.Call):
         raw: Any,
         session: _Session,
         bound: ClientBound,
-        open_response: Callable[[bytes], Any],
+        open_response: _Opener,
     ) -> None:
         self._raw = raw
         self._session = session
@@ -628,12 +651,14 @@ class _VerifiedFuture(grpc.Future, grpc.Call):
         self._open = open_response
         self._lock = threading.Lock()
         self._outcome: tuple[bool, Any] | None = None
+        self._status: CallStatus | None = None
 
     def _opened(self, response: bytes) -> Any:
         with self._lock:
             if self._outcome is None:
                 try:
-                    self._outcome = (True, self._open(response))
+                    value, self._status = self._open.open(response, self._raw)
+                    self._outcome = (True, value)
                 except SecurityError as exc:
                     self._outcome = (False, exc)
             ok, value = self._outcome
@@ -646,13 +671,20 @@ class _VerifiedFuture(grpc.Future, grpc.Call):
             response = self._raw.result(timeout)
         except grpc.RpcError as exc:
             self._session.refused(self._bound, exc, False, False, 0)
-            raise
+            raise self._open.check_error(exc) from None
         return self._opened(response)
+
+    @property
+    def rpcsec_status(self) -> CallStatus:
+        """The call's outcome, once ``result()`` returned (``rpcsec.grpc.call_status``)."""
+        if self._status is None:
+            raise RuntimeError("the call's result has not been read")
+        return self._status
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         error = self._raw.exception(timeout)
         if error is not None:
-            return error
+            return self._open.check_error(error)
         try:
             self._opened(self._raw.result())
         except SecurityError as exc:
@@ -678,10 +710,18 @@ class _VerifiedFuture(grpc.Future, grpc.Call):
         return self._raw.done()
 
     def initial_metadata(self) -> Any:
-        return self._raw.initial_metadata()
+        status = self._status
+        return (
+            status.initial_metadata if status and status.verified else self._raw.initial_metadata()
+        )
 
     def trailing_metadata(self) -> Any:
-        return self._raw.trailing_metadata()
+        status = self._status
+        return (
+            status.trailing_metadata
+            if status and status.verified
+            else self._raw.trailing_metadata()
+        )
 
     def code(self) -> grpc.StatusCode:
         return self._raw.code()
