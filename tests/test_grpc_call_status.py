@@ -373,3 +373,28 @@ def test_futures_check_the_outcome(direct, x509_setup, serve, tmp_path) -> None:
             forged = echo_pb2_grpc.EchoStub(ch).Say.future(echo_pb2.EchoRequest(text="x"))
             with pytest.raises(MessageAlteredError):
                 forged.result()
+
+
+class _Impostor(echo_pb2_grpc.EchoServicer):
+    """A handler trying to set rpcsec's own trailer (or a gRPC one) itself."""
+
+    def __init__(self) -> None:
+        self.refused: list[str] = []
+
+    def Say(self, request: Any, context: Any) -> Any:
+        for key in (STATUS_KEY, "grpc-status", "rpcsec-reason"):
+            try:
+                context.set_trailing_metadata(((key, b"x" if key.endswith("-bin") else "x"),))
+            except ValueError:
+                self.refused.append(key)
+        return echo_pb2.EchoResponse(text="ok")
+
+
+def test_a_handler_cannot_set_rpcsecs_own_trailers(x509_setup, serve) -> None:
+    setup = x509_setup
+    impostor = _Impostor()
+    address = serve([SecurityInterceptor(setup.server())], [impostor])
+    with secure_channel(address, setup.client(), **setup.channel_options()) as channel:
+        _, call = echo_pb2_grpc.EchoStub(channel).Say.with_call(echo_pb2.EchoRequest(text="x"))
+    assert impostor.refused == [STATUS_KEY, "grpc-status", "rpcsec-reason"]
+    assert call_status(call).verified and call.trailing_metadata() == ()
