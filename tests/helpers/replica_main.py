@@ -74,7 +74,7 @@ def _counting_servicer(base: type, name: str, count_file: str | None) -> Any:
     """An ``EchoServicer`` that logs every handler execution before running it."""
     import rpcsec
     from rpcsec.grpc import unverified_metadata
-    from rpcsec.grpc._metadata import VerifiedContext
+    from rpcsec.grpc._servicer_context import VerifiedContext
 
     descriptor = None
     if count_file:
