@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from rpcsec.grpc import METADATA_KEY, reason_of, secure_channel, unverified_metadata
 from rpcsec.grpc import aio as rpcsec_aio
 from rpcsec.grpc._metadata import client_metadata, declared_keys, encode
+from rpcsec.grpc._recovery import LOST_STATUS
 from rpcsec.grpc._server import SecurityInterceptor
 from rpcsec.sspi import InvalidTokenError
 
@@ -339,8 +340,16 @@ async def test_aio_handlers_see_verified_metadata_and_rewrites_are_refused(
         tamper.change = rewrite_tenant
         with pytest.raises(grpc.RpcError) as info:
             await _aio_call(stub, kind, APP)
-        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
-        assert reason_of(info.value) == "message-altered"
+        outcome = (info.value.code(), reason_of(info.value))
+        if kind.startswith("stream"):
+            # grpc.aio may lose the server's status when a request write races the refusal
+            # (``aio._client._final_status``); the call is refused either way.
+            assert outcome in (
+                (grpc.StatusCode.UNAUTHENTICATED, "message-altered"),
+                (grpc.StatusCode.UNAVAILABLE, LOST_STATUS),
+            ), outcome
+        else:
+            assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "message-altered")
         assert len(seen.calls) == 1
 
 
