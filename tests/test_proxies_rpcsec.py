@@ -25,7 +25,7 @@ from helpers.pki import make_authority
 from helpers.replicas import ReplicaGroup, ReplicaSecurity, start_replicas
 
 from rpcsec.grpc import aio as rpcsec_aio
-from rpcsec.grpc import secure_channel
+from rpcsec.grpc import call_status, secure_channel
 from rpcsec.sspi import ProtectionLevel
 
 PROXIES = ["envoy", "nginx", "haproxy"]
@@ -97,18 +97,26 @@ def test_all_four_kinds_through_the_proxy(pki, replica, proxy, level) -> None:
 
 def test_proxy_added_headers_do_not_break_verification(pki, replica, proxy) -> None:
     """Production proxies add request and response headers nobody signed: the calls verify,
-    the handler sees the headers, and the caller is still the one the context proved."""
+    the handler sees the client's signed metadata in ``invocation_metadata()`` and the proxy's
+    headers apart (``unverified_metadata``), and the caller is the one the context proved."""
     tag = f"sec-headers-{proxy.kind}"
     with _channel(pki, proxy.address, ProtectionLevel.PRIVACY) as channel:
         stub = echo_pb2_grpc.EchoStub(channel)
-        said, call = stub.Say.with_call(_request(tag), timeout=10)
+        said, call = stub.Say.with_call(
+            _request(tag), timeout=10, metadata=[("x-tenant", "acme"), ("x-tag", "1")]
+        )
         assert said.principal == pki.id("alice")
-        assert dict(call.initial_metadata()).get(proxies.TEST_HEADER) == proxy.kind
+        # the proxy's response header is there, apart from what the server signed
+        assert dict(call_status(call).unverified_initial_metadata).get(proxies.TEST_HEADER) == (
+            proxy.kind
+        )
+        assert call_status(call).verified
         chat = stub.Chat(iter([_request(f"{tag}-chat")]), timeout=10)
         assert [r.text for r in chat] == [f"{tag}-chat".upper()]
     (execution,) = [e for e in replica.executions() if e.id == tag]
-    assert execution.metadata.get(proxies.TEST_HEADER) == proxy.kind
-    assert execution.metadata.get("x-forwarded-for")
+    assert execution.metadata == {"x-tenant": "acme", "x-tag": "1"}
+    assert execution.unverified.get(proxies.TEST_HEADER) == proxy.kind
+    assert execution.unverified.get("x-forwarded-for")
 
 
 async def test_aio_client_through_the_proxy(pki, replica, proxy) -> None:

@@ -18,29 +18,37 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ._call_status import STATUS_KEY, CallStatus
 from ._client import SecureChannel, secure_channel
 from ._cloaking import get_default_credentials, set_default_credentials
+from ._metadata import METADATA_KEY
 from ._policy import AuthorizationPolicy, AuthorizationRule, Decision
 from ._recovery import REBIND_REASONS
 from ._server import SecurityInterceptor, secure_server
+from ._servicer_context import unverified_metadata
 from ._status import REASON_KEY, error_from_rpc, reason_of, status_for
 from ._table import ContextTable, HandshakeLimiter
+from ._verified_call import call_status
 from ._wire import CALL_KEY, CONTEXT_KEY, NEGOTIATE_METHOD, RELEASE_METHOD
 
 __all__ = [
     "CALL_KEY",
     "CONTEXT_KEY",
+    "METADATA_KEY",
     "NEGOTIATE_METHOD",
     "REASON_KEY",
     "REBIND_REASONS",
     "RELEASE_METHOD",
+    "STATUS_KEY",
     "AuthorizationPolicy",
     "AuthorizationRule",
+    "CallStatus",
     "ContextTable",
     "Decision",
     "HandshakeLimiter",
     "SecureChannel",
     "SecurityInterceptor",
+    "call_status",
     "error_from_rpc",
     "get_default_credentials",
     "reason_of",
@@ -48,6 +56,7 @@ __all__ = [
     "secure_server",
     "set_default_credentials",
     "status_for",
+    "unverified_metadata",
 ]
 
 

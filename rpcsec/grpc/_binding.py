@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -34,6 +34,7 @@ from rpcsec.sspi import (
 from ._calls import CallProtection, ClientCallProtection, MethodKeys
 from ._cloaking import early_credentials, resolve_credentials
 from ._handshake import ClientNegotiation
+from ._metadata import client_metadata
 from ._recovery import REBIND_REASONS, Action, IdempotentMethods, RebindBackoff, decide
 from ._responses import ResponseKeys, TicketClientProtection
 from ._status import not_run_of, reason_of
@@ -42,6 +43,7 @@ from ._wire import CALL_KEY, CONTEXT_KEY, LEVEL_BYTES, SEQ_SLICE, is_ticket
 __all__ = ["REBIND_REASONS", "ChannelSecurity", "ClientBound", "refusal_action"]
 
 _ALWAYS = ContextReq.INTEGRITY
+Metadata = Sequence[Any] | None
 _ORDERING = ContextReq.REPLAY_DETECT | ContextReq.SEQUENCE_DETECT
 
 
@@ -87,19 +89,29 @@ class ClientBound:
             keys = self._keys[method] = MethodKeys(self.handle, method, self.level)
         return keys
 
-    def begin(self, keys: MethodKeys) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
+    def begin(
+        self, keys: MethodKeys, app: Metadata = ()
+    ) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
         """Open a request-streaming call with a signed call header: returns the call sequence
-        and the call's metadata."""
-        header = self.context.sign(b"", aad=keys.call_aad)
-        return header[SEQ_SLICE], (self._ctx_metadata, (CALL_KEY, self._level_byte + header))
+        and the call's metadata. ``app``: the application's metadata, signed with the header
+        (``_metadata``)."""
+        declaration, part = client_metadata(app)
+        header = self.context.sign(b"", aad=keys.call_aad + part)
+        ours = (self._ctx_metadata, (CALL_KEY, self._level_byte + header))
+        return header[SEQ_SLICE], ours + declaration if declaration else ours
 
     def open_unary(
-        self, keys: MethodKeys, payload: bytes
+        self, keys: MethodKeys, payload: bytes, app: Metadata = ()
     ) -> tuple[bytes, tuple[tuple[str, bytes], ...], bytes]:
         """Open a single-request call with its request message: returns the call sequence,
-        the call's metadata and the request token."""
-        token = self.context.wrap(payload, aad=keys.open_aad, encrypt=self.encrypt)
-        return token[SEQ_SLICE], self._metadata, token
+        the call's metadata and the request token. ``app``: the application's metadata,
+        signed with the request (``_metadata``)."""
+        if not app:
+            token = self.context.wrap(payload, aad=keys.open_aad, encrypt=self.encrypt)
+            return token[SEQ_SLICE], self._metadata, token
+        declaration, part = client_metadata(app)
+        token = self.context.wrap(payload, aad=keys.open_aad + part, encrypt=self.encrypt)
+        return token[SEQ_SLICE], self._metadata + declaration, token
 
     def usable(self, now: float) -> bool:
         """Not expired (a deleted context makes the next signature raise, which re-binds)."""

@@ -113,6 +113,14 @@ class CallProtection:
     def check_not_run(self, prefix: bytes, call_seq: bytes, token: bytes) -> None:
         self.context.verify(b"", token, aad=prefix + call_seq)
 
+    def sign_status(self, aad: bytes, call_seq: bytes) -> bytes:
+        """The server's MIC over a call's outcome (``_call_status``: STATUS_AAD)."""
+        return self.context.sign(b"", aad=aad)
+
+    def check_status(self, aad: bytes, call_seq: bytes, token: bytes) -> None:
+        # Bound to its call by the AAD, like an end marker: no replay window.
+        self.context.verify(b"", token, aad=aad, record=False)
+
 
 class ClientCallProtection(CallProtection):
     """The client's ``CallProtection``: a response that does not verify raises its

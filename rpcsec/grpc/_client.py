@@ -36,6 +36,7 @@ from rpcsec.sspi import (
 )
 
 from ._binding import ChannelSecurity, ClientBound
+from ._call_status import CallStatus
 from ._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from ._client_errors import typed_expiry
 from ._cloaking import CONCURRENT_BINDS, DEFAULT_MAX_CALLERS, CallerSessions, cloaking_mode
@@ -43,6 +44,7 @@ from ._proto import handshake_pb2
 from ._recovery import MAX_TRANSPORT_ATTEMPTS
 from ._session import SessionCore, refusal_decision
 from ._status import error_from_rpc
+from ._verified_call import VerifiedCall, checked_error, checked_status
 from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
 __all__ = ["SecureChannel", "secure_channel"]
@@ -290,10 +292,11 @@ class _Multicallable:
         self._idempotent = method in session.security.idempotent
 
     def _open_call(
-        self, payload: bytes | None
+        self, payload: bytes | None, app: Metadata | None = None
     ) -> tuple[ClientBound, MethodKeys, bytes, tuple[tuple[str, bytes], ...], bytes]:
         """Bind if needed and open a call: with its single request message (``payload``), or
-        with a call header (None: request-streaming). Returns the binding, the method's keys,
+        with a call header (None: request-streaming); the opening signature also covers the
+        application's metadata ``app`` (``_metadata``). Returns the binding, the method's keys,
         the call sequence, the metadata and the request token (b"" for a header)."""
         session = self._session
         for attempt in (0, 1):
@@ -301,9 +304,9 @@ class _Multicallable:
             keys = bound.keys(self._method)
             try:
                 if payload is None:
-                    call_seq, metadata = bound.begin(keys)
+                    call_seq, metadata = bound.begin(keys, app)
                     return bound, keys, call_seq, metadata, b""
-                call_seq, metadata, token = bound.open_unary(keys, payload)
+                call_seq, metadata, token = bound.open_unary(keys, payload, app)
                 return bound, keys, call_seq, metadata, token
             except ContextExpiredError:
                 if attempt:
@@ -311,17 +314,40 @@ class _Multicallable:
                 session.invalidate(bound)  # expired between the check and the signature
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _opener(self, bound: ClientBound, keys: MethodKeys, call_seq: bytes) -> Callable:
-        deserialize = self._deserialize
+    def _opener(self, bound: ClientBound, keys: MethodKeys, call_seq: bytes) -> _Opener:
+        return _Opener(self._session, bound, keys, call_seq, self._deserialize)
 
-        def open_response(response: bytes) -> Any:
-            data = bound.protection.open(
-                keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt
-            )
-            self._session.succeeded()
-            return deserialize(data)
 
-        return open_response
+class _Opener:
+    """A unary-response call's future outcome: the response opened, the status checked."""
+
+    __slots__ = ("_bound", "_call_seq", "_deserialize", "_keys", "_session")
+
+    def __init__(
+        self,
+        session: _AnySession,
+        bound: ClientBound,
+        keys: MethodKeys,
+        call_seq: bytes,
+        deserialize: Callable[[bytes], Any],
+    ) -> None:
+        self._session = session
+        self._bound = bound
+        self._keys = keys
+        self._call_seq = call_seq
+        self._deserialize = deserialize
+
+    def open(self, response: bytes, call: Any) -> tuple[Any, CallStatus]:
+        bound, prefix = self._bound, self._keys.prefix
+        data = bound.protection.open(
+            prefix, self._call_seq, FIRST_RESPONSE, response, bound.encrypt
+        )
+        status = checked_status(bound.protection, prefix, self._call_seq, call)
+        self._session.succeeded()
+        return self._deserialize(data), status
+
+    def check_error(self, error: grpc.RpcError) -> BaseException:
+        return checked_error(self._bound.protection, self._keys.prefix, self._call_seq, error)
 
 
 class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
@@ -364,9 +390,9 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         with_call: bool,
     ) -> tuple[Any, grpc.Call | None]:
         payload = self._serialize(request)
-        send = self._raw.with_call if with_call else self._raw
+        send = self._raw.with_call  # the call object: its status is checked either way
         for attempt in range(MAX_TRANSPORT_ATTEMPTS):
-            bound, keys, call_seq, ours, token = self._open_call(payload)
+            bound, keys, call_seq, ours, token = self._open_call(payload, metadata)
             protection = bound.protection
             try:
                 outcome = send(
@@ -382,11 +408,12 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
                     bound, exc, self._idempotent, True, attempt, keys, call_seq
                 ):
                     continue
-                raise
-            response, call = outcome if with_call else (outcome, None)
+                raise checked_error(protection, keys.prefix, call_seq, exc) from None
+            response, call = outcome
             data = protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
+            status = checked_status(protection, keys.prefix, call_seq, call)
             self._session.succeeded()
-            return self._deserialize(data), call
+            return self._deserialize(data), VerifiedCall(call, status) if with_call else None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def future(
@@ -401,7 +428,7 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         """Binds first if needed (blocking); the call itself runs asynchronously. Never sent
         twice: a refusal for ``context-unknown`` surfaces from ``result()`` and the next call
         binds again."""
-        bound, keys, call_seq, ours, token = self._open_call(self._serialize(request))
+        bound, keys, call_seq, ours, token = self._open_call(self._serialize(request), metadata)
         raw = self._raw.future(
             token,
             timeout=timeout,
@@ -417,9 +444,9 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
     __slots__ = ()
 
     def _start(
-        self, request_iterator: Iterable[Any]
+        self, request_iterator: Iterable[Any], metadata: Metadata | None
     ) -> tuple[ClientBound, MethodKeys, bytes, Any, Iterator[bytes]]:
-        bound, keys, call_seq, ours, _ = self._open_call(None)
+        bound, keys, call_seq, ours, _ = self._open_call(None, metadata)
         outbound = Outbound(bound.protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
         return (
             bound,
@@ -451,7 +478,7 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> tuple[Any, grpc.Call]:
-        bound, keys, call_seq, ours, requests = self._start(request_iterator)
+        bound, keys, call_seq, ours, requests = self._start(request_iterator, metadata)
         try:
             response, call = self._raw.with_call(
                 requests,
@@ -463,10 +490,11 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
             )
         except grpc.RpcError as exc:
             self._session.refused(bound, exc, self._idempotent, False, 0)
-            raise
+            raise checked_error(bound.protection, keys.prefix, call_seq, exc) from None
         data = bound.protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
+        status = checked_status(bound.protection, keys.prefix, call_seq, call)
         self._session.succeeded()
-        return self._deserialize(data), call
+        return self._deserialize(data), VerifiedCall(call, status)
 
     def future(
         self,
@@ -477,7 +505,7 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> _VerifiedFuture:
-        bound, keys, call_seq, ours, requests = self._start(request_iterator)
+        bound, keys, call_seq, ours, requests = self._start(request_iterator, metadata)
         raw = self._raw.future(
             requests,
             timeout=timeout,
@@ -512,7 +540,7 @@ class _UnaryStream(_Multicallable, grpc.UnaryStreamMultiCallable):
         payload = self._serialize(request)
 
         def start() -> _Started:
-            bound, keys, call_seq, ours, token = self._open_call(payload)
+            bound, keys, call_seq, ours, token = self._open_call(payload, metadata)
             protection = bound.protection
             raw = self._raw(
                 token,
@@ -541,7 +569,7 @@ class _StreamStream(_Multicallable, grpc.StreamStreamMultiCallable):
         compression: grpc.Compression | None = None,
     ) -> _ResponseStream:
         def start() -> _Started:
-            bound, keys, call_seq, ours, _ = self._open_call(None)
+            bound, keys, call_seq, ours, _ = self._open_call(None, metadata)
             protection = bound.protection
             outbound = Outbound(protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
             raw = self._raw(
@@ -583,6 +611,7 @@ class _ResponseStream(grpc.Call):
         self._idempotent = bool(retry)
         self._resendable = retry is not None
         self._attempt = 0
+        self._status: CallStatus | None = None
         self._raw, self._inbound, self._bound, self._keys, self._call_seq = start()
 
     def __iter__(self) -> _ResponseStream:
@@ -615,7 +644,7 @@ class _ResponseStream(grpc.Call):
                     continue
                 typed = typed_expiry(exc)
                 if typed is exc:
-                    raise
+                    raise self._checked_error(exc) from None
                 raise typed from exc
             try:
                 data = inbound.open(token)
@@ -623,22 +652,48 @@ class _ResponseStream(grpc.Call):
                 self._raw.cancel()
                 raise
             if data is None:
-                self._session.succeeded()
                 # The end marker: the transport must end here too (or report the status).
-                for extra in self._raw:
-                    inbound.open(extra)
+                try:
+                    for extra in self._raw:
+                        inbound.open(extra)
+                except grpc.RpcError as exc:
+                    raise self._checked_error(exc) from None
+                self._final_status()
+                self._session.succeeded()
                 raise StopIteration
             return self._deserialize(data)
 
     def next(self) -> Any:
         return self.__next__()
 
-    # grpc.Call / grpc.RpcContext of the underlying call
+    def _final_status(self) -> CallStatus:
+        """The finished call's outcome, checked against the server's signature (once)."""
+        status = self._status
+        if status is None:
+            status = self._status = checked_status(
+                self._bound.protection, self._keys.prefix, self._call_seq, self._raw
+            )
+        return status
+
+    def _checked_error(self, error: grpc.RpcError) -> BaseException:
+        return checked_error(self._bound.protection, self._keys.prefix, self._call_seq, error)
+
+    @property
+    def rpcsec_status(self) -> CallStatus:
+        return self._final_status()
+
+    # grpc.Call / grpc.RpcContext of the underlying call; metadata: the signed entries once
+    # the stream ended with an outcome the server signed (``call_status`` tells); before the
+    # end, initial metadata is as received (not yet verifiable)
     def initial_metadata(self) -> Any:
-        return self._raw.initial_metadata()
+        status = self._status
+        if status is None or not status.verified:
+            return self._raw.initial_metadata()
+        return status.initial_metadata
 
     def trailing_metadata(self) -> Any:
-        return self._raw.trailing_metadata()
+        status = self._final_status()
+        return status.trailing_metadata if status.verified else self._raw.trailing_metadata()
 
     def code(self) -> grpc.StatusCode:
         return self._raw.code()
@@ -673,7 +728,7 @@ class _VerifiedFuture(grpc.Future, grpc.Call):
         raw: Any,
         session: _AnySession,
         bound: ClientBound,
-        open_response: Callable[[bytes], Any],
+        open_response: _Opener,
     ) -> None:
         self._raw = raw
         self._session = session
@@ -681,12 +736,14 @@ class _VerifiedFuture(grpc.Future, grpc.Call):
         self._open = open_response
         self._lock = threading.Lock()
         self._outcome: tuple[bool, Any] | None = None
+        self._status: CallStatus | None = None
 
     def _opened(self, response: bytes) -> Any:
         with self._lock:
             if self._outcome is None:
                 try:
-                    self._outcome = (True, self._open(response))
+                    value, self._status = self._open.open(response, self._raw)
+                    self._outcome = (True, value)
                 except SecurityError as exc:
                     self._outcome = (False, exc)
             ok, value = self._outcome
@@ -699,13 +756,20 @@ class _VerifiedFuture(grpc.Future, grpc.Call):
             response = self._raw.result(timeout)
         except grpc.RpcError as exc:
             self._session.refused(self._bound, exc, False, False, 0)
-            raise
+            raise self._open.check_error(exc) from None
         return self._opened(response)
+
+    @property
+    def rpcsec_status(self) -> CallStatus:
+        """The call's outcome, once ``result()`` returned (``rpcsec.grpc.call_status``)."""
+        if self._status is None:
+            raise RuntimeError("the call's result has not been read")
+        return self._status
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         error = self._raw.exception(timeout)
         if error is not None:
-            return error
+            return self._open.check_error(error)
         try:
             self._opened(self._raw.result())
         except SecurityError as exc:
@@ -731,10 +795,18 @@ class _VerifiedFuture(grpc.Future, grpc.Call):
         return self._raw.done()
 
     def initial_metadata(self) -> Any:
-        return self._raw.initial_metadata()
+        status = self._status
+        return (
+            status.initial_metadata if status and status.verified else self._raw.initial_metadata()
+        )
 
     def trailing_metadata(self) -> Any:
-        return self._raw.trailing_metadata()
+        status = self._status
+        return (
+            status.trailing_metadata
+            if status and status.verified
+            else self._raw.trailing_metadata()
+        )
 
     def code(self) -> grpc.StatusCode:
         return self._raw.code()

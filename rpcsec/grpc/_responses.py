@@ -16,7 +16,8 @@ depend only on *the call it answers*:
 
 Tokens (``_wire``): ``kind:u8 | AES-256-GCM(payload)`` for PRIVACY, ``kind:u8 | GMAC tag[16] |
 payload`` for INTEGRITY (RFC 4543), ``END_MARKER_KIND | tag`` for a stream's end and a
-refusal's signed "did not run" (index 0xFFFFFFFF, never a message's). The AAD is the kind byte
+refusal's signed "did not run" (index 0xFFFFFFFF, never a message's), and the signed outcome
+of a call (``_call_status``, index 0xFFFFFFFE). The AAD is the kind byte
 and the message's ``_wire`` AAD, so a token cannot change kind, call, method or position.
 """
 
@@ -35,6 +36,7 @@ from rpcsec.sspi import (
     hkdf_expand_label,
 )
 
+from ._call_status import STATUS_INDEX
 from ._calls import CallProtection, ClientCallProtection
 from ._client_errors import as_rpc_error
 from ._wire import END, END_MARKER_KIND, SEALED_KIND, SIGNED_KIND, position
@@ -151,6 +153,9 @@ class TicketServerProtection(CallProtection):
     def not_run(self, prefix: bytes, call_seq: bytes) -> bytes:
         return self.responses.mark(prefix + call_seq, call_seq, _NOT_RUN_INDEX)
 
+    def sign_status(self, aad: bytes, call_seq: bytes) -> bytes:
+        return self.responses.mark(aad, call_seq, STATUS_INDEX)
+
 
 class TicketClientProtection(ClientCallProtection):
     """The client's ``CallProtection`` of a ticket context: requests sealed with the context,
@@ -181,3 +186,6 @@ class TicketClientProtection(ClientCallProtection):
 
     def check_not_run(self, prefix: bytes, call_seq: bytes, token: bytes) -> None:
         self.responses.check_mark(prefix + call_seq, call_seq, _NOT_RUN_INDEX, token)
+
+    def check_status(self, aad: bytes, call_seq: bytes, token: bytes) -> None:
+        self.responses.check_mark(aad, call_seq, STATUS_INDEX, token)

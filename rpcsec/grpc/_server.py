@@ -38,6 +38,7 @@ from rpcsec.sspi import (
 from ._calls import Inbound
 from ._policy import AuthorizationPolicy
 from ._server_core import ServerMethod, ServerSecurity, not_run_token
+from ._servicer_context import VerifiedContext
 from ._status import (
     details_for,
     passthrough_status,
@@ -192,8 +193,10 @@ def sync_handler(
             try:
                 call, data = security.open_unary(context.invocation_metadata(), method, request)
                 message = deserialize(method, data)
+                view = VerifiedContext(context, call)
                 with impersonate(call.token):
-                    response = app_uu(message, context)
+                    response = app_uu(message, view)
+                view.seal_status()
                 if response is None:
                     return b""
                 return call.seal_response(method.serialize(response))
@@ -217,13 +220,15 @@ def sync_handler(
                 # The handler's generator runs step by step; each step runs in a context that
                 # holds the caller's token, so nothing leaks into the server's thread.
                 run = CallerSteps(call.token)
-                responses = run.run(lambda: iter(app_us(message, context)))
+                view = VerifiedContext(context, call)
+                responses = run.run(lambda: iter(app_us(message, view)))
                 while True:
                     try:
                         response = run.run(next, responses)
                     except StopIteration:
                         break
                     yield outbound.seal(method.serialize(response))
+                view.seal_status()
                 yield outbound.end()
             except SecurityError as exc:
                 refuse(context, exc, name)
@@ -242,9 +247,11 @@ def sync_handler(
                 call = security.open_call(context.invocation_metadata(), method)
                 inbound = call.inbound()
                 requests = verified_requests(request_iterator, inbound, method)
+                view = VerifiedContext(context, call)
                 with impersonate(call.token):
-                    response = app_su(requests, context)
+                    response = app_su(requests, view)
                 _raise_stream_failure(inbound)
+                view.seal_status()
                 if response is None:
                     return b""
                 return call.seal_response(method.serialize(response))
@@ -266,7 +273,8 @@ def sync_handler(
             outbound = call.outbound()
             requests = verified_requests(request_iterator, inbound, method)
             run = CallerSteps(call.token)
-            responses = run.run(lambda: iter(app_ss(requests, context)))
+            view = VerifiedContext(context, call)
+            responses = run.run(lambda: iter(app_ss(requests, view)))
             while True:
                 try:
                     response = run.run(next, responses)
@@ -275,6 +283,7 @@ def sync_handler(
                 _raise_stream_failure(inbound)
                 yield outbound.seal(method.serialize(response))
             _raise_stream_failure(inbound)
+            view.seal_status()
             yield outbound.end()
         except SecurityError as exc:
             refuse(context, exc, name)

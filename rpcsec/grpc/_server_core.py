@@ -33,6 +33,7 @@ from rpcsec.sspi import (
 from ._admission import AdmissionKey
 from ._calls import FIRST_RESPONSE, CallProtection, Inbound, Outbound
 from ._handshake import ServerNegotiation
+from ._metadata import METADATA_KEY, declared_keys, server_part, split
 from ._policy import AuthorizationPolicy
 from ._responses import ResponseKeys, TicketServerProtection
 from ._table import ContextEntry, ContextTable, HandshakeLimiter, stale_entry
@@ -58,6 +59,7 @@ __all__ = ["ServerCall", "ServerMethod", "ServerSecurity", "not_run_token"]
 
 _BINDING_REQUIRES = ContextReq.INTEGRITY | ContextReq.REPLAY_DETECT
 _PRIVACY = ProtectionLevel.PRIVACY
+_NONE: frozenset[str] = frozenset()
 
 
 class ServerMethod:
@@ -93,7 +95,17 @@ def not_run_token(error: BaseException) -> bytes | None:
 class ServerCall:
     """One admitted call: the caller's token and the keys to its messages."""
 
-    __slots__ = ("call_seq", "clock", "encrypt", "entry", "prefix", "protection", "token")
+    __slots__ = (
+        "call_seq",
+        "clock",
+        "declared",
+        "encrypt",
+        "entry",
+        "metadata",
+        "prefix",
+        "protection",
+        "token",
+    )
 
     def __init__(
         self,
@@ -110,6 +122,12 @@ class ServerCall:
         self.call_seq = call_seq
         self.token = token
         self.encrypt = token.protection_level is _PRIVACY
+        self.metadata: Sequence[Any] | None = None  # as received
+        self.declared: frozenset[str] = _NONE  # the keys the opening signature covers
+
+    def split_metadata(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """(verified, unverified) request metadata (``_metadata``)."""
+        return split(self.metadata, self.declared)
 
     def seal_response(self, payload: bytes) -> bytes:
         return self.protection.seal(
@@ -251,14 +269,19 @@ class ServerSecurity:
 
     # -- calls -----------------------------------------------------------------------------
 
-    def _find(self, metadata: Sequence[Any] | None) -> tuple[ContextEntry, Any]:
-        handle = header = None
+    def _find(self, metadata: Sequence[Any] | None) -> tuple[ContextEntry, Any, Any]:
+        """The context a call names, its call header and its metadata declaration."""
+        handle = header = declaration = None
         for item in metadata or ():
             key = item[0]
             if key == CONTEXT_KEY:
                 handle = item[1]
             elif key == CALL_KEY:
                 header = item[1]
+            elif key == METADATA_KEY:
+                if declaration is not None:
+                    raise InvalidTokenError("call carries a malformed metadata declaration")
+                declaration = item[1]
         if handle is None:
             raise InvalidHandleError("call carries no security context handle")
         if not isinstance(handle, bytes):
@@ -270,7 +293,7 @@ class ServerSecurity:
         if ticket and tickets is not None and tickets.ring.refresh():
             self._drop_retired(tickets)  # the ring changed: no cached ticket outlives its key
         try:
-            return self.table.lookup(handle), header
+            return self.table.lookup(handle), header, declaration
         except InvalidHandleError as exc:
             if not ticket or tickets is None:
                 raise
@@ -281,7 +304,7 @@ class ServerSecurity:
         context, ticket_id, expires_at, issued_at = self.tickets.open(handle)
         entry = self._ticket_entry(handle, context, "ticket", expires_at, ticket_id, issued_at)
         self.table.insert(entry)
-        return entry, header
+        return entry, header, declaration
 
     def _drop_retired(self, tickets: ContextTickets) -> None:
         live = set(tickets.ring.key_names)
@@ -332,23 +355,41 @@ class ServerSecurity:
         """Admit a single-request call, opened by its request message; returns the call and
         the request's payload, or raises the ``SecurityError`` that refuses it."""
         try:
-            entry, _ = self._find(metadata)
+            entry, _, declaration = self._find(metadata)
         except SecurityError as exc:
-            self._sign_not_run(exc, method, lambda stale: _open_request(stale, method, request)[2])
+            stale_part = _stale_part(metadata)
+            if stale_part is not None:
+                app: bytes = stale_part
+                self._sign_not_run(
+                    exc, method, lambda stale: _open_request(stale, method, request, app)[2]
+                )
             raise
-        level, payload, call_seq = _open_request(entry, method, request)
-        return self._admit(entry, method, level, call_seq), payload
+        declared, part = _app_part(metadata, declaration)
+        level, payload, call_seq = _open_request(entry, method, request, part)
+        call = self._admit(entry, method, level, call_seq)
+        call.metadata = metadata
+        call.declared = declared
+        return call, payload
 
     def open_call(self, metadata: Sequence[Any] | None, method: ServerMethod) -> ServerCall:
         """Admit a request-streaming call, opened by the signed call header in its metadata."""
         try:
-            entry, header = self._find(metadata)
+            entry, header, declaration = self._find(metadata)
         except SecurityError as exc:
             header = _header(metadata)
-            self._sign_not_run(exc, method, lambda stale: _open_header(stale, method, header)[1])
+            stale_part = _stale_part(metadata)
+            if stale_part is not None:
+                app: bytes = stale_part
+                self._sign_not_run(
+                    exc, method, lambda stale: _open_header(stale, method, header, app)[1]
+                )
             raise
-        level, call_seq = _open_header(entry, method, header)
-        return self._admit(entry, method, level, call_seq)
+        declared, part = _app_part(metadata, declaration)
+        level, call_seq = _open_header(entry, method, header, part)
+        call = self._admit(entry, method, level, call_seq)
+        call.metadata = metadata
+        call.declared = declared
+        return call
 
     def release(self, call: ServerCall) -> None:
         """DeleteSecurityContext for the client: here, and for a ticket on every replica
@@ -359,10 +400,35 @@ class ServerSecurity:
             self.tickets.revoke(entry.ticket_id, entry.expires_at or 0.0, entry.issued_at)
 
 
+def _app_part(metadata: Sequence[Any] | None, declaration: Any) -> tuple[frozenset[str], bytes]:
+    """The declared keys and the APP_METADATA the opening signature must cover (``_metadata``;
+    nothing for a call without a declaration)."""
+    if declaration is None:
+        return _NONE, b""
+    declared = declared_keys(declaration)
+    return declared, server_part(metadata, declared)
+
+
+def _stale_part(metadata: Sequence[Any] | None) -> bytes | None:
+    """APP_METADATA of a call refused as stale, or None if its declaration is malformed
+    (such a call gets no signed "did not run")."""
+    found = None
+    for item in metadata or ():
+        if item[0] == METADATA_KEY:
+            if found is not None:
+                return None
+            found = item[1]
+    try:
+        return _app_part(metadata, found)[1]
+    except SecurityError:
+        return None
+
+
 def _open_request(
-    entry: ContextEntry, method: ServerMethod, request: Any
+    entry: ContextEntry, method: ServerMethod, request: Any, app: bytes = b""
 ) -> tuple[ProtectionLevel, bytes, bytes]:
-    """Verify a single-request call's opening token: (level, payload, call sequence)."""
+    """Verify a single-request call's opening token: (level, payload, call sequence); ``app``
+    is the APP_METADATA it also covers."""
     if not isinstance(request, bytes) or not request:
         raise InvalidTokenError("call does not open with a protected message")
     kind = request[0]
@@ -373,13 +439,13 @@ def _open_request(
     else:
         raise InvalidTokenError("call does not open with a protected message")
     payload = entry.context.unwrap(
-        request, aad=entry.open_prefix + method.part, encrypted=level is _PRIVACY
+        request, aad=entry.open_prefix + method.part + app, encrypted=level is _PRIVACY
     )
     return level, payload, request[SEQ_SLICE]
 
 
 def _open_header(
-    entry: ContextEntry, method: ServerMethod, header: Any
+    entry: ContextEntry, method: ServerMethod, header: Any, app: bytes = b""
 ) -> tuple[ProtectionLevel, bytes]:
     """Verify a request-streaming call's signed call header: (level, call sequence)."""
     if not isinstance(header, bytes) or len(header) < 10 or header[1] != END_MARKER_KIND:
@@ -388,7 +454,7 @@ def _open_header(
     if level is None:
         raise InvalidTokenError("call header names an unknown protection level")
     signature = header[1:]
-    entry.context.verify(b"", signature, aad=entry.call_prefix + header[:1] + method.part)
+    entry.context.verify(b"", signature, aad=entry.call_prefix + header[:1] + method.part + app)
     return level, signature[SEQ_SLICE]
 
 

@@ -28,6 +28,17 @@ window accepts each sequence number once, so an opening token is never accepted 
       rpcsec-call-bin : level:u8 | MIC token = ctx.sign(b"", aad=CALL_AAD)
       CALL_AAD = "rpcsec call v1" 0x00 | handle | level:u8 | len(method):u16 | method
 
+Both opening AADs end with the application's request metadata when the client set any
+(``_metadata``: the keys declared in ``rpcsec-metadata-bin``, then ``APP_METADATA``, the sorted
+length-prefixed (key, value) pairs under them), so a proxy or attacker that rewrites, adds
+under a declared key, or drops an entry the application set makes the opening token fail::
+
+    rpcsec-metadata-bin : key ("," key)*          (sorted, distinct, lower-case; absent: none)
+    OPEN_AAD | APP_METADATA,  CALL_AAD | APP_METADATA
+
+Entries under undeclared keys are not covered; the server hands them to handlers apart
+(``rpcsec.grpc.unverified_metadata``), never in ``context.invocation_metadata()``.
+
 Every other message -- each message of a request stream, every response -- is one wrap token
 at the call's level binding::
 
@@ -51,9 +62,13 @@ The server forgets the context as it signs, so no later call with that sequence 
 ever accepted by it. Only such a verified statement lets a client send a non-idempotent call
 again (see ``rpcsec.grpc._recovery``); the bare ``rpcsec-reason`` trailer never does.
 
-Not protected: the gRPC status, its details and any metadata the application sets. An attacker
-on the path can always turn a call into a failure; what it cannot do is make a client accept a
-response, or a server run a handler, that the peer did not send for that very call.
+A handler's outcome (status code, details, the initial and trailing metadata it set) is
+signed with the call's response keys into ``rpcsec-status-bin`` (``_call_status``: the layout
+of STATUS_AAD). Not signed: rpcsec's own refusals (``rpcsec-reason``; only ``rpcsec-not-run-bin``
+is), statuses from exceptions a handler let escape, and anything a proxy adds. An attacker on
+the path can always turn a call into a failure, and the client then learns it is an
+unverified one; what it cannot do is make a client accept a response, status or metadata, or
+a server run a handler, that the peer did not send for that very call.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ Protocol (stdin/stdout, like ``benchmarks._server``):
 Every handler execution appends one JSON line to ``count_file`` (``O_APPEND``, one ``write``
 per line, so lines from many threads never interleave):
 ``{"replica": "r0", "method": "Say", "id": "<request text>", "principal": "...",
-"metadata": {...}}`` (the call's text metadata, so a test sees what a proxy added). The request
+"metadata": {...}, "unverified": {...}}`` (the call's text metadata the handler sees, and for
+an rpcsec server the unverified rest, so a test sees what a proxy added). The request
 id is the request's ``text`` (unary, server streaming) or the first message's ``text`` (client
 and bidi streaming). The file outlives a restart, so "no call ran twice" holds across one.
 """
@@ -72,6 +73,8 @@ def _text_metadata(metadata: Any) -> dict[str, str]:
 def _counting_servicer(base: type, name: str, count_file: str | None) -> Any:
     """An ``EchoServicer`` that logs every handler execution before running it."""
     import rpcsec
+    from rpcsec.grpc import unverified_metadata
+    from rpcsec.grpc._servicer_context import VerifiedContext
 
     descriptor = None
     if count_file:
@@ -86,8 +89,13 @@ def _counting_servicer(base: type, name: str, count_file: str | None) -> Any:
             "method": method,
             "id": request_id,
             "principal": token.principal if token is not None else "",
-            # What the proxy in front added (x-forwarded-for, ...); binary values left out.
+            # The metadata the handler sees (for rpcsec: what the client signed), and what
+            # nobody signed (what the proxy in front added: x-forwarded-for, ...); binary
+            # values left out.
             "metadata": _text_metadata(context.invocation_metadata()),
+            "unverified": _text_metadata(
+                unverified_metadata(context) if isinstance(context, VerifiedContext) else ()
+            ),
         }
         os.write(descriptor, (json.dumps(line) + "\n").encode())
 

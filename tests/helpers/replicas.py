@@ -100,6 +100,8 @@ class Execution:
     id: str
     principal: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # rpcsec servers: the metadata no signature covers (what a proxy added)
+    unverified: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, line: str) -> Execution:

@@ -30,13 +30,15 @@ from rpcsec.sspi import (
 )
 
 from .._binding import ChannelSecurity, ClientBound
+from .._call_status import CallStatus, open_status
 from .._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from .._client import DEFAULT_HANDSHAKE_TIMEOUT, _parse_response
-from .._client_errors import typed_expiry
+from .._client_errors import as_rpc_error, typed_expiry
 from .._cloaking import CONCURRENT_BINDS, DEFAULT_MAX_CALLERS, CallerSessions, cloaking_mode
 from .._recovery import LOST_STATUS
 from .._session import SessionCore, refusal_decision
 from .._status import REASON_KEY, error_from_rpc
+from .._verified_call import checked_error
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
 __all__ = ["SecureChannel", "secure_channel"]
@@ -289,6 +291,7 @@ class _Call:
         self._binding: asyncio.Task[ClientBound] | None = None
         self._callbacks: list[Callable[[Any], None]] = []
         self._cancelled = False
+        self._status: CallStatus | None = None
         bound = session.ready()
         if bound is not None:
             try:
@@ -354,10 +357,24 @@ class _Call:
         else:
             self._callbacks.append(callback)
 
+    @property
+    def rpcsec_status(self) -> CallStatus:
+        """The call's outcome, once it finished (``rpcsec.grpc.call_status``)."""
+        if self._status is None:
+            raise RuntimeError("the call has not finished")
+        return self._status
+
+    # metadata: the signed entries once the call finished with an outcome the server signed
     async def initial_metadata(self) -> Any:
+        status = self._status
+        if status is not None and status.verified:
+            return status.initial_metadata
         return await (await self._ready()).call.initial_metadata()
 
     async def trailing_metadata(self) -> Any:
+        status = self._status
+        if status is not None and status.verified:
+            return status.trailing_metadata
         return await (await self._ready()).call.trailing_metadata()
 
     async def code(self) -> grpc.StatusCode:
@@ -420,15 +437,41 @@ class _UnaryResponse(_Call):
                     attempt += 1
                     started = await self._restart(started)
                     continue
-                if exc is raised:
+                final = _checked(started, exc)
+                if final is raised:
                     raise
-                raise exc from None
+                raise final from None
             bound = started.bound
             data = bound.protection.open(
                 started.keys.prefix, started.call_seq, FIRST_RESPONSE, response, bound.encrypt
             )
+            self._status = await _outcome(started)
             self._session.succeeded()
             return self._deserialize(data)
+
+
+def _checked(started: _Started, error: BaseException) -> BaseException:
+    """A failed call's error: as it is, ``VerifiedRpcError`` or ``MessageAlteredError``."""
+    if not isinstance(error, grpc.aio.AioRpcError):
+        return error
+    return checked_error(started.bound.protection, started.keys.prefix, started.call_seq, error)
+
+
+async def _outcome(started: _Started) -> CallStatus:
+    """A finished call's outcome, checked against the server's signature (``_call_status``)."""
+    call = started.call
+    try:
+        return open_status(
+            started.bound.protection,
+            started.keys.prefix,
+            started.call_seq,
+            await call.code(),
+            await call.details(),
+            await call.initial_metadata(),
+            await call.trailing_metadata(),
+        )
+    except SecurityError as exc:
+        raise as_rpc_error(exc) from None
 
 
 async def _final_status(call: Any, raised: grpc.RpcError) -> grpc.RpcError:
@@ -502,7 +545,10 @@ class _StreamResponse(_Call):
                     continue
                 typed = typed_expiry(exc)
                 if typed is raised:
-                    raise
+                    final = _checked(started, raised)
+                    if final is raised:
+                        raise
+                    raise final from None
                 raise typed from raised
             if token is EOF:
                 inbound.finish()
@@ -510,10 +556,14 @@ class _StreamResponse(_Call):
             try:
                 data = inbound.open(token)
                 if data is None:
-                    self._session.succeeded()
-                    extra = await started.call.read()
+                    try:
+                        extra = await started.call.read()
+                    except grpc.RpcError as raised:
+                        raise _checked(started, raised) from None
                     if extra is not EOF:
                         inbound.open(extra)  # a message after the end marker
+                    self._status = await _outcome(started)
+                    self._session.succeeded()
                     return EOF
             except SecurityError:
                 started.call.cancel()
@@ -582,16 +632,16 @@ class _Multicallable:
         self._idempotent = method in session.security.idempotent
 
     def _open_call(
-        self, bound: ClientBound, payload: bytes | None
+        self, bound: ClientBound, payload: bytes | None, app: Any = None
     ) -> tuple[MethodKeys, bytes, tuple[tuple[str, bytes], ...], bytes]:
         """Open a call on ``bound``: with its single request message, or (None) with a call
         header. Returns the keys, the call sequence, the metadata and the request token."""
         keys = bound.keys(self._method)
         try:
             if payload is None:
-                call_seq, metadata = bound.begin(keys)
+                call_seq, metadata = bound.begin(keys, app)
                 return keys, call_seq, metadata, b""
-            call_seq, metadata, token = bound.open_unary(keys, payload)
+            call_seq, metadata, token = bound.open_unary(keys, payload, app)
             return keys, call_seq, metadata, token
         except ContextExpiredError:
             # Expired between the check and the signature: the call binds again.
@@ -613,7 +663,7 @@ class _UnaryUnaryMultiCallable(_Multicallable, grpc.aio.UnaryUnaryMultiCallable)
         payload = self._serialize(request)
 
         def launch(bound: ClientBound) -> _Started:
-            keys, call_seq, ours, token = self._open_call(bound, payload)
+            keys, call_seq, ours, token = self._open_call(bound, payload, metadata)
             call = self._raw(
                 token,
                 timeout=timeout,
@@ -641,7 +691,7 @@ class _UnaryStreamMultiCallable(_Multicallable, grpc.aio.UnaryStreamMultiCallabl
         payload = self._serialize(request)
 
         def launch(bound: ClientBound) -> _Started:
-            keys, call_seq, ours, token = self._open_call(bound, payload)
+            keys, call_seq, ours, token = self._open_call(bound, payload, metadata)
             protection = bound.protection
             call = self._raw(
                 token,
@@ -668,7 +718,7 @@ class _StreamUnaryMultiCallable(_Multicallable, grpc.aio.StreamUnaryMultiCallabl
         compression: grpc.Compression | None = None,
     ) -> Any:
         def launch(bound: ClientBound) -> _Started:
-            keys, call_seq, ours, _ = self._open_call(bound, None)
+            keys, call_seq, ours, _ = self._open_call(bound, None, metadata)
             outbound = Outbound(bound.protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
             requests = (
                 None
@@ -699,7 +749,7 @@ class _StreamStreamMultiCallable(_Multicallable, grpc.aio.StreamStreamMultiCalla
         compression: grpc.Compression | None = None,
     ) -> Any:
         def launch(bound: ClientBound) -> _Started:
-            keys, call_seq, ours, _ = self._open_call(bound, None)
+            keys, call_seq, ours, _ = self._open_call(bound, None, metadata)
             protection = bound.protection
             outbound = Outbound(protection, keys.prefix, call_seq, REQUEST, bound.encrypt)
             requests = (

@@ -38,6 +38,7 @@ from .._server import (
     sync_handler,
 )
 from .._server_core import ServerMethod, ServerSecurity, not_run_token
+from .._servicer_context import AioVerifiedContext
 from .._status import details_for, passthrough_status, status_for, trailing_metadata_for
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD
 
@@ -100,27 +101,26 @@ def _raise_stream_failure(inbound: Inbound | None) -> None:
         raise inbound.error
 
 
-class _ProtectedContext:
+class _ProtectedContext(AioVerifiedContext):
     """The servicer context an async streaming handler sees: ``read()`` opens each request and
-    ``write()`` seals each response; everything else is the real context."""
+    ``write()`` seals each response; ``invocation_metadata()`` is the verified metadata;
+    everything else is the real context."""
+
+    __slots__ = ("_eof", "_inbound", "_method", "_outbound")
 
     def __init__(
         self,
         context: Any,
+        call: Any,
         method: ServerMethod,
         inbound: Inbound | None,
         outbound: Outbound | None,
     ) -> None:
-        self._context = context
+        super().__init__(context, call)
         self._method = method
         self._inbound = inbound
         self._outbound = outbound
         self._eof = False
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._context, name)
 
     async def read(self) -> Any:
         inbound = self._inbound
@@ -166,8 +166,10 @@ def async_handler(
             try:
                 call, data = security.open_unary(context.invocation_metadata(), method, request)
                 message = deserialize(method, data)
+                view = AioVerifiedContext(context, call)
                 with impersonate(call.token):
-                    response = await app_uu(message, context)
+                    response = await app_uu(message, view)
+                view.seal_status()
                 if response is None:
                     return b""
                 return call.seal_response(method.serialize(response))
@@ -188,10 +190,11 @@ def async_handler(
                 call = security.open_call(context.invocation_metadata(), method)
                 inbound = call.inbound()
                 requests = _verified_requests(request_iterator, inbound, method)
-                proxy = _ProtectedContext(context, method, inbound, None)
+                proxy = _ProtectedContext(context, call, method, inbound, None)
                 with impersonate(call.token):
                     response = await app_su(requests, proxy)
                 _raise_stream_failure(inbound)
+                proxy.seal_status()
                 if response is None:
                     return b""
                 return call.seal_response(method.serialize(response))
@@ -217,7 +220,7 @@ def async_handler(
         else:
             call, data = security.open_unary(metadata, method, request)
             argument = deserialize(method, data)
-        proxy = _ProtectedContext(context, method, inbound, call.outbound())
+        proxy = _ProtectedContext(context, call, method, inbound, call.outbound())
         return call, argument, proxy, inbound
 
     if inspect.isasyncgenfunction(app):
@@ -235,6 +238,7 @@ def async_handler(
                 finally:
                     _revert(scope)
                 _raise_stream_failure(inbound)
+                proxy.seal_status()
                 yield outbound.end()
             except SecurityError as exc:
                 await refuse(context, exc, name)
@@ -255,6 +259,7 @@ def async_handler(
                 _raise_stream_failure(inbound)
                 outbound = proxy._outbound
                 assert outbound is not None
+                proxy.seal_status()
                 await context.write(outbound.end())
             except SecurityError as exc:
                 await refuse(context, exc, name)
