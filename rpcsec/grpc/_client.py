@@ -44,7 +44,7 @@ from ._proto import handshake_pb2
 from ._recovery import MAX_TRANSPORT_ATTEMPTS
 from ._session import SessionCore, refusal_decision
 from ._status import error_from_rpc
-from ._verified_call import VerifiedCall, checked_error, checked_status
+from ._verified_call import RawCallDelegate, VerifiedCall, checked_error, checked_status
 from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
 __all__ = ["SecureChannel", "secure_channel"]
@@ -591,7 +591,7 @@ class _StreamStream(_Multicallable, grpc.StreamStreamMultiCallable):
 _Started = tuple[Any, Inbound, ClientBound, MethodKeys, bytes]
 
 
-class _ResponseStream(grpc.Call):
+class _ResponseStream(RawCallDelegate, grpc.Call):
     """The response iterator of a server-streaming call: every message opened, the end marker
     checked. Also a ``grpc.Call`` (code, details, metadata, cancel) of the underlying call."""
 
@@ -694,29 +694,6 @@ class _ResponseStream(grpc.Call):
     def trailing_metadata(self) -> Any:
         status = self._final_status()
         return status.trailing_metadata if status.verified else self._raw.trailing_metadata()
-
-    def code(self) -> grpc.StatusCode:
-        return self._raw.code()
-
-    def details(self) -> str:
-        return self._raw.details()
-
-    def is_active(self) -> bool:
-        return self._raw.is_active()
-
-    def time_remaining(self) -> float | None:
-        return self._raw.time_remaining()
-
-    def cancel(self) -> bool:
-        return self._raw.cancel()
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        return self._raw.add_callback(callback)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._raw, name)
 
 
 class _VerifiedFuture(grpc.Future, grpc.Call):

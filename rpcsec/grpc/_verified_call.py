@@ -40,25 +40,12 @@ def checked_status(protection: Any, prefix: bytes, call_seq: bytes, call: Any) -
         raise as_rpc_error(exc) from None
 
 
-class _Outcome:
+class RawCallDelegate:
+    """``grpc.Call`` / ``grpc.RpcContext`` answered by the underlying call ``self._raw``
+    (everything but metadata, which each wrapper answers from what was verified)."""
+
     __slots__ = ()
-    rpcsec_status: CallStatus
-
-    def initial_metadata(self) -> Any:
-        return self.rpcsec_status.initial_metadata
-
-    def trailing_metadata(self) -> Any:
-        return self.rpcsec_status.trailing_metadata
-
-
-class VerifiedCall(_Outcome, grpc.Call):
-    """A finished call whose outcome the server signed: metadata = the signed entries."""
-
-    __slots__ = ("_raw", "rpcsec_status")
-
-    def __init__(self, raw: Any, status: CallStatus) -> None:
-        self._raw = raw
-        self.rpcsec_status = status
+    _raw: Any
 
     def code(self) -> grpc.StatusCode:
         return self._raw.code()
@@ -82,6 +69,27 @@ class VerifiedCall(_Outcome, grpc.Call):
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._raw, name)
+
+
+class _Outcome:
+    __slots__ = ()
+    rpcsec_status: CallStatus
+
+    def initial_metadata(self) -> Any:
+        return self.rpcsec_status.initial_metadata
+
+    def trailing_metadata(self) -> Any:
+        return self.rpcsec_status.trailing_metadata
+
+
+class VerifiedCall(_Outcome, RawCallDelegate, grpc.Call):
+    """A finished call whose outcome the server signed: metadata = the signed entries."""
+
+    __slots__ = ("_raw", "rpcsec_status")
+
+    def __init__(self, raw: Any, status: CallStatus) -> None:
+        self._raw = raw
+        self.rpcsec_status = status
 
 
 class VerifiedRpcError(_Outcome, grpc.RpcError, grpc.Call):
