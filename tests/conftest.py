@@ -78,7 +78,16 @@ def x509_setup(tmp_path: pathlib.Path):
 
 
 @pytest.fixture
-def serve():
+def server_style() -> str:
+    """How ``serve`` / ``aio_serve`` install a leading ``SecurityInterceptor``: "interceptor"
+    (``grpc.server(interceptors=[...])``) or "registered" (``secure_server``'s way: handlers
+    protected when registered). A module runs its tests both ways by overriding this fixture
+    with ``params=grpc_setup.SERVER_STYLES``."""
+    return "interceptor"
+
+
+@pytest.fixture
+def serve(server_style):
     """``serve(interceptors, servicers, max_workers=16) -> address``: a real ``grpc.server``
     on 127.0.0.1 port 0, stopped at teardown."""
     from helpers import grpc_setup
@@ -86,6 +95,7 @@ def serve():
     servers = []
 
     def start(interceptors, servicers, **kwargs):
+        kwargs.setdefault("style", server_style)
         server, address = grpc_setup.serve_sync(interceptors, servicers, **kwargs)
         servers.append(server)
         return address
@@ -96,13 +106,14 @@ def serve():
 
 
 @pytest.fixture
-async def aio_serve():
+async def aio_serve(server_style):
     """``await aio_serve(interceptors, servicers) -> address``: a real ``grpc.aio.server``."""
     from helpers import grpc_setup
 
     servers = []
 
     async def start(interceptors, servicers, **kwargs):
+        kwargs.setdefault("style", server_style)
         server, address = await grpc_setup.serve_aio(interceptors, servicers, **kwargs)
         servers.append(server)
         return address

@@ -17,7 +17,7 @@ import grpc
 import grpc.aio
 import pytest
 from helpers.echo import AsyncAdminServicer, AsyncEchoServicer, EchoServicer
-from helpers.grpc_setup import forget_contexts
+from helpers.grpc_setup import SERVER_STYLES, forget_contexts
 
 import rpcsec
 from rpcsec.grpc import (
@@ -38,6 +38,13 @@ from rpcsec.sspi import (
 LEVELS = [ProtectionLevel.INTEGRITY, ProtectionLevel.PRIVACY]
 NEGOTIATE = "/rpcsec.v1.SecurityHandshake/Negotiate"
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+@pytest.fixture(params=SERVER_STYLES)
+def server_style(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against a SecurityInterceptor and against handlers protected
+    when registered (``secure_server``'s way)."""
+    return request.param
 
 
 def _request(text: str, repeat: int = 0) -> echo_pb2.EchoRequest:

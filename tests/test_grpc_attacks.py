@@ -18,7 +18,7 @@ import grpc
 import grpc.aio
 import pytest
 from helpers.echo import AdminServicer, EchoServicer
-from helpers.grpc_setup import forget_contexts
+from helpers.grpc_setup import SERVER_STYLES, forget_contexts
 from helpers.wiretap import Wiretap, craft_call, craft_stream_call, flip
 
 from rpcsec.grpc import SecurityInterceptor, reason_of, secure_channel
@@ -35,6 +35,13 @@ COLLECT = "/rpcsec.test.v1.Echo/Collect"
 NEGOTIATE = "/rpcsec.v1.SecurityHandshake/Negotiate"
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 RELEASE = "/rpcsec.v1.SecurityHandshake/Release"
+
+
+@pytest.fixture(params=SERVER_STYLES)
+def server_style(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against a SecurityInterceptor and against handlers protected
+    when registered (``secure_server``'s way)."""
+    return request.param
 
 
 class Clock:

@@ -20,6 +20,7 @@ import echo_pb2_grpc
 import grpc
 import pytest
 from helpers import proxies
+from helpers.grpc_setup import SERVER_STYLES
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,6 +38,13 @@ from rpcsec.sspi import InvalidTokenError, MessageAlteredError
 KINDS = ["unary_unary", "unary_stream", "stream_unary", "stream_stream"]
 INITIAL = (("x-server", "s1"),)
 TRAILING = (("x-result", "done"), ("x-cost-bin", b"\x01\x02"))
+
+
+@pytest.fixture(params=SERVER_STYLES)
+def server_style(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against a SecurityInterceptor and against handlers protected
+    when registered (``secure_server``'s way)."""
+    return request.param
 
 
 class OutcomeEcho(echo_pb2_grpc.EchoServicer):

@@ -20,6 +20,7 @@ import echo_pb2_grpc
 import grpc
 import grpc.aio
 import pytest
+from helpers.grpc_setup import SERVER_STYLES
 from helpers.wiretap import Wiretap
 from hypothesis import given
 from hypothesis import strategies as st
@@ -33,6 +34,13 @@ from rpcsec.sspi import InvalidTokenError
 
 APP = (("x-tenant", "acme"), ("x-trace-bin", b"\x00\x01\xff"))
 KINDS = ["unary_unary", "unary_stream", "stream_unary", "stream_stream"]
+
+
+@pytest.fixture(params=SERVER_STYLES)
+def server_style(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against a SecurityInterceptor and against handlers protected
+    when registered (``secure_server``'s way)."""
+    return request.param
 
 
 class Seen:

@@ -37,6 +37,7 @@ from rpcsec.sspi import (
 
 from ._calls import Inbound
 from ._policy import AuthorizationPolicy
+from ._registration import Registration
 from ._server_core import ServerMethod, ServerSecurity, not_run_token
 from ._servicer_context import VerifiedContext
 from ._status import (
@@ -56,7 +57,13 @@ from ._table import (
 )
 from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD
 
-__all__ = ["SecurityInterceptor", "build_security", "secure_server", "sync_handler"]
+__all__ = [
+    "ProtectedServer",
+    "SecurityInterceptor",
+    "build_security",
+    "secure_server",
+    "sync_handler",
+]
 
 _LOG = logging.getLogger("rpcsec.grpc")
 _MAX_CACHED_HANDLERS = 1024
@@ -450,6 +457,25 @@ class InterceptorBase:
         self._cache = HandlerCache()
 
     @property
+    def negotiate_handler(self) -> grpc.RpcMethodHandler:
+        return self._negotiate
+
+    @property
+    def release_handler(self) -> grpc.RpcMethodHandler:
+        return self._release
+
+    def protected(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` for ``method`` with the protected behavior (built now, once)."""
+        return self._build(
+            ServerMethod(method, handler.request_deserializer, handler.response_serializer),
+            handler,
+        )
+
+    def cached(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``protected`` through the bounded per-method cache (handlers found per call)."""
+        return self._cache.get(method, handler, self._build)
+
+    @property
     def contexts(self) -> ContextTable:
         return self.security.table
 
@@ -500,7 +526,7 @@ class SecurityInterceptor(InterceptorBase, grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        return self._cache.get(method, handler, self._build)
+        return self.cached(method, handler)
 
     def _handshake_handlers(
         self, security: ServerSecurity
@@ -511,6 +537,26 @@ class SecurityInterceptor(InterceptorBase, grpc.ServerInterceptor):
         return sync_handler(self.security, method, handler)
 
 
+class ProtectedServer(Registration, grpc.Server):
+    """A ``grpc.Server`` whose handlers are protected when registered (``_registration``);
+    what ``secure_server()`` returns. ``security_interceptor``: its security state (contexts,
+    handshakes), the same object a ``SecurityInterceptor`` user would hold."""
+
+    def __init__(self, server: grpc.Server, interceptor: SecurityInterceptor) -> None:
+        self._server = server
+        self.security_interceptor = interceptor
+        self._register_handshake()
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, grace: float | None) -> Any:
+        return self._server.stop(grace)
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout)
+
+
 def secure_server(
     credentials: Credentials | Iterable[Credentials] | None = None,
     policy: AuthorizationPolicy | None = None,
@@ -519,9 +565,11 @@ def secure_server(
     options: Iterable[tuple[str, Any]] | None = None,
     interceptors: Iterable[grpc.ServerInterceptor] = (),
     **security_options: Any,
-) -> grpc.Server:
-    """``grpc.server`` with a ``SecurityInterceptor`` first in its chain (gRPC servers take
-    interceptors only when they are made, so security cannot be added to an existing one).
+) -> ProtectedServer:
+    """A ``grpc.server`` serving the handshake whose every registered handler is protected
+    when it is registered (``_registration``: no interceptor runs per call; ``interceptors``
+    are the application's own, after rpcsec's verification). Generated
+    ``add_XServicer_to_server(servicer, server)`` works unchanged.
 
     Handshakes in progress default to half the worker threads, so half-open handshakes can
     never starve the calls.
@@ -530,8 +578,9 @@ def secure_server(
 
     security_options.setdefault("max_handshakes", max(1, max_workers // 2))
     interceptor = SecurityInterceptor(credentials, policy, **security_options)
-    return grpc.server(
+    server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpcsec"),
-        interceptors=[interceptor, *interceptors],
+        interceptors=list(interceptors),
         options=list(options or ()),
     )
+    return ProtectedServer(server, interceptor)

@@ -93,6 +93,7 @@ __all__ = [
     "RESPONSE",
     "SEALED_KIND",
     "SEQ_SLICE",
+    "SERVICE",
     "SIGNED_KIND",
     "call_prefix",
     "is_ticket",

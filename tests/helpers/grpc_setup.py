@@ -24,6 +24,7 @@ from rpcsec.sspi import ContextReq, Credentials, CredentialUse, acquire_credenti
 
 __all__ = [
     "NTLM_PASSWORDS",
+    "SERVER_STYLES",
     "PackageSetup",
     "add_services",
     "kerberos_setup",
@@ -132,15 +133,38 @@ def add_services(server: Any, servicers: Iterable[Any]) -> None:
         adder(servicer, server)
 
 
+SERVER_STYLES = ("interceptor", "registered")
+
+
+def _split_security(interceptors: Iterable[Any], style: str, kind: type) -> tuple[Any, list[Any]]:
+    """(the leading SecurityInterceptor to register handlers through, the other interceptors)
+    for ``style`` "registered"; (None, all of them) otherwise."""
+    chain = list(interceptors)
+    if style == "registered" and chain and type(chain[0]) is kind:
+        return chain[0], chain[1:]
+    if style not in SERVER_STYLES:
+        raise ValueError(f"unknown server style {style!r}")
+    return None, chain
+
+
 def serve_sync(
     interceptors: Iterable[grpc.ServerInterceptor],
     servicers: Iterable[Any],
     *,
     max_workers: int = 16,
+    style: str = "interceptor",
 ) -> tuple[grpc.Server, str]:
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=list(interceptors)
+    """``style`` "registered": the leading ``SecurityInterceptor`` protects the handlers as
+    they are registered (``secure_server``'s way) instead of intercepting every call."""
+    from rpcsec.grpc import SecurityInterceptor
+    from rpcsec.grpc._server import ProtectedServer
+
+    security, chain = _split_security(interceptors, style, SecurityInterceptor)
+    server: Any = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=chain
     )
+    if security is not None:
+        server = ProtectedServer(server, security)
     add_services(server, servicers)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -152,10 +176,15 @@ async def serve_aio(
     servicers: Iterable[Any],
     *,
     migration_thread_pool: futures.ThreadPoolExecutor | None = None,
+    style: str = "interceptor",
 ) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server(
-        interceptors=list(interceptors), migration_thread_pool=migration_thread_pool
-    )
+    from rpcsec.grpc.aio import SecurityInterceptor
+    from rpcsec.grpc.aio._server import ProtectedServer
+
+    security, chain = _split_security(interceptors, style, SecurityInterceptor)
+    server: Any = grpc.aio.server(interceptors=chain, migration_thread_pool=migration_thread_pool)
+    if security is not None:
+        server = ProtectedServer(server, security)
     add_services(server, servicers)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

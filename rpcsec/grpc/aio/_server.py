@@ -30,6 +30,7 @@ from rpcsec.sspi import (
 
 from .._calls import Inbound, Outbound
 from .._policy import AuthorizationPolicy
+from .._registration import Registration
 from .._server import (
     BadRequestMessage,
     InterceptorBase,
@@ -42,7 +43,7 @@ from .._servicer_context import AioVerifiedContext
 from .._status import details_for, passthrough_status, status_for, trailing_metadata_for
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD
 
-__all__ = ["SecurityInterceptor", "secure_server"]
+__all__ = ["ProtectedServer", "SecurityInterceptor", "secure_server"]
 
 _LOG = logging.getLogger("rpcsec.grpc")
 EOF = grpc.aio.EOF
@@ -366,6 +367,24 @@ class SecurityInterceptor(InterceptorBase, grpc.aio.ServerInterceptor):
         return sync_handler(self.security, method, handler)
 
 
+class ProtectedServer(Registration, grpc.aio.Server):
+    """The asyncio ``ProtectedServer`` (``rpcsec.grpc._registration``)."""
+
+    def __init__(self, server: grpc.aio.Server, interceptor: SecurityInterceptor) -> None:
+        self._server = server
+        self.security_interceptor = interceptor
+        self._register_handshake()
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self._server.wait_for_termination(timeout)
+
+
 def secure_server(
     credentials: Credentials | Iterable[Credentials] | None = None,
     policy: AuthorizationPolicy | None = None,
@@ -374,11 +393,13 @@ def secure_server(
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     migration_thread_pool: Any = None,
     **security_options: Any,
-) -> grpc.aio.Server:
-    """``grpc.aio.server`` with a ``SecurityInterceptor`` first in its chain."""
+) -> ProtectedServer:
+    """``grpc.aio.server`` whose every registered handler is protected when registered (no
+    interceptor per call; ``interceptors`` are the application's own)."""
     interceptor = SecurityInterceptor(credentials, policy, **security_options)
-    return grpc.aio.server(
+    server = grpc.aio.server(
         migration_thread_pool=migration_thread_pool,
-        interceptors=[interceptor, *interceptors],
+        interceptors=list(interceptors),
         options=list(options or ()),
     )
+    return ProtectedServer(server, interceptor)
