@@ -19,6 +19,17 @@ a status, details or declared entry that differs raises ``MessageAlteredError`` 
 ``grpc.RpcError``); entries under undeclared keys (a proxy's, an attacker's) are kept apart.
 No ``rpcsec-status-bin`` at all -- a proxy's own error, an rpcsec refusal, a handler that raised
 -- is an *unverified* status: the client reports it as such and never as the server's.
+
+The common case is folded into the response token instead (``_wire.OUTCOME_OK``): when a
+unary handler ends OK with empty details and sets no initial or trailing metadata, the server
+sends no ``rpcsec-status-bin``; the response message is sealed over its usual AAD followed by
+``OUTCOME_OK`` (a stream: its end marker, the same way). The client, for a call that ended OK
+without the trailer, opens the response *with* the suffix -- the token itself then proves "OK,
+no details, no metadata" -- and with a trailer opens it *without* the suffix and checks the
+trailer as above (``open_unary_outcome``). So a trailer stripped from a call that set
+metadata, or one added to a folded response, makes the response fail to open
+(``MessageAlteredError``), and an OK turned into an error status is only ever an unverified
+error. One AEAD operation per response, not two, and no trailer bytes.
 """
 
 from __future__ import annotations
@@ -28,9 +39,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rpcsec.sspi import InvalidTokenError
+from rpcsec.sspi import InvalidTokenError, MessageAlteredError
 
+from ._calls import FIRST_RESPONSE
 from ._metadata import RESERVED_PREFIXES, declared_keys, encode
+from ._wire import OUTCOME_OK
 
 __all__ = [
     "STATUS_INDEX",
@@ -39,6 +52,7 @@ __all__ = [
     "app_keys",
     "code_number",
     "open_status",
+    "open_unary_outcome",
     "parse_status",
     "status_aad",
     "status_token",
@@ -153,6 +167,40 @@ def code_number(code: Any) -> int:
     if isinstance(value, tuple):  # grpc.StatusCode
         return int(value[0])
     return int(code)
+
+
+def has_status(trailing: Sequence[Any]) -> bool:
+    """Whether the server sent ``rpcsec-status-bin`` (else the outcome is folded, or none)."""
+    for item in trailing:  # noqa: SIM110 - a loop: no generator frame per call
+        if item[0] == STATUS_KEY:
+            return True
+    return False
+
+
+def open_unary_outcome(
+    protection: Any,
+    prefix: bytes,
+    call_seq: bytes,
+    response: bytes,
+    encrypt: bool,
+    code: Any,
+    details: str | None,
+    initial: Sequence[Any] | None,
+    trailing: Sequence[Any] | None,
+) -> tuple[bytes, CallStatus]:
+    """The client's opening of a finished single-response call that returned a message:
+    (payload, outcome). Without a trailer the outcome must be folded into the response
+    (``OUTCOME_OK``); with one, the response is opened as it is and the trailer checked.
+    Raises what ``protection.open`` / ``open_status`` raise."""
+    trailing = tuple(trailing or ())
+    if has_status(trailing):
+        data = protection.open(prefix, call_seq, FIRST_RESPONSE, response, encrypt)
+        return data, open_status(protection, prefix, call_seq, code, details, initial, trailing)
+    data = protection.open(prefix, call_seq, FIRST_RESPONSE, response, encrypt, OUTCOME_OK)
+    if code_number(code) != 0 or details:
+        # The server sealed "OK, no details"; a status that says otherwise was changed.
+        raise MessageAlteredError("call outcome differs from what the server sealed")
+    return data, CallStatus(True, code, "", (), (), tuple(initial or ()), trailing)
 
 
 def open_status(

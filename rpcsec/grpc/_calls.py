@@ -73,12 +73,27 @@ class CallProtection:
         self.context = context
         self.handle = handle
 
-    def seal(self, prefix: bytes, call_seq: bytes, pos: bytes, payload: bytes, encrypt: bool):
-        """EncryptMessage (PRIVACY) or an integrity wrap (INTEGRITY) of one message."""
-        return self.context.wrap(payload, aad=prefix + call_seq + pos, encrypt=encrypt)
+    def seal(
+        self,
+        prefix: bytes,
+        call_seq: bytes,
+        pos: bytes,
+        payload: bytes,
+        encrypt: bool,
+        suffix: bytes = b"",
+    ) -> bytes:
+        """EncryptMessage (PRIVACY) or an integrity wrap (INTEGRITY) of one message;
+        ``suffix``: ``OUTCOME_OK`` when the token also carries the call's outcome."""
+        return self.context.wrap(payload, aad=prefix + call_seq + pos + suffix, encrypt=encrypt)
 
     def open(
-        self, prefix: bytes, call_seq: bytes, pos: bytes, token: bytes, encrypt: bool
+        self,
+        prefix: bytes,
+        call_seq: bytes,
+        pos: bytes,
+        token: bytes,
+        encrypt: bool,
+        suffix: bytes = b"",
     ) -> bytes:
         """DecryptMessage / VerifySignature of one message; it must be at the call's level."""
         if not token:
@@ -88,18 +103,31 @@ class CallProtection:
         # (accepted once) and position (opened in order), so a slow reader whose messages fall
         # behind other calls' is never taken for a replay.
         return self.context.unwrap(
-            token, aad=prefix + call_seq + pos, encrypted=encrypt, record=False
+            token, aad=prefix + call_seq + pos + suffix, encrypted=encrypt, record=False
         )
 
-    def end_marker(self, prefix: bytes, call_seq: bytes, direction: int, count: int) -> bytes:
-        """The signed end of a stream of ``count`` messages."""
-        return self.context.sign(b"", aad=prefix + call_seq + position(direction | END, count))
+    def end_marker(
+        self, prefix: bytes, call_seq: bytes, direction: int, count: int, suffix: bytes = b""
+    ) -> bytes:
+        """The signed end of a stream of ``count`` messages (``suffix``: as for ``seal``)."""
+        return self.context.sign(
+            b"", aad=prefix + call_seq + position(direction | END, count) + suffix
+        )
 
     def check_end(
-        self, prefix: bytes, call_seq: bytes, direction: int, count: int, token: bytes
+        self,
+        prefix: bytes,
+        call_seq: bytes,
+        direction: int,
+        count: int,
+        token: bytes,
+        suffix: bytes = b"",
     ) -> None:
         self.context.verify(
-            b"", token, aad=prefix + call_seq + position(direction | END, count), record=False
+            b"",
+            token,
+            aad=prefix + call_seq + position(direction | END, count) + suffix,
+            record=False,
         )
 
     def altered(self, message: str) -> SecurityError:
@@ -129,18 +157,30 @@ class ClientCallProtection(CallProtection):
     __slots__ = ()
 
     def open(
-        self, prefix: bytes, call_seq: bytes, pos: bytes, token: bytes, encrypt: bool
+        self,
+        prefix: bytes,
+        call_seq: bytes,
+        pos: bytes,
+        token: bytes,
+        encrypt: bool,
+        suffix: bytes = b"",
     ) -> bytes:
         try:
-            return CallProtection.open(self, prefix, call_seq, pos, token, encrypt)
+            return CallProtection.open(self, prefix, call_seq, pos, token, encrypt, suffix)
         except SecurityError as exc:
             raise as_rpc_error(exc) from exc.__cause__
 
     def check_end(
-        self, prefix: bytes, call_seq: bytes, direction: int, count: int, token: bytes
+        self,
+        prefix: bytes,
+        call_seq: bytes,
+        direction: int,
+        count: int,
+        token: bytes,
+        suffix: bytes = b"",
     ) -> None:
         try:
-            CallProtection.check_end(self, prefix, call_seq, direction, count, token)
+            CallProtection.check_end(self, prefix, call_seq, direction, count, token, suffix)
         except SecurityError as exc:
             raise as_rpc_error(exc) from exc.__cause__
 

@@ -44,7 +44,13 @@ from ._proto import handshake_pb2
 from ._recovery import MAX_TRANSPORT_ATTEMPTS
 from ._session import SessionCore, refusal_decision
 from ._status import error_from_rpc
-from ._verified_call import RawCallDelegate, VerifiedCall, checked_error, checked_status
+from ._verified_call import (
+    RawCallDelegate,
+    VerifiedCall,
+    checked_error,
+    checked_response,
+    checked_status,
+)
 from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
 __all__ = ["SecureChannel", "secure_channel"]
@@ -339,10 +345,9 @@ class _Opener:
 
     def open(self, response: bytes, call: Any) -> tuple[Any, CallStatus]:
         bound, prefix = self._bound, self._keys.prefix
-        data = bound.protection.open(
-            prefix, self._call_seq, FIRST_RESPONSE, response, bound.encrypt
+        data, status = checked_response(
+            bound.protection, prefix, self._call_seq, response, bound.encrypt, call
         )
-        status = checked_status(bound.protection, prefix, self._call_seq, call)
         self._session.succeeded()
         return self._deserialize(data), status
 
@@ -410,8 +415,9 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
                     continue
                 raise checked_error(protection, keys.prefix, call_seq, exc) from None
             response, call = outcome
-            data = protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
-            status = checked_status(protection, keys.prefix, call_seq, call)
+            data, status = checked_response(
+                protection, keys.prefix, call_seq, response, bound.encrypt, call
+            )
             self._session.succeeded()
             return self._deserialize(data), VerifiedCall(call, status) if with_call else None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -491,8 +497,9 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
         except grpc.RpcError as exc:
             self._session.refused(bound, exc, self._idempotent, False, 0)
             raise checked_error(bound.protection, keys.prefix, call_seq, exc) from None
-        data = bound.protection.open(keys.prefix, call_seq, FIRST_RESPONSE, response, bound.encrypt)
-        status = checked_status(bound.protection, keys.prefix, call_seq, call)
+        data, status = checked_response(
+            bound.protection, keys.prefix, call_seq, response, bound.encrypt, call
+        )
         self._session.succeeded()
         return self._deserialize(data), VerifiedCall(call, status)
 

@@ -143,12 +143,24 @@ class TicketServerProtection(CallProtection):
         super().__init__(context, handle)
         self.responses = responses
 
-    def seal(self, prefix: bytes, call_seq: bytes, pos: bytes, payload: bytes, encrypt: bool):
-        return self.responses.seal(prefix + call_seq + pos, call_seq, pos, payload, encrypt)
+    def seal(
+        self,
+        prefix: bytes,
+        call_seq: bytes,
+        pos: bytes,
+        payload: bytes,
+        encrypt: bool,
+        suffix: bytes = b"",
+    ) -> bytes:
+        return self.responses.seal(
+            prefix + call_seq + pos + suffix, call_seq, pos, payload, encrypt
+        )
 
-    def end_marker(self, prefix: bytes, call_seq: bytes, direction: int, count: int) -> bytes:
+    def end_marker(
+        self, prefix: bytes, call_seq: bytes, direction: int, count: int, suffix: bytes = b""
+    ) -> bytes:
         pos = position(direction | END, count)
-        return self.responses.mark(prefix + call_seq + pos, call_seq, pos[1:5])
+        return self.responses.mark(prefix + call_seq + pos + suffix, call_seq, pos[1:5])
 
     def not_run(self, prefix: bytes, call_seq: bytes) -> bytes:
         return self.responses.mark(prefix + call_seq, call_seq, _NOT_RUN_INDEX)
@@ -168,19 +180,33 @@ class TicketClientProtection(ClientCallProtection):
         self.responses = responses
 
     def open(
-        self, prefix: bytes, call_seq: bytes, pos: bytes, token: bytes, encrypt: bool
+        self,
+        prefix: bytes,
+        call_seq: bytes,
+        pos: bytes,
+        token: bytes,
+        encrypt: bool,
+        suffix: bytes = b"",
     ) -> bytes:
         try:
-            return self.responses.open(prefix + call_seq + pos, call_seq, pos, token, encrypt)
+            return self.responses.open(
+                prefix + call_seq + pos + suffix, call_seq, pos, token, encrypt
+            )
         except SecurityError as exc:
             raise as_rpc_error(exc) from None
 
     def check_end(
-        self, prefix: bytes, call_seq: bytes, direction: int, count: int, token: bytes
+        self,
+        prefix: bytes,
+        call_seq: bytes,
+        direction: int,
+        count: int,
+        token: bytes,
+        suffix: bytes = b"",
     ) -> None:
         pos = position(direction | END, count)
         try:
-            self.responses.check_mark(prefix + call_seq + pos, call_seq, pos[1:5], token)
+            self.responses.check_mark(prefix + call_seq + pos + suffix, call_seq, pos[1:5], token)
         except SecurityError as exc:
             raise as_rpc_error(exc) from None
 

@@ -203,10 +203,10 @@ def sync_handler(
                 view = VerifiedContext(context, call)
                 with impersonate(call.token):
                     response = app_uu(message, view)
-                view.seal_status()
                 if response is None:
+                    view.seal_status()
                     return b""
-                return call.seal_response(method.serialize(response))
+                return view.seal_response(method.serialize(response))
             except SecurityError as exc:
                 refuse(context, exc, name)
             except grpc.RpcError as exc:
@@ -258,10 +258,10 @@ def sync_handler(
                 with impersonate(call.token):
                     response = app_su(requests, view)
                 _raise_stream_failure(inbound)
-                view.seal_status()
                 if response is None:
+                    view.seal_status()
                     return b""
-                return call.seal_response(method.serialize(response))
+                return view.seal_response(method.serialize(response))
             except SecurityError as exc:
                 refuse(context, exc, name)
             except grpc.RpcError as exc:

@@ -129,9 +129,10 @@ class ServerCall:
         """(verified, unverified) request metadata (``_metadata``)."""
         return split(self.metadata, self.declared)
 
-    def seal_response(self, payload: bytes) -> bytes:
+    def seal_response(self, payload: bytes, suffix: bytes = b"") -> bytes:
+        """The single response's token (``suffix``: ``OUTCOME_OK`` to fold the outcome in)."""
         return self.protection.seal(
-            self.prefix, self.call_seq, FIRST_RESPONSE, payload, self.encrypt
+            self.prefix, self.call_seq, FIRST_RESPONSE, payload, self.encrypt, suffix
         )
 
     def inbound(self) -> Inbound:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ._call_status import STATUS_KEY, app_keys, code_number, status_aad, status_token
 from ._metadata import split
+from ._wire import OUTCOME_OK
 
 __all__ = ["AioVerifiedContext", "VerifiedContext", "unverified_metadata"]
 
@@ -92,11 +93,12 @@ class VerifiedContext:
 
     def _status_entry(self, code: Any, details: str) -> tuple[str, bytes]:
         call = self._call
+        number = code_number(code)
         aad = status_aad(
             call.prefix,
             call.call_seq,
-            code_number(code),
-            details,
+            number,
+            details if number else "",  # gRPC never sends an OK call's details
             self._initial,
             self._initial_keys,
             self._trailing,
@@ -109,6 +111,25 @@ class VerifiedContext:
         """The handler ended: sign its status, details and metadata into the trailers."""
         entry = self._status_entry(self._code, self._details)
         self._context.set_trailing_metadata((*self._trailing, entry))
+
+    def folds(self) -> bool:
+        """Nothing to sign apart: the handler ended OK and set no metadata (the outcome then
+        rides in the response token or end marker, ``OUTCOME_OK``)."""
+        code = self._code  # (an OK call's details never reach the client: gRPC drops them)
+        return (
+            (code is None or code_number(code) == 0)
+            and not self._initial_keys
+            and not self._trailing_keys
+        )
+
+    def seal_response(self, payload: bytes) -> bytes:
+        """The handler returned ``payload``: its single response token, with the outcome
+        folded in (no trailer) when ``folds()``, else the outcome signed into the trailer."""
+        call = self._call
+        if self.folds():
+            return call.seal_response(payload, OUTCOME_OK)
+        self.seal_status()
+        return call.seal_response(payload)
 
     def abort(self, code: Any, details: str = "") -> None:
         self._context.set_trailing_metadata((*self._trailing, self._status_entry(code, details)))

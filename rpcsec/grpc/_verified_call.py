@@ -18,10 +18,17 @@ import grpc
 
 from rpcsec.sspi import SecurityError
 
-from ._call_status import CallStatus, open_status
+from ._call_status import CallStatus, open_status, open_unary_outcome
 from ._client_errors import as_rpc_error
 
-__all__ = ["VerifiedCall", "VerifiedRpcError", "call_status", "checked_error", "checked_status"]
+__all__ = [
+    "VerifiedCall",
+    "VerifiedRpcError",
+    "call_status",
+    "checked_error",
+    "checked_response",
+    "checked_status",
+]
 
 
 def checked_status(protection: Any, prefix: bytes, call_seq: bytes, call: Any) -> CallStatus:
@@ -31,6 +38,27 @@ def checked_status(protection: Any, prefix: bytes, call_seq: bytes, call: Any) -
             protection,
             prefix,
             call_seq,
+            call.code(),
+            call.details(),
+            call.initial_metadata(),
+            call.trailing_metadata(),
+        )
+    except SecurityError as exc:
+        raise as_rpc_error(exc) from None
+
+
+def checked_response(
+    protection: Any, prefix: bytes, call_seq: bytes, response: bytes, encrypt: bool, call: Any
+) -> tuple[bytes, CallStatus]:
+    """``open_unary_outcome`` of a finished grpc call that returned ``response``; a response
+    or outcome that does not verify raises as a ``grpc.RpcError``."""
+    try:
+        return open_unary_outcome(
+            protection,
+            prefix,
+            call_seq,
+            response,
+            encrypt,
             call.code(),
             call.details(),
             call.initial_metadata(),

@@ -64,7 +64,10 @@ again (see ``rpcsec.grpc._recovery``); the bare ``rpcsec-reason`` trailer never 
 
 A handler's outcome (status code, details, the initial and trailing metadata it set) is
 signed with the call's response keys into ``rpcsec-status-bin`` (``_call_status``: the layout
-of STATUS_AAD). Not signed: rpcsec's own refusals (``rpcsec-reason``; only ``rpcsec-not-run-bin``
+of STATUS_AAD) -- except in the common case, a handler that ended OK with empty details and
+set no metadata: its unary response token (or its stream's end marker) is then sealed over
+``MSG_AAD | OUTCOME_OK`` and no trailer is sent, so that call pays no separate signature.
+Not signed: rpcsec's own refusals (``rpcsec-reason``; only ``rpcsec-not-run-bin``
 is), statuses from exceptions a handler let escape, and anything a proxy adds. An attacker on
 the path can always turn a call into a failure, and the client then learns it is an
 unverified one; what it cannot do is make a client accept a response, status or metadata, or
@@ -88,6 +91,7 @@ __all__ = [
     "LEVEL_BYTES",
     "NEGOTIATE_METHOD",
     "NOT_RUN_KEY",
+    "OUTCOME_OK",
     "RELEASE_METHOD",
     "REQUEST",
     "RESPONSE",
@@ -124,6 +128,11 @@ SEALED_KIND = 0x57
 SIGNED_KIND = 0x53
 # Where a core token carries its sequence number (kind:u8 | seq:u64 | ...).
 SEQ_SLICE = slice(1, 9)
+# Appended to the AAD of a unary response (or a stream's end marker) whose handler ended OK
+# with empty details and set no response metadata: the outcome folded into the token, in
+# place of an ``rpcsec-status-bin`` trailer (``_call_status``). MSG_AAD has a fixed-size tail
+# after the method, so an AAD with the suffix is never one without it.
+OUTCOME_OK = b"rpcsec outcome ok v1\x00"
 
 _CALL_LABEL = b"rpcsec call v1\x00"
 _OPEN_LABEL = b"rpcsec open v1\x00"

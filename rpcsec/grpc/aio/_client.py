@@ -30,7 +30,7 @@ from rpcsec.sspi import (
 )
 
 from .._binding import ChannelSecurity, ClientBound
-from .._call_status import CallStatus, open_status
+from .._call_status import CallStatus, open_status, open_unary_outcome
 from .._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
 from .._client import DEFAULT_HANDSHAKE_TIMEOUT, _parse_response
 from .._client_errors import as_rpc_error, typed_expiry
@@ -441,11 +441,7 @@ class _UnaryResponse(_Call):
                 if final is raised:
                     raise
                 raise final from None
-            bound = started.bound
-            data = bound.protection.open(
-                started.keys.prefix, started.call_seq, FIRST_RESPONSE, response, bound.encrypt
-            )
-            self._status = await _outcome(started)
+            data, self._status = await _response_outcome(started, response)
             self._session.succeeded()
             return self._deserialize(data)
 
@@ -465,6 +461,26 @@ async def _outcome(started: _Started) -> CallStatus:
             started.bound.protection,
             started.keys.prefix,
             started.call_seq,
+            await call.code(),
+            await call.details(),
+            await call.initial_metadata(),
+            await call.trailing_metadata(),
+        )
+    except SecurityError as exc:
+        raise as_rpc_error(exc) from None
+
+
+async def _response_outcome(started: _Started, response: bytes) -> tuple[bytes, CallStatus]:
+    """A single-response call's opened response and outcome (``open_unary_outcome``)."""
+    call = started.call
+    bound = started.bound
+    try:
+        return open_unary_outcome(
+            bound.protection,
+            started.keys.prefix,
+            started.call_seq,
+            response,
+            bound.encrypt,
             await call.code(),
             await call.details(),
             await call.initial_metadata(),

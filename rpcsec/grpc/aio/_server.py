@@ -170,10 +170,10 @@ def async_handler(
                 view = AioVerifiedContext(context, call)
                 with impersonate(call.token):
                     response = await app_uu(message, view)
-                view.seal_status()
                 if response is None:
+                    view.seal_status()
                     return b""
-                return call.seal_response(method.serialize(response))
+                return view.seal_response(method.serialize(response))
             except SecurityError as exc:
                 await refuse(context, exc, name)
             except grpc.RpcError as exc:
@@ -195,10 +195,10 @@ def async_handler(
                 with impersonate(call.token):
                     response = await app_su(requests, proxy)
                 _raise_stream_failure(inbound)
-                proxy.seal_status()
                 if response is None:
+                    proxy.seal_status()
                     return b""
-                return call.seal_response(method.serialize(response))
+                return proxy.seal_response(method.serialize(response))
             except SecurityError as exc:
                 await refuse(context, exc, name)
             except grpc.RpcError as exc:
