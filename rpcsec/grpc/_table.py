@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rpcsec.security import AccessToken
 from rpcsec.sspi import (
@@ -58,6 +59,7 @@ class ContextEntry:
         "handle",
         "issued_at",
         "last_used",
+        "methods",
         "msg_label",
         "open_prefix",
         "peer",
@@ -86,6 +88,7 @@ class ContextEntry:
         self.call_prefix = call_prefix(handle)
         self.msg_label = message_prefix(handle, b"")
         self.open_prefix = open_aad(handle, b"")
+        self.methods: dict[str, Any] = {}  # per-method state (``_server_core.EntryMethod``)
         self.last_used = now
         self.expires_at = expires_at
         # A ticket's entry is a cache of what the ticket says: the replay store, not this
