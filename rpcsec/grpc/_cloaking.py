@@ -146,6 +146,7 @@ def _earliest(*times: float | None) -> float | None:
 
 
 S = TypeVar("S")
+_DELEGATE = ImpersonationLevel.DELEGATE
 
 
 class _Entry(Generic[S]):
@@ -196,6 +197,7 @@ class CallerSessions(Generic[S]):
         self._lock = threading.Lock()
         self._closed = False
         self._sweep_at = clock() + SWEEP_INTERVAL
+        self._recent: _Entry[S] | None = None  # the entry last selected (the newest in LRU)
         self.dropped: DroppedSessions[S] = DroppedSessions(
             limit=max(max_callers, DEFAULT_MAX_CALLERS), clock=clock
         )
@@ -204,8 +206,33 @@ class CallerSessions(Generic[S]):
         self.expired = 0  # dropped because the delegation ended
 
     def select(self) -> S:
-        """The session for the identity current now, made on first use."""
-        credentials, owner = resolve_credentials(None)
+        """The session for the identity current now, made on first use.
+
+        The delegated hop's per-call cost: a caller already cached is found without the lock
+        (a dict read is atomic) when it was also the last one selected; the lock is taken to
+        refresh the LRU order only when another caller came in between (exact LRU)."""
+        token = current_token()
+        if token is not None:
+            credentials = token.delegated_credentials
+            if credentials is not None and token.impersonation_level >= _DELEGATE:
+                entry = self._entries.get(id(credentials))
+                if entry is not None and entry.credentials is credentials:
+                    now = self._clock()
+                    expires = entry.expires_at
+                    if (
+                        (expires is None or now < expires)
+                        and (token.expires_at is None or now < token.expires_at)
+                        and now < self._sweep_at
+                    ):
+                        if entry is not self._recent:
+                            with self._lock:
+                                if self._entries.get(id(credentials)) is entry:
+                                    self._entries.move_to_end(id(credentials))
+                                    self._recent = entry
+                        return entry.session
+        return self._select(*resolve_credentials(None))
+
+    def _select(self, credentials: Credentials, owner: AccessToken | None) -> S:
         now = self._clock()
         if owner is not None and owner.expired(now):
             raise DelegationPolicyError(
@@ -225,6 +252,7 @@ class CallerSessions(Generic[S]):
                         entry.expires_at is None or now < entry.expires_at
                     ):
                         self._entries.move_to_end(key)
+                        self._recent = entry
                         return entry.session
                     # ended (or another handle at a reused id): never reused
                     del self._entries[key]
@@ -255,7 +283,7 @@ class CallerSessions(Generic[S]):
                     f"the delegation of {owner.principal} has expired: no onward call"
                 )
         session = self._make(self.template.for_caller(credentials, owner))
-        self._entries[key] = _Entry(credentials, expires, session)
+        self._entries[key] = self._recent = _Entry(credentials, expires, session)
         self.made += 1
         while len(self._entries) > self._max:
             dropped.append(self._entries.popitem(last=False)[1].session)
@@ -296,6 +324,7 @@ class CallerSessions(Generic[S]):
             self._closed = True
             sessions = [entry.session for entry in self._entries.values()]
             self._entries.clear()
+            self._recent = None
         return sessions + self.dropped.close()
 
     def __len__(self) -> int:
