@@ -54,17 +54,34 @@ async def _await_for(condition: Callable[[], bool], timeout: float = WAIT) -> bo
 
 
 class Releases(grpc.ServerInterceptor):
-    """In front of storage's SecurityInterceptor: counts Release calls."""
+    """In front of storage's SecurityInterceptor: counts Release calls; while ``stall`` is
+    set, each Release waits for ``resume`` first (a slow or unresponsive back end)."""
 
     def __init__(self) -> None:
         self.count = 0
         self._lock = threading.Lock()
+        self.stall = False
+        self.resume = threading.Event()
 
     def intercept_service(self, continuation, handler_call_details):
-        if handler_call_details.method == RELEASE_METHOD:
-            with self._lock:
-                self.count += 1
-        return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler_call_details.method != RELEASE_METHOD:
+            return handler
+        with self._lock:
+            self.count += 1
+        if not self.stall:
+            return handler
+        release = handler.unary_unary
+
+        def stalled(request, context):  # in the handler's thread, not the server's loop
+            assert self.resume.wait(WAIT)
+            return release(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            stalled,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 class Storage(EchoServicer):
@@ -218,6 +235,37 @@ def test_no_release_while_a_call_is_in_flight_on_the_binding(x509_setup, serve, 
         assert _wait_for(lambda: back.releases.count == 1)
         assert _wait_for(lambda: len(back.handles()) == 1)
     assert callers.dropped.released == 1 and callers.dropped.forgotten == 0
+    shared.close()
+
+
+def test_a_stalled_release_never_delays_the_calls_that_evict(x509_setup, serve, tmp_path):
+    """Storage sits on the first Release: the calls that keep evicting still run at once
+    (the Release is not on their path); the queue sends the next Release after it."""
+    setup = x509_setup
+    setup.pki.issue("carol")
+    back, tap = Back(setup, serve, tmp_path), Wiretap()
+    back.releases.stall = True
+    shared = _shared(setup, back, tap, max_callers=1)
+    front = _front(setup, serve, shared)
+    callers = shared._session.callers
+    names = ("alice", "bob", "carol")
+    channels = {n: secure_channel(front, setup.client(n), **_delegating(setup)) for n in names}
+    try:
+        assert _onward(channels["alice"]).principal == setup.principal("alice")
+        assert _onward(channels["bob"]).principal == setup.principal("bob")  # evicts alice
+        assert _wait_for(lambda: back.releases.count == 1)  # alice's Release, stalled
+        started = time.monotonic()
+        for name in ("carol", "alice", "bob"):  # each evicts the one before
+            assert _onward(channels[name]).principal == setup.principal(name)
+        assert time.monotonic() - started < WAIT / 2  # not held up by the stalled Release
+        assert back.releases.count == 1 and callers.evicted == 4
+        back.releases.resume.set()
+        assert _wait_for(lambda: callers.dropped.released == 4)
+        assert _wait_for(lambda: back.releases.count == 4 and len(back.handles()) == 1)
+    finally:
+        back.releases.resume.set()
+        for channel in channels.values():
+            channel.close()
     shared.close()
 
 
