@@ -32,6 +32,7 @@ from rpcsec.sspi import ContextReq, ImpersonationLevel
 
 CALLERS = 50
 CALLS_EACH = 4  # 200 onward calls
+_KERBEROS_CALLERS: dict[int, set[str]] = {}  # principals made, per realm (the lab is shared)
 
 
 class NegotiateCounter(grpc.ServerInterceptor):
@@ -69,7 +70,10 @@ def delegating_setup(request, tmp_path):
 
     if request.param == "x509":
         return grpc_setup.x509_setup(tmp_path)
-    return grpc_setup.kerberos_setup(request.getfixturevalue("kerberos_realm"))
+    realm = request.getfixturevalue("kerberos_realm")
+    setup = grpc_setup.kerberos_setup(realm)
+    setup.realm = realm  # _callers adds principals to it
+    return setup
 
 
 def _delegating(setup) -> dict:
@@ -87,7 +91,8 @@ def _storage(setup, serve) -> tuple[str, Storage, NegotiateCounter]:
     # Storage's default admission: the front is ONE peer binding for many callers at once,
     # and the cloaked channel keeps its handshakes under the per-peer bound (none is refused
     # ``busy``, which would count as an extra Negotiate stream here).
-    address = serve([counter, SecurityInterceptor(setup.server("storage"))], [storage])
+    storage.guard = SecurityInterceptor(setup.server("storage"))
+    address = serve([counter, storage.guard], [storage])
     return address, storage, counter
 
 
@@ -105,13 +110,30 @@ def _onward(channel: grpc.Channel) -> echo_pb2.EchoResponse:
     return echo_pb2_grpc.EchoStub(channel).Say(echo_pb2.EchoRequest(text="onward"))
 
 
-def test_fifty_callers_on_sixteen_threads_share_one_channel(x509_setup, serve) -> None:
-    setup = x509_setup
-    names = [f"caller{i}" for i in range(CALLERS)]
-    for name in names:
-        setup.pki.issue(name)
+def _callers(setup, prefix: str = "caller") -> list[str]:
+    """CALLERS more users with credentials: x509 certificates, or Kerberos principals (one
+    kadmin run; made once per realm)."""
+    names = [f"{prefix}{i}" for i in range(CALLERS)]
+    if setup.package == "x509":
+        for name in names:
+            setup.pki.issue(name)
+    else:
+        realm = setup.realm
+        made = _KERBEROS_CALLERS.setdefault(id(realm), set())
+        for name in names:
+            if name not in made:
+                realm.add_user(name)
+                made.add(name)
+    return names
+
+
+def _sixteen_threads(setup, serve, *, max_callers: int | None = None):
+    """CALLERS callers, CALLS_EACH onward calls each, interleaved across 16 threads through
+    the front on one shared channel: (storage, Negotiate counter, shared channel, answers)."""
+    names = _callers(setup)
     storage_address, storage, negotiations = _storage(setup, serve)
-    shared = secure_channel(storage_address, **setup.channel_options("storage"))  # no creds
+    bound = {} if max_callers is None else {"max_callers": max_callers}
+    shared = secure_channel(storage_address, **bound, **setup.channel_options("storage"))
     front_address = _front(setup, serve, shared)
     clients = {
         name: secure_channel(front_address, setup.client(name), **_delegating(setup))
@@ -129,10 +151,16 @@ def test_fifty_callers_on_sixteen_threads_share_one_channel(x509_setup, serve) -
     finally:
         for channel in clients.values():
             channel.close()
+    return storage, negotiations, shared, answers
+
+
+def test_fifty_callers_on_sixteen_threads_share_one_channel(delegating_setup, serve) -> None:
+    setup = delegating_setup
+    storage, negotiations, shared, answers = _sixteen_threads(setup, serve)
     # Each onward call ran as its own caller, never another.
     assert all(seen == setup.principal(name) for name, seen in answers)
     assert collections.Counter(p for p, _ in storage.seen) == {
-        setup.principal(name): CALLS_EACH for name in names
+        setup.principal(name): CALLS_EACH for name in _callers(setup)
     }
     # One handshake per caller at storage (not one per call), all on one connection.
     assert negotiations.count == CALLERS
@@ -141,6 +169,32 @@ def test_fifty_callers_on_sixteen_threads_share_one_channel(x509_setup, serve) -
     bindings = [session.current for session in shared._session.callers.sessions()]
     assert len(bindings) == CALLERS and all(is_ticket(b.handle) for b in bindings)
     shared.close()
+
+
+def test_fifty_callers_through_a_cache_of_eight_evict_and_release_safely(
+    delegating_setup, serve
+) -> None:
+    """The bound far below the callers: bindings are evicted (and Released at storage) while
+    other threads' calls are in flight on them. No call fails or runs as another caller;
+    every dropped binding is released or, never in use again, forgotten; storage ends
+    holding only the cached ones."""
+    setup = delegating_setup
+    storage, negotiations, shared, answers = _sixteen_threads(setup, serve, max_callers=8)
+    assert all(seen == setup.principal(name) for name, seen in answers)
+    assert len(answers) == CALLERS * CALLS_EACH
+    callers = shared._session.callers
+    assert callers.evicted > 0 and callers.made == negotiations.count
+    assert negotiations.count == callers.evicted + len(callers)  # one per binding made
+    deadline = time.monotonic() + 10
+    dropped = callers.dropped
+    while dropped.released + dropped.forgotten < callers.evicted:
+        assert time.monotonic() < deadline, (dropped.released, dropped.forgotten)
+        time.sleep(0.005)
+    assert dropped.released == callers.evicted and dropped.forgotten == 0
+    guard = storage.guard
+    assert len(guard.contexts.entries()) == len(callers) == 8
+    shared.close()
+    assert guard.contexts.entries() == []
 
 
 def test_each_caller_is_seen_as_itself_x509_and_kerberos(delegating_setup, serve) -> None:
@@ -257,11 +311,11 @@ def test_cloaking_arguments_are_checked(x509_setup) -> None:
         rpcsec_aio.secure_channel("127.0.0.1:1", setup.client(), cloaking="dynamic", **options)
 
 
-async def test_two_hundred_aio_tasks_through_an_aio_front(x509_setup, serve, aio_serve) -> None:
-    setup = x509_setup
-    names = [f"caller{i}" for i in range(CALLERS)]
-    for name in names:
-        setup.pki.issue(name)
+async def test_two_hundred_aio_tasks_through_an_aio_front(
+    delegating_setup, serve, aio_serve
+) -> None:
+    setup = delegating_setup
+    names = _callers(setup)
     storage_address, storage, negotiations = _storage(setup, serve)
     shared = rpcsec_aio.secure_channel(storage_address, **setup.channel_options("storage"))
 

@@ -27,6 +27,8 @@ from rpcsec.sspi import (
     NoCredentialsError,
 )
 
+from ._cloaking_release import DroppedSessions
+
 if TYPE_CHECKING:
     from ._binding import ChannelSecurity
 
@@ -48,6 +50,9 @@ DEFAULT_MAX_CALLERS = 256
 # server's default per-peer bound (``_table.DEFAULT_MAX_HANDSHAKES_PER_PEER``), so a front's
 # first calls queue here instead of being refused ``busy`` and retried there.
 CONCURRENT_BINDS = 4
+# How often (seconds, by the cache's clock) a call looks for cached bindings whose delegation
+# ended, to drop and release them even if their caller never calls again.
+SWEEP_INTERVAL = 1.0
 
 _default: Credentials | None = None
 _lock = threading.Lock()
@@ -141,6 +146,7 @@ def _earliest(*times: float | None) -> float | None:
 
 
 S = TypeVar("S")
+_DELEGATE = ImpersonationLevel.DELEGATE
 
 
 class _Entry(Generic[S]):
@@ -166,8 +172,11 @@ class CallerSessions(Generic[S]):
     delegation and is then dropped, never re-used (a call as an ended delegation is
     ``DelegationPolicyError``, as the x509 package says for an expired proxy chain); at most
     ``max_callers`` entries are kept (least recently used evicted; a later call of that
-    caller binds again). Sessions are made
-    by ``make`` (the sync or aio shell), all over one underlying grpc channel. No I/O here.
+    caller binds again). Sessions are made by ``make`` (the sync or aio shell), all over one
+    underlying grpc channel. A dropped session (evicted, or its delegation ended: found at its
+    caller's next call, or by a sweep at most every ``SWEEP_INTERVAL``) goes to ``dropped``,
+    which sends its Release once its last call has ended (``_cloaking_release``), never on the
+    call that dropped it. No I/O here.
     """
 
     def __init__(
@@ -187,46 +196,110 @@ class CallerSessions(Generic[S]):
         self._entries: OrderedDict[int, _Entry[S]] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
+        self._sweep_at = clock() + SWEEP_INTERVAL
+        self._recent: _Entry[S] | None = None  # the entry last selected (the newest in LRU)
+        self.dropped: DroppedSessions[S] = DroppedSessions(
+            limit=max(max_callers, DEFAULT_MAX_CALLERS), clock=clock
+        )
         self.made = 0  # sessions made (one per caller per delegation lifetime)
         self.evicted = 0  # dropped by the bound
         self.expired = 0  # dropped because the delegation ended
 
     def select(self) -> S:
-        """The session for the identity current now, made on first use."""
-        credentials, owner = resolve_credentials(None)
+        """The session for the identity current now, made on first use.
+
+        The delegated hop's per-call cost: a caller already cached is found without the lock
+        (a dict read is atomic) when it was also the last one selected; the lock is taken to
+        refresh the LRU order only when another caller came in between (exact LRU)."""
+        token = current_token()
+        if token is not None:
+            credentials = token.delegated_credentials
+            if credentials is not None and token.impersonation_level >= _DELEGATE:
+                entry = self._entries.get(id(credentials))
+                if entry is not None and entry.credentials is credentials:
+                    now = self._clock()
+                    expires = entry.expires_at
+                    if (
+                        (expires is None or now < expires)
+                        and (token.expires_at is None or now < token.expires_at)
+                        and now < self._sweep_at
+                    ):
+                        if entry is not self._recent:
+                            with self._lock:
+                                if self._entries.get(id(credentials)) is entry:
+                                    self._entries.move_to_end(id(credentials))
+                                    self._recent = entry
+                        return entry.session
+        return self._select(*resolve_credentials(None))
+
+    def _select(self, credentials: Credentials, owner: AccessToken | None) -> S:
         now = self._clock()
         if owner is not None and owner.expired(now):
             raise DelegationPolicyError(
                 f"the delegation of {owner.principal} has expired: no onward call as them"
             )
         key = id(credentials)
-        with self._lock:
-            if self._closed:
-                raise ValueError("the channel is closed")
-            entry = self._entries.get(key)
-            if entry is not None:
-                if entry.credentials is credentials and (
-                    entry.expires_at is None or now < entry.expires_at
-                ):
-                    self._entries.move_to_end(key)
-                    return entry.session
-                del self._entries[key]  # ended (or another handle at a reused id): never reused
-                self.expired += 1
-            if owner is not None:
-                expires = _earliest(owner.expires_at, _delegation_expiry(credentials))
-                if expires is not None and now >= expires:
-                    raise DelegationPolicyError(
-                        f"the delegation of {owner.principal} has expired: no onward call"
-                    )
-            else:
-                expires = None
-            session = self._make(self.template.for_caller(credentials, owner))
-            self._entries[key] = _Entry(credentials, expires, session)
-            self.made += 1
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
-                self.evicted += 1
+        dropped: list[S] = []
+        try:
+            with self._lock:
+                if self._closed:
+                    raise ValueError("the channel is closed")
+                if now >= self._sweep_at:
+                    self._sweep_locked(now, dropped)
+                entry = self._entries.get(key)
+                if entry is not None:
+                    if entry.credentials is credentials and (
+                        entry.expires_at is None or now < entry.expires_at
+                    ):
+                        self._entries.move_to_end(key)
+                        self._recent = entry
+                        return entry.session
+                    # ended (or another handle at a reused id): never reused
+                    del self._entries[key]
+                    dropped.append(entry.session)
+                    self.expired += 1
+                    del entry
+                return self._make_locked(credentials, owner, key, now, dropped)
+        finally:
+            if dropped:
+                self.dropped.add(dropped)
+                dropped.clear()
+
+    def _make_locked(
+        self,
+        credentials: Credentials,
+        owner: AccessToken | None,
+        key: int,
+        now: float,
+        dropped: list[S],
+    ) -> S:
+        """A new session for ``credentials`` (the lock held); the least recently used beyond
+        the bound go to ``dropped``."""
+        expires = None
+        if owner is not None:
+            expires = _earliest(owner.expires_at, _delegation_expiry(credentials))
+            if expires is not None and now >= expires:
+                raise DelegationPolicyError(
+                    f"the delegation of {owner.principal} has expired: no onward call"
+                )
+        session = self._make(self.template.for_caller(credentials, owner))
+        self._entries[key] = self._recent = _Entry(credentials, expires, session)
+        self.made += 1
+        while len(self._entries) > self._max:
+            dropped.append(self._entries.popitem(last=False)[1].session)
+            self.evicted += 1
         return session
+
+    def _sweep_locked(self, now: float, dropped: list[S]) -> None:
+        """Drop every cached binding whose delegation has ended (to be released)."""
+        self._sweep_at = now + SWEEP_INTERVAL
+        for key in [
+            key
+            for key, entry in self._entries.items()
+            if entry.expires_at is not None and now >= entry.expires_at
+        ]:
+            dropped.append(self._entries.pop(key).session)
+            self.expired += 1
 
     def peek(self) -> S | None:
         """The session the identity current now would use, if one is cached (no binding)."""
@@ -251,7 +324,8 @@ class CallerSessions(Generic[S]):
             self._closed = True
             sessions = [entry.session for entry in self._entries.values()]
             self._entries.clear()
-        return sessions
+            self._recent = None
+        return sessions + self.dropped.close()
 
     def __len__(self) -> int:
         return len(self._entries)
