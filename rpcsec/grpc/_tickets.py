@@ -116,9 +116,9 @@ class ContextTickets:
         return cls(ring, store, credentials, max_lifetime=max_lifetime, clock=clock)
 
     def issue(self, context: ServerContext) -> tuple[bytes, ServerContext, bytes, float, float]:
-        """Seal an established context: (ticket, the context continued from the ticket's own
-        state, ticket id, expires_at, issued_at). ``InvalidStateError`` if it cannot be
-        exported (the caller then keeps it process-local)."""
+        """Seal an established context: (ticket, the context continued in this process with
+        exactly the ticket's state, ticket id, expires_at, issued_at). ``InvalidStateError`` if
+        it cannot be exported (the caller then keeps it process-local)."""
         now = self._clock()
         expires_at = now + self.ring.max_ticket_lifetime
         if self._max_lifetime is not None:
@@ -127,12 +127,12 @@ class ContextTickets:
             expires_at = min(expires_at, context.expires_at)
         if expires_at <= now:
             raise InvalidStateError("context expires before a ticket could be used")
-        blob = context.export()  # last: an export retires the exporter
+        # Last: an export retires the exporter. The context this process serves is the live
+        # one moved over, not a re-import of the blob just written (the same state, without
+        # parsing it back, a second caller token, or re-verifying a delegated chain).
+        blob, continued = context.export_and_continue()
         ticket_id = secrets.token_bytes(TICKET_ID_SIZE)
         ticket = self.ring.seal(blob, ticket_id=ticket_id, expires_at=expires_at, issued_at=now)
-        continued = import_security_context(
-            blob, context.credentials, clock=self._clock, once=False
-        )
         assert isinstance(continued, ServerContext)
         return ticket, continued, ticket_id, expires_at, now
 

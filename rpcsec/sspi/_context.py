@@ -177,6 +177,7 @@ class SecurityContext:
         self._datagram = False
         self._stream = False
         self._confidential = False
+        self._options: dict[str, Any] = {}
 
     # -- state machine -------------------------------------------------------------------
 
@@ -741,6 +742,54 @@ class SecurityContext:
         Export a context no other thread is still sending on: a message sealed concurrently
         could take the sequence number the importer resumes at.
         """
+        return self._export_state().encode()
+
+    def export_and_continue(self) -> tuple[bytes, SecurityContext]:
+        """ExportSecurityContext for a caller that also serves the context itself: the blob,
+        and the context continued in this process, as ``import_security_context(blob,
+        self.credentials, once=False)`` would rebuild it -- but made from the live state
+        instead of parsing the blob back (no second token, protector or delegation check).
+
+        The exporter is retired exactly as by ``export()``; the continued context takes over
+        its keys, receive window and the caller's token (delegated credentials included) and
+        sends from the counter the blob records. The same rule as for ``once=False`` applies:
+        a caller that also lets other processes import the blob keeps the outbound sequence
+        spaces apart itself (the gRPC tickets seal responses with per-call keys). Unlike an
+        import, the continued context keeps what the blob does not carry (the session key, the
+        peer's native name).
+        """
+        result = self._established()
+        protector, receive = self._protector, self._receive
+        state = self._export_state()  # retires self
+        assert protector is not None
+        cls = type(self)
+        continued = cls.__new__(cls)
+        SecurityContext.__init__(
+            continued,
+            self.credentials,
+            self.requested,
+            replay_window=self._replay_window,
+            lifetime=self._lifetime,
+            clock=self._clock,
+        )
+        if isinstance(self, ClientContext) and isinstance(continued, ClientContext):
+            continued.target_name = self.target_name
+            continued.max_impersonation = self.max_impersonation
+        continued._options = self._options
+        continued._started_at = self._started_at
+        continued._result = result
+        continued._protector = protector
+        continued._receive = receive
+        continued._send_seq = itertools.count(state.send_seq)
+        continued._expires_at = self._expires_at
+        continued._datagram = self._datagram
+        continued._stream = self._stream
+        continued._confidential = self._confidential
+        continued.state = ContextState.ESTABLISHED
+        return state.encode(), continued
+
+    def _export_state(self) -> ExportedContext:
+        """Retire this context and return what its export blob holds."""
         result = self._established()
         protector = self._protector
         assert protector is not None
@@ -758,7 +807,7 @@ class SecurityContext:
         self._transition(_Event.EXPORT)
         self._protector = None
         self._receive = None
-        blob = ExportedContext(
+        return ExportedContext(
             blob_id=ExportedContext.new_id(),
             package=self.package.name,
             client=self.is_client,
@@ -780,8 +829,7 @@ class SecurityContext:
                 expires=peer.expires_at,
             ),
             delegation=_export_delegation(self.package, peer.delegated_credentials),
-        ).encode()
-        return blob
+        )
 
     def _establish_from_import(self, send_seq: int, highest: int) -> None:
         """Finish ImportSecurityContext: counters and window resume where the exporter was."""

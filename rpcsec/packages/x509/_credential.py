@@ -23,6 +23,7 @@ from ._authority import Authority
 from ._bundle import bundle_paths
 from ._extensions import certificate_groups
 from ._keys import PrivateKey, load_private_key, same_public_key
+from ._peer import PeerCache
 from ._proxy import Delegation
 from ._spiffe import certificate_spiffe_id, certificate_trust_domain
 from ._tls import build_ssl_context
@@ -86,19 +87,25 @@ class X509Credential:
 
     ``principal`` is whom contexts made with it speak for: the certificate's SPIFFE ID, or,
     for delegated credentials, the original principal (while TLS still proves ``identity``).
+    Per-handle work is done once and kept: the OpenSSL context (own chain, key, trust store)
+    and the facts of peer chains already seen (``peers``, see ``_peer``); credentials derived
+    from another handle (delegated ones) share its ``peers``.
     """
 
-    __slots__ = ("_context", "_lock", "delegated", "identity", "trust")
+    __slots__ = ("_context", "_lock", "delegated", "identity", "peers", "trust")
 
     def __init__(
         self,
         identity: X509Identity,
         trust: TrustBundle,
         delegated: DelegatedChain | None = None,
+        *,
+        peers: PeerCache | None = None,
     ) -> None:
         self.identity = identity
         self.trust = trust
         self.delegated = delegated
+        self.peers = peers if peers is not None else PeerCache()
         self._context: SSL.Context | None = None
         self._lock = threading.Lock()
 

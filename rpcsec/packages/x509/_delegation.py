@@ -179,4 +179,6 @@ def import_x509_delegation(
         raise DelegationPolicyError("exported delegation was made for another service")
     if not same_public_key(chain.last.public_key(), key.public_key()):
         raise DelegationPolicyError("exported delegation key is not the last proxy's")
-    return X509Credential(owner.identity, owner.trust, DelegatedChain(chain, key))
+    return X509Credential(
+        owner.identity, owner.trust, DelegatedChain(chain, key), peers=owner.peers
+    )

@@ -34,7 +34,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from rpcsec.security._token import AccessToken
 from rpcsec.sspi._credentials import Credentials
@@ -44,7 +43,6 @@ from rpcsec.sspi._errors import (
     InvalidStateError,
     InvalidTokenError,
     SecurityError,
-    UntrustedRootError,
     WrongPrincipalError,
 )
 from rpcsec.sspi._flags import (
@@ -60,11 +58,12 @@ from rpcsec.sspi._protection import AeadProtector
 from rpcsec.sspi._target import AnyServer
 
 from ._credential import DelegatedChain, X509Credential
-from ._extensions import ProxyCertInfo, certificate_allows, certificate_groups
+from ._extensions import ProxyCertInfo
 from ._keys import same_public_key
 from ._messages import ClientFinish, ProxyIssued, ServerGrant
+from ._peer import VerifiedPeer
 from ._proxy import MAX_DEPTH, Delegation, issue_proxy, verify_delegation
-from ._spiffe import certificate_spiffe_id, certificate_trust_domain, parse_spiffe_id
+from ._spiffe import parse_spiffe_id
 from ._tls import DEFAULT_CLOCK_SKEW, TlsChannel, check_clock_skew
 
 if TYPE_CHECKING:
@@ -112,35 +111,8 @@ def _protection(granted: ContextReq) -> ProtectionLevel:
     return ProtectionLevel.NONE
 
 
-def _expiry(certs: Collection[x509.Certificate]) -> float:
-    return min(c.not_valid_after_utc.timestamp() for c in certs)
-
-
 def _possession_message(channel: TlsChannel) -> bytes:
     return _POSSESSION_CONTEXT + channel.exporter(POSSESSION_LABEL, _SECRET)
-
-
-class _Peer:
-    """What the TLS handshake proved about the peer."""
-
-    __slots__ = ("chain", "expires_at", "groups", "spiffe_id", "subject")
-
-    def __init__(self, chain: list[x509.Certificate]) -> None:
-        leaf = chain[0]
-        sid = certificate_spiffe_id(leaf)
-        domain = certificate_trust_domain(chain[-1]) if len(chain) > 1 else None
-        if domain is not None and sid.trust_domain != domain:
-            raise UntrustedRootError("peer belongs to another trust domain than its anchor")
-        self.chain = chain
-        self.spiffe_id = str(sid)
-        self.groups = certificate_groups(leaf)
-        self.subject = leaf.subject.rfc4514_string()
-        self.expires_at = _expiry(chain)
-
-    @property
-    def presented(self) -> tuple[x509.Certificate, ...]:
-        """The peer's own chain without the trust anchor (leaf and intermediates)."""
-        return tuple(self.chain[:-1]) if len(self.chain) > 1 else tuple(self.chain)
 
 
 class _X509Mechanism(Mechanism):
@@ -296,7 +268,7 @@ class X509ClientMechanism(_X509Mechanism):
         if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or lifetime <= 0:
             raise ValueError("proxy_lifetime must be a positive number of seconds")
         self._proxy_lifetime = float(lifetime)
-        self._server: _Peer | None = None
+        self._server: VerifiedPeer | None = None
         self._check_delegated_use()
 
     @property
@@ -336,8 +308,8 @@ class X509ClientMechanism(_X509Mechanism):
         if out is not None:
             self._move(_State.TLS)
             return out
-        server = self._server = _Peer(channel.verified_chain())
-        if not certificate_allows(server.chain[0], ExtendedKeyUsageOID.SERVER_AUTH):
+        server = self._server = self._material.peers.peer(channel.verified_chain())
+        if not server.server_auth:
             raise CertificateWrongUsageError("the server's certificate is not for TLS servers")
         if self._target is not None and server.spiffe_id != self._target:
             raise WrongPrincipalError("the server proved another identity than the target")
@@ -476,7 +448,7 @@ class X509ServerMechanism(_X509Mechanism):
         if not isinstance(accept, bool):
             raise TypeError("accept_delegation must be a bool")
         self._accept_delegation = accept
-        self._client: _Peer | None = None
+        self._client: VerifiedPeer | None = None
         self._presented: Delegation | None = None
         self._proxy_key: ed25519.Ed25519PrivateKey | None = None
         self._granted = ContextReq.NONE
@@ -493,8 +465,8 @@ class X509ServerMechanism(_X509Mechanism):
         if out is not None:
             self._move(_State.TLS)
             return out
-        client = self._client = _Peer(channel.verified_chain())
-        if not certificate_allows(client.chain[0], ExtendedKeyUsageOID.CLIENT_AUTH):
+        client = self._client = self._material.peers.peer(channel.verified_chain())
+        if not client.client_auth:
             raise CertificateWrongUsageError("the client's certificate is not for TLS clients")
         finish = ClientFinish.decode(channel.receive())
         channel.expect_end()
@@ -521,7 +493,7 @@ class X509ServerMechanism(_X509Mechanism):
         return out
 
     def _check_presented(
-        self, channel: TlsChannel, client: _Peer, finish: ClientFinish
+        self, channel: TlsChannel, client: VerifiedPeer, finish: ClientFinish
     ) -> Delegation:
         """The downstream rules: trust nothing the delegate says that it cannot prove."""
         chain = verify_delegation(
@@ -563,7 +535,10 @@ class X509ServerMechanism(_X509Mechanism):
         if chain.delegate != self._material.identity.spiffe_id:
             raise DelegationPolicyError("proxy certificate names another delegate")
         material = X509Credential(
-            self._material.identity, self._material.trust, DelegatedChain(chain, key)
+            self._material.identity,
+            self._material.trust,
+            DelegatedChain(chain, key),
+            peers=self._material.peers,
         )
         credentials = Credentials(
             package=self._package,
