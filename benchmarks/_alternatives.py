@@ -194,7 +194,7 @@ def _token(key: Any, subject: str = "spiffe://bench.rpcsec.test/user/alice") -> 
 def replica_interceptor_kwargs(
     directory: pathlib.Path, redis_url: str | None = None
 ) -> dict[str, Any]:
-    """``SecurityInterceptor`` options every replica of ``envoy_rr3_x509_*`` gets (JSON): what
+    """``secure_server()`` options every replica of ``envoy_rr3_x509_*`` gets (JSON): what
     replicas share (issue 9) -- one ticket key ring directory, made here, and the Redis replay
     store when one runs (else each replica's memory store: replays are then refused only by
     the replica that saw the request)."""

@@ -5,16 +5,16 @@
   with certificates from the same rpcsec authority (ECDSA P-256 leaves, see ``_pki``).
 * ``x509_integrity`` / ``x509_privacy`` / ``ntlm_integrity`` (and ``kerberos_integrity`` /
   ``kerberos_privacy`` when a real KDC can be started): rpcsec ``secure_channel`` over an
-  insecure gRPC channel, the server's ``SecurityInterceptor`` in front of the same handlers.
+  insecure gRPC channel to ``secure_server()`` serving the same handlers.
 
 What users pick instead (mTLS + a per-call JWT, Envoy sidecars) and three replicas behind
 Envoy are in ``_alternatives``: the same ``Config``, measured in the same rounds, reported apart.
 
 The clients run in the suite's process; the servers in a child process of their own
 (``_server``), so the two ends do not share a GIL. Two servers there, same handler functions,
-same thread pool size: one carries the plain port and the TLS port, the other the rpcsec
-interceptor (one interceptor, one credentials handle per package, as a real multi-package
-server would have).
+same thread pool size: one carries the plain port and the TLS port, the other is rpcsec's
+``secure_server()`` (one credentials handle per package, as a real multi-package server would
+have). The decomposition's rows (``_decomposition``) are measured in the same rounds too.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import sys
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,12 @@ class Config:
     """Measured in the same rounds, reported apart (``_alternatives``): not held to targets."""
     same_topology: str | None = None
     """The plain configuration through the same proxy and replicas, for a second ratio."""
+    decomposition: bool = False
+    """A row of ``_decomposition``: measured in the same rounds, reported in its own section."""
+    remote: Any = None
+    """A ``_remote_client.RemoteClient`` when the client runs in a process of its own."""
+    workloads: frozenset[str] | None = None
+    """The workload keys this configuration runs (None: all)."""
     _channel: grpc.Channel | None = None
 
     @property
@@ -129,13 +136,17 @@ class Lab:
     identities: dict[str, PackageIdentity]
     kerberos: Any = None
     alternatives: Any = None
+    decomposition: Any = None
+    errors: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Set-up failures of optional parts (the decomposition), reported with the results."""
 
     def stop(self) -> None:
         for config in self.configs:
             config.close()
         try:
-            if self.alternatives is not None:
-                self.alternatives.stop()
+            for part in (self.decomposition, self.alternatives):
+                if part is not None:
+                    part.stop()
         finally:
             try:
                 self.servers.stop()
@@ -231,10 +242,17 @@ def _rpcsec_config(
     )
 
 
-def start_lab(directory: pathlib.Path, *, kerberos: bool = True, alternatives: bool = True) -> Lab:
+def start_lab(
+    directory: pathlib.Path,
+    *,
+    kerberos: bool = True,
+    alternatives: bool = True,
+    decomposition: bool = True,
+) -> Lab:
     """Make the identities, start the KDC (when there is one) and the server process, and
     describe each configuration; with ``alternatives``, also what users pick instead
-    (``_alternatives``: mTLS + JWT, Envoy sidecars, replicas behind Envoy)."""
+    (``_alternatives``: mTLS + JWT, Envoy sidecars, replicas behind Envoy); with
+    ``decomposition``, the rows of ``_decomposition`` (plain gRPC to rpcsec step by step)."""
     notes: list[str] = [
         "grpc_tls: ECDSA P-256 leaves with a DNS SAN 'localhost', issued under the rpcsec "
         "authority's Ed25519 root by the benchmark (grpcio's BoringSSL refuses Ed25519 leaf "
@@ -252,7 +270,7 @@ def start_lab(directory: pathlib.Path, *, kerberos: bool = True, alternatives: b
     else:
         notes.append("kerberos: not measured (--no-kerberos)")
     try:
-        servers = _start_servers(pki, identities, krb_lab)
+        servers = _start_servers(pki, identities, krb_lab, ladder=decomposition)
     except BaseException:
         if krb_lab is not None:
             krb_lab.stop()
@@ -260,6 +278,17 @@ def start_lab(directory: pathlib.Path, *, kerberos: bool = True, alternatives: b
     lab = Lab(configs=[], servers=servers, notes=notes, identities=identities, kerberos=krb_lab)
     try:
         lab.configs = _configs(pki, identities, servers)
+        if decomposition:
+            from ._decomposition import start_decomposition
+
+            try:
+                lab.decomposition = start_decomposition(pki, servers, identities)
+            except Exception as exc:  # reported as an error of the run, never a wrong number
+                text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                lab.errors["decomposition"] = {"setup": text}
+            else:
+                lab.configs += lab.decomposition.configs
+                notes += lab.decomposition.notes
         if alternatives:
             from ._alternatives import start_alternatives
 
@@ -284,11 +313,13 @@ def server_spec(pki: BenchPki, identities: Iterable[PackageIdentity]) -> dict[st
 
 
 def _start_servers(
-    pki: BenchPki, identities: dict[str, PackageIdentity], krb_lab: Any
+    pki: BenchPki, identities: dict[str, PackageIdentity], krb_lab: Any, *, ladder: bool
 ) -> ServerProcess:
     """The server process, with the same interpreter and allocator environment as this one;
-    libkrb5 there finds the lab's KDC through ``KRB5_CONFIG``."""
+    libkrb5 there finds the lab's KDC through ``KRB5_CONFIG``. ``ladder``: also the
+    decomposition's capture and re-wrapped servers (``_server``)."""
     spec = server_spec(pki, identities.values())
+    spec["ladder"] = ladder
     env = dict(os.environ)
     if krb_lab is not None:
         env["KRB5_CONFIG"] = str(krb_lab.krb5_conf)

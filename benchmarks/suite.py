@@ -104,6 +104,7 @@ def run_suite(
     *,
     kerberos: bool = True,
     alternatives: bool = True,
+    decomposition: bool = True,
     only: set[str] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -115,11 +116,19 @@ def run_suite(
     samples: dict[str, dict[str, list[float]]] = {}
     errors: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="rpcsec-bench-") as tmp:
-        lab = start_lab(pathlib.Path(tmp), kerberos=kerberos, alternatives=alternatives)
+        if only is not None:
+            decomposition = decomposition and any(name.startswith("ladder_") for name in only)
+        lab = start_lab(
+            pathlib.Path(tmp),
+            kerberos=kerberos,
+            alternatives=alternatives,
+            decomposition=decomposition,
+        )
         try:
             configs = [c for c in lab.configs if only is None or c.name in only]
+            errors.update(lab.errors)
             memory_packages = sorted({c.identity.package for c in configs if c.identity})
-            per_round = sum(1 for w in WORKLOADS for c in configs if c.rpcsec or not w.rpcsec_only)
+            per_round = sum(1 for w in WORKLOADS for c in configs if _runs(c, w))
             if progress is None:
                 progress = Progress(per_round * budget.rounds + len(memory_packages))
             for note in lab.notes:
@@ -127,9 +136,19 @@ def run_suite(
             for config in configs:
                 samples[config.name] = {}
                 try:
-                    config.channel.unary_unary("/rpcsec.bench.v1.Echo/Unary")(b"warm")
+                    if config.remote is not None:
+                        config.remote.warm()
+                    else:
+                        config.channel.unary_unary("/rpcsec.bench.v1.Echo/Unary")(b"warm")
                 except Exception as exc:
                     errors.setdefault(config.name, {})["setup"] = _describe(exc)
+            for config in configs:  # each server's worker threads found (their CPU is >0)
+                if "setup" not in errors.get(config.name, {}) and config.server_cpu() <= 0:
+                    errors.setdefault(config.name, {})["setup"] = (
+                        "no server CPU measured after a call (pool threads not found)"
+                    )
+            style = lab.servers.command("style")["rpcsec_style"]
+            progress.note(f"rpcsec server: secure_server(), handlers by {style}")
             for round_index in range(budget.rounds):
                 shift = round_index % len(configs)
                 order = configs[shift:] + configs[:shift]
@@ -137,8 +156,7 @@ def run_suite(
                     active = [
                         c
                         for c in order
-                        if (c.rpcsec or not workload.rpcsec_only)
-                        and workload.key not in errors.get(c.name, {})
+                        if _runs(c, workload) and workload.key not in errors.get(c.name, {})
                     ]
                     slices = workload.slices(budget)
                     parts: dict[str, list[Any]] = {c.name: [] for c in active}
@@ -147,12 +165,12 @@ def run_suite(
                             if workload.key in errors.get(config.name, {}):
                                 continue
                             try:
-                                parts[config.name].append(workload.run(config, budget, slices))
+                                parts[config.name].append(_run(workload, config, budget, slices))
                             except Exception as exc:
                                 errors.setdefault(config.name, {})[workload.key] = _describe(exc)
                     label = f"round {round_index + 1}/{budget.rounds}  {workload.key:28s}"
                     for config in order:
-                        if workload.rpcsec_only and not config.rpcsec:
+                        if not _runs(config, workload):
                             continue
                         failure = errors.get(config.name, {}).get(workload.key)
                         if failure is not None:
@@ -164,6 +182,13 @@ def run_suite(
                         progress.report(
                             f"{label} {config.name:18s} {_format(value, workload.unit)}"
                         )
+            glue = None
+            if lab.decomposition is not None:
+                try:
+                    glue = lab.decomposition.measure_glue(budget.latency_calls)
+                    progress.note(f"server glue timed in place ({budget.latency_calls} calls)")
+                except Exception as exc:
+                    errors.setdefault("decomposition", {})["glue_timing"] = _describe(exc)
             memory: dict[str, dict[str, Any]] = {}
             for package in memory_packages:
                 count = budget.memory_contexts if package == "x509" else budget.memory_contexts // 5
@@ -187,6 +212,8 @@ def run_suite(
                     samples[config.name][MEMORY.key] = [per]
             labels = {c.name: c.label for c in configs}
             apart = {c.name: c.same_topology for c in configs if c.alternative}
+            ladder = [c.name for c in configs if c.decomposition]
+            shape = lab.decomposition.shape if lab.decomposition is not None else None
             notes = list(lab.notes)
             memory_counts = {p: m["contexts"] for p, m in memory.items()}
         finally:
@@ -194,8 +221,41 @@ def run_suite(
     machine["load_average_after"] = load_average()
     document = _document(machine, samples, labels, errors, budget, notes, memory_counts)
     _set_apart(document, apart)
+    _set_decomposition(document, ladder, style, shape)
+    if glue is not None and "decomposition" in document:
+        document["decomposition"]["glue_timing"] = glue
     document["targets"] = evaluate_targets(document)
     return document
+
+
+def _runs(config: Any, workload: Workload) -> bool:
+    """Whether ``config`` runs ``workload`` (rpcsec-only ones, a configuration's own list)."""
+    if config.workloads is not None and workload.key not in config.workloads:
+        return False
+    return bool(config.rpcsec or not workload.rpcsec_only)
+
+
+def _run(workload: Workload, config: Any, budget: Budget, slices: int) -> Any:
+    """One slice of ``workload`` on ``config``: in its client process if it has one (derived
+    workloads, which read what the latency run left here, always run here)."""
+    from ._decomposition import REMOTE_WORKLOADS
+
+    if config.remote is not None and workload.key in REMOTE_WORKLOADS:
+        return config.remote.run(workload.key, budget, slices)
+    return workload.run(config, budget, slices)
+
+
+def _set_decomposition(
+    document: dict[str, Any], names: list[str], style: str | None, shape: Any
+) -> None:
+    """Move the decomposition's rows (``_decomposition``) to ``decomposition``, and add its
+    paired steps."""
+    from ._decomposition import summarize
+
+    rows = {name: document["configs"].pop(name) for name in names if name in document["configs"]}
+    if rows:
+        document["decomposition"] = {"rows": rows, "rpcsec_style": style, "shape": shape}
+        summarize(document)
 
 
 def _describe(exc: BaseException) -> str:
@@ -281,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-kerberos", action="store_true", help="do not start a KDC")
     parser.add_argument(
+        "--no-decomposition",
+        action="store_true",
+        help="skip the ladder_* rows (plain gRPC to rpcsec, step by step)",
+    )
+    parser.add_argument(
         "--no-alternatives",
         action="store_true",
         help="skip mTLS + JWT, Envoy sidecars and the replicas behind Envoy",
@@ -303,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         from ._report import write_outputs
 
         document = json.loads(args.render.read_text())
+        document["targets"] = evaluate_targets(document)  # the targets as they are now
         write_outputs(document, None, DEFAULT_DOC, DEFAULT_CHART)
         print(f"wrote {DEFAULT_DOC}, {DEFAULT_CHART}")
         return 0
@@ -315,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return delegated_hop(["--quick"] if args.quick else [])
     document = run_suite(
-        budget, kerberos=not args.no_kerberos, alternatives=not args.no_alternatives, only=only
+        budget,
+        kerberos=not args.no_kerberos,
+        alternatives=not args.no_alternatives,
+        decomposition=not args.no_decomposition,
+        only=only,
     )
     document["machine"]["mode"] = "quick" if args.quick else "full"
     if only is None or "delegated_hop" in only:
@@ -326,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(document["delegated_hop"]))
         except Exception as exc:
             document["errors"].setdefault("delegated_hop", {})["run"] = _describe(exc)
+        document["targets"] = evaluate_targets(document)  # the delegated hop's row too
 
     from ._report import render_table, write_outputs
 
