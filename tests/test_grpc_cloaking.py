@@ -418,6 +418,47 @@ def test_caller_sessions_never_hand_one_callers_session_to_another(x509_setup) -
         CallerSessions(_Template(), lambda made: made, max_callers=0)
 
 
+def test_the_lock_free_lookup_checks_what_the_full_one_does(x509_setup) -> None:
+    """A cached caller found without the lock: the same credentials under a token that is
+    not delegation level, or that has expired, never get the cached session; interleaved
+    callers keep the LRU order exact."""
+    from rpcsec.grpc._cloaking import CallerSessions
+
+    now = [1000.0]
+    cache = CallerSessions(_Template(), lambda made: made, max_callers=2, clock=lambda: now[0])
+    x509_setup.pki.issue("carol")
+    alice, bob, carol = (x509_setup.client(n) for n in ("alice", "bob", "carol"))
+    with rpcsec.impersonate(_delegating_token("alice", alice, 2000.0)):
+        first = cache.select()
+        assert cache.select() is first  # the lock-free hit
+    lowered = rpcsec.AccessToken(
+        principal="alice",
+        package="x509",
+        impersonation_level=ImpersonationLevel.IMPERSONATE,
+        expires_at=2000.0,
+        delegated_credentials=alice,
+    )
+    with rpcsec.impersonate(lowered), pytest.raises(rpcsec.sspi.DelegationRequiredError):
+        cache.select()
+    with (
+        rpcsec.impersonate(_delegating_token("alice", alice, 1500.0)),
+        pytest.raises(rpcsec.sspi.DelegationPolicyError),
+    ):
+        now[0] = 1600.0  # this token ended, the cached entry (until 2000) has not
+        cache.select()
+    now[0] = 1000.0
+    with rpcsec.impersonate(_delegating_token("bob", bob, 2000.0)):
+        cache.select()
+    with rpcsec.impersonate(_delegating_token("alice", alice, 2000.0)):
+        assert cache.select() is first  # alice is the most recent again
+    with rpcsec.impersonate(_delegating_token("carol", carol, 2000.0)):
+        cache.select()  # evicts bob, the least recently used
+    with rpcsec.impersonate(_delegating_token("alice", alice, 2000.0)):
+        assert cache.select() is first
+    assert cache.made == 3 and cache.evicted == 1
+    cache.close()
+
+
 def test_caller_sessions_refuse_a_caller_who_did_not_delegate(x509_setup) -> None:
     from rpcsec.grpc._cloaking import CallerSessions
 
