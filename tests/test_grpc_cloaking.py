@@ -311,13 +311,13 @@ def test_cloaking_arguments_are_checked(x509_setup) -> None:
         rpcsec_aio.secure_channel("127.0.0.1:1", setup.client(), cloaking="dynamic", **options)
 
 
-async def test_two_hundred_aio_tasks_through_an_aio_front(
-    delegating_setup, serve, aio_serve
-) -> None:
-    setup = delegating_setup
+async def _two_hundred_tasks(setup, serve, aio_serve, *, max_callers: int | None = None):
+    """CALLERS callers, CALLS_EACH onward calls each, as 200 concurrent aio tasks through an
+    aio front on one shared aio channel: (storage, Negotiate counter, shared, answers)."""
     names = _callers(setup)
     storage_address, storage, negotiations = _storage(setup, serve)
-    shared = rpcsec_aio.secure_channel(storage_address, **setup.channel_options("storage"))
+    bound = {} if max_callers is None else {"max_callers": max_callers}
+    shared = rpcsec_aio.secure_channel(storage_address, **bound, **setup.channel_options("storage"))
 
     async def onward(request: echo_pb2.EchoRequest) -> echo_pb2.EchoResponse:
         return await echo_pb2_grpc.EchoStub(shared).Say(echo_pb2.EchoRequest(text="via front"))
@@ -341,13 +341,44 @@ async def test_two_hundred_aio_tasks_through_an_aio_front(
     finally:
         for channel in clients.values():
             await channel.close()
+    return storage, negotiations, shared, answers
+
+
+async def test_two_hundred_aio_tasks_through_an_aio_front(
+    delegating_setup, serve, aio_serve
+) -> None:
+    setup = delegating_setup
+    storage, negotiations, shared, answers = await _two_hundred_tasks(setup, serve, aio_serve)
     assert all(seen == setup.principal(name) for name, seen in answers)
     assert collections.Counter(p for p, _ in storage.seen) == {
-        setup.principal(name): CALLS_EACH for name in names
+        setup.principal(name): CALLS_EACH for name in _callers(setup)
     }
     assert negotiations.count == CALLERS
     assert len({peer for _, peer in storage.seen}) == 1
     await shared.close()
+
+
+async def test_two_hundred_aio_tasks_through_a_cache_of_eight_evict_and_release_safely(
+    delegating_setup, serve, aio_serve
+) -> None:
+    """The aio twin of the sixteen-thread test: the drain is a task on the front's loop."""
+    setup = delegating_setup
+    storage, negotiations, shared, answers = await _two_hundred_tasks(
+        setup, serve, aio_serve, max_callers=8
+    )
+    assert all(seen == setup.principal(name) for name, seen in answers)
+    assert len(answers) == CALLERS * CALLS_EACH
+    callers = shared._session.callers
+    assert callers.evicted > 0 and negotiations.count == callers.evicted + len(callers)
+    dropped = callers.dropped
+    deadline = time.monotonic() + 10
+    while dropped.released + dropped.forgotten < callers.evicted:
+        assert time.monotonic() < deadline, (dropped.released, dropped.forgotten)
+        await asyncio.sleep(0.005)
+    assert dropped.released == callers.evicted and dropped.forgotten == 0
+    assert len(storage.guard.contexts.entries()) == len(callers) == 8
+    await shared.close()
+    assert storage.guard.contexts.entries() == []
 
 
 async def test_aio_caller_without_delegation_is_refused(x509_setup, serve, aio_serve) -> None:
