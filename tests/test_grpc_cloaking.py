@@ -487,6 +487,18 @@ def test_the_lock_free_lookup_checks_what_the_full_one_does(x509_setup) -> None:
     with rpcsec.impersonate(_delegating_token("alice", alice, 2000.0)):
         assert cache.select() is first
     assert cache.made == 3 and cache.evicted == 1
+    # Outside any handler: the process's credentials, each default its own session.
+    try:
+        set_default_credentials(bob)
+        own = cache.select()
+        assert own[0] is bob and own[1] is None and cache.select() is own
+        set_default_credentials(carol)
+        assert cache.select()[0] is carol
+        set_default_credentials(None)
+        with pytest.raises(rpcsec.sspi.NoCredentialsError):
+            cache.select()
+    finally:
+        set_default_credentials(None)
     cache.close()
 
 
