@@ -311,13 +311,13 @@ def test_cloaking_arguments_are_checked(x509_setup) -> None:
         rpcsec_aio.secure_channel("127.0.0.1:1", setup.client(), cloaking="dynamic", **options)
 
 
-async def test_two_hundred_aio_tasks_through_an_aio_front(
-    delegating_setup, serve, aio_serve
-) -> None:
-    setup = delegating_setup
+async def _two_hundred_tasks(setup, serve, aio_serve, *, max_callers: int | None = None):
+    """CALLERS callers, CALLS_EACH onward calls each, as 200 concurrent aio tasks through an
+    aio front on one shared aio channel: (storage, Negotiate counter, shared, answers)."""
     names = _callers(setup)
     storage_address, storage, negotiations = _storage(setup, serve)
-    shared = rpcsec_aio.secure_channel(storage_address, **setup.channel_options("storage"))
+    bound = {} if max_callers is None else {"max_callers": max_callers}
+    shared = rpcsec_aio.secure_channel(storage_address, **bound, **setup.channel_options("storage"))
 
     async def onward(request: echo_pb2.EchoRequest) -> echo_pb2.EchoResponse:
         return await echo_pb2_grpc.EchoStub(shared).Say(echo_pb2.EchoRequest(text="via front"))
@@ -341,13 +341,44 @@ async def test_two_hundred_aio_tasks_through_an_aio_front(
     finally:
         for channel in clients.values():
             await channel.close()
+    return storage, negotiations, shared, answers
+
+
+async def test_two_hundred_aio_tasks_through_an_aio_front(
+    delegating_setup, serve, aio_serve
+) -> None:
+    setup = delegating_setup
+    storage, negotiations, shared, answers = await _two_hundred_tasks(setup, serve, aio_serve)
     assert all(seen == setup.principal(name) for name, seen in answers)
     assert collections.Counter(p for p, _ in storage.seen) == {
-        setup.principal(name): CALLS_EACH for name in names
+        setup.principal(name): CALLS_EACH for name in _callers(setup)
     }
     assert negotiations.count == CALLERS
     assert len({peer for _, peer in storage.seen}) == 1
     await shared.close()
+
+
+async def test_two_hundred_aio_tasks_through_a_cache_of_eight_evict_and_release_safely(
+    delegating_setup, serve, aio_serve
+) -> None:
+    """The aio twin of the sixteen-thread test: the drain is a task on the front's loop."""
+    setup = delegating_setup
+    storage, negotiations, shared, answers = await _two_hundred_tasks(
+        setup, serve, aio_serve, max_callers=8
+    )
+    assert all(seen == setup.principal(name) for name, seen in answers)
+    assert len(answers) == CALLERS * CALLS_EACH
+    callers = shared._session.callers
+    assert callers.evicted > 0 and negotiations.count == callers.evicted + len(callers)
+    dropped = callers.dropped
+    deadline = time.monotonic() + 10
+    while dropped.released + dropped.forgotten < callers.evicted:
+        assert time.monotonic() < deadline, (dropped.released, dropped.forgotten)
+        await asyncio.sleep(0.005)
+    assert dropped.released == callers.evicted and dropped.forgotten == 0
+    assert len(storage.guard.contexts.entries()) == len(callers) == 8
+    await shared.close()
+    assert storage.guard.contexts.entries() == []
 
 
 async def test_aio_caller_without_delegation_is_refused(x509_setup, serve, aio_serve) -> None:
@@ -416,6 +447,59 @@ def test_caller_sessions_never_hand_one_callers_session_to_another(x509_setup) -
         cache.select()  # closed: nothing is made after close
     with pytest.raises(ValueError):
         CallerSessions(_Template(), lambda made: made, max_callers=0)
+
+
+def test_the_lock_free_lookup_checks_what_the_full_one_does(x509_setup) -> None:
+    """A cached caller found without the lock: the same credentials under a token that is
+    not delegation level, or that has expired, never get the cached session; interleaved
+    callers keep the LRU order exact."""
+    from rpcsec.grpc._cloaking import CallerSessions
+
+    now = [1000.0]
+    cache = CallerSessions(_Template(), lambda made: made, max_callers=2, clock=lambda: now[0])
+    x509_setup.pki.issue("carol")
+    alice, bob, carol = (x509_setup.client(n) for n in ("alice", "bob", "carol"))
+    with rpcsec.impersonate(_delegating_token("alice", alice, 2000.0)):
+        first = cache.select()
+        assert cache.select() is first  # the lock-free hit
+    lowered = rpcsec.AccessToken(
+        principal="alice",
+        package="x509",
+        impersonation_level=ImpersonationLevel.IMPERSONATE,
+        expires_at=2000.0,
+        delegated_credentials=alice,
+    )
+    with rpcsec.impersonate(lowered), pytest.raises(rpcsec.sspi.DelegationRequiredError):
+        cache.select()
+    with (
+        rpcsec.impersonate(_delegating_token("alice", alice, 1500.0)),
+        pytest.raises(rpcsec.sspi.DelegationPolicyError),
+    ):
+        now[0] = 1600.0  # this token ended, the cached entry (until 2000) has not
+        cache.select()
+    now[0] = 1000.0
+    with rpcsec.impersonate(_delegating_token("bob", bob, 2000.0)):
+        cache.select()
+    with rpcsec.impersonate(_delegating_token("alice", alice, 2000.0)):
+        assert cache.select() is first  # alice is the most recent again
+    with rpcsec.impersonate(_delegating_token("carol", carol, 2000.0)):
+        cache.select()  # evicts bob, the least recently used
+    with rpcsec.impersonate(_delegating_token("alice", alice, 2000.0)):
+        assert cache.select() is first
+    assert cache.made == 3 and cache.evicted == 1
+    # Outside any handler: the process's credentials, each default its own session.
+    try:
+        set_default_credentials(bob)
+        own = cache.select()
+        assert own[0] is bob and own[1] is None and cache.select() is own
+        set_default_credentials(carol)
+        assert cache.select()[0] is carol
+        set_default_credentials(None)
+        with pytest.raises(rpcsec.sspi.NoCredentialsError):
+            cache.select()
+    finally:
+        set_default_credentials(None)
+    cache.close()
 
 
 def test_caller_sessions_refuse_a_caller_who_did_not_delegate(x509_setup) -> None:

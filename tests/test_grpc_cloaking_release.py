@@ -12,6 +12,7 @@ never while a call is still in flight on it. Real servers on loopback, sync and 
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ import grpc
 import pytest
 from helpers.echo import AsyncEchoServicer, EchoServicer
 from helpers.wiretap import Wiretap
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import rpcsec
 from rpcsec.grpc import SecurityInterceptor, reason_of, secure_channel, set_default_credentials
@@ -375,3 +378,98 @@ def test_dropped_sessions_wait_for_their_holders_and_stay_bounded() -> None:
     assert log == ["free", "bound-held"] and queue.released == 2
     queue.add([_Stand(log, "late")])  # closed: nothing queued, nothing runs
     assert len(queue) == 0 and log == ["free", "bound-held"]
+
+
+class _Counted:
+    """A stand-in session that checks, when released, that the cache no longer has it."""
+
+    def __init__(self, cache_ref: list, released: collections.Counter, serial: int) -> None:
+        self.current = _Bound(None)
+        self.serial = serial
+        self._cache_ref, self._released = cache_ref, released
+
+    def release(self) -> None:
+        cache = self._cache_ref[0]
+        assert all(entry.session is not self for entry in list(cache._entries.values()))
+        self._released[self.serial] += 1
+
+
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("call"), st.integers(0, 5)),
+        st.tuples(st.just("tick"), st.floats(0.1, 400.0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=_STEPS, max_callers=st.integers(1, 4))
+def test_every_session_made_is_released_or_forgotten_once(
+    x509_setup, credential_pool, steps, max_callers
+) -> None:
+    """Any interleaving of six callers' calls and of time passing (delegations of 1000 s):
+    each call gets its own caller's session; every session the cache made is, by the end,
+    released once (by the queue or at close) or forgotten, never released while cached."""
+    from rpcsec.grpc._cloaking import CallerSessions
+
+    now = [1000.0]
+    released: collections.Counter[int] = collections.Counter()
+    cache_ref: list = []
+    serials = iter(range(10**6))
+    cache = CallerSessions(
+        _Template(),
+        lambda caller: _Counted(cache_ref, released, next(serials)),
+        max_callers=max_callers,
+        clock=lambda: now[0],
+    )
+    cache_ref.append(cache)
+    owners: dict[int, int] = {}  # session serial -> the caller it was made for
+    for kind, value in steps:
+        if kind == "tick":
+            now[0] += value
+            continue
+        token = _delegating_token(f"c{value}", credential_pool[value], 2000.0)
+        with rpcsec.impersonate(token):
+            try:
+                serial = cache.select().serial
+            except rpcsec.sspi.DelegationPolicyError:
+                assert now[0] >= 2000.0
+                continue
+        assert owners.setdefault(serial, value) == value  # never another caller's session
+    for session in cache.close():  # what the channel releases at close
+        session.release()
+    dropped = cache.dropped
+    deadline = time.monotonic() + WAIT
+    made = cache.made
+    assert made == len(owners)
+    while sum(released.values()) + dropped.forgotten < made:
+        assert time.monotonic() < deadline, (released, dropped.forgotten, made)
+        time.sleep(0.002)
+    assert all(count == 1 for count in released.values())
+    assert sum(released.values()) + dropped.forgotten == made
+
+
+class _Template:
+    def for_caller(self, credentials, owner):
+        return (credentials, owner)
+
+
+def _delegating_token(principal: str, credentials, expires_at: float | None = None):
+    return rpcsec.AccessToken(
+        principal=principal,
+        package="x509",
+        impersonation_level=ImpersonationLevel.DELEGATE,
+        expires_at=expires_at,
+        delegated_credentials=credentials,
+    )
+
+
+@pytest.fixture
+def credential_pool(x509_setup):
+    names = [f"pool{i}" for i in range(6)]
+    for name in names:
+        x509_setup.pki.issue(name)
+    return [x509_setup.client(name) for name in names]

@@ -208,28 +208,35 @@ class CallerSessions(Generic[S]):
     def select(self) -> S:
         """The session for the identity current now, made on first use.
 
-        The delegated hop's per-call cost: a caller already cached is found without the lock
-        (a dict read is atomic) when it was also the last one selected; the lock is taken to
-        refresh the LRU order only when another caller came in between (exact LRU)."""
+        The delegated hop's per-call cost: an identity already cached is found without the
+        lock (a dict read is atomic) when it was also the last one selected; the lock is taken
+        to refresh the LRU order only when another identity came in between (exact LRU).
+        Anything else -- a miss, an ended delegation, a sweep due, a caller who did not
+        delegate, settings from ``initialize_security`` -- takes the full path."""
         token = current_token()
-        if token is not None:
-            credentials = token.delegated_credentials
-            if credentials is not None and token.impersonation_level >= _DELEGATE:
-                entry = self._entries.get(id(credentials))
-                if entry is not None and entry.credentials is credentials:
-                    now = self._clock()
-                    expires = entry.expires_at
-                    if (
-                        (expires is None or now < expires)
-                        and (token.expires_at is None or now < token.expires_at)
-                        and now < self._sweep_at
-                    ):
-                        if entry is not self._recent:
-                            with self._lock:
-                                if self._entries.get(id(credentials)) is entry:
-                                    self._entries.move_to_end(id(credentials))
-                                    self._recent = entry
-                        return entry.session
+        credentials: Credentials | None = None
+        ends: float | None = None
+        if token is None:
+            credentials = _default  # what resolve_credentials picks first
+        elif token.impersonation_level >= _DELEGATE:
+            credentials, ends = token.delegated_credentials, token.expires_at
+        if credentials is not None:
+            key = id(credentials)
+            entry = self._entries.get(key)
+            if entry is not None and entry.credentials is credentials:
+                now = self._clock()
+                expires = entry.expires_at
+                if (
+                    (expires is None or now < expires)
+                    and (ends is None or now < ends)
+                    and now < self._sweep_at
+                ):
+                    if entry is not self._recent:
+                        with self._lock:
+                            if self._entries.get(key) is entry:
+                                self._entries.move_to_end(key)
+                                self._recent = entry
+                    return entry.session
         return self._select(*resolve_credentials(None))
 
     def _select(self, credentials: Credentials, owner: AccessToken | None) -> S:

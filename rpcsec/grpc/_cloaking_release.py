@@ -71,8 +71,8 @@ def _expires_at(session: Any) -> float | None:
 class DroppedSessions(Generic[S]):
     """The sessions ``CallerSessions`` dropped, waiting for their last call to end, and the
     drain that sends their Release. ``released``: Releases sent (sessions that had a
-    binding); ``forgotten``: dropped without one (expired while held, over ``limit``, or no
-    running loop for an aio session)."""
+    binding); ``forgotten``: dropped without one (its binding expired first, over ``limit``,
+    or no running loop for an aio session)."""
 
     def __init__(self, *, limit: int, clock: Callable[[], float]) -> None:
         self._limit = limit
@@ -103,7 +103,7 @@ class DroppedSessions(Generic[S]):
             while len(self._items) > self._limit:
                 del self._items[0]
                 self.forgotten += 1
-            sessions = []  # keep no reference here: the drain counts them
+            # (the caller empties ``sessions`` after this returns: the drain counts holders)
             draining = self._draining
             if isinstance(draining, asyncio.Task) and draining.done():
                 draining = self._draining = None  # its loop went away
