@@ -408,6 +408,8 @@ class InterceptorBase:
     handshake limits, policy), the handshake service's handlers, and the per-method cache of
     wrapped handlers. Subclasses say how to build the handshake handlers and wrap a method."""
 
+    accepts_async_store = False  # an AsyncReplayStore: only the asyncio server awaits one
+
     def __init__(
         self,
         credentials: Credentials | Iterable[Credentials] | None = None,
@@ -453,6 +455,13 @@ class InterceptorBase:
             trusted_proxies=trusted_proxies,
             clock=clock,
         )
+        tickets = self.security.tickets
+        if tickets is not None and tickets.asynchronous and not self.accepts_async_store:
+            raise TypeError(
+                "replay_store must be a synchronous ReplayStore (RedisReplayStore, not "
+                "AsyncRedisReplayStore) for a synchronous server; rpcsec.grpc.aio's server "
+                "takes either"
+            )
         self._negotiate, self._release = self._handshake_handlers(self.security)
         self._cache = HandlerCache()
 
