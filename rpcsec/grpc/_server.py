@@ -235,8 +235,7 @@ def sync_handler(
                     except StopIteration:
                         break
                     yield outbound.seal(method.serialize(response))
-                view.seal_status()
-                yield outbound.end()
+                yield view.end_stream(outbound)
             except SecurityError as exc:
                 refuse(context, exc, name)
             except grpc.RpcError as exc:
@@ -290,8 +289,7 @@ def sync_handler(
                 _raise_stream_failure(inbound)
                 yield outbound.seal(method.serialize(response))
             _raise_stream_failure(inbound)
-            view.seal_status()
-            yield outbound.end()
+            yield view.end_stream(outbound)
         except SecurityError as exc:
             refuse(context, exc, name)
         except grpc.RpcError as exc:

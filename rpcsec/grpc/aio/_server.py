@@ -287,8 +287,7 @@ def async_handler(
                 finally:
                     _revert(scope)
                 _raise_stream_failure(inbound)
-                proxy.seal_status()
-                yield outbound.end()
+                yield proxy.end_stream(outbound)
             except SecurityError as exc:
                 await refuse(context, exc, name)
             except grpc.RpcError as exc:
@@ -308,8 +307,7 @@ def async_handler(
                 _raise_stream_failure(inbound)
                 outbound = proxy._outbound
                 assert outbound is not None
-                proxy.seal_status()
-                await context.write(outbound.end())
+                await context.write(proxy.end_stream(outbound))
             except SecurityError as exc:
                 await refuse(context, exc, name)
             except grpc.RpcError as exc:
