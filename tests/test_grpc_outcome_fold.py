@@ -68,6 +68,13 @@ class Outcomes(echo_pb2_grpc.EchoServicer):
         (request,) = list(request_iterator)
         return self._answer(request.text, context)
 
+    def Repeat(self, request: Any, context: Any) -> Any:
+        yield self._answer(request.text, context)
+
+    def Chat(self, request_iterator: Any, context: Any) -> Any:
+        (request,) = list(request_iterator)
+        yield self._answer(request.text, context)
+
 
 class _Doctored(grpc.Call, grpc.Future):
     """The real outcome of a successful call with its trailers rewritten by ``edit``."""
@@ -124,7 +131,37 @@ class _Doctored(grpc.Call, grpc.Future):
         return False
 
 
-class _TrailerTap(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
+class _DoctoredStream:
+    """A response stream whose trailers ``edit`` rewrites (recorded once it ended)."""
+
+    def __init__(self, real: Any, tap: Any) -> None:
+        self._real, self._tap = real, tap
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._real)
+        except StopIteration:
+            self._tap.seen.append(tuple(self._real.trailing_metadata() or ()))
+            raise
+
+    def trailing_metadata(self) -> Any:
+        trailing = tuple(self._real.trailing_metadata() or ())
+        edit = self._tap.edit
+        return trailing if edit is None else edit(trailing)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class _TrailerTap(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
     """Records each application call's trailers; rewrites them with ``edit`` if set."""
 
     def __init__(self) -> None:
@@ -145,6 +182,12 @@ class _TrailerTap(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterc
             continuation(client_call_details, request_iterator), client_call_details.method
         )
 
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return _DoctoredStream(continuation(client_call_details, request), self)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return _DoctoredStream(continuation(client_call_details, request_iterator), self)
+
 
 @pytest.fixture
 def tapped(package_setup, serve):
@@ -162,13 +205,20 @@ def _call(stub: Any, kind: str, text: str) -> Any:
     request = echo_pb2.EchoRequest(text=text)
     if kind == "unary_unary":
         response, call = stub.Say.with_call(request, timeout=10)
-    else:
+    elif kind == "stream_unary":
         response, call = stub.Collect.with_call(iter([request]), timeout=10)
+    else:
+        call = (
+            stub.Repeat(request, timeout=10)
+            if kind == "unary_stream"
+            else stub.Chat(iter([request]), timeout=10)
+        )
+        (response,) = list(call)  # to the end: the end marker and the outcome checked
     assert response.text == text
     return call
 
 
-KINDS = ["unary_unary", "stream_unary"]
+KINDS = ["unary_unary", "stream_unary", "unary_stream", "stream_stream"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -209,7 +259,7 @@ def test_stripping_the_trailer_of_a_call_that_set_metadata_breaks_the_response(
 def test_a_trailer_added_to_a_folded_response_breaks_it(tapped, kind) -> None:
     stub, tap, _, _ = tapped
     # Even the server's own signed trailer of another call: the folded token has the suffix.
-    stub.Say(echo_pb2.EchoRequest(text="meta"), timeout=10)
+    _call(stub, kind, "meta")
     genuine = next(value for key, value in tap.seen[-1] if key == STATUS_KEY)
     for forged in (genuine, base64.b64decode(FORGED_STATUS)):
         tap.edit = lambda trailing, forged=forged: (*trailing, (STATUS_KEY, forged))
@@ -287,5 +337,11 @@ async def test_envoy_adding_a_trailer_to_a_folded_response_aio(x509_setup, serve
             with pytest.raises(MessageAlteredError) as info:
                 await stub.Say(echo_pb2.EchoRequest(text="quiet"), timeout=10)
             assert isinstance(info.value, grpc.RpcError)
+            # A response stream: its end marker carries the folded outcome.
+            got = []
+            with pytest.raises(MessageAlteredError):
+                async for response in stub.Repeat(echo_pb2.EchoRequest(text="quiet"), timeout=10):
+                    got.append(response.text)
+            assert got == ["quiet"]  # the verified message came out, the end never did
         finally:
             await channel.close()

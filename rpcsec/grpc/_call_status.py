@@ -52,6 +52,7 @@ __all__ = [
     "app_keys",
     "code_number",
     "open_status",
+    "open_stream_outcome",
     "open_unary_outcome",
     "parse_status",
     "status_aad",
@@ -201,6 +202,32 @@ def open_unary_outcome(
         # The server sealed "OK, no details"; a status that says otherwise was changed.
         raise MessageAlteredError("call outcome differs from what the server sealed")
     return data, CallStatus(True, code, "", (), (), tuple(initial or ()), trailing)
+
+
+def open_stream_outcome(
+    protection: Any,
+    prefix: bytes,
+    call_seq: bytes,
+    inbound: Any,
+    code: Any,
+    details: str | None,
+    initial: Sequence[Any] | None,
+    trailing: Sequence[Any] | None,
+) -> CallStatus:
+    """The outcome of a finished response stream (``inbound``: its ``OutcomeInbound``): with
+    a trailer, the kept end marker is checked as it is and the trailer as for any call;
+    without one, the end marker must carry ``OUTCOME_OK``. A stream not read to its end
+    marker can only be judged by its trailer (``open_status``)."""
+    trailing = tuple(trailing or ())
+    if not inbound.ended:
+        return open_status(protection, prefix, call_seq, code, details, initial, trailing)
+    if has_status(trailing):
+        inbound.check_end_marker(b"")
+        return open_status(protection, prefix, call_seq, code, details, initial, trailing)
+    inbound.check_end_marker(OUTCOME_OK)
+    if code_number(code) != 0 or details:
+        raise MessageAlteredError("call outcome differs from what the server sealed")
+    return CallStatus(True, code, "", (), (), tuple(initial or ()), trailing)
 
 
 def open_status(

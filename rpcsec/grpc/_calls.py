@@ -43,6 +43,7 @@ __all__ = [
     "ClientCallProtection",
     "Inbound",
     "MethodKeys",
+    "OutcomeInbound",
     "Outbound",
 ]
 
@@ -244,9 +245,10 @@ class Outbound(_Direction):
             self._prefix, self._call_seq, position(self._direction, index), payload, self._encrypt
         )
 
-    def end(self) -> bytes:
+    def end(self, suffix: bytes = b"") -> bytes:
+        """The end marker (``suffix``: ``OUTCOME_OK`` when it also carries the outcome)."""
         return self._protection.end_marker(
-            self._prefix, self._call_seq, self._direction, self.count
+            self._prefix, self._call_seq, self._direction, self.count, suffix
         )
 
 
@@ -309,6 +311,41 @@ class Inbound(_Direction):
         if not self.ended:
             self.error = self._protection.altered("stream ended without its end marker (truncated)")
             raise self.error
+
+
+class OutcomeInbound(Inbound):
+    """The client's side of a response stream. Its end marker may carry the call's outcome
+    (``_wire.OUTCOME_OK``), which only the trailers that follow it can tell: the marker is
+    kept when it arrives and checked by ``check_end_marker`` once they did (``_call_status``).
+    Until then nothing after it is accepted, and the application sees no end of stream."""
+
+    __slots__ = ("end_token",)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.end_token: bytes | None = None
+
+    def open(self, token: bytes) -> bytes | None:
+        if self.error is None and not self.ended and token[:1] == _END_BYTE:
+            self.end_token = token
+            self.ended = True
+            return None
+        return Inbound.open(self, token)
+
+    def check_end_marker(self, suffix: bytes) -> None:
+        """Verify the kept end marker, with ``suffix`` (``OUTCOME_OK``) or without."""
+        if self.error is not None:
+            raise self.error
+        token = self.end_token
+        try:
+            if token is None:
+                raise self._protection.altered("stream ended without its end marker (truncated)")
+            self._protection.check_end(
+                self._prefix, self._call_seq, self._direction, self.count, token, suffix
+            )
+        except Exception as exc:
+            self.error = exc
+            raise
 
 
 _END_BYTE = bytes((END_MARKER_KIND,))

@@ -37,7 +37,7 @@ from rpcsec.sspi import (
 
 from ._binding import ChannelSecurity, ClientBound
 from ._call_status import CallStatus
-from ._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
+from ._calls import FIRST_RESPONSE, MethodKeys, Outbound, OutcomeInbound
 from ._client_errors import typed_expiry
 from ._cloaking import CONCURRENT_BINDS, DEFAULT_MAX_CALLERS, CallerSessions, cloaking_mode
 from ._proto import handshake_pb2
@@ -49,7 +49,7 @@ from ._verified_call import (
     VerifiedCall,
     checked_error,
     checked_response,
-    checked_status,
+    checked_stream_status,
 )
 from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
 
@@ -557,7 +557,7 @@ class _UnaryStream(_Multicallable, grpc.UnaryStreamMultiCallable):
                 wait_for_ready=wait_for_ready,
                 compression=compression,
             )
-            inbound = Inbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
+            inbound = OutcomeInbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
             return raw, inbound, bound, keys, call_seq
 
         return _ResponseStream(self._session, start, self._deserialize, retry=self._idempotent)
@@ -587,7 +587,7 @@ class _StreamStream(_Multicallable, grpc.StreamStreamMultiCallable):
                 wait_for_ready=wait_for_ready,
                 compression=compression,
             )
-            inbound = Inbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
+            inbound = OutcomeInbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
             return raw, inbound, bound, keys, call_seq
 
         return _ResponseStream(self._session, start, self._deserialize, retry=None)
@@ -595,7 +595,7 @@ class _StreamStream(_Multicallable, grpc.StreamStreamMultiCallable):
 
 # One sending of a response-streaming call: the grpc call, its response cursor, the binding,
 # the method's keys and the call sequence.
-_Started = tuple[Any, Inbound, ClientBound, MethodKeys, bytes]
+_Started = tuple[Any, OutcomeInbound, ClientBound, MethodKeys, bytes]
 
 
 class _ResponseStream(RawCallDelegate, grpc.Call):
@@ -677,8 +677,8 @@ class _ResponseStream(RawCallDelegate, grpc.Call):
         """The finished call's outcome, checked against the server's signature (once)."""
         status = self._status
         if status is None:
-            status = self._status = checked_status(
-                self._bound.protection, self._keys.prefix, self._call_seq, self._raw
+            status = self._status = checked_stream_status(
+                self._bound.protection, self._keys.prefix, self._call_seq, self._inbound, self._raw
             )
         return status
 

@@ -235,8 +235,7 @@ def sync_handler(
                     except StopIteration:
                         break
                     yield outbound.seal(method.serialize(response))
-                view.seal_status()
-                yield outbound.end()
+                yield view.end_stream(outbound)
             except SecurityError as exc:
                 refuse(context, exc, name)
             except grpc.RpcError as exc:
@@ -290,8 +289,7 @@ def sync_handler(
                 _raise_stream_failure(inbound)
                 yield outbound.seal(method.serialize(response))
             _raise_stream_failure(inbound)
-            view.seal_status()
-            yield outbound.end()
+            yield view.end_stream(outbound)
         except SecurityError as exc:
             refuse(context, exc, name)
         except grpc.RpcError as exc:
@@ -408,6 +406,8 @@ class InterceptorBase:
     handshake limits, policy), the handshake service's handlers, and the per-method cache of
     wrapped handlers. Subclasses say how to build the handshake handlers and wrap a method."""
 
+    accepts_async_store = False  # an AsyncReplayStore: only the asyncio server awaits one
+
     def __init__(
         self,
         credentials: Credentials | Iterable[Credentials] | None = None,
@@ -453,6 +453,13 @@ class InterceptorBase:
             trusted_proxies=trusted_proxies,
             clock=clock,
         )
+        tickets = self.security.tickets
+        if tickets is not None and tickets.asynchronous and not self.accepts_async_store:
+            raise TypeError(
+                "replay_store must be a synchronous ReplayStore (RedisReplayStore, not "
+                "AsyncRedisReplayStore) for a synchronous server; rpcsec.grpc.aio's server "
+                "takes either"
+            )
         self._negotiate, self._release = self._handshake_handlers(self.security)
         self._cache = HandlerCache()
 

@@ -130,7 +130,7 @@ class ServerCall:
         entry: ContextEntry,
         prefix: bytes,
         call_seq: bytes,
-        token: AccessToken,
+        token: AccessToken | None,
         clock: Callable[[], float] | None = None,
         encrypt: bool = False,
         metadata: Sequence[Any] | None = None,
@@ -141,7 +141,7 @@ class ServerCall:
         self.protection: CallProtection = entry.protection
         self.prefix = prefix
         self.call_seq = call_seq
-        self.token = token
+        self.token: AccessToken = token  # type: ignore[assignment]  # set by ``authorize``
         self.encrypt = encrypt  # the call's level is PRIVACY
         self.metadata = metadata  # as received
         self.declared = declared  # the keys the opening signature covers
@@ -338,30 +338,68 @@ class ServerSecurity:
             if entry.ticket_id is not None and entry.handle[1:17] not in live:
                 self.table.discard(entry)  # RFC 5077 layout: version:u8 | key_name[16] | ...
 
-    def _sign_not_run(
-        self, error: SecurityError, method: ServerMethod, verify: Callable[[ContextEntry], bytes]
+    def _note_stale(
+        self,
+        error: SecurityError,
+        metadata: Sequence[Any] | None,
+        verify: Callable[[ContextEntry, bytes], bytes],
     ) -> None:
-        """A stale context refused a call before any handler ran: sign that, then forget it.
+        """A stale context refused a call before any handler ran. If the call's opening token
+        verifies (``verify`` returns its call sequence), note it on ``error`` (``stale_call``)
+        so the shell can claim it and sign that it did not run (``not_run_claim`` /
+        ``sign_not_run``); otherwise nothing is signed.
 
-        Only for a call whose opening token verifies and is fresh (``verify`` returns its call
-        sequence; the replay window records it, and for a ticket the shared replay store, so
-        no replica can run it later): a captured call replayed once the context went stale
-        has already run, so it gets no statement that it did not."""
+        Only for a call whose opening token verifies and is fresh: a captured call replayed
+        once the context went stale has already run, so it gets no statement that it did not."""
         entry = stale_entry(error)
         if entry is None:
             return
+        app = _stale_part(metadata)
         try:
-            call_seq = verify(entry)
-            if entry.ticket_id is not None:
-                assert self.tickets is not None
-                self.tickets.claim_refused(entry.ticket_id, call_seq, entry.issued_at)
-            token = entry.protection.not_run(not_run_prefix(entry.handle, method.part), call_seq)
-            error.not_run = token  # type: ignore[attr-defined]
+            if app is None:
+                raise InvalidTokenError("malformed metadata declaration")
+            error.stale_call = (entry, verify(entry, app))  # type: ignore[attr-defined]
         except SecurityError:
-            pass  # not the client's fresh call, or the context cannot sign: refuse unsigned
+            _forget_stale(entry)
+
+    def not_run_claim(self, error: BaseException) -> tuple[bytes, bytes, float, float] | None:
+        """The claim (ticket id, call sequence, expires_at, issued_at) a noted stale call needs
+        before its refusal may say it did not run (no replica can run it after that); None:
+        nothing to claim (none noted, or a process-local context)."""
+        noted = getattr(error, "stale_call", None)
+        if noted is None or noted[0].ticket_id is None:
+            return None
+        assert self.tickets is not None
+        entry, call_seq = noted
+        return entry.ticket_id, call_seq, self.tickets.refused_expiry(), entry.issued_at
+
+    def sign_not_run(self, error: BaseException, method: ServerMethod, claimed: bool) -> None:
+        """Sign the noted stale call's "did not run" (``claimed``: its claim succeeded, or it
+        needed none), then forget a process-local context."""
+        noted = getattr(error, "stale_call", None)
+        if noted is None:
+            return
+        entry, call_seq = noted
+        try:
+            if claimed:
+                part = not_run_prefix(entry.handle, method.part)
+                error.not_run = entry.protection.not_run(part, call_seq)  # type: ignore[attr-defined]
+        except SecurityError:
+            pass  # the context cannot sign: refuse unsigned
         finally:
-            if entry.ticket_id is None:
-                entry.context.delete()
+            _forget_stale(entry)
+
+    def _refuse_stale(self, error: SecurityError, method: ServerMethod) -> None:
+        """``not_run_claim`` then ``sign_not_run``, synchronously."""
+        claim = self.not_run_claim(error)
+        claimed = True
+        if claim is not None:
+            assert self.tickets is not None
+            try:
+                self.tickets.claim(*claim)
+            except SecurityError:
+                claimed = False
+        self.sign_not_run(error, method, claimed)
 
     def _method_state(self, entry: ContextEntry, method: ServerMethod) -> EntryMethod:
         state = EntryMethod(entry, method)
@@ -370,49 +408,54 @@ class ServerSecurity:
             methods[method.method] = state
         return state
 
-    def _admit(
-        self,
-        entry: ContextEntry,
-        state: EntryMethod,
-        method: ServerMethod,
-        encrypt: bool,
-        call_seq: bytes,
-    ) -> AccessToken:
-        """The request opening ``call_seq`` verified: claim it (a ticket: cluster-wide), then
-        authorize it; returns the caller's token at the call's level."""
+    def claim_of(self, call: ServerCall) -> tuple[bytes, bytes, float, float] | None:
+        """The replay-store claim (ticket id, call sequence, expires_at, issued_at) a verified
+        call needs before anything runs; None for a process-local context (its own window
+        already accepted the call)."""
+        entry = call.entry
         ticket_id = entry.ticket_id
-        if ticket_id is not None:
-            assert self.tickets is not None
-            self.tickets.claim(ticket_id, call_seq, entry.expires_at or 0.0, entry.issued_at)
-        token = state.admitted.get(encrypt)
-        if token is not None:
-            return token
-        token = entry.tokens[_PRIVACY if encrypt else ProtectionLevel.INTEGRITY]
-        if method.authorize:
-            self.policy.check(method.method, token)
-            if not self._policy_cacheable:
-                return token
-        state.admitted[encrypt] = token
-        return token
+        if ticket_id is None:
+            return None
+        return ticket_id, call.call_seq, entry.expires_at or 0.0, entry.issued_at
 
-    def open_unary(
+    def authorize(self, call: ServerCall, method: ServerMethod) -> None:
+        """The policy for a verified, claimed call: sets ``call.token`` or raises
+        ``AccessDeniedError``. An admitting decision is kept per (context, method, level)."""
+        entry = call.entry
+        encrypt = call.encrypt
+        state = entry.methods.get(method.method)
+        token = None if state is None else state.admitted.get(encrypt)
+        if token is None:
+            token = entry.tokens[_PRIVACY if encrypt else ProtectionLevel.INTEGRITY]
+            if method.authorize:
+                self.policy.check(method.method, token)
+            if state is not None and (self._policy_cacheable or not method.authorize):
+                state.admitted[encrypt] = token
+        call.token = token
+
+    def admit(self, call: ServerCall, method: ServerMethod) -> None:
+        """Claim (a ticket: cluster-wide) then authorize a verified call, synchronously."""
+        claim = self.claim_of(call)
+        if claim is not None:
+            assert self.tickets is not None
+            self.tickets.claim(*claim)
+        self.authorize(call, method)
+
+    def verify_unary(
         self, metadata: Sequence[Any] | None, method: ServerMethod, request: bytes
     ) -> tuple[ServerCall, bytes]:
-        """Admit a single-request call, opened by its request message; returns the call and
-        the request's payload, or raises the ``SecurityError`` that refuses it.
+        """Verify a single-request call, opened by its request message: the call (not yet
+        claimed nor authorized: ``admit``) and the request's payload, or the
+        ``SecurityError`` that refuses it (a stale context's: see ``_note_stale``).
 
-        The whole admission of a unary call in one frame (issue 14): the context from the
-        table (its expiry checked there, once), the per-(context, method) state, the opening
-        token verified by the core in one call, claimed, authorized from the cached decision."""
+        One frame (issue 14): the context from the table (its expiry checked there, once),
+        the per-(context, method) state, the opening token verified by the core in one call."""
         try:
             entry, _, declaration = self._find(metadata)
         except SecurityError as exc:
-            stale_part = _stale_part(metadata)
-            if stale_part is not None:
-                app: bytes = stale_part
-                self._sign_not_run(
-                    exc, method, lambda stale: _open_request(stale, method, request, app)[2]
-                )
+            self._note_stale(
+                exc, metadata, lambda stale, app: _open_request(stale, method, request, app)[2]
+            )
             raise
         state = entry.methods.get(method.method) or self._method_state(entry, method)
         if declaration is None:
@@ -434,42 +477,74 @@ class ServerSecurity:
         payload = entry.context.unwrap(
             request, aad=aad, encrypted=encrypt, record=entry.ticket_id is None
         )
-        call_seq = request[SEQ_SLICE]
-        token = self._admit(entry, state, method, encrypt, call_seq)
         call = ServerCall(
-            entry, state.prefix, call_seq, token, self.clock, encrypt, metadata, declared
+            entry, state.prefix, request[SEQ_SLICE], None, self.clock, encrypt, metadata, declared
         )
         return call, payload
 
-    def open_call(self, metadata: Sequence[Any] | None, method: ServerMethod) -> ServerCall:
-        """Admit a request-streaming call, opened by the signed call header in its metadata."""
+    def open_unary(
+        self, metadata: Sequence[Any] | None, method: ServerMethod, request: bytes
+    ) -> tuple[ServerCall, bytes]:
+        """Admit a single-request call (``verify_unary`` then ``admit``): the call and the
+        request's payload, or raises the ``SecurityError`` that refuses it."""
+        try:
+            call, payload = self.verify_unary(metadata, method, request)
+        except SecurityError as exc:
+            self._refuse_stale(exc, method)
+            raise
+        self.admit(call, method)
+        return call, payload
+
+    def verify_call(self, metadata: Sequence[Any] | None, method: ServerMethod) -> ServerCall:
+        """Verify a request-streaming call's signed call header (``verify_unary``'s twin)."""
         try:
             entry, header, declaration = self._find(metadata)
         except SecurityError as exc:
             header = _header(metadata)
-            stale_part = _stale_part(metadata)
-            if stale_part is not None:
-                app: bytes = stale_part
-                self._sign_not_run(
-                    exc, method, lambda stale: _open_header(stale, method, header, app)[1]
-                )
+            self._note_stale(
+                exc, metadata, lambda stale, app: _open_header(stale, method, header, app)[1]
+            )
             raise
         state = entry.methods.get(method.method) or self._method_state(entry, method)
         declared, part = _app_part(metadata, declaration)
         level, call_seq = _open_header(entry, method, header, part)
-        encrypt = level is _PRIVACY
-        token = self._admit(entry, state, method, encrypt, call_seq)
         return ServerCall(
-            entry, state.prefix, call_seq, token, self.clock, encrypt, metadata, declared
+            entry, state.prefix, call_seq, None, self.clock, level is _PRIVACY, metadata, declared
         )
+
+    def open_call(self, metadata: Sequence[Any] | None, method: ServerMethod) -> ServerCall:
+        """Admit a request-streaming call, opened by the signed call header in its metadata."""
+        try:
+            call = self.verify_call(metadata, method)
+        except SecurityError as exc:
+            self._refuse_stale(exc, method)
+            raise
+        self.admit(call, method)
+        return call
 
     def release(self, call: ServerCall) -> None:
         """DeleteSecurityContext for the client: here, and for a ticket on every replica
         (revoked in the replay store)."""
+        revocation = self.release_here(call)
+        if revocation is not None:
+            assert self.tickets is not None
+            self.tickets.revoke(*revocation)
+
+    def release_here(self, call: ServerCall) -> tuple[bytes, float, float] | None:
+        """The local half of ``release``; returns the revocation (ticket id, expires_at,
+        issued_at) the replay store still needs, if any (the asyncio shell awaits it)."""
         entry = call.entry
         self.table.release(entry.handle)
-        if entry.ticket_id is not None and self.tickets is not None:
-            self.tickets.revoke(entry.ticket_id, entry.expires_at or 0.0, entry.issued_at)
+        if entry.ticket_id is None or self.tickets is None:
+            return None
+        return entry.ticket_id, entry.expires_at or 0.0, entry.issued_at
+
+
+def _forget_stale(entry: ContextEntry) -> None:
+    """A stale process-local context is deleted once its refusal is decided (a ticket's
+    entry is only a cache)."""
+    if entry.ticket_id is None:
+        entry.context.delete()
 
 
 def _app_part(metadata: Sequence[Any] | None, declaration: Any) -> tuple[frozenset[str], bytes]:

@@ -131,6 +131,14 @@ class VerifiedContext:
         self.seal_status()
         return call.seal_response(payload)
 
+    def end_stream(self, outbound: Any) -> bytes:
+        """The handler's response stream ended: its end marker, with the outcome folded in
+        when ``folds()``, else the outcome signed into the trailer."""
+        if self.folds():
+            return outbound.end(OUTCOME_OK)
+        self.seal_status()
+        return outbound.end()
+
     def abort(self, code: Any, details: str = "") -> None:
         self._context.set_trailing_metadata((*self._trailing, self._status_entry(code, details)))
         self._context.abort(code, details)

@@ -29,6 +29,7 @@ replica's own credentials prove its identity and re-verify an x509 chain.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 import secrets
@@ -39,6 +40,7 @@ from rpcsec.session import (
     MemoryReplayStore,
     RedisReplayStore,
     ReplayStore,
+    ReplayStoreUnavailableError,
     ReplayVerdict,
     TicketKeyRing,
 )
@@ -75,15 +77,14 @@ class ContextTickets:
             getattr(store, "revoke", None)
         ):
             raise TypeError("replay_store must be a ReplayStore (claim / revoke)")
-        if inspect.iscoroutinefunction(store.claim):
-            # Admission runs synchronously on both servers today; an awaitable verdict would be
-            # an unawaited coroutine (refused, but only by accident). Say so at once.
-            raise TypeError(
-                "replay_store must be a synchronous ReplayStore (RedisReplayStore, not "
-                "AsyncRedisReplayStore), also for the asyncio interceptor"
-            )
+        # An ``AsyncReplayStore`` (AsyncRedisReplayStore): the asyncio server awaits its
+        # verdicts (``claim_async``); the sync server refuses one (``InterceptorBase``).
+        self.asynchronous = inspect.iscoroutinefunction(store.claim)
+        # The event loop an async store belongs to, for a synchronous handler's admission on
+        # an asyncio server (it runs in a worker thread): set by the asyncio server.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.ring = ring
-        self.store = store
+        self.store: Any = store  # a ReplayStore or an AsyncReplayStore
         self._credentials = credentials
         self._max_lifetime = max_lifetime
         self._clock = clock
@@ -161,20 +162,80 @@ class ContextTickets:
     def claim(self, ticket_id: bytes, call_seq: bytes, expires_at: float, issued_at: float) -> None:
         """The request opening call ``call_seq`` is fresh cluster-wide, or the call is refused
         (``replay``; ``context-unknown`` once released; ``replay-store-unavailable``)."""
-        verdict = self.store.claim(
-            ticket_id, int.from_bytes(call_seq, "big"), expires_at, issued_at=issued_at
-        )
-        if verdict is ReplayVerdict.FRESH:
-            return
-        if verdict is ReplayVerdict.REPLAY:
-            raise ReplayError("request was already accepted by this service")
-        raise InvalidHandleError("security context was released")
+        sequence = int.from_bytes(call_seq, "big")
+        if self.asynchronous:
+            verdict = self._on_loop(
+                self.store.claim(ticket_id, sequence, expires_at, issued_at=issued_at)
+            )
+        else:
+            verdict = self.store.claim(ticket_id, sequence, expires_at, issued_at=issued_at)
+        _judge(verdict)
+
+    async def claim_async(
+        self, ticket_id: bytes, call_seq: bytes, expires_at: float, issued_at: float
+    ) -> None:
+        """``claim`` for the asyncio server: an async store's verdict is awaited (the loop
+        keeps serving while Redis answers); a synchronous store is called as it is."""
+        sequence = int.from_bytes(call_seq, "big")
+        if self.asynchronous:
+            verdict = await self.store.claim(ticket_id, sequence, expires_at, issued_at=issued_at)
+        else:
+            verdict = self.store.claim(ticket_id, sequence, expires_at, issued_at=issued_at)
+        _judge(verdict)
+
+    def refused_expiry(self) -> float:
+        """Until when a call refused as stale stays claimed: a minute past now (the ticket
+        itself is over)."""
+        return max(self._clock() + 60.0, 0.0)
 
     def claim_refused(self, ticket_id: bytes, call_seq: bytes, issued_at: float) -> None:
         """Claim a call refused as expired, so no replica can ever run it: only then may the
-        refusal say it did not run. Kept for a minute past now (the ticket itself is over)."""
-        self.claim(ticket_id, call_seq, max(self._clock() + 60.0, 0.0), issued_at)
+        refusal say it did not run."""
+        self.claim(ticket_id, call_seq, self.refused_expiry(), issued_at)
 
     def revoke(self, ticket_id: bytes, expires_at: float, issued_at: float) -> None:
         if math.isfinite(expires_at) and expires_at > self._clock():
-            self.store.revoke(ticket_id, expires_at, issued_at=issued_at)
+            if self.asynchronous:
+                self._on_loop(self.store.revoke(ticket_id, expires_at, issued_at=issued_at))
+            else:
+                self.store.revoke(ticket_id, expires_at, issued_at=issued_at)
+
+    async def revoke_async(self, ticket_id: bytes, expires_at: float, issued_at: float) -> None:
+        if math.isfinite(expires_at) and expires_at > self._clock():
+            if self.asynchronous:
+                await self.store.revoke(ticket_id, expires_at, issued_at=issued_at)
+            else:
+                self.store.revoke(ticket_id, expires_at, issued_at=issued_at)
+
+    def _on_loop(self, coroutine: Any) -> Any:
+        """An async store's answer for synchronous code (a sync handler on an asyncio server,
+        in a worker thread): run on the store's loop, this thread waits. Never on the loop's
+        own thread (that would block it): fails closed instead."""
+        loop = self.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is not None:
+            coroutine.close()
+            raise ReplayStoreUnavailableError(
+                "an asynchronous replay store answers only on its event loop"
+            )
+        try:
+            return asyncio.run_coroutine_threadsafe(coroutine, loop).result(_LOOP_TIMEOUT)
+        except SecurityError:
+            raise
+        except Exception as exc:  # the loop stopped, or it did not answer in time
+            raise ReplayStoreUnavailableError("the replay store did not answer") from exc
+
+
+_LOOP_TIMEOUT = 30.0
+
+
+def _judge(verdict: ReplayVerdict) -> None:
+    """A store's verdict on a claim, for every shell: FRESH returns, anything else refuses."""
+    if verdict is ReplayVerdict.FRESH:
+        return
+    if verdict is ReplayVerdict.REPLAY:
+        raise ReplayError("request was already accepted by this service")
+    raise InvalidHandleError("security context was released")

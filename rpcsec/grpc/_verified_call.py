@@ -18,7 +18,7 @@ import grpc
 
 from rpcsec.sspi import SecurityError
 
-from ._call_status import CallStatus, open_status, open_unary_outcome
+from ._call_status import CallStatus, open_status, open_stream_outcome, open_unary_outcome
 from ._client_errors import as_rpc_error
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "checked_error",
     "checked_response",
     "checked_status",
+    "checked_stream_status",
 ]
 
 
@@ -59,6 +60,26 @@ def checked_response(
             call_seq,
             response,
             encrypt,
+            call.code(),
+            call.details(),
+            call.initial_metadata(),
+            call.trailing_metadata(),
+        )
+    except SecurityError as exc:
+        raise as_rpc_error(exc) from None
+
+
+def checked_stream_status(
+    protection: Any, prefix: bytes, call_seq: bytes, inbound: Any, call: Any
+) -> CallStatus:
+    """``open_stream_outcome`` of a finished response stream; a mismatch raises as a
+    ``grpc.RpcError``."""
+    try:
+        return open_stream_outcome(
+            protection,
+            prefix,
+            call_seq,
+            inbound,
             call.code(),
             call.details(),
             call.initial_metadata(),

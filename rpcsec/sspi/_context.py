@@ -430,7 +430,12 @@ class SecurityContext:
 
     def sign(self, data: bytes, *, aad: bytes = b"", seq: int | None = None) -> bytes:
         """MakeSignature over ``aad`` and ``data``: returns the signature token."""
-        protector = self._ready()
+        protector = self._protector
+        if protector is None:
+            protector = self._ready()  # raises: not established
+        expires = self._expires_at
+        if expires is not None and self._clock() >= expires:
+            raise ContextExpiredError("security context has expired")
         seq = next(self._send_seq) if seq is None and not self._datagram else self._next_seq(seq)
         try:
             header = _HEADER.pack(_KIND_MIC, seq)
@@ -445,7 +450,12 @@ class SecurityContext:
         Returns the sender's sequence number. ``record=False`` skips the replay window, for a
         caller whose ``aad`` already makes the message unique and ordered (a binding's
         in-stream messages, bound to their call and position)."""
-        protector = self._ready()
+        protector = self._protector
+        if protector is None:
+            protector = self._ready()  # raises: not established
+        expires = self._expires_at
+        if expires is not None and self._clock() >= expires:
+            raise ContextExpiredError("security context has expired")
         seq = self._parse_header(signature, _KIND_MIC, HEADER_SIZE + 1, record)
         protector.verify(seq, bytes(signature[:HEADER_SIZE]) + aad, data, signature[HEADER_SIZE:])
         receive = self._receive
@@ -463,7 +473,12 @@ class SecurityContext:
     ) -> bytes:
         """EncryptMessage (or, with ``encrypt=False``, an integrity-only wrap) of ``data``,
         binding ``aad`` too. Returns one token holding the message."""
-        protector = self._ready()
+        protector = self._protector
+        if protector is None:
+            protector = self._ready()  # raises: not established
+        expires = self._expires_at
+        if expires is not None and self._clock() >= expires:
+            raise ContextExpiredError("security context has expired")
         if encrypt and not self._confidential:
             raise QopNotSupportedError("context was not established with confidentiality")
         seq = next(self._send_seq) if seq is None and not self._datagram else self._next_seq(seq)

@@ -30,8 +30,8 @@ from rpcsec.sspi import (
 )
 
 from .._binding import ChannelSecurity, ClientBound
-from .._call_status import CallStatus, open_status, open_unary_outcome
-from .._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound
+from .._call_status import CallStatus, open_stream_outcome, open_unary_outcome
+from .._calls import FIRST_RESPONSE, Inbound, MethodKeys, Outbound, OutcomeInbound
 from .._client import DEFAULT_HANDSHAKE_TIMEOUT, _parse_response
 from .._client_errors import as_rpc_error, typed_expiry
 from .._cloaking import CONCURRENT_BINDS, DEFAULT_MAX_CALLERS, CallerSessions, cloaking_mode
@@ -454,13 +454,15 @@ def _checked(started: _Started, error: BaseException) -> BaseException:
 
 
 async def _outcome(started: _Started) -> CallStatus:
-    """A finished call's outcome, checked against the server's signature (``_call_status``)."""
+    """A finished response stream's outcome, checked against the server's signature or its
+    end marker (``_call_status.open_stream_outcome``)."""
     call = started.call
     try:
-        return open_status(
+        return open_stream_outcome(
             started.bound.protection,
             started.keys.prefix,
             started.call_seq,
+            started.inbound,
             await call.code(),
             await call.details(),
             await call.initial_metadata(),
@@ -717,7 +719,7 @@ class _UnaryStreamMultiCallable(_Multicallable, grpc.aio.UnaryStreamMultiCallabl
                 wait_for_ready=wait_for_ready,
                 compression=compression,
             )
-            inbound = Inbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
+            inbound = OutcomeInbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
             return _Started(bound, keys, call_seq, call, inbound, None)
 
         return _StreamResponse(self._session, launch, self._deserialize, self._idempotent)
@@ -781,7 +783,7 @@ class _StreamStreamMultiCallable(_Multicallable, grpc.aio.StreamStreamMultiCalla
                 wait_for_ready=wait_for_ready,
                 compression=compression,
             )
-            inbound = Inbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
+            inbound = OutcomeInbound(protection, keys.prefix, call_seq, RESPONSE, bound.encrypt)
             return _Started(bound, keys, call_seq, call, inbound, outbound)
 
         return _StreamStreamCall(self._serialize, self._session, launch, self._deserialize, None)

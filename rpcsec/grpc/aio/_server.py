@@ -38,7 +38,7 @@ from .._server import (
     log_refusal,
     sync_handler,
 )
-from .._server_core import ServerMethod, ServerSecurity, not_run_token
+from .._server_core import ServerCall, ServerMethod, ServerSecurity, not_run_token
 from .._servicer_context import AioVerifiedContext
 from .._status import details_for, passthrough_status, status_for, trailing_metadata_for
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD
@@ -150,6 +150,53 @@ class _ProtectedContext(AioVerifiedContext):
         await self._context.write(outbound.seal(self._method.serialize(message)))
 
 
+async def _open_unary(
+    security: ServerSecurity, metadata: Any, method: ServerMethod, request: bytes
+) -> tuple[ServerCall, bytes]:
+    """``ServerSecurity.open_unary`` for the event loop: the same sans-IO verification and
+    policy, with the replay store's claim awaited (``AsyncReplayStore``) so the loop keeps
+    serving while the store answers."""
+    try:
+        call, payload = security.verify_unary(metadata, method, request)
+    except SecurityError as exc:
+        await _refuse_stale(security, exc, method)
+        raise
+    await _admit(security, call, method)
+    return call, payload
+
+
+async def _open_call(security: ServerSecurity, metadata: Any, method: ServerMethod) -> ServerCall:
+    try:
+        call = security.verify_call(metadata, method)
+    except SecurityError as exc:
+        await _refuse_stale(security, exc, method)
+        raise
+    await _admit(security, call, method)
+    return call
+
+
+async def _admit(security: ServerSecurity, call: ServerCall, method: ServerMethod) -> None:
+    claim = security.claim_of(call)
+    if claim is not None:
+        assert security.tickets is not None
+        await security.tickets.claim_async(*claim)
+    security.authorize(call, method)
+
+
+async def _refuse_stale(
+    security: ServerSecurity, error: SecurityError, method: ServerMethod
+) -> None:
+    claim = security.not_run_claim(error)
+    claimed = True
+    if claim is not None:
+        assert security.tickets is not None
+        try:
+            await security.tickets.claim_async(*claim)
+        except SecurityError:
+            claimed = False
+    security.sign_not_run(error, method, claimed)
+
+
 def _is_async(behavior: Any) -> bool:
     return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
 
@@ -165,7 +212,8 @@ def async_handler(
 
         async def unary_unary(request: bytes, context: Any) -> bytes:
             try:
-                call, data = security.open_unary(context.invocation_metadata(), method, request)
+                metadata = context.invocation_metadata()
+                call, data = await _open_unary(security, metadata, method, request)
                 message = deserialize(method, data)
                 view = AioVerifiedContext(context, call)
                 with impersonate(call.token):
@@ -188,7 +236,7 @@ def async_handler(
 
         async def stream_unary(request_iterator: AsyncIterable[bytes], context: Any) -> bytes:
             try:
-                call = security.open_call(context.invocation_metadata(), method)
+                call = await _open_call(security, context.invocation_metadata(), method)
                 inbound = call.inbound()
                 requests = _verified_requests(request_iterator, inbound, method)
                 proxy = _ProtectedContext(context, call, method, inbound, None)
@@ -215,11 +263,11 @@ def async_handler(
         metadata = context.invocation_metadata()
         inbound = None
         if request_streaming:
-            call = security.open_call(metadata, method)
+            call = await _open_call(security, metadata, method)
             inbound = call.inbound()
             argument: Any = _verified_requests(request, inbound, method)
         else:
-            call, data = security.open_unary(metadata, method, request)
+            call, data = await _open_unary(security, metadata, method, request)
             argument = deserialize(method, data)
         proxy = _ProtectedContext(context, call, method, inbound, call.outbound())
         return call, argument, proxy, inbound
@@ -239,8 +287,7 @@ def async_handler(
                 finally:
                     _revert(scope)
                 _raise_stream_failure(inbound)
-                proxy.seal_status()
-                yield outbound.end()
+                yield proxy.end_stream(outbound)
             except SecurityError as exc:
                 await refuse(context, exc, name)
             except grpc.RpcError as exc:
@@ -260,8 +307,7 @@ def async_handler(
                 _raise_stream_failure(inbound)
                 outbound = proxy._outbound
                 assert outbound is not None
-                proxy.seal_status()
-                await context.write(outbound.end())
+                await context.write(proxy.end_stream(outbound))
             except SecurityError as exc:
                 await refuse(context, exc, name)
             except grpc.RpcError as exc:
@@ -322,9 +368,12 @@ def _release_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
 
     async def release(request: bytes, context: Any) -> bytes:
         try:
-            call, _ = security.open_unary(context.invocation_metadata(), method, request)
+            call, _ = await _open_unary(security, context.invocation_metadata(), method, request)
             response = call.seal_response(b"")
-            security.release(call)
+            revocation = security.release_here(call)
+            if revocation is not None:
+                assert security.tickets is not None
+                await security.tickets.revoke_async(*revocation)
             return response
         except SecurityError as exc:
             await refuse(context, exc, RELEASE_METHOD)
@@ -347,6 +396,7 @@ class SecurityInterceptor(InterceptorBase, grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        self.bind_loop()
         method = handler_call_details.method
         own = self._own_handler(method)
         if own is not None:
@@ -355,6 +405,15 @@ class SecurityInterceptor(InterceptorBase, grpc.aio.ServerInterceptor):
         if handler is None:
             return None  # type: ignore[return-value]  # grpc answers UNIMPLEMENTED
         return self._cache.get(method, handler, self._build)
+
+    accepts_async_store = True
+
+    def bind_loop(self) -> None:
+        """The event loop this server runs on (the loop an ``AsyncReplayStore`` answers on,
+        for synchronous handlers run in worker threads)."""
+        tickets = self.security.tickets
+        if tickets is not None and tickets.loop is None and tickets.asynchronous:
+            tickets.loop = asyncio.get_running_loop()
 
     def _handshake_handlers(
         self, security: ServerSecurity
@@ -376,6 +435,7 @@ class ProtectedServer(Registration, grpc.aio.Server):
         self._register_handshake()
 
     async def start(self) -> None:
+        self.security_interceptor.bind_loop()
         await self._server.start()
 
     async def stop(self, grace: float | None) -> None:
