@@ -15,6 +15,7 @@ from rpcsec.sspi import (
     ContextState,
     CredentialUse,
     InvalidStateError,
+    InvalidTokenError,
     ReplayError,
     ServerContext,
     accept_security_context,
@@ -99,3 +100,20 @@ def test_a_context_not_established_cannot_be_continued(tmp_path) -> None:
     with pytest.raises(InvalidStateError):
         server.export_and_continue()
     assert server.state is ContextState.NEW
+
+
+def test_a_peer_too_large_for_a_blob_is_a_typed_error(pair) -> None:
+    """A principal longer than a blob holds (1 KiB; SPIFFE allows 2 KiB) is the peer's doing:
+    ``InvalidTokenError`` from export (the tickets then refuse the handshake), never a bare
+    ValueError escaping into the binding."""
+    import dataclasses
+
+    server = pair.server
+    result = server._result
+    server._result = dataclasses.replace(
+        result, peer=result.peer.replace(principal="spiffe://t/user/" + "a" * 2000)
+    )
+    with pytest.raises(InvalidTokenError):
+        server.export_and_continue()
+    with pytest.raises(ContextExpiredError):
+        server.export()  # retired: nothing may send under its keys any more
