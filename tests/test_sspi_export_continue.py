@@ -117,3 +117,18 @@ def test_a_peer_too_large_for_a_blob_is_a_typed_error(pair) -> None:
         server.export_and_continue()
     with pytest.raises(ContextExpiredError):
         server.export()  # retired: nothing may send under its keys any more
+
+
+def test_a_client_context_continues_too(tmp_path) -> None:
+    pki = make_authority(tmp_path)
+    client = initialize_security_context(pki.credentials("alice"), pki.id("documents"), PRIVATE)
+    server = accept_security_context(pki.credentials("documents", CredentialUse.INBOUND))
+    pair = handshake(client, server)
+    blob, continued = pair.client.export_and_continue()
+    assert continued.is_client and continued.target_name == pki.id("documents")
+    assert continued.peer.principal == pki.id("documents")
+    assert server.unwrap(continued.wrap(b"from the continued client")) == (
+        b"from the continued client"
+    )
+    imported = import_security_context(blob, pair.client.credentials, once=False)
+    assert imported.is_client and imported.attributes == continued.attributes
