@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers.blobs import blob_state, replaced
 from helpers.pair import handshake
 
 from rpcsec.security import impersonate
@@ -106,11 +107,9 @@ def test_messages_exported_before_are_replays_after_import(kerberos_realm) -> No
 
 def test_a_tampered_export_is_refused(kerberos_realm) -> None:
     client, server = _pair(kerberos_realm)
-    state = json.loads(server.export())
-    state["in"] = state["out"]  # keys swapped around: nothing the client sends opens
-    replica = import_security_context(
-        json.dumps(state).encode(), kerberos_realm.server_credentials("storage")
-    )
+    blob = server.export()
+    swapped = replaced(blob, inbound=blob_state(blob).outbound)  # nothing the client sends opens
+    replica = import_security_context(swapped, kerberos_realm.server_credentials("storage"))
     with pytest.raises(MessageAlteredError):
         replica.unwrap(client.wrap(b"x"))
     with pytest.raises(InvalidTokenError):
@@ -237,17 +236,16 @@ def test_an_exported_context_keeps_its_delegation(kerberos_realm, package) -> No
 def test_an_exported_context_without_delegation_carries_none(kerberos_realm) -> None:
     _, server = _pair(kerberos_realm)
     blob = server.export()  # once: ExportSecurityContext retires the exporter
-    assert "delegation" not in json.loads(blob)
+    assert blob_state(blob).delegation is None
     replica = import_security_context(blob, kerberos_realm.server_credentials("storage"))
     assert replica.peer.delegated_credentials is None
 
 
 def test_a_malformed_delegation_in_an_export_is_refused(kerberos_realm) -> None:
     _, documents = _pair(kerberos_realm, "documents", DELEGATE, ImpersonationLevel.DELEGATE)
-    state = json.loads(documents.export())
-    for bad in ("!!", "e30=", "AAAA"):  # not base64; "{}"; three zero bytes
-        state["delegation"] = bad
+    blob = documents.export()
+    for bad in (b"!!", b"{}", b"\x00\x00\x00"):
         with pytest.raises(InvalidTokenError):
             import_security_context(
-                json.dumps(state).encode(), kerberos_realm.server_credentials("documents")
+                replaced(blob, delegation=bad), kerberos_realm.server_credentials("documents")
             )

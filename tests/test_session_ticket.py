@@ -206,3 +206,60 @@ def test_expiry_in_the_clear_cannot_be_extended(ring: TicketKeyRing) -> None:
     offset = 1 + 16 + 12 + 16 + 8
     forged = sealed[:offset] + struct.pack("!Q", 2**63) + sealed[offset + 8 :]
     assert isinstance(_refused(ring, forged), InvalidHandleError)
+
+
+# -- issue / open with real contexts (rpcsec.grpc._tickets) ----------------------------------
+
+
+def _issued(tmp_path):
+    import time
+
+    from helpers.pair import handshake
+    from helpers.pki import make_authority
+
+    from rpcsec.grpc._tickets import ContextTickets
+    from rpcsec.sspi import CredentialUse, accept_security_context, initialize_security_context
+
+    pki = make_authority(tmp_path)
+    server_creds = pki.credentials("documents", CredentialUse.INBOUND)
+    client = initialize_security_context(pki.credentials("alice"), pki.id("documents"))
+    pair = handshake(client, accept_security_context(server_creds))
+    ring = TicketKeyRing.generate()
+    tickets = ContextTickets.default(
+        {"x509": server_creds}, ticket_keys=ring, max_lifetime=None, clock=time.time
+    )
+    replica = ContextTickets.default(
+        {"x509": pki.credentials("documents", CredentialUse.INBOUND)},
+        ticket_keys=ring,
+        max_lifetime=None,
+        clock=time.time,
+    )
+    caller = pair.server.peer
+    issued = tickets.issue(pair.server)
+    return pki, pair, caller, issued, replica
+
+
+def test_an_issued_ticket_is_small_and_the_context_continues_live(tmp_path) -> None:
+    """Regression guard for the first call and the idle context: an x509 ticket is the
+    binary export sealed (263 B here; it was 540 B as JSON), and the process that issued it
+    serves the live context moved over, with the caller's own token (no re-import)."""
+    pki, pair, caller, issued, _replica = _issued(tmp_path)
+    ticket, continued, ticket_id, expires_at, issued_at = issued
+    assert len(ticket) < 300
+    assert len(ticket_id) == 16 and expires_at > issued_at
+    assert continued.peer is caller
+    assert continued.peer.principal == pki.id("alice")
+    message = pair.client.wrap(b"first call", encrypt=False)
+    assert continued.unwrap(message) == b"first call"
+
+
+def test_another_replica_opens_the_issued_ticket_to_the_same_context(tmp_path) -> None:
+    _pki, pair, _caller, issued, replica = _issued(tmp_path)
+    ticket, continued, ticket_id, expires_at, _issued_at = issued
+    opened, opened_id, opened_expires, _ = replica.open(ticket)
+    assert opened_id == ticket_id and opened_expires == pytest.approx(expires_at, abs=0.001)
+    assert opened.peer.principal == continued.peer.principal
+    assert opened.peer.groups == continued.peer.groups
+    assert opened.attributes == continued.attributes
+    message = pair.client.wrap(b"to any replica", encrypt=False)
+    assert opened.unwrap(message) == continued.unwrap(message) == b"to any replica"

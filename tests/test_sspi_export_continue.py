@@ -15,6 +15,7 @@ from rpcsec.sspi import (
     ContextState,
     CredentialUse,
     InvalidStateError,
+    InvalidTokenError,
     ReplayError,
     ServerContext,
     accept_security_context,
@@ -99,3 +100,35 @@ def test_a_context_not_established_cannot_be_continued(tmp_path) -> None:
     with pytest.raises(InvalidStateError):
         server.export_and_continue()
     assert server.state is ContextState.NEW
+
+
+def test_a_peer_too_large_for_a_blob_is_a_typed_error(pair) -> None:
+    """A principal longer than a blob holds (1 KiB; SPIFFE allows 2 KiB) is the peer's doing:
+    ``InvalidTokenError`` from export (the tickets then refuse the handshake), never a bare
+    ValueError escaping into the binding."""
+    import dataclasses
+
+    server = pair.server
+    result = server._result
+    server._result = dataclasses.replace(
+        result, peer=result.peer.replace(principal="spiffe://t/user/" + "a" * 2000)
+    )
+    with pytest.raises(InvalidTokenError):
+        server.export_and_continue()
+    with pytest.raises(ContextExpiredError):
+        server.export()  # retired: nothing may send under its keys any more
+
+
+def test_a_client_context_continues_too(tmp_path) -> None:
+    pki = make_authority(tmp_path)
+    client = initialize_security_context(pki.credentials("alice"), pki.id("documents"), PRIVATE)
+    server = accept_security_context(pki.credentials("documents", CredentialUse.INBOUND))
+    pair = handshake(client, server)
+    blob, continued = pair.client.export_and_continue()
+    assert continued.is_client and continued.target_name == pki.id("documents")
+    assert continued.peer.principal == pki.id("documents")
+    assert server.unwrap(continued.wrap(b"from the continued client")) == (
+        b"from the continued client"
+    )
+    imported = import_security_context(blob, pair.client.credentials, once=False)
+    assert imported.is_client and imported.attributes == continued.attributes

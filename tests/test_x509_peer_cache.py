@@ -133,3 +133,49 @@ def test_a_verified_peer_is_immutable() -> None:
     assert not peer.server_auth and not peer.client_auth  # no extendedKeyUsage: nothing
     with pytest.raises(AttributeError):
         peer.spiffe_id = "spiffe://a.test/user/admin"  # type: ignore[misc]
+
+
+def test_concurrent_handshakes_share_one_entry_per_chain(tmp_path) -> None:
+    """Many threads reading the same chains at once: one fact set per chain, all correct."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pki = make_authority(tmp_path)
+    server_creds = pki.credentials("documents", CredentialUse.INBOUND)
+    users = ["alice", "bob"] * 8
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        pairs = list(pool.map(lambda user: _bind(pki, server_creds, user=user), users))
+    for user, pair in zip(users, pairs, strict=True):
+        assert pair.server.peer.principal == pki.id(user)
+    assert len(server_creds.material.peers) == 2
+
+
+def test_a_malformed_key_purpose_is_refused_every_time() -> None:
+    """An extendedKeyUsage that does not parse: InvalidTokenError, and nothing is cached."""
+    from rpcsec.sspi import InvalidTokenError
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://a.test/u/x")]),
+            critical=False,
+        )
+        .add_extension(
+            x509.UnrecognizedExtension(x509.oid.ExtensionOID.EXTENDED_KEY_USAGE, b"\x04\x00"),
+            critical=False,
+        )
+        .sign(key, None)
+    )
+    cache = PeerCache()
+    for _ in range(2):
+        with pytest.raises(InvalidTokenError):
+            cache.peer((cert,))
+    assert len(cache) == 0

@@ -756,8 +756,11 @@ class SecurityContext:
         negotiate: the client's forwarded TGT). Protect it like a private key.
         Export a context no other thread is still sending on: a message sealed concurrently
         could take the sequence number the importer resumes at.
+
+        Raises ``InvalidStateError`` for a package that cannot export, ``InvalidTokenError``
+        when the peer's names do not fit a blob (the context is retired all the same).
         """
-        return self._export_state().encode()
+        return _encoded(self._export_state())
 
     def export_and_continue(self) -> tuple[bytes, SecurityContext]:
         """ExportSecurityContext for a caller that also serves the context itself: the blob,
@@ -801,7 +804,7 @@ class SecurityContext:
         continued._stream = self._stream
         continued._confidential = self._confidential
         continued.state = ContextState.ESTABLISHED
-        return state.encode(), continued
+        return _encoded(state), continued
 
     def _export_state(self) -> ExportedContext:
         """Retire this context and return what its export blob holds."""
@@ -1063,6 +1066,16 @@ def _export_delegation(package: Any, delegated: Credentials | None) -> bytes | N
         return package.export_delegation(delegated)
     except UnsupportedFunctionError:
         return None
+
+
+def _encoded(state: ExportedContext) -> bytes:
+    """The blob; a peer whose names do not fit one (e.g. a principal over 1 KiB) makes the
+    context unexportable, which is the peer's doing: ``InvalidTokenError``, as the import of
+    such a blob would have said."""
+    try:
+        return state.encode()
+    except ValueError as exc:
+        raise InvalidTokenError("context cannot be exported: a name is too long") from exc
 
 
 def _exhausted() -> ContextExpiredError:

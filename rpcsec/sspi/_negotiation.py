@@ -12,6 +12,7 @@ grant = b"GR" | version:u8 | flags:u32 | level:u8.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -82,8 +83,11 @@ class ContextGrant:
         return cls(*_unpack(b"GR", data))
 
 
+@functools.cache
 def granted_from_capabilities(capabilities: PackageCapability) -> ContextReq:
-    """The attributes a package can give at all (its one flag-mapping table)."""
+    """The attributes a package can give at all (its one flag-mapping table). A pure function
+    of a few distinct values, worked out once each (flag arithmetic on enums is slow, and the
+    server asks at every handshake)."""
     table = {
         PackageCapability.INTEGRITY: ContextReq.INTEGRITY
         | ContextReq.REPLAY_DETECT

@@ -4,10 +4,11 @@ After OpenSSL has verified the peer's chain (signatures, validity at this handsh
 the TLS purpose), the package reads the facts it acts on from the certificates: the SPIFFE ID
 (X509-SVID §4), groups, subject, the earliest notAfter, the trust domain of the anchor and the
 key purposes. Reading them means parsing the certificates' extensions, which for a fresh
-``cryptography`` certificate costs more than a third of the Python work of a handshake, and a
-service sees the same few client chains over and over.
+``cryptography`` certificate costs ~90 µs per side (about half of the Python work of a
+handshake; ~16 µs for a chain already seen), and a service sees the same client chains over
+and over.
 
-So ``PeerCache`` (one per credentials handle, the way SChannel keeps one per credentials)
+So ``PeerCache`` (one per credentials handle, shared by the credentials derived from it)
 keeps the facts of recently seen chains, keyed by the chains' exact DER bytes. Only facts that
 are a pure function of those bytes are cached; *trust* never is: every handshake still has
 OpenSSL verify the chain against the anchors at that handshake's time, and a chain whose facts
