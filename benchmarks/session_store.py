@@ -4,7 +4,14 @@ Medians per operation of: sealing and opening a context ticket (in-memory and di
 rings), refusing a tampered ticket and one naming an unknown key (a directory ring's miss
 path: one stat), and ``claim`` on the memory store vs a real Redis (sync, one round trip;
 asyncio sequential and 64 concurrent claims). Starts its own ``redis-server`` on loopback
-unless ``--redis URL`` is given. Not a timed test: run it by hand,
+unless ``--redis URL`` is given.
+
+The sync Redis claim is measured paired (rounds interleaved, the machine's noise hits all
+alike), wall and this process's CPU per claim: the memory store (baseline), the claim as it
+was before (redis-py's ``Script`` on a ``BlockingConnectionPool``), the claim as it is (the
+thread's own connection, pre-encoded EVALSHA, hiredis when installed), and a bare redis-py
+PING on the same kind of connection (the round trip's floor); plus Redis' own time per
+script call (``INFO commandstats``). Not a timed test: run it by hand,
 
     python -m benchmarks.session_store [--quick] [--state-bytes 600] [--json out.json]
 """
@@ -29,6 +36,7 @@ from rpcsec.session import (
     AsyncRedisReplayStore,
     MemoryReplayStore,
     RedisReplayStore,
+    ReplayVerdict,
     TicketKeyRing,
 )
 from rpcsec.sspi import InvalidHandleError
@@ -130,12 +138,68 @@ def run(*, quick: bool, state_bytes: int, redis_url: str | None) -> dict[str, An
         results["claim (redis, sync)"] = _median_us(
             lambda: store.claim(*claims.next()), repeat, max(batch // 4, 50)
         )
+        results["claim paired (wall | cpu us)"] = _paired_claims(store, repeat, batch)
         store.close()
         results.update(asyncio.run(_async_claims(redis_url, repeat, max(batch // 4, 50))))
     finally:
         if server is not None:
             server.stop()
     return results
+
+
+def _paired_claims(store: RedisReplayStore, repeat: int, batch: int) -> dict[str, Any]:
+    """Interleaved rounds of each way to claim (see the module doc); medians of wall and CPU
+    microseconds per claim, and Redis' own microseconds per script call."""
+    import hiredis  # noqa: F401  (the fast path's parser; the [redis] extra installs it)
+    import redis
+
+    memory = MemoryReplayStore()
+    memory_claims, before_claims, after_claims = _Claims(), _Claims(), _Claims()
+    layout = store._layout
+    script = store._claim_script
+
+    def before() -> None:  # what claim() did before: redis-py's Script on the pool
+        ticket, seq, expires = before_claims.next()
+        call = layout.claim_call(ticket, seq, expires, None)
+        assert not isinstance(call, ReplayVerdict)
+        keys, args = call
+        assert layout.verdict(script(keys=keys, args=args)) is ReplayVerdict.FRESH
+
+    ping_connection = store._connections.get() if store._connections else None
+
+    def ping() -> None:
+        assert ping_connection is not None
+        ping_connection.send_command("PING", check_health=False)
+        ping_connection.read_response()
+
+    operations: dict[str, Callable[[], object]] = {
+        "memory": lambda: memory.claim(*memory_claims.next()),
+        "redis before (Script on a pool)": before,
+        "redis after (own connection, pre-encoded)": lambda: store.claim(*after_claims.next()),
+        "redis PING (round-trip floor)": ping,
+    }
+    count = max(batch // 4, 50)
+    wall: dict[str, list[float]] = {name: [] for name in operations}
+    cpu: dict[str, list[float]] = {name: [] for name in operations}
+    for operation in operations.values():
+        for _ in range(count):
+            operation()
+    store.client.config_resetstat()
+    for _ in range(repeat):
+        for name, operation in operations.items():
+            started, started_cpu = time.perf_counter(), time.process_time()
+            for _ in range(count):
+                operation()
+            wall[name].append((time.perf_counter() - started) / count * 1e6)
+            cpu[name].append((time.process_time() - started_cpu) / count * 1e6)
+    stats = store.client.info("commandstats").get("cmdstat_evalsha", {})
+    out: dict[str, Any] = {
+        name: {"wall": statistics.median(wall[name]), "cpu": statistics.median(cpu[name])}
+        for name in operations
+    }
+    out["redis server us per script call"] = float(stats.get("usec_per_call", 0.0))
+    out["hiredis"] = bool(redis.utils.HIREDIS_AVAILABLE)
+    return out
 
 
 async def _async_claims(url: str, repeat: int, batch: int) -> dict[str, Any]:
@@ -165,8 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     results = run(quick=args.quick, state_bytes=args.state_bytes, redis_url=args.redis)
     print(f"ticket: {results['ticket_bytes']} B for {results['state_bytes']} B of state")
     for key, value in results.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and "median" in value:
             print(f"  {key:44s} median {value['median']:9.2f} us  (min {value['min']:.2f})")
+    paired = results.get("claim paired (wall | cpu us)", {})
+    print("sync claim, paired rounds (median us per claim):")
+    for key, value in paired.items():
+        if isinstance(value, dict):
+            print(f"  {key:44s} wall {value['wall']:8.1f}   cpu {value['cpu']:7.1f}")
+    if paired:
+        print(f"  Redis' own time per script call: {paired['redis server us per script call']} us")
+        print(f"  hiredis: {paired['hiredis']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
