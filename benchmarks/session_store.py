@@ -14,12 +14,14 @@ PING on the same kind of connection (the round trip's floor); plus Redis' own ti
 script call (``INFO commandstats``). Not a timed test: run it by hand,
 
     python -m benchmarks.session_store [--quick] [--state-bytes 600] [--json out.json]
+    python -m benchmarks.session_store --topologies 3     # where the replica overhead goes
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
@@ -219,13 +221,173 @@ async def _async_claims(url: str, repeat: int, batch: int) -> dict[str, Any]:
     return out
 
 
+# -- where the replica overhead goes (``--topologies``) ----------------------------------------
+
+TOPOLOGY_CALLS = 400
+
+
+def _envoy_bytes(proxy: Any) -> tuple[int, int]:
+    """(bytes Envoy received from clients, bytes it sent to upstreams) so far."""
+    from helpers import proxies
+
+    _status, body = proxies._admin_get(proxy.admin_port, "/stats?format=json")
+    stats = {s["name"]: s.get("value", 0) for s in json.loads(body)["stats"] if "name" in s}
+    return (
+        int(stats.get("http.grpc.downstream_cx_rx_bytes_total", 0)),
+        int(stats.get("cluster.upstreams.upstream_cx_tx_bytes_total", 0)),
+    )
+
+
+def topologies(rounds: int, calls: int = TOPOLOGY_CALLS) -> dict[str, Any]:
+    """Paired unary calls, plain gRPC vs rpcsec x509 INTEGRITY, in four topologies that add
+    one thing at a time: one server process with the memory store (the suite's single-process
+    row); the same with the replicas' options (a ticket key ring directory and the Redis
+    store); Envoy in front of that one process; Envoy round-robin over three processes (the
+    suite's ``envoy_rr3`` row). Per call: median latency, server CPU (the handler pools),
+    Envoy CPU, and bytes Envoy received from the client and sent upstream (HPACK-compressed
+    headers plus frames). Rounds interleave every (topology, kind)."""
+    import grpc
+
+    from . import _configs
+    from ._alternatives import replica_interceptor_kwargs
+    from ._pki import make_pki
+    from ._server import ServerProcess
+    from ._service import UNARY_METHOD
+    from ._workloads import PAYLOAD
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+    from helpers import proxies
+    from helpers.redis_server import RedisServer
+
+    from rpcsec.grpc import secure_channel
+    from rpcsec.sspi import ContextReq, ProtectionLevel
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
+        directory = pathlib.Path(workdir)
+        pki = make_pki(directory)
+        identity = _configs._x509_identity(pki)
+        redis = RedisServer(directory / "redis").start()
+        stack.callback(redis.stop)
+        env = dict(os.environ)
+
+        def processes(count: int, kwargs: dict[str, Any]) -> list[ServerProcess]:
+            spec = _configs.server_spec(pki, [identity])
+            spec["interceptor_kwargs"] = kwargs
+            started = []
+            for _ in range(count):
+                server = ServerProcess(spec, env)
+                stack.callback(server.stop)
+                started.append(server)
+            return started
+
+        replica_kwargs = replica_interceptor_kwargs(directory, redis.url)
+        single = processes(1, {})
+        single_redis = processes(1, replica_kwargs)
+        three = processes(3, replica_kwargs)
+
+        def envoy(servers: list[ServerProcess], kind: str) -> Any:
+            upstreams = [f"127.0.0.1:{server.ports[kind]}" for server in servers]
+            proxy = proxies.envoy_proxy(upstreams, directory / "envoy", concurrency=2)
+            stack.callback(proxy.stop)
+            return proxy
+
+        layouts: dict[str, tuple[list[ServerProcess], bool]] = {
+            "1 process, memory store": (single, False),
+            "1 process, ring dir + Redis": (single_redis, False),
+            "Envoy -> 1 process, ring dir + Redis": (single_redis, True),
+            "Envoy RR -> 3 processes, ring dir + Redis": (three, True),
+        }
+        targets: dict[tuple[str, str], tuple[Any, Any, list[ServerProcess]]] = {}
+        for name, (servers, proxied) in layouts.items():
+            for kind in ("plain", "rpcsec"):
+                proxy = envoy(servers, kind) if proxied else None
+                address = proxy.address if proxy else f"127.0.0.1:{servers[0].ports[kind]}"
+                if kind == "plain":
+                    channel = grpc.insecure_channel(address, options=_configs.FRESH)
+                else:
+                    channel = secure_channel(
+                        address,
+                        identity.client(),
+                        target_name=identity.target,
+                        requirements=ContextReq(identity.requirements),
+                        protection=ProtectionLevel.INTEGRITY,
+                        options=_configs.FRESH,
+                    )
+                stack.callback(channel.close)
+                targets[(name, kind)] = (channel.unary_unary(UNARY_METHOD), proxy, servers)
+
+        samples: dict[tuple[str, str], dict[str, list[float]]] = {
+            key: {"latency": [], "server_cpu": [], "envoy_cpu": [], "rx": [], "tx": []}
+            for key in targets
+        }
+        for call, _proxy, _servers in targets.values():
+            for _ in range(50):  # bind, open tickets on every replica, fill HPACK tables
+                call(PAYLOAD)
+        for _ in range(rounds):
+            for key, (call, proxy, servers) in targets.items():
+                kind = key[1]
+                cpu = sum(server.cpu_seconds()[kind] for server in servers)
+                envoy_cpu = proxy.cpu_seconds() if proxy else 0.0
+                rx, tx = _envoy_bytes(proxy) if proxy else (0, 0)
+                latencies = []
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    call(PAYLOAD)
+                    latencies.append(time.perf_counter() - started)
+                record = samples[key]
+                record["latency"].append(statistics.median(latencies) * 1e6)
+                spent = sum(server.cpu_seconds()[kind] for server in servers) - cpu
+                record["server_cpu"].append(spent / calls * 1e6)
+                if proxy:
+                    record["envoy_cpu"].append((proxy.cpu_seconds() - envoy_cpu) / calls * 1e6)
+                    rx2, tx2 = _envoy_bytes(proxy)
+                    record["rx"].append((rx2 - rx) / calls)
+                    record["tx"].append((tx2 - tx) / calls)
+        for (name, kind), record in samples.items():
+            out.setdefault(name, {})[kind] = {
+                metric: statistics.median(values) if values else None
+                for metric, values in record.items()
+            }
+    return out
+
+
+def _print_topologies(results: dict[str, Any]) -> None:
+    print("unary 100 B, plain gRPC / rpcsec x509 INTEGRITY, medians of paired rounds, per call:")
+    header = f"  {'topology':44s} {'latency us':>17s} {'ratio':>6s} {'server cpu us':>15s}"
+    print(header + f" {'envoy cpu us':>13s} {'client->envoy B':>16s} {'envoy->up B':>12s}")
+    for name, kinds in results.items():
+        plain, rpcsec = kinds["plain"], kinds["rpcsec"]
+        cells = {}
+        for metric in ("latency", "server_cpu", "envoy_cpu", "rx", "tx"):
+            values = [plain[metric], rpcsec[metric]]
+            cells[metric] = "-" if None in values else "/".join(f"{v:.0f}" for v in values)
+        ratio = rpcsec["latency"] / plain["latency"]
+        print(
+            f"  {name:44s} {cells['latency']:>17s} {ratio:5.2f}x {cells['server_cpu']:>15s}"
+            f" {cells['envoy_cpu']:>13s} {cells['rx']:>16s} {cells['tx']:>12s}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--state-bytes", type=int, default=600, help="sealed state size")
     parser.add_argument("--redis", metavar="URL", help="use this Redis instead of starting one")
     parser.add_argument("--json", type=pathlib.Path)
+    parser.add_argument(
+        "--topologies",
+        type=int,
+        metavar="ROUNDS",
+        help="instead: where the replicas' overhead goes (four topologies, paired rounds)",
+    )
     args = parser.parse_args(argv)
+    if args.topologies:
+        found = topologies(args.topologies)
+        _print_topologies(found)
+        if args.json:
+            args.json.write_text(json.dumps(found, indent=2))
+        return 0
     results = run(quick=args.quick, state_bytes=args.state_bytes, redis_url=args.redis)
     print(f"ticket: {results['ticket_bytes']} B for {results['state_bytes']} B of state")
     for key, value in results.items():
