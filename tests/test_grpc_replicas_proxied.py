@@ -127,6 +127,54 @@ def test_every_kind_through_every_front_binds_once(pki, cluster, front, level) -
     assert cluster.max_executions() == 1
 
 
+def test_a_draining_replica_says_not_serving_and_still_serves(pki, redis, tmp_path) -> None:
+    """The drain's first step, seen from outside: the replica's health service (its own
+    plaintext port, no context needed) turns NOT_SERVING, the replica answers DRAINING only
+    after health checks found it quiet, and its secured port still serves every call that
+    comes meanwhile -- nothing is refused or cut before the stop."""
+    import threading
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    ring = tmp_path / "ring"
+    TicketKeyRing.create(ring)
+    with start_replicas(
+        1,
+        tmp_path / "replica",
+        security=ReplicaSecurity.x509(pki, "documents"),
+        interceptor_kwargs={"ticket_keys": str(ring), "replay_store": redis.url},
+        prefix="drain",
+    ) as group:
+        replica = group[0]
+        probe = grpc.insecure_channel(replica.health_address)
+        check = health_pb2_grpc.HealthStub(probe).Check
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert check(health_pb2.HealthCheckRequest(), timeout=10).status == serving
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def checker() -> None:  # the balancer's part: checks every so often
+            while not stop.is_set():
+                statuses.append(check(health_pb2.HealthCheckRequest(), timeout=10).status)
+                stop.wait(0.05)
+
+        thread = threading.Thread(target=checker)
+        with _channel(pki, replica.address) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            _all_kinds(stub, "before-drain")
+            thread.start()
+            try:
+                replica.drain()
+            finally:
+                stop.set()
+                thread.join()
+            assert statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+            _all_kinds(stub, "while-draining")  # still served, verified, once
+        probe.close()
+        assert group.counts()[("Say", "while-draining-u")] == 1
+        assert group.max_executions() == 1
+
+
 def test_a_request_resent_through_envoy_is_refused_by_the_replay_store(pki, cluster, tmp_path):
     """Envoy re-sends only what never reached an upstream (``UNSENT_RETRY_ON``); should a
     re-send ever reach a replica -- Envoy's, gRPC's retry policy, an attacker's -- it is the

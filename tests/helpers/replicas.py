@@ -172,7 +172,8 @@ class Replica:
     def drain(self) -> None:
         """First step of a graceful stop: its health service says NOT_SERVING (balancers that
         health-check stop sending it new calls) while it still serves whatever arrives.
-        Returns once the child confirms (``DRAINING``)."""
+        Returns once the child confirms (``DRAINING``): once it is quiet, which it learns from
+        the health checks it answers -- something (a balancer) must be checking it."""
         process = self._process
         if process is None or process.poll() is not None:
             raise RuntimeError(f"replica {self.name} is not running")
