@@ -485,6 +485,29 @@ def test_redis_a_late_reply_on_the_connection_is_never_read_as_a_claims_answer(s
     assert store.claim(ticket, 3, expires) is FRESH
 
 
+def test_redis_a_forked_child_never_shares_the_parents_connection(store) -> None:
+    """A server that forks workers after the store connected: the child claims on a socket
+    of its own, so neither process can read the other's reply (a stale FRESH)."""
+    ticket = _tid()
+    expires = time.time() + 60
+    assert store.claim(ticket, 1, expires) is FRESH
+    parent_connection = store._connections.get()
+    pid = os.fork()
+    if pid == 0:  # the child: exit code = what it saw
+        try:
+            fresh = store.claim(ticket, 2, expires) is FRESH
+            replay = store.claim(ticket, 1, expires) is REPLAY
+            own = store._connections.get() is not parent_connection
+            os._exit(0 if fresh and replay and own else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert store._connections.get() is parent_connection
+    assert store.claim(ticket, 2, expires) is REPLAY  # the child's claim counts everywhere
+    assert store.claim(ticket, 3, expires) is FRESH
+
+
 def test_redis_claims_go_on_after_redis_forgets_its_scripts(store) -> None:
     """SCRIPT FLUSH (what a restarted Redis looks like to a loaded script): NOSCRIPT means the
     claim did not run, so the store loads the script and claims once, on the same call."""

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
 import time
 import weakref
@@ -385,10 +386,13 @@ class _ThreadConnections:
         return cls(connection_class, dict(kwargs))
 
     def get(self) -> Any:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
+        local = self._local
+        connection = getattr(local, "connection", None)
+        if connection is None or local.pid != os.getpid():
+            # None yet, or inherited through fork(): the parent's socket is left alone (never
+            # shared: two processes reading one socket would take each other's replies).
             connection = self._class(**self._kwargs)
-            self._local.connection = connection
+            local.connection, local.pid = connection, os.getpid()
             with self._lock:
                 self._every.add(connection)
         return connection
