@@ -152,8 +152,7 @@ def run(*, quick: bool, state_bytes: int, redis_url: str | None) -> dict[str, An
 def _paired_claims(store: RedisReplayStore, repeat: int, batch: int) -> dict[str, Any]:
     """Interleaved rounds of each way to claim (see the module doc); medians of wall and CPU
     microseconds per claim, and Redis' own microseconds per script call."""
-    import hiredis  # noqa: F401  (the fast path's parser; the [redis] extra installs it)
-    import redis
+    import redis  # the report says whether hiredis parsed the replies (the [redis] extra)
 
     memory = MemoryReplayStore()
     memory_claims, before_claims, after_claims = _Claims(), _Claims(), _Claims()
