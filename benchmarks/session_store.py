@@ -4,15 +4,24 @@ Medians per operation of: sealing and opening a context ticket (in-memory and di
 rings), refusing a tampered ticket and one naming an unknown key (a directory ring's miss
 path: one stat), and ``claim`` on the memory store vs a real Redis (sync, one round trip;
 asyncio sequential and 64 concurrent claims). Starts its own ``redis-server`` on loopback
-unless ``--redis URL`` is given. Not a timed test: run it by hand,
+unless ``--redis URL`` is given.
+
+The sync Redis claim is measured paired (rounds interleaved, the machine's noise hits all
+alike), wall and this process's CPU per claim: the memory store (baseline), the claim as it
+was before (redis-py's ``Script`` on a ``BlockingConnectionPool``), the claim as it is (the
+thread's own connection, pre-encoded EVALSHA, hiredis when installed), and a bare redis-py
+PING on the same kind of connection (the round trip's floor); plus Redis' own time per
+script call (``INFO commandstats``). Not a timed test: run it by hand,
 
     python -m benchmarks.session_store [--quick] [--state-bytes 600] [--json out.json]
+    python -m benchmarks.session_store --topologies 3     # where the replica overhead goes
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
@@ -29,6 +38,7 @@ from rpcsec.session import (
     AsyncRedisReplayStore,
     MemoryReplayStore,
     RedisReplayStore,
+    ReplayVerdict,
     TicketKeyRing,
 )
 from rpcsec.sspi import InvalidHandleError
@@ -130,12 +140,67 @@ def run(*, quick: bool, state_bytes: int, redis_url: str | None) -> dict[str, An
         results["claim (redis, sync)"] = _median_us(
             lambda: store.claim(*claims.next()), repeat, max(batch // 4, 50)
         )
+        results["claim paired (wall | cpu us)"] = _paired_claims(store, repeat, batch)
         store.close()
         results.update(asyncio.run(_async_claims(redis_url, repeat, max(batch // 4, 50))))
     finally:
         if server is not None:
             server.stop()
     return results
+
+
+def _paired_claims(store: RedisReplayStore, repeat: int, batch: int) -> dict[str, Any]:
+    """Interleaved rounds of each way to claim (see the module doc); medians of wall and CPU
+    microseconds per claim, and Redis' own microseconds per script call."""
+    import redis  # the report says whether hiredis parsed the replies (the [redis] extra)
+
+    memory = MemoryReplayStore()
+    memory_claims, before_claims, after_claims = _Claims(), _Claims(), _Claims()
+    layout = store._layout
+    script = store._claim_script
+
+    def before() -> None:  # what claim() did before: redis-py's Script on the pool
+        ticket, seq, expires = before_claims.next()
+        call = layout.claim_call(ticket, seq, expires, None)
+        assert not isinstance(call, ReplayVerdict)
+        keys, args = call
+        assert layout.verdict(script(keys=keys, args=args)) is ReplayVerdict.FRESH
+
+    ping_connection = store._connections.get() if store._connections else None
+
+    def ping() -> None:
+        assert ping_connection is not None
+        ping_connection.send_command("PING", check_health=False)
+        ping_connection.read_response()
+
+    operations: dict[str, Callable[[], object]] = {
+        "memory": lambda: memory.claim(*memory_claims.next()),
+        "redis before (Script on a pool)": before,
+        "redis after (own connection, pre-encoded)": lambda: store.claim(*after_claims.next()),
+        "redis PING (round-trip floor)": ping,
+    }
+    count = max(batch // 4, 50)
+    wall: dict[str, list[float]] = {name: [] for name in operations}
+    cpu: dict[str, list[float]] = {name: [] for name in operations}
+    for operation in operations.values():
+        for _ in range(count):
+            operation()
+    store.client.config_resetstat()
+    for _ in range(repeat):
+        for name, operation in operations.items():
+            started, started_cpu = time.perf_counter(), time.process_time()
+            for _ in range(count):
+                operation()
+            wall[name].append((time.perf_counter() - started) / count * 1e6)
+            cpu[name].append((time.process_time() - started_cpu) / count * 1e6)
+    stats = store.client.info("commandstats").get("cmdstat_evalsha", {})
+    out: dict[str, Any] = {
+        name: {"wall": statistics.median(wall[name]), "cpu": statistics.median(cpu[name])}
+        for name in operations
+    }
+    out["redis server us per script call"] = float(stats.get("usec_per_call", 0.0))
+    out["hiredis"] = bool(redis.utils.HIREDIS_AVAILABLE)
+    return out
 
 
 async def _async_claims(url: str, repeat: int, batch: int) -> dict[str, Any]:
@@ -155,18 +220,186 @@ async def _async_claims(url: str, repeat: int, batch: int) -> dict[str, Any]:
     return out
 
 
+# -- where the replica overhead goes (``--topologies``) ----------------------------------------
+
+TOPOLOGY_CALLS = 400
+
+
+def _envoy_bytes(proxy: Any) -> tuple[int, int]:
+    """(bytes Envoy received from clients, bytes it sent to upstreams) so far."""
+    from helpers import proxies
+
+    _status, body = proxies._admin_get(proxy.admin_port, "/stats?format=json")
+    stats = {s["name"]: s.get("value", 0) for s in json.loads(body)["stats"] if "name" in s}
+    return (
+        int(stats.get("http.grpc.downstream_cx_rx_bytes_total", 0)),
+        int(stats.get("cluster.upstreams.upstream_cx_tx_bytes_total", 0)),
+    )
+
+
+def topologies(rounds: int, calls: int = TOPOLOGY_CALLS) -> dict[str, Any]:
+    """Paired unary calls, plain gRPC vs rpcsec x509 INTEGRITY, in four topologies that add
+    one thing at a time: one server process with the memory store (the suite's single-process
+    row); the same with the replicas' options (a ticket key ring directory and the Redis
+    store); Envoy in front of that one process; Envoy round-robin over three processes (the
+    suite's ``envoy_rr3`` row). Per call: median latency, server CPU (the handler pools),
+    Envoy CPU, and bytes Envoy received from the client and sent upstream (HPACK-compressed
+    headers plus frames). Rounds interleave every (topology, kind)."""
+    import grpc
+
+    from . import _configs
+    from ._alternatives import replica_interceptor_kwargs
+    from ._pki import make_pki
+    from ._server import ServerProcess
+    from ._service import UNARY_METHOD
+    from ._workloads import PAYLOAD
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+    from helpers import proxies
+    from helpers.redis_server import RedisServer
+
+    from rpcsec.grpc import secure_channel
+    from rpcsec.sspi import ContextReq, ProtectionLevel
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
+        directory = pathlib.Path(workdir)
+        pki = make_pki(directory)
+        identity = _configs._x509_identity(pki)
+        redis = RedisServer(directory / "redis").start()
+        stack.callback(redis.stop)
+        env = dict(os.environ)
+
+        def processes(count: int, kwargs: dict[str, Any]) -> list[ServerProcess]:
+            spec = _configs.server_spec(pki, [identity])
+            spec["interceptor_kwargs"] = kwargs
+            started = []
+            for _ in range(count):
+                server = ServerProcess(spec, env)
+                stack.callback(server.stop)
+                started.append(server)
+            return started
+
+        replica_kwargs = replica_interceptor_kwargs(directory, redis.url)
+        single = processes(1, {})
+        single_redis = processes(1, replica_kwargs)
+        three = processes(3, replica_kwargs)
+
+        def envoy(servers: list[ServerProcess], kind: str) -> Any:
+            upstreams = [f"127.0.0.1:{server.ports[kind]}" for server in servers]
+            proxy = proxies.envoy_proxy(upstreams, directory / "envoy", concurrency=2)
+            stack.callback(proxy.stop)
+            return proxy
+
+        layouts: dict[str, tuple[list[ServerProcess], bool]] = {
+            "1 process, memory store": (single, False),
+            "1 process, ring dir + Redis": (single_redis, False),
+            "Envoy -> 1 process, ring dir + Redis": (single_redis, True),
+            "Envoy RR -> 3 processes, ring dir + Redis": (three, True),
+        }
+        targets: dict[tuple[str, str], tuple[Any, Any, list[ServerProcess]]] = {}
+        for name, (servers, proxied) in layouts.items():
+            for kind in ("plain", "rpcsec"):
+                proxy = envoy(servers, kind) if proxied else None
+                address = proxy.address if proxy else f"127.0.0.1:{servers[0].ports[kind]}"
+                if kind == "plain":
+                    channel = grpc.insecure_channel(address, options=_configs.FRESH)
+                else:
+                    channel = secure_channel(
+                        address,
+                        identity.client(),
+                        target_name=identity.target,
+                        requirements=ContextReq(identity.requirements),
+                        protection=ProtectionLevel.INTEGRITY,
+                        options=_configs.FRESH,
+                    )
+                stack.callback(channel.close)
+                targets[(name, kind)] = (channel.unary_unary(UNARY_METHOD), proxy, servers)
+
+        samples: dict[tuple[str, str], dict[str, list[float]]] = {
+            key: {"latency": [], "server_cpu": [], "envoy_cpu": [], "rx": [], "tx": []}
+            for key in targets
+        }
+        for call, _proxy, _servers in targets.values():
+            for _ in range(50):  # bind, open tickets on every replica, fill HPACK tables
+                call(PAYLOAD)
+        for _ in range(rounds):
+            for key, (call, proxy, servers) in targets.items():
+                kind = key[1]
+                cpu = sum(server.cpu_seconds()[kind] for server in servers)
+                envoy_cpu = proxy.cpu_seconds() if proxy else 0.0
+                rx, tx = _envoy_bytes(proxy) if proxy else (0, 0)
+                latencies = []
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    call(PAYLOAD)
+                    latencies.append(time.perf_counter() - started)
+                record = samples[key]
+                record["latency"].append(statistics.median(latencies) * 1e6)
+                spent = sum(server.cpu_seconds()[kind] for server in servers) - cpu
+                record["server_cpu"].append(spent / calls * 1e6)
+                if proxy:
+                    record["envoy_cpu"].append((proxy.cpu_seconds() - envoy_cpu) / calls * 1e6)
+                    rx2, tx2 = _envoy_bytes(proxy)
+                    record["rx"].append((rx2 - rx) / calls)
+                    record["tx"].append((tx2 - tx) / calls)
+        for (name, kind), record in samples.items():
+            out.setdefault(name, {})[kind] = {
+                metric: statistics.median(values) if values else None
+                for metric, values in record.items()
+            }
+    return out
+
+
+def _print_topologies(results: dict[str, Any]) -> None:
+    print("unary 100 B, plain gRPC / rpcsec x509 INTEGRITY, medians of paired rounds, per call:")
+    header = f"  {'topology':44s} {'latency us':>17s} {'ratio':>6s} {'server cpu us':>15s}"
+    print(header + f" {'envoy cpu us':>13s} {'client->envoy B':>16s} {'envoy->up B':>12s}")
+    for name, kinds in results.items():
+        plain, rpcsec = kinds["plain"], kinds["rpcsec"]
+        cells = {}
+        for metric in ("latency", "server_cpu", "envoy_cpu", "rx", "tx"):
+            values = [plain[metric], rpcsec[metric]]
+            cells[metric] = "-" if None in values else "/".join(f"{v:.0f}" for v in values)
+        ratio = rpcsec["latency"] / plain["latency"]
+        print(
+            f"  {name:44s} {cells['latency']:>17s} {ratio:5.2f}x {cells['server_cpu']:>15s}"
+            f" {cells['envoy_cpu']:>13s} {cells['rx']:>16s} {cells['tx']:>12s}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--state-bytes", type=int, default=600, help="sealed state size")
     parser.add_argument("--redis", metavar="URL", help="use this Redis instead of starting one")
     parser.add_argument("--json", type=pathlib.Path)
+    parser.add_argument(
+        "--topologies",
+        type=int,
+        metavar="ROUNDS",
+        help="instead: where the replicas' overhead goes (four topologies, paired rounds)",
+    )
     args = parser.parse_args(argv)
+    if args.topologies:
+        found = topologies(args.topologies)
+        _print_topologies(found)
+        if args.json:
+            args.json.write_text(json.dumps(found, indent=2))
+        return 0
     results = run(quick=args.quick, state_bytes=args.state_bytes, redis_url=args.redis)
     print(f"ticket: {results['ticket_bytes']} B for {results['state_bytes']} B of state")
     for key, value in results.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and "median" in value:
             print(f"  {key:44s} median {value['median']:9.2f} us  (min {value['min']:.2f})")
+    paired = results.get("claim paired (wall | cpu us)", {})
+    print("sync claim, paired rounds (median us per claim):")
+    for key, value in paired.items():
+        if isinstance(value, dict):
+            print(f"  {key:44s} wall {value['wall']:8.1f}   cpu {value['cpu']:7.1f}")
+    if paired:
+        print(f"  Redis' own time per script call: {paired['redis server us per script call']} us")
+        print(f"  hiredis: {paired['hiredis']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -246,6 +246,70 @@ def test_rolling_restart_under_traffic(name, tmp_path) -> None:
     assert len(traffic.failures) <= 0.05 * traffic.attempted
 
 
+def test_rolling_restart_through_envoy_with_a_graceful_drain_fails_nothing(tmp_path) -> None:
+    """The same rolling restart as a deployment that drains (health NOT_SERVING until quiet,
+    Envoy's active health checks, then the stop) and lets Envoy re-send only what never
+    reached a replica: 0 failed calls even without any client-side retry policy, none ran
+    twice. The 5 % above is what the drain removes, not something gRPC needs."""
+    proxies.require_proxy("envoy")
+    with start_replicas(3, tmp_path / "group") as replicas:
+        with proxies.start_proxy(
+            "envoy",
+            replicas.addresses,
+            tmp_path,
+            health_ports=replicas.health_ports,
+            retry_unsent=True,
+        ) as envoy:
+            with grpc.insecure_channel(envoy.address) as channel:
+                stub = echo_pb2_grpc.EchoStub(channel)
+
+                def call(request_id: str) -> None:
+                    assert stub.Say(_request(request_id), timeout=10).text == request_id
+
+                with ContinuousTraffic(call, threads=2, prefix="drained") as traffic:
+                    traffic.wait_for_successes(10)
+                    for index in range(len(replicas)):
+                        replicas.restart(index, balancers=[envoy])
+                        traffic.wait_for_successes(20)
+        ran = replicas.counts()
+    assert traffic.failures == []
+    assert max(ran.values()) == 1
+    assert {replica.name for replica in replicas} == set(replicas.served_by())
+
+
+def test_envoy_drain_configuration_retries_only_what_never_reached_a_replica() -> None:
+    """The retry conditions a graceful-drain Envoy gets: only those after which the request
+    provably never reached an upstream handler (connect failure, refused stream, reset before
+    any request byte); none that can follow a handler's run. Health checks on the health
+    ports, one per upstream."""
+    config = proxies.envoy_config(
+        ["127.0.0.1:1", "127.0.0.1:2"], health_ports=[11, 12], retry_unsent=True
+    )
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    route = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    conditions = set(route["retry_policy"]["retry_on"].split(","))
+    assert conditions == {"connect-failure", "refused-stream", "reset-before-request"}
+    assert "retriable_status_codes" not in route["retry_policy"]
+    cluster = config["static_resources"]["clusters"][0]
+    assert cluster["health_checks"][0]["grpc_health_check"] == {}
+    ports = [
+        e["endpoint"]["health_check_config"]["port_value"]
+        for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert ports == [11, 12]
+    plain = proxies.envoy_config(["127.0.0.1:1"])  # the default: no retries, no health checks
+    plain_route = plain["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    assert (
+        "retry_policy"
+        not in (
+            plain_route["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+        )
+    )
+    assert "health_checks" not in plain["static_resources"]["clusters"][0]
+    with pytest.raises(ValueError):
+        proxies.envoy_config(["127.0.0.1:1"], health_ports=[1, 2])
+
+
 FORGED_REFUSAL = {"grpc-status": "16", "grpc-message": "forged", "rpcsec-reason": "context-unknown"}
 
 

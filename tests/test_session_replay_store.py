@@ -485,6 +485,29 @@ def test_redis_a_late_reply_on_the_connection_is_never_read_as_a_claims_answer(s
     assert store.claim(ticket, 3, expires) is FRESH
 
 
+def test_redis_a_forked_child_never_shares_the_parents_connection(store) -> None:
+    """A server that forks workers after the store connected: the child claims on a socket
+    of its own, so neither process can read the other's reply (a stale FRESH)."""
+    ticket = _tid()
+    expires = time.time() + 60
+    assert store.claim(ticket, 1, expires) is FRESH
+    parent_connection = store._connections.get()
+    pid = os.fork()
+    if pid == 0:  # the child: exit code = what it saw
+        try:
+            fresh = store.claim(ticket, 2, expires) is FRESH
+            replay = store.claim(ticket, 1, expires) is REPLAY
+            own = store._connections.get() is not parent_connection
+            os._exit(0 if fresh and replay and own else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert store._connections.get() is parent_connection
+    assert store.claim(ticket, 2, expires) is REPLAY  # the child's claim counts everywhere
+    assert store.claim(ticket, 3, expires) is FRESH
+
+
 def test_redis_claims_go_on_after_redis_forgets_its_scripts(store) -> None:
     """SCRIPT FLUSH (what a restarted Redis looks like to a loaded script): NOSCRIPT means the
     claim did not run, so the store loads the script and claims once, on the same call."""
@@ -709,6 +732,64 @@ async def test_async_redis_store(redis_server, prefix) -> None:
     await one.ping()
     await one.aclose()
     await two.aclose()
+
+
+async def test_async_redis_a_late_reply_is_never_read_as_a_claims_answer(
+    redis_server, prefix
+) -> None:
+    """The asyncio store's own connections: a reply left unread on an idle connection (a
+    claim that timed out or was cancelled) never answers the next claim."""
+    store = AsyncRedisReplayStore(redis_server.url, prefix=prefix, timeout=T)
+    ticket = _tid()
+    expires = time.time() + 60
+    assert await store.claim(ticket, 1, expires) is FRESH
+    (connection,) = store._connections._idle
+    keys, args = store._layout.claim_call(ticket, 2, expires, None)
+    await connection.send_packed_command([store._encoder.encode(keys, args)], check_health=False)
+    await asyncio.sleep(0)
+    _poll_started = time.monotonic()
+    can_read = getattr(connection, "can_read", None) or connection.can_read_destructive
+    while not await can_read():  # the unread ":0" has arrived
+        assert time.monotonic() - _poll_started < T
+        await asyncio.sleep(0.01)
+    assert await store.claim(ticket, 2, expires) is REPLAY
+    assert await store.claim(ticket, 3, expires) is FRESH
+    await store.aclose()
+
+
+async def test_async_redis_a_cancelled_claim_leaves_no_stale_reply(redis_server, prefix) -> None:
+    """A claim cancelled while it waits for Redis (its caller's deadline) disconnects that
+    connection: whatever Redis answers later is never read by another claim."""
+    store = AsyncRedisReplayStore(redis_server.url, prefix=prefix, timeout=T)
+    ticket = _tid()
+    expires = time.time() + 60
+    assert await store.claim(ticket, 1, expires) is FRESH
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        waiting = asyncio.ensure_future(store.claim(ticket, 2, expires))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    assert all(not c.is_connected for c in store._connections._idle)
+    verdict = await store.claim(ticket, 2, expires)  # 2 ran late, or never reached Redis
+    assert verdict in (FRESH, REPLAY)
+    assert await store.claim(ticket, 2, expires) is REPLAY
+    assert await store.claim(ticket, 3, expires) is FRESH
+    await store.aclose()
+
+
+async def test_async_redis_claims_go_on_after_redis_forgets_its_scripts(redis_server, prefix):
+    store = AsyncRedisReplayStore(redis_server.url, prefix=prefix, timeout=T)
+    ticket = _tid()
+    expires = time.time() + 60
+    assert await store.claim(ticket, 1, expires) is FRESH
+    await store.client.script_flush()
+    assert await store.claim(ticket, 2, expires) is FRESH
+    assert await store.claim(ticket, 2, expires) is REPLAY
+    await store.aclose()
 
 
 async def test_async_redis_store_fails_closed_then_recovers(tmp_path) -> None:

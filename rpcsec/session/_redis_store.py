@@ -39,17 +39,21 @@ command building: the EVALSHA request is pre-encoded RESP with only the ticket's
 TTL, ``issued_at`` and the sequence filled in), read by hiredis when it is installed (the
 ``redis`` extra). Measured in ``benchmarks/session_store.py``: client CPU per claim
 ~88 us through ``Script.__call__`` on a pool, ~20 us this way; the round trip itself
-(loopback, Redis' ~11 us of script time) is what remains.
+(loopback, Redis' ~11 us of script time) is what remains. The asyncio store sends the same
+pre-encoded request on connections of its own (at most ``max_connections``, taken without
+the pool's bookkeeping); a claim that fails or is cancelled disconnects its connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from rpcsec.sspi import DEFAULT_WINDOW, ReplayStoreUnavailableError
@@ -382,10 +386,13 @@ class _ThreadConnections:
         return cls(connection_class, dict(kwargs))
 
     def get(self) -> Any:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
+        local = self._local
+        connection = getattr(local, "connection", None)
+        if connection is None or local.pid != os.getpid():
+            # None yet, or inherited through fork(): the parent's socket is left alone (never
+            # shared: two processes reading one socket would take each other's replies).
             connection = self._class(**self._kwargs)
-            self._local.connection = connection
+            local.connection, local.pid = connection, os.getpid()
             with self._lock:
                 self._every.add(connection)
         return connection
@@ -395,6 +402,60 @@ class _ThreadConnections:
             every = list(self._every)
         for connection in every:
             connection.disconnect()
+
+
+class _AsyncConnections:
+    """The asyncio store's claim connections: its own ``redis.asyncio`` connections, made like
+    the client's pool makes them, at most ``limit`` at once (a claim beyond waits for one, at
+    most ``timeout``). An idle connection is taken without the pool's bookkeeping; one that
+    failed, or whose claim was cancelled mid-way, is disconnected before it is used again,
+    so a late reply is never read as another claim's answer."""
+
+    def __init__(
+        self, connection_class: Any, kwargs: dict[str, Any], limit: int, timeout: float
+    ) -> None:
+        self._class = connection_class
+        self._kwargs = kwargs
+        self._timeout = timeout
+        self._limit = limit
+        self._slots: asyncio.Semaphore | None = None
+        self._idle: list[Any] = []
+        self._every: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    @classmethod
+    def of(cls, client: Any, limit: int, timeout: float) -> _AsyncConnections | None:
+        pool = getattr(client, "connection_pool", None)
+        connection_class = getattr(pool, "connection_class", None)
+        kwargs = getattr(pool, "connection_kwargs", None)
+        if connection_class is None or not isinstance(kwargs, dict):
+            return None
+        return cls(connection_class, dict(kwargs), limit, timeout)
+
+    async def call(self, exchange: Callable[[Any], Awaitable[object]]) -> object:
+        """Run ``exchange(connection)`` on an idle connection (or a new one)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._limit)
+        if self._slots.locked():  # every connection busy: wait for one, not forever
+            await asyncio.wait_for(self._slots.acquire(), self._timeout)
+        else:
+            await self._slots.acquire()  # immediate (wait_for would cost a task per claim)
+        connection = self._idle.pop() if self._idle else None
+        if connection is None:
+            connection = self._class(**self._kwargs)
+            self._every.add(connection)
+        try:
+            return await exchange(connection)
+        except BaseException:  # an error or a cancellation: what is on the socket is stale
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            self._idle.append(connection)
+            self._slots.release()
+
+    async def aclose(self) -> None:
+        self._idle.clear()
+        for connection in list(self._every):
+            await connection.disconnect(nowait=True)
 
 
 def _unavailable(exc: BaseException) -> ReplayStoreUnavailableError:
@@ -669,6 +730,9 @@ class AsyncRedisReplayStore(_RedisStoreBase):
             verify_config=verify_config,
             clock=clock,
         )
+        self._encoder = ClaimEncoder(self._layout, self._claim_script.sha)
+        self._connections = _AsyncConnections.of(self._client, max_connections, timeout)
+        self._redis_errors = _redis_module().exceptions
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -687,12 +751,43 @@ class AsyncRedisReplayStore(_RedisStoreBase):
         if isinstance(call, ReplayVerdict):
             return call
         keys, args = call
-        await self._prepare()
+        if self._pending:
+            await self._prepare()
+        if self._config_refusal is not None:
+            raise ReplayStoreUnavailableError("replay store: Redis could forget claims")
         try:
-            reply = await self._claim_script(keys=keys, args=args)
+            if self._connections is None:
+                reply = await self._claim_script(keys=keys, args=args)
+            else:
+                request = self._encoder.encode(keys, args)
+                reply = await self._connections.call(lambda c: self._exchange(c, request))
         except Exception as exc:  # fail closed on anything the client raises
             raise _unavailable(exc) from exc
         return self._layout.verdict(reply)
+
+    async def _exchange(self, connection: Any, request: bytes) -> object:
+        """As ``RedisReplayStore._claim_on_own_connection``, on one asyncio connection."""
+        errors = self._redis_errors
+        if connection.is_connected:
+            try:
+                # can_read (redis-py 8) / can_read_destructive (earlier): bytes or EOF waiting
+                can_read = getattr(connection, "can_read", None) or connection.can_read_destructive
+                if await can_read():
+                    await connection.disconnect(nowait=True)  # stray bytes: never ours
+            except (errors.ConnectionError, OSError):
+                await connection.disconnect(nowait=True)  # closed by Redis: connect afresh
+        await connection.send_packed_command([request], check_health=False)
+        try:
+            return await connection.read_response()
+        except errors.NoScriptError:
+            await connection.send_command("SCRIPT", "LOAD", CLAIM_SCRIPT, check_health=False)
+            loaded = await connection.read_response()
+            if isinstance(loaded, bytes):
+                loaded = loaded.decode("ascii", "replace")
+            if loaded != self._claim_script.sha:
+                raise ReplayStoreUnavailableError("replay store loaded another script") from None
+            await connection.send_packed_command([request], check_health=False)
+            return await connection.read_response()
 
     async def _prepare(self) -> None:
         try:
@@ -737,6 +832,8 @@ class AsyncRedisReplayStore(_RedisStoreBase):
         self._layout.check_config(reply)
 
     async def aclose(self) -> None:
+        if self._connections is not None:
+            await self._connections.aclose()
         if self._owned:
             await self._client.aclose()
 

@@ -51,7 +51,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "HEALTH_CHECK",
     "KINDS",
+    "UNSENT_RETRY_ON",
+    "UNSENT_RETRY_POLICY",
     "Forgery",
     "ROUND_ROBIN_OPTIONS",
     "TEST_HEADER",
@@ -207,6 +210,12 @@ class Proxy:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def access_log(self) -> str:
+        """Envoy's access log, when started with ``access_log=True`` (one line per request)."""
+        path = self.directory / "access.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @property
     def log(self) -> str:
         """The proxy's own log (for a failure message)."""
         path = self.directory / "proxy.log"
@@ -239,6 +248,73 @@ class Proxy:
             os.killpg(process.pid, signal.SIGKILL)
         if self._cleanup:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _host_status(self, upstream: str) -> dict[str, Any] | None:
+        """Envoy's entry for one upstream in ``/clusters?format=json``."""
+        if self.admin_port is None:
+            raise RuntimeError(f"{self.kind} has no admin API to ask about its upstreams")
+        status, body = _admin_get(self.admin_port, "/clusters?format=json")
+        if status != 200:
+            return None
+        host, _, port = upstream.rpartition(":")
+        for cluster in json.loads(body).get("cluster_statuses", []):
+            for entry in cluster.get("host_statuses", []):
+                address = entry.get("address", {}).get("socket_address", {})
+                if address.get("address") == host and int(address.get("port_value", 0)) == int(
+                    port
+                ):
+                    found: dict[str, Any] = entry
+                    return found
+        return None
+
+    def requests_active(self, upstream: str) -> int | None:
+        """Requests Envoy has in flight to ``upstream``, or waiting for a connection to it
+        (its ``rq_active`` and ``rq_pending_active`` gauges)."""
+        entry = self._host_status(upstream)
+        if entry is None:
+            return None
+        return sum(
+            int(stat.get("value", 0))
+            for stat in entry.get("stats", [])
+            if stat.get("name") in ("rq_active", "rq_pending_active")
+        )
+
+    def wait_for_idle(self, upstream: str, *, timeout: float = 30.0) -> None:
+        """Block until Envoy has no request in flight to ``upstream`` (after it was taken out
+        of rotation: the calls it still had are answered, nothing new is sent)."""
+        deadline = time.monotonic() + timeout
+        while self.requests_active(upstream) != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.kind} still has requests to {upstream} after {timeout} s"
+                )
+            time.sleep(0.02)
+
+    def host_health(self, upstream: str) -> str | None:
+        """Envoy's own view of one upstream (``/clusters?format=json``): ``"healthy"``,
+        ``"unhealthy"`` (failed its active health check, or not yet checked), or None when
+        Envoy does not list it."""
+        entry = self._host_status(upstream)
+        if entry is None:
+            return None
+        flags = entry.get("health_status", {})
+        failed = any(
+            flags.get(flag) for flag in ("failed_active_health_check", "pending_active_hc")
+        )
+        healthy = flags.get("eds_health_status", "HEALTHY") == "HEALTHY"
+        return "healthy" if healthy and not failed else "unhealthy"
+
+    def wait_for_host(self, upstream: str, *, healthy: bool, timeout: float = 30.0) -> None:
+        """Block until Envoy holds ``upstream`` healthy (or unhealthy): readiness from its
+        admin API, polled, never a fixed sleep."""
+        wanted = "healthy" if healthy else "unhealthy"
+        deadline = time.monotonic() + timeout
+        while self.host_health(upstream) != wanted:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited: {self.log[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.kind} did not see {upstream} {wanted} in {timeout} s")
+            time.sleep(0.02)
 
     def __enter__(self) -> Proxy:
         return self
@@ -476,14 +552,31 @@ def envoy_config(
     downstream_tls: TlsFiles | None = None,
     upstream_tls: TlsFiles | None = None,
     forge: Forgery | None = None,
+    health_ports: Sequence[int] | None = None,
+    retry_unsent: bool = False,
+    access_log: str | None = None,
 ) -> dict[str, Any]:
     """An Envoy bootstrap: one HTTP/2 listener (port 0; the admin API says which port it got)
     routing every request to a STATIC cluster of ``upstreams`` over HTTP/2, no retries;
-    ``forge`` adds a Lua filter that rewrites answers (see ``Forgery``)."""
-    endpoints = [
-        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
-        for host, port in _check_upstreams(upstreams)
-    ]
+    ``forge`` adds a Lua filter that rewrites answers (see ``Forgery``).
+
+    ``health_ports``: each upstream's ``grpc.health.v1.Health`` port (same order): Envoy
+    checks them actively (``HEALTH_CHECK``) and sends no new request to a host that answered
+    NOT_SERVING or does not answer -- the balancer's half of a graceful drain.
+    ``retry_unsent``: Envoy re-sends a request only when it provably never reached an upstream
+    (``UNSENT_RETRY_ON``), on another host; never on a status or a reset after the request
+    went out."""
+    checked = _check_upstreams(upstreams)
+    if health_ports is not None and len(health_ports) != len(checked):
+        raise ValueError("one health port per upstream")
+    endpoints = []
+    for index, (host, port) in enumerate(checked):
+        endpoint: dict[str, Any] = {
+            "address": {"socket_address": {"address": host, "port_value": port}}
+        }
+        if health_ports is not None:
+            endpoint["health_check_config"] = {"port_value": int(health_ports[index])}
+        endpoints.append({"endpoint": endpoint})
     added: dict[str, str] = {}
     if headers:
         added = {"x-forwarded-proto": "https" if downstream_tls else "http", TEST_HEADER: "envoy"}
@@ -503,7 +596,14 @@ def envoy_config(
                 "domains": ["*"],
                 # timeout 0s: no per-route deadline (streams last as long as the call does).
                 "routes": [
-                    {"match": {"prefix": "/"}, "route": {"cluster": "upstreams", "timeout": "0s"}}
+                    {
+                        "match": {"prefix": "/"},
+                        "route": {
+                            "cluster": "upstreams",
+                            "timeout": "0s",
+                            **({"retry_policy": UNSENT_RETRY_POLICY} if retry_unsent else {}),
+                        },
+                    }
                 ],
             }
         ],
@@ -523,6 +623,7 @@ def envoy_config(
         "use_remote_address": headers,
         "generate_request_id": headers,
         "route_config": route_config,
+        **({"access_log": [_envoy_access_log(access_log)]} if access_log else {}),
         "http_filters": [
             *([forge.filter()] if forge is not None else []),
             {
@@ -559,6 +660,8 @@ def envoy_config(
     }
     if upstream_tls is not None:
         cluster["transport_socket"] = _envoy_tls("upstream", upstream_tls)
+    if health_ports is not None:
+        cluster["health_checks"] = [HEALTH_CHECK]
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -570,6 +673,63 @@ def envoy_config(
                 }
             ],
             "clusters": [cluster],
+        },
+    }
+
+
+UNSENT_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
+"""Envoy ``retry_on`` conditions under which the request never reached an upstream handler:
+the connection was never made (``connect-failure``), the upstream refused the HTTP/2 stream
+(``refused-stream``: REFUSED_STREAM, or a stream above a GOAWAY's last stream id, RFC 9113
+§8.7 "not processed"), or the stream was reset before any request byte was sent
+(``reset-before-request``). Not ``5xx``, ``reset``, ``unavailable`` or any status: those can
+come after a handler ran. Should Envoy ever re-send a request that did arrive, the shared
+replay store refuses the copy (same sealed bytes, same call sequence): never run twice."""
+
+UNSENT_RETRY_POLICY: dict[str, Any] = {
+    "retry_on": UNSENT_RETRY_ON,
+    "num_retries": 3,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                "PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": 5,
+}
+
+HEALTH_CHECK: dict[str, Any] = {
+    # Fast enough for a test to wait on; production uses seconds (Kubernetes: periodSeconds).
+    "timeout": "1s",
+    "interval": "0.1s",
+    "no_traffic_interval": "0.1s",
+    "unhealthy_threshold": 1,
+    "healthy_threshold": 1,
+    "grpc_health_check": {},
+}
+"""Envoy's active gRPC health check (``grpc.health.v1.Health/Check`` on each host's health
+port): one NOT_SERVING (or a failed connection) marks the host unhealthy, one SERVING healthy."""
+
+
+ACCESS_LOG_FORMAT = (
+    "%START_TIME% %REQ(:PATH)% status=%RESPONSE_CODE% grpc=%GRPC_STATUS% "
+    "flags=%RESPONSE_FLAGS% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% "
+    "upstream=%UPSTREAM_HOST% reason=%UPSTREAM_TRANSPORT_FAILURE_REASON% "
+    "details=%RESPONSE_CODE_DETAILS% term=%CONNECTION_TERMINATION_DETAILS%\n"
+)
+
+
+def _envoy_access_log(path: str) -> dict[str, Any]:
+    """One line per request: what Envoy answered, why, and how many upstream attempts."""
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path,
+            "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
         },
     }
 
@@ -595,9 +755,13 @@ def envoy_proxy(
     probe_tls: Any = None,
     log_level: str = "warn",
     forge: Forgery | None = None,
+    health_ports: Sequence[int] | None = None,
+    retry_unsent: bool = False,
+    access_log: bool = False,
 ) -> Proxy:
     """Start Envoy with ``envoy_config(...)``; ready when ``/ready`` says LIVE and a gRPC call
-    passes. ``probe_tls`` = (grpc channel credentials, options) when the listener is TLS."""
+    passes (with ``health_ports``: and every upstream passed its health check).
+    ``probe_tls`` = (grpc channel credentials, options) when the listener is TLS."""
     binary = proxy_binary("envoy")
     if binary is None:
         raise FileNotFoundError(proxy_unavailable_reason("envoy"))
@@ -610,6 +774,9 @@ def envoy_proxy(
         downstream_tls=downstream_tls,
         upstream_tls=upstream_tls,
         forge=forge,
+        health_ports=health_ports,
+        retry_unsent=retry_unsent,
+        access_log=str(path / "access.log") if access_log else None,
     )
     (path / "envoy.json").write_text(json.dumps(config, indent=1))
     admin_file = path / "admin-address"
@@ -640,6 +807,9 @@ def envoy_proxy(
         _status, body = _admin_get(proxy.admin_port, "/listeners?format=json")
         listeners = json.loads(body)["listener_statuses"]
         proxy.port = int(listeners[0]["local_address"]["socket_address"]["port_value"])
+        if health_ports is not None:
+            for upstream in upstreams:
+                proxy.wait_for_host(upstream, healthy=True, timeout=deadline - time.monotonic())
     except BaseException:
         proxy.stop()
         raise
@@ -654,10 +824,14 @@ def envoy_grpc_proxy(
     headers: bool = True,
     extra_headers: Mapping[str, str] | None = None,
     forge: Forgery | None = None,
+    health_ports: Sequence[int] | None = None,
+    retry_unsent: bool = False,
+    access_log: bool = False,
 ) -> Proxy:
     """Envoy as a gRPC load balancer: plaintext HTTP/2 in, HTTP/2 to each upstream, ``policy``
     (an Envoy ``lb_policy``: ROUND_ROBIN, LEAST_REQUEST, RANDOM, ...) per request. ``forge``:
-    also a man in the middle rewriting answers after the upstream ran them."""
+    also a man in the middle rewriting answers after the upstream ran them.
+    ``health_ports`` / ``retry_unsent``: a graceful-drain setup (see ``envoy_config``)."""
     return envoy_proxy(
         upstreams,
         directory,
@@ -665,6 +839,9 @@ def envoy_grpc_proxy(
         headers=headers,
         extra_headers=extra_headers,
         forge=forge,
+        health_ports=health_ports,
+        retry_unsent=retry_unsent,
+        access_log=access_log,
     )
 
 

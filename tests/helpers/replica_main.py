@@ -15,12 +15,29 @@ Protocol (stdin/stdout, like ``benchmarks._server``):
                            "options": {"authority_dir": "...", "name": "documents"}},
        "interceptor_kwargs": {...},   # forwarded verbatim to SecurityInterceptor(**kwargs)
        "max_workers": 16,
-       "grace": 5.0}                  # seconds in-flight calls get to finish at a stop
+       "grace": 5.0,                  # seconds in-flight calls get to finish at a stop
+       "health_port": 0}              # the gRPC health service's own port (0: any free one)
 
-* stdout: ``READY {"name": ..., "port": ..., "pid": ...}`` once the server listens.
+* stdout: ``READY {"name": ..., "port": ..., "health_port": ..., "pid": ...}`` once both
+  servers listen.
+* The standard health service (``grpc.health.v1.Health``, what Envoy's active gRPC health
+  checks and Kubernetes' gRPC probes call) answers on its own plaintext port, apart from the
+  secured one: a probe is not a client and has no context (as Kubernetes probes a separate
+  port); it says SERVING while the replica takes calls.
+* stdin line ``DRAIN``: the health service turns NOT_SERVING (the first step of a graceful
+  drain: balancers stop sending new calls once their health check sees it) while the server
+  still serves every call that arrives; the child answers ``DRAINING`` on stdout once it is
+  *quiet*: ``QUIET_CHECKS`` health-check intervals in a row (each from one NOT_SERVING answer
+  to the next) in which no new call arrived. A balancer acts on the first NOT_SERVING, but
+  its workers learn it later (Envoy posts host-set updates to its worker threads: tens of
+  milliseconds on a loaded machine, calls keep coming meanwhile); a call that reaches the
+  server after ``server.stop`` began and before it was matched to a handler thread is
+  cancelled by gRPC core (CANCELLED, not a refusal a client may re-send), so the server
+  stops only once nobody sends it anything.
 * then the child serves until stdin reaches end of file (the parent closed it, or died) or it
-  is sent SIGTERM; either way it stops the server the way a pod drains (``server.stop(grace)``:
-  GOAWAY, no new calls, calls in flight get ``grace`` seconds) and exits 0.
+  is sent SIGTERM; either way it stops the server the way a pod drains (health NOT_SERVING,
+  then ``server.stop(grace)``: GOAWAY, no new calls, calls in flight get ``grace`` seconds)
+  and exits 0.
 
 Every handler execution appends one JSON line to ``count_file`` (``O_APPEND``, one ``write``
 per line, so lines from many threads never interleave):
@@ -45,6 +62,9 @@ from typing import Any
 __all__ = ["main", "serve"]
 
 READY = "READY "
+DRAIN = "DRAIN"
+DRAINING = "DRAINING"
+QUIET_CHECKS = 2
 
 
 def _peek(request_iterator: Iterator[Any]) -> tuple[str, Iterator[Any]]:
@@ -121,13 +141,61 @@ def _counting_servicer(base: type, name: str, count_file: str | None) -> Any:
     return CountingEchoServicer()
 
 
-def serve(spec: dict[str, Any], stop: threading.Event) -> None:
+def _health_server(port: int) -> tuple[Any, Any, int]:
+    """The standard health service on its own plaintext port: (server, servicer, port). The
+    servicer counts the checks it answered NOT_SERVING (``not_serving_answers``)."""
     import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    class CountingHealthServicer(health.HealthServicer):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.not_serving_answers = threading.Semaphore(0)
+
+        def Check(self, request: Any, context: Any) -> Any:
+            response = super().Check(request, context)
+            if response.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                self.not_serving_answers.release()
+            return response
+
+    servicer = CountingHealthServicer()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)]
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    if bound == 0:
+        raise SystemExit(f"cannot listen for health checks on port {port}")
+    server.start()
+    return server, servicer, bound
+
+
+class _CallCounter:
+    """A server interceptor that counts every call that arrives (any method, before any other
+    interceptor runs): how the drain tells that balancers stopped sending."""
+
+    def __init__(self) -> None:
+        import grpc
+
+        self.calls = 0
+
+        class Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+            def intercept_service(inner: Any, continuation: Any, details: Any) -> Any:
+                self.calls += 1  # one int store under the GIL: exact enough
+                return continuation(details)
+
+        self.interceptor = Interceptor()
+
+
+def serve(spec: dict[str, Any], stop: threading.Event, drain: threading.Event) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2
 
     from helpers.echo import EchoServicer
     from helpers.grpc_setup import add_services
 
-    interceptors: list[Any] = []
+    arrivals = _CallCounter()
+    interceptors: list[Any] = [arrivals.interceptor]
     security = spec.get("security")
     if security:
         from rpcsec.grpc import SecurityInterceptor
@@ -153,27 +221,56 @@ def serve(spec: dict[str, Any], stop: threading.Event) -> None:
     if port == 0:
         raise SystemExit(f"replica {spec['name']}: cannot listen on port {spec.get('port')}")
     server.start()
-    ready = {"name": spec["name"], "port": port, "pid": os.getpid()}
-    sys.stdout.write(READY + json.dumps(ready) + "\n")
-    sys.stdout.flush()
+    health_server, health, health_port = _health_server(int(spec.get("health_port", 0)))
+    health.set("", health_pb2.HealthCheckResponse.SERVING)
+    ready = {"name": spec["name"], "port": port, "health_port": health_port, "pid": os.getpid()}
+    _say(READY + json.dumps(ready))
+
+    def on_drain() -> None:
+        drain.wait()
+        health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        health.not_serving_answers.acquire()
+        quiet = 0
+        while quiet < QUIET_CHECKS and not stop.is_set():
+            before = arrivals.calls
+            health.not_serving_answers.acquire()
+            quiet = quiet + 1 if arrivals.calls == before else 0
+        if not stop.is_set():
+            _say(DRAINING)
+
+    threading.Thread(target=on_drain, name="replica-drain", daemon=True).start()
     try:
         stop.wait()
     finally:
+        health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         grace = spec.get("grace")
         server.stop(grace=None if grace is None else float(grace)).wait()
+        health_server.stop(None).wait()
+
+
+_SAY_LOCK = threading.Lock()
+
+
+def _say(line: str) -> None:
+    with _SAY_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def main() -> int:
     spec = json.loads(sys.stdin.readline())
     stop = threading.Event()
+    drain = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
 
     def watch_stdin() -> None:
-        sys.stdin.read()  # returns at end of file: the parent closed the pipe or died
+        for line in sys.stdin:  # ends at end of file: the parent closed the pipe or died
+            if line.strip() == DRAIN:
+                drain.set()
         stop.set()
 
     threading.Thread(target=watch_stdin, name="replica-stdin", daemon=True).start()
-    serve(spec, stop)
+    serve(spec, stop, drain)
     return 0
 
 

@@ -13,6 +13,12 @@ sleep::
         assert group.max_executions() == 1    # no call ran twice, across the restart too
         assert set(group.served_by().values()) ...
 
+A graceful restart behind a balancer that health-checks (``group.restart(i, balancers=[envoy])``)
+drains first, as a rolling update does: the replica's health service turns NOT_SERVING, the
+restart waits until every balancer's own view of that host says unhealthy (its admin API,
+readiness, not a sleep), then stops the server with ``grace`` and starts it again, and waits
+until every balancer sees it healthy before returning (so at most one replica is ever out).
+
 Every handler execution is logged by the replica (``counts-NAME.jsonl`` in the group's
 directory), so ``executions()`` says how often each (method, request id) ran, where, as whom,
 and with which request metadata (what a proxy added). ``ContinuousTraffic`` keeps calls going
@@ -52,6 +58,7 @@ __all__ = [
 ]
 
 READY = "READY "
+DRAINING = "DRAINING"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 TESTS = pathlib.Path(__file__).resolve().parent.parent
@@ -117,12 +124,18 @@ class Replica:
         self._spec = spec
         self._env = dict(env)
         self.port: int = int(spec.get("port", 0))
+        self.health_port: int = int(spec.get("health_port", 0))
         self.pid: int | None = None
         self._process: subprocess.Popen[str] | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def health_address(self) -> str:
+        """The plaintext port of its ``grpc.health.v1.Health`` service."""
+        return f"127.0.0.1:{self.health_port}"
 
     @property
     def running(self) -> bool:
@@ -133,7 +146,7 @@ class Replica:
         READY line."""
         if self.running:
             raise RuntimeError(f"replica {self.name} is already running")
-        spec = {**self._spec, "port": self.port}
+        spec = {**self._spec, "port": self.port, "health_port": self.health_port}
         process = subprocess.Popen(
             [sys.executable, "-m", "helpers.replica_main"],
             stdin=subprocess.PIPE,
@@ -148,29 +161,47 @@ class Replica:
             assert process.stdin is not None
             process.stdin.write(json.dumps(spec) + "\n")
             process.stdin.flush()
-            line = self._read_ready(process)
+            line = self._read_line(process, READY)
             ready = json.loads(line[len(READY) :])
         except BaseException:
             self.kill()
             raise
         self.port, self.pid = int(ready["port"]), int(ready["pid"])
+        self.health_port = int(ready["health_port"])
 
-    def _read_ready(self, process: subprocess.Popen[str]) -> str:
+    def drain(self) -> None:
+        """First step of a graceful stop: its health service says NOT_SERVING (balancers that
+        health-check stop sending it new calls) while it still serves whatever arrives.
+        Returns once the child confirms (``DRAINING``): once it is quiet, which it learns from
+        the health checks it answers -- something (a balancer) must be checking it."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            raise RuntimeError(f"replica {self.name} is not running")
+        assert process.stdin is not None
+        process.stdin.write("DRAIN\n")
+        process.stdin.flush()
+        self._read_line(process, DRAINING)
+
+    def _read_line(self, process: subprocess.Popen[str], wanted: str) -> str:
         stdout = process.stdout
         assert stdout is not None
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"replica {self.name} not READY within {START_TIMEOUT:.0f} s")
+                raise TimeoutError(
+                    f"replica {self.name}: no {wanted.strip()} within {START_TIMEOUT:.0f} s"
+                )
             readable, _, _ = select.select([stdout], [], [], remaining)
             if not readable:
                 continue
             line = stdout.readline()
             if not line:
                 code = process.wait(STOP_TIMEOUT)
-                raise RuntimeError(f"replica {self.name} exited (code {code}) before READY")
-            if line.startswith(READY):
+                raise RuntimeError(
+                    f"replica {self.name} exited (code {code}) before {wanted.strip()}"
+                )
+            if line.startswith(wanted):
                 return line.rstrip("\n")
 
     def stop(self) -> None:
@@ -237,10 +268,33 @@ class ReplicaGroup:
     def ports(self) -> list[int]:
         return [replica.port for replica in self.replicas]
 
-    def restart(self, index: int) -> None:
+    @property
+    def health_ports(self) -> list[int]:
+        """Each replica's health-service port, in the order of ``addresses``."""
+        return [replica.health_port for replica in self.replicas]
+
+    def restart(self, index: int, *, balancers: Sequence[Any] = ()) -> None:
         """Stop replica ``index`` and start it again on the same port (a rolling restart is
-        ``for i in range(len(group)): group.restart(i)`` between bursts of traffic)."""
-        self.replicas[index].restart()
+        ``for i in range(len(group)): group.restart(i)`` between bursts of traffic).
+
+        ``balancers``: proxies that health-check the replicas (``helpers.proxies.Proxy`` with
+        ``wait_for_host``); the restart is then a graceful drain: NOT_SERVING, wait until each
+        balancer holds the host unhealthy and has no request in flight to it, stop
+        (``grace``), start, wait until each holds it healthy again."""
+        replica = self.replicas[index]
+        if not balancers:
+            replica.restart()
+            return
+        replica.drain()
+        for balancer in balancers:
+            balancer.wait_for_host(replica.address, healthy=False)
+            # What it had already sent is answered before the server stops: a call the
+            # server holds unstarted at shutdown is cancelled (gRPC core), not refused.
+            balancer.wait_for_idle(replica.address)
+        replica.stop()
+        replica.start()
+        for balancer in balancers:
+            balancer.wait_for_host(replica.address, healthy=True)
 
     def stop(self) -> None:
         errors: list[BaseException] = []
@@ -323,6 +377,7 @@ def start_replicas(
             "interceptor_kwargs": dict(interceptor_kwargs or {}),
             "max_workers": max_workers,
             "grace": grace,
+            "health_port": 0,
         }
         json.dumps(spec)  # fail here, in the caller, when the kwargs are not JSON
         replicas.append(Replica(name, spec, child_env))
