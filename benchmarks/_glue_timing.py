@@ -4,8 +4,10 @@ Method: a server process of its own (``_server`` with ``glue_timing`` in its spe
 named functions of rpcsec's server path with wrappers that add up ``time.perf_counter_ns``
 around each call (inclusive: a part that calls another includes it), and ``cryptography``'s
 ``AESGCM`` with a class that times each real ``encrypt``/``decrypt`` (installed before rpcsec
-is imported, as ``_noop_aead`` does). The suite then makes sequential unary 100 B calls from
-its own (unpatched) client and reads the sums: µs per call and calls per call of each part.
+is imported, as ``_noop_aead`` does). The client side is timed the same way in a client
+process of its own (``_remote_client`` with ``glue_timing``, ``CLIENT_SEAMS``), calling the
+timed server: sequential unary 100 B calls, then the sums of both ends: µs per call and calls
+per call of each part.
 Nothing in rpcsec/ changes; the timed server is never one whose numbers the other rows use.
 
 The seams are rpcsec internals the hot path work renames: a seam that is gone is reported as
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["SEAMS", "install", "install_aead_timer", "reset", "snapshot"]
+__all__ = ["CLIENT_SEAMS", "SEAMS", "install", "install_aead_timer", "reset", "snapshot"]
 
 _SERVER, _CORE = "rpcsec.grpc._server", "rpcsec.grpc._server_core"
 SEAMS: list[tuple[str, str, str, str]] = [
@@ -39,6 +41,16 @@ SEAMS: list[tuple[str, str, str, str]] = [
     ("impersonation set + reset", _SERVER, "impersonate", "context manager"),
     ("status signing", "rpcsec.grpc._servicer_context", "VerifiedContext.seal_status", "call"),
     ("response sealing", _CORE, "ServerCall.seal_response", "call"),
+]
+_CLIENT, _CALLS = "rpcsec.grpc._client", "rpcsec.grpc._calls"
+_RESPONSES = "rpcsec.grpc._responses"
+CLIENT_SEAMS: list[tuple[str, str, str, str]] = [
+    ("whole unary call (incl. gRPC's with_call)", _CLIENT, "_UnaryUnary._invoke", "call"),
+    ("open call: binding, sequence, request token", _CLIENT, "_Multicallable._open_call", "call"),
+    ("metadata merge", _CLIENT, "_merge", "call"),
+    ("response open (ticket context)", _RESPONSES, "TicketClientProtection.open", "call"),
+    ("response open (table context)", _CALLS, "ClientCallProtection.open", "call"),
+    ("status check (rpcsec-status-bin)", _CLIENT, "checked_status", "call"),
 ]
 AEAD_LABEL = "AES-GCM/GMAC calls (cryptography AESGCM)"
 
@@ -130,9 +142,9 @@ def install_aead_timer() -> None:
     aead.AESGCM = TimedAESGCM  # type: ignore[misc,assignment]
 
 
-def install() -> None:
-    """Wrap every seam that exists; remember the ones that do not."""
-    for label, module_name, path, kind in SEAMS:
+def install(seams: list[tuple[str, str, str, str]] | None = None) -> None:
+    """Wrap every seam that exists (default: the server's); remember the ones that do not."""
+    for label, module_name, path, kind in SEAMS if seams is None else seams:
         try:
             owner: Any = importlib.import_module(module_name)
             *parents, name = path.split(".")

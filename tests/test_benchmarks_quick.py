@@ -113,11 +113,15 @@ def test_the_decomposition_was_measured(quick) -> None:
 
 
 def test_the_server_glue_was_timed_in_place(quick) -> None:
-    """The timed server saw its AEAD calls and every seam it found was called (except the
+    """Both timed ends saw their AEAD calls; every server seam found was called (except the
     per-call interceptor, which registration skips); a seam that is gone is listed, not
     measured as zero."""
     _, document = quick
     glue = document["decomposition"]["glue_timing"]
+    assert set(glue["levels"]) == set(glue["client"]) == {"integrity", "privacy"}
+    for parts in glue["client"].values():
+        assert parts["AES-GCM/GMAC calls (cryptography AESGCM)"]["per_call"] >= 2
+        assert parts["open call: binding, sequence, request token"]["per_call"] == 1
     for parts in glue["levels"].values():
         aead = parts.pop("AES-GCM/GMAC calls (cryptography AESGCM)")
         assert aead["per_call"] >= 2 and aead["us"] > 0
