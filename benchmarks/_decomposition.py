@@ -112,6 +112,7 @@ class Decomposition:
                 result["levels"][level] = _per_call(server, calls)
                 result["client"][level] = _per_call(mine, calls)
                 result["missing"] = server["missing"] + mine["missing"]
+                result["where"] = {"server": server["where"], "client": mine["where"]}
                 result["overhead_ns"] = server["overhead_ns"]
         finally:
             process.stop()
@@ -398,23 +399,26 @@ def _render_glue(glue: dict[str, Any] | None) -> list[str]:
         "(calibrated in the same process) to the parts enclosing it. The AEAD row times each "
         "real `AESGCM.encrypt`/`decrypt` call.",
     ]
+    where = glue.get("where") or {}
     for side, levels in (("server", glue.get("levels")), ("client", glue.get("client"))):
         if levels:
-            out += _glue_table(side, levels)
+            out += _glue_table(side, levels, where.get(side) or {})
     missing = glue.get("missing") or []
     if missing:
         out += ["", "Seams not found (renamed in rpcsec/; not measured): " + "; ".join(missing)]
     return out
 
 
-def _glue_table(side: str, levels: dict[str, Any]) -> list[str]:
+def _glue_table(side: str, levels: dict[str, Any], where: dict[str, str]) -> list[str]:
     from ._report import DASH, TIMES
 
     names = list(levels)
     out = [
         "",
-        f"| {side} part | " + " | ".join(f"{name.upper()} [µs]" for name in names) + " |",
-        "|---|" + "---|" * len(names),
+        f"| {side} part | "
+        + " | ".join(f"{name.upper()} [µs]" for name in names)
+        + " | function timed |",
+        "|---|" + "---|" * (len(names) + 1),
     ]
     labels: list[str] = []
     for parts in levels.values():
@@ -429,7 +433,7 @@ def _glue_table(side: str, levels: dict[str, Any]) -> list[str]:
                 cells.append("0 calls")
             else:
                 cells.append(f"{part['us']:.1f} ({part['per_call']:.0f}{TIMES})")
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append(f"| {label} | " + " | ".join(cells) + f" | `{where.get(label, '?')}` |")
     return out
 
 
