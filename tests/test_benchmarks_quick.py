@@ -1,5 +1,7 @@
 """The benchmark suite's quick mode (what CI runs): every configuration runs every workload
-without an error. Timings are never asserted -- machines differ and CI machines are noisy."""
+without an error, the decomposition and the alternatives included; and the decomposition's
+benchmark-only AEAD patch and the targets table, alone. Timings are never asserted -- machines
+differ and CI machines are noisy."""
 
 from __future__ import annotations
 
