@@ -42,6 +42,7 @@ from ._server import ServerProcess
 __all__ = [
     "JWT_ALGORITHM",
     "Alternatives",
+    "WHAT",
     "JwtInterceptor",
     "render_alternatives",
     "replica_interceptor_kwargs",
@@ -291,7 +292,7 @@ def _jwt(pki: BenchPki, env: dict[str, str], alternatives: Alternatives) -> None
     alternatives.configs.append(
         Config(
             "grpc_tls_jwt",
-            "gRPC mTLS + JWT per call",
+            f"gRPC mTLS + JWT per call ({JWT_ALGORITHM}/Ed25519, PyJWT)",
             lambda: grpc.secure_channel(address, credentials, options=options),
             lambda: server.cpu_seconds()["jwt"],
             alternative=True,
@@ -315,7 +316,7 @@ def _sidecars(
     alt.configs.append(
         Config(
             "envoy_sidecar_mtls",
-            "Envoy sidecars mTLS (Istio path)",
+            "Envoy sidecars, mTLS between them (Istio path)",
             lambda: grpc.insecure_channel(address, options=FRESH),
             lambda: plain.cpu_seconds()["plain"] + sidecars.server_cpu_seconds(),
             alternative=True,
@@ -364,7 +365,7 @@ def _replicas(
     alt.configs.append(
         Config(
             "envoy_rr3_plain",
-            "3 replicas, Envoy RR: gRPC plain",
+            "3 replicas, Envoy RR (h2c): gRPC plain",
             lambda: grpc.insecure_channel(plain_address, options=FRESH),
             lambda: group.cpu_seconds("plain"),
             alternative=True,
@@ -374,7 +375,7 @@ def _replicas(
         name = f"envoy_rr3_x509_{level.name.lower()}"
         config = _rpcsec_config(
             name,
-            f"3 replicas, Envoy RR: rpcsec x509 {level.name}",
+            f"3 replicas, Envoy RR (h2c): rpcsec x509 {level.name}",
             group.address("rpcsec"),
             identity,
             level,
@@ -434,6 +435,30 @@ HEADLINE = (
 )
 
 
+WHAT = {
+    "grpc_tls_jwt": "gRPC mutual TLS (ECDSA P-256 leaves) plus a bearer JWT signed "
+    f"{JWT_ALGORITHM} (Ed25519) by an identity provider, minted once and attached to every call by "
+    "`grpc.access_token_call_credentials`; a server interceptor verifies it with PyJWT on every "
+    "call (signature, issuer, audience, expiry) before the handler runs, and the handler gets "
+    "the subject. Checked at start to refuse a call without a token and one signed by another "
+    "key. No message protection beyond TLS, no delegation.",
+    "envoy_sidecar_mtls": "Istio's data path without Istio: the client speaks plaintext HTTP/2 "
+    "to an Envoy on its own host, that Envoy opens mutual TLS (ECDSA P-256) to an Envoy in "
+    "front of the server, which terminates TLS and forwards plaintext HTTP/2 to the plain gRPC "
+    "server. The Envoys pool their upstream connection, so a new client channel does not cost "
+    "a TLS handshake; the server-side Envoy's CPU counts as server CPU. The handler sees no "
+    "caller identity unless the sidecar forwards one in a header (e.g. XFCC) the server must "
+    "take on trust.",
+    "envoy_rr3_plain": "three server processes behind one Envoy doing round-robin, plaintext "
+    "HTTP/2 on both sides, no retries: the topology of issue 9, plain gRPC.",
+    "envoy_rr3_x509_integrity": "the same Envoy and replicas, rpcsec x509 INTEGRITY: contexts "
+    "in sealed tickets any replica opens, the replicas' shared ticket key ring and replay "
+    "store (Redis when installed); TLS nowhere, rpcsec protects each message end to end.",
+    "envoy_rr3_x509_privacy": "as above, PRIVACY (every message sealed end to end).",
+}
+"""What each alternative row does, printed under the table (``render_alternatives``)."""
+
+
 def render_alternatives(document: dict[str, Any]) -> str:
     """A markdown table of the alternatives beside plain gRPC, gRPC mTLS and rpcsec x509:
     medians and ratios to plain (and to plain through the same proxy and replicas)."""
@@ -478,6 +503,10 @@ def render_alternatives(document: dict[str, Any]) -> str:
                 cell += f", {_ratio(same)} same topology"
             row.append(cell + ")")
         out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    for name, entry in alternatives.items():
+        if name in WHAT:
+            out.append(f"- **{entry['label']}**: {WHAT[name]}")
     return "\n".join(out) + "\n"
 
 

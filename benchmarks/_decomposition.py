@@ -15,11 +15,15 @@ other (issue 14 item 4); every row's client runs in a client process of its own
    server process and a client process of their own).
 5. ``ladder_x509_*``: rpcsec x509 as shipped.
 
-The steps of the chain (``chain``) are paired per round: each round's difference, then the
-median over rounds. The chain goes through the wrapping row built the way the rpcsec server
-under test (``secure_server()``) builds its own: row 2 if it protects handlers once when they
-are registered, row 3 if it runs a per-call interceptor (``_server.rpcsec_style``); the
-difference of rows 2 and 3 prices the per-call interceptor either way.
+The steps of the chain (``chain``) are differences of the rows' medians over rounds (they add
+up to the total), each with the median of the per-round differences beside it. The chain
+goes through the wrapping row built the way the rpcsec server under test
+(``secure_server()``) builds its own: row 2 if it protects handlers once when they are
+registered, row 3 if it runs a per-call interceptor (``_server.rpcsec_style``); the difference
+of rows 2 and 3 prices the per-call interceptor either way.
+
+Then, once per run, both ends' glue timed in place (``_glue_timing``, ``measure_glue``): a
+timed server process and timed client processes of their own, never the measured rows.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ LADDER_WORKLOADS = frozenset({"unary_latency_us", "server_cpu_per_call_us", "una
 REMOTE_WORKLOADS = frozenset({"unary_latency_us", "unary_throughput_cps"})
 """Run in the client process; ``server_cpu_per_call_us`` is derived here from the latency run."""
 LEVELS = ("integrity", "privacy")
+INTERCEPTOR = ("ladder_wrap_generic", "ladder_wrap_interceptor")
+"""The two wrapping rows whose difference prices the per-call interceptor."""
 CAPTURE_CALLS = 5
 
 
@@ -76,39 +82,38 @@ class Decomposition:
     glue_identity: PackageIdentity | None = None
 
     def measure_glue(self, calls: int) -> dict[str, Any]:
-        """The server glue timed in place (``_glue_timing``): a timed server process of its
-        own, ``calls`` sequential unary 100 B calls per protection level from this process."""
-        from rpcsec.sspi import ProtectionLevel
-
-        from ._configs import _rpcsec_config
-        from ._service import UNARY_METHOD
-        from ._workloads import PAYLOAD
-
+        """Both ends' glue timed in place (``_glue_timing``): a timed server process of its
+        own, and per protection level a timed client process of its own making ``calls``
+        sequential unary 100 B calls to it."""
         assert self.glue_spec is not None and self.glue_identity is not None
         process = ServerProcess(self.glue_spec, dict(os.environ))
-        result: dict[str, Any] = {"calls": calls, "levels": {}}
+        result: dict[str, Any] = {"calls": calls, "levels": {}, "client": {}}
         try:
-            address = f"127.0.0.1:{process.ports['rpcsec']}"
-            for level in (ProtectionLevel.INTEGRITY, ProtectionLevel.PRIVACY):
-                config = _rpcsec_config(
-                    "glue", "glue", address, self.glue_identity, level, lambda: 0.0
+            for level in LEVELS:
+                client = RemoteClient(
+                    {
+                        "name": f"glue_{level}",
+                        "kind": "rpcsec",
+                        "address": f"127.0.0.1:{process.ports['rpcsec']}",
+                        "identity": self.glue_identity.to_json(),
+                        "protection": level.upper(),
+                        "glue_timing": True,
+                    },
+                    lambda: 0.0,
                 )
                 try:
-                    call = config.channel.unary_unary(UNARY_METHOD)
-                    for _ in range(50):
-                        call(PAYLOAD)
+                    client.warm()
+                    client.request({"glue": 50})  # warm-up, not counted
                     process.command("glue_reset")
-                    for _ in range(calls):
-                        call(PAYLOAD)
-                    measured = process.command("glue")
+                    mine = client.request({"glue": calls})
+                    server = process.command("glue")
                 finally:
-                    config.close()
-                result["levels"][level.name.lower()] = {
-                    label: {"per_call": count / calls, "us": total / calls / 1000}
-                    for label, (count, total) in measured["parts"].items()
-                }
-                result["missing"] = measured["missing"]
-                result["overhead_ns"] = measured["overhead_ns"]
+                    client.stop()
+                result["levels"][level] = _per_call(server, calls)
+                result["client"][level] = _per_call(mine, calls)
+                result["missing"] = server["missing"] + mine["missing"]
+                result["where"] = {"server": server["where"], "client": mine["where"]}
+                result["overhead_ns"] = server["overhead_ns"]
         finally:
             process.stop()
         return result
@@ -118,11 +123,20 @@ class Decomposition:
         for stop in reversed(self._stops):
             try:
                 stop()
-            except Exception as exc:
+            except Exception as exc:  # stop everything, then report the first failure
                 errors.append(exc)
         self._stops.clear()
         if errors:
             raise errors[0]
+
+
+def _per_call(measured: dict[str, Any], calls: int) -> dict[str, Any]:
+    """{label: {"per_call": calls per call, "us": µs per call}} of one end's sums (both ends
+    reset right before the ``calls`` timed calls)."""
+    return {
+        label: {"per_call": count / calls, "us": total / calls / 1000}
+        for label, (count, total) in measured["parts"].items()
+    }
 
 
 def _capture_shape(address: str, identity: PackageIdentity) -> None:
@@ -248,21 +262,29 @@ def start_decomposition(
     return alt
 
 
-def _paired(rows: dict[str, Any], key: str, before: str, after: str) -> float | None:
-    """Median over rounds of ``after - before``, paired by round; difference of the medians
-    if the rounds do not pair (a row missed one)."""
+def _step(rows: dict[str, Any], key: str, before: str, after: str) -> float | None:
+    """``after``'s median minus ``before``'s (medians over rounds): the steps of a chain add
+    up to its total, as the ratio-of-medians figures elsewhere do."""
     mine, theirs = rows.get(after, {}).get(key), rows.get(before, {}).get(key)
     if not mine or not theirs:
         return None
-    a, b = mine["samples"], theirs["samples"]
-    if len(a) == len(b):
-        return float(statistics.median(x - y for x, y in zip(a, b, strict=True)))
     return float(mine["median"] - theirs["median"])
 
 
+def _paired(rows: dict[str, Any], key: str, before: str, after: str) -> float | None:
+    """Median over rounds of ``after - before``, paired by round (a check on ``_step``: robust
+    to drift between rounds, but medians of differences do not add up); None if the rounds
+    do not pair (a row missed one)."""
+    mine, theirs = rows.get(after, {}).get(key), rows.get(before, {}).get(key)
+    if not mine or not theirs or len(mine["samples"]) != len(theirs["samples"]):
+        return None
+    pairs = zip(mine["samples"], theirs["samples"], strict=True)
+    return float(statistics.median(x - y for x, y in pairs))
+
+
 def summarize(document: dict[str, Any]) -> None:
-    """``document["decomposition"]["steps"]``: per level and measure, each step's paired
-    median and its share of the total (first row to last)."""
+    """``document["decomposition"]["steps"]``: per level and measure, each step (difference
+    of medians, and paired per round) and its share of the total (first row to last)."""
     section = document.get("decomposition")
     if not section:
         return
@@ -272,16 +294,28 @@ def summarize(document: dict[str, Any]) -> None:
         ladder = chain(level, section.get("rpcsec_style"))
         by_key: dict[str, Any] = {}
         for key in ("unary_latency_us", "server_cpu_per_call_us"):
-            total = _paired(rows, key, ladder[0][0], ladder[-1][0])
+            total = _step(rows, key, ladder[0][0], ladder[-1][0])
             parts = []
             for (before, _), (after, what) in itertools.pairwise(ladder):
-                value = _paired(rows, key, before, after)
-                share = value / total if value is not None and total else None
+                value = _step(rows, key, before, after)
                 parts.append(
-                    {"from": before, "to": after, "what": what, "us": value, "share": share}
+                    {
+                        "from": before,
+                        "to": after,
+                        "what": what,
+                        "us": value,
+                        "paired_us": _paired(rows, key, before, after),
+                        "share": value / total if value is not None and total else None,
+                    }
                 )
-            interceptor = _paired(rows, key, "ladder_wrap_generic", "ladder_wrap_interceptor")
-            by_key[key] = {"total_us": total, "steps": parts, "interceptor_us": interceptor}
+            by_key[key] = {
+                "total_us": total,
+                "paired_total_us": _paired(rows, key, ladder[0][0], ladder[-1][0]),
+                "steps": parts,
+                "interceptor_us": _step(
+                    rows, key, "ladder_wrap_generic", "ladder_wrap_interceptor"
+                ),
+            }
         steps[level] = by_key
     section["steps"] = steps
 
@@ -324,8 +358,9 @@ def render_decomposition(document: dict[str, Any]) -> str:
     for level, by_key in (section.get("steps") or {}).items():
         out += [
             "",
-            f"Steps, {level.upper()} (paired per round: the median of each round's difference; "
-            "share of the first-to-last total):",
+            f"Steps, {level.upper()}: the difference of the rows' medians (so the steps add up "
+            "to the total) and its share of the total; in brackets the median of each round's "
+            "difference (paired per round: a check against drift, not additive):",
             "",
             "| step | latency [µs] | share | server CPU [µs] | share |",
             "|---|---|---|---|---|",
@@ -333,12 +368,15 @@ def render_decomposition(document: dict[str, Any]) -> str:
         latency, cpu = by_key["unary_latency_us"], by_key["server_cpu_per_call_us"]
         for wall, spent in zip(latency["steps"], cpu["steps"], strict=True):
             out.append(
-                f"| {wall['what']} | {_signed(wall['us'])} | {_share(wall['share'])} "
-                f"| {_signed(spent['us'])} | {_share(spent['share'])} |"
+                f"| {wall['what']} | {_signed(wall['us'])} ({_signed(wall['paired_us'])}) "
+                f"| {_share(wall['share'])} "
+                f"| {_signed(spent['us'])} ({_signed(spent['paired_us'])}) "
+                f"| {_share(spent['share'])} |"
             )
         out.append(
-            f"| **total, plain to rpcsec** | {_signed(latency['total_us'])} | 100 % "
-            f"| {_signed(cpu['total_us'])} | 100 % |"
+            f"| **total, plain to rpcsec** | {_signed(latency['total_us'])} "
+            f"({_signed(latency['paired_total_us'])}) | 100 % "
+            f"| {_signed(cpu['total_us'])} ({_signed(cpu['paired_total_us'])}) | 100 % |"
         )
         out.append(
             f"| (of the wrapping: the per-call interceptor vs a generic handler) "
@@ -349,23 +387,38 @@ def render_decomposition(document: dict[str, Any]) -> str:
 
 
 def _render_glue(glue: dict[str, Any] | None) -> list[str]:
-    from ._report import DASH, TIMES
-
     if not glue:
         return []
-    levels = glue["levels"]
+    out = [
+        "",
+        "Both ends' glue timed in place (`benchmarks/_glue_timing.py`): a server process and a "
+        "client process of their own whose rpcsec functions are wrapped with "
+        f"`time.perf_counter_ns` sums, {glue['calls']} sequential unary 100 B calls per level; "
+        "inclusive times (a part that calls another includes it), µs per call (calls per "
+        f"call). Each timed wrapper adds ~{glue.get('overhead_ns', 0) / 1000:.1f} µs "
+        "(calibrated in the same process) to the parts enclosing it. The AEAD row times each "
+        "real `AESGCM.encrypt`/`decrypt` call.",
+    ]
+    where = glue.get("where") or {}
+    for side, levels in (("server", glue.get("levels")), ("client", glue.get("client"))):
+        if levels:
+            out += _glue_table(side, levels, where.get(side) or {})
+    missing = glue.get("missing") or []
+    if missing:
+        out += ["", "Seams not found (renamed in rpcsec/; not measured): " + "; ".join(missing)]
+    return out
+
+
+def _glue_table(side: str, levels: dict[str, Any], where: dict[str, str]) -> list[str]:
+    from ._report import DASH, TIMES
+
     names = list(levels)
     out = [
         "",
-        "The rpcsec server's glue timed in place (`benchmarks/_glue_timing.py`): a server "
-        "process of its own whose rpcsec functions are wrapped with `time.perf_counter_ns` "
-        f"sums, {glue['calls']} sequential unary 100 B calls per level from an unpatched "
-        "client; inclusive times (a part that calls another includes it), µs per call (calls "
-        f"per call). Each timed wrapper adds ~{glue.get('overhead_ns', 0) / 1000:.1f} µs "
-        "(calibrated in the same process) to the parts enclosing it.",
-        "",
-        "| part | " + " | ".join(f"{name.upper()} [µs]" for name in names) + " |",
-        "|---|" + "---|" * len(names),
+        f"| {side} part | "
+        + " | ".join(f"{name.upper()} [µs]" for name in names)
+        + " | function timed |",
+        "|---|" + "---|" * (len(names) + 1),
     ]
     labels: list[str] = []
     for parts in levels.values():
@@ -380,9 +433,7 @@ def _render_glue(glue: dict[str, Any] | None) -> list[str]:
                 cells.append("0 calls")
             else:
                 cells.append(f"{part['us']:.1f} ({part['per_call']:.0f}{TIMES})")
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
-    for missing in glue.get("missing", []):
-        out.append(f"| {missing} | " + " | ".join("not found" for _ in names) + " |")
+        out.append(f"| {label} | " + " | ".join(cells) + f" | `{where.get(label, '?')}` |")
     return out
 
 

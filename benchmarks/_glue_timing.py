@@ -4,8 +4,10 @@ Method: a server process of its own (``_server`` with ``glue_timing`` in its spe
 named functions of rpcsec's server path with wrappers that add up ``time.perf_counter_ns``
 around each call (inclusive: a part that calls another includes it), and ``cryptography``'s
 ``AESGCM`` with a class that times each real ``encrypt``/``decrypt`` (installed before rpcsec
-is imported, as ``_noop_aead`` does). The suite then makes sequential unary 100 B calls from
-its own (unpatched) client and reads the sums: µs per call and calls per call of each part.
+is imported, as ``_noop_aead`` does). The client side is timed the same way in a client
+process of its own (``_remote_client`` with ``glue_timing``, ``CLIENT_SEAMS``), calling the
+timed server: sequential unary 100 B calls, then the sums of both ends: µs per call and calls
+per call of each part.
 Nothing in rpcsec/ changes; the timed server is never one whose numbers the other rows use.
 
 The seams are rpcsec internals the hot path work renames: a seam that is gone is reported as
@@ -24,26 +26,45 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["SEAMS", "install", "install_aead_timer", "reset", "snapshot"]
+__all__ = ["CLIENT_SEAMS", "SEAMS", "install", "install_aead_timer", "reset", "snapshot"]
 
 _SERVER, _CORE = "rpcsec.grpc._server", "rpcsec.grpc._server_core"
-SEAMS: list[tuple[str, str, str, str]] = [
-    # (label, module, attribute path, kind: "call" or "context manager")
-    ("intercept_service (poller thread)", _SERVER, "SecurityInterceptor.intercept_service", "call"),
-    ("admission, whole (open_unary)", _CORE, "ServerSecurity.open_unary", "call"),
-    ("context lookup: metadata scan, table/ticket", _CORE, "ServerSecurity._find", "call"),
-    ("request open: framing, AAD, verify/decrypt", _CORE, "_open_request", "call"),
-    ("replay window", "rpcsec.sspi._replay", "ReplayWindow.check", "call"),
-    ("admit: ticket claim, policy, call object", _CORE, "ServerSecurity._admit", "call"),
-    ("policy check", "rpcsec.grpc._policy", "AuthorizationPolicy.check", "call"),
-    ("impersonation set + reset", _SERVER, "impersonate", "context manager"),
-    ("status signing", "rpcsec.grpc._servicer_context", "VerifiedContext.seal_status", "call"),
-    ("response sealing", _CORE, "ServerCall.seal_response", "call"),
-]
+_CONTEXT = "rpcsec.sspi._context"
+_INTERCEPT, _OLD_ADMIT = "SecurityInterceptor.intercept_service", "ServerSecurity._admit"
+_OPEN_CALL = "_Multicallable._open_call"
+_TICKET_OPEN, _TABLE_OPEN = "TicketClientProtection.open", "ClientCallProtection.open"
+Seam = tuple[str, list[tuple[str, str]], str]
+"""(label, candidates (module, attribute path) newest first -- the first that exists is timed,
+kind: "call" or "context manager")."""
+SEAMS: list[Seam] = [
+    ("intercept_service (poller thread)", [(_SERVER, _INTERCEPT)], "call"),
+    ("admission, whole", [(_CORE, "ServerSecurity.open_unary")], "call"),
+    ("context lookup: metadata scan, table/ticket", [(_CORE, "ServerSecurity._find")], "call"),
+    ("request verify", [(_CORE, "ServerSecurity.verify_unary"), (_CORE, "_open_request")], "call"),
+    ("core unwrap (DecryptMessage / verify)", [(_CONTEXT, "SecurityContext.unwrap")], "call"),
+    ("core sign (MakeSignature)", [(_CONTEXT, "SecurityContext.sign")], "call"),
+    ("replay window", [("rpcsec.sspi._replay", "ReplayWindow.check")], "call"),
+    ("claim + authorize", [(_CORE, "ServerSecurity.admit"), (_CORE, _OLD_ADMIT)], "call"),
+    ("policy check", [("rpcsec.grpc._policy", "AuthorizationPolicy.check")], "call"),
+    ("impersonation set + reset", [(_SERVER, "impersonate")], "context manager"),
+    ("status signing", [("rpcsec.grpc._servicer_context", "VerifiedContext.seal_status")], "call"),
+    ("response sealing", [(_CORE, "ServerCall.seal_response")], "call"),
+]  # fmt: skip
+_CLIENT, _CALLS = "rpcsec.grpc._client", "rpcsec.grpc._calls"
+_RESPONSES = "rpcsec.grpc._responses"
+CLIENT_SEAMS: list[Seam] = [
+    ("whole unary call (incl. gRPC's with_call)", [(_CLIENT, "_UnaryUnary._invoke")], "call"),
+    ("open call: binding, sequence, request token", [(_CLIENT, _OPEN_CALL)], "call"),
+    ("core wrap (EncryptMessage / sign)", [(_CONTEXT, "SecurityContext.wrap")], "call"),
+    ("metadata merge", [(_CLIENT, "_merge")], "call"),
+    ("response open", [(_RESPONSES, _TICKET_OPEN), (_CALLS, _TABLE_OPEN)], "call"),
+    ("status check", [(_CLIENT, "checked_status")], "call"),
+]  # fmt: skip
 AEAD_LABEL = "AES-GCM/GMAC calls (cryptography AESGCM)"
 
 _SUMS: dict[str, list[int]] = {}
 _MISSING: list[str] = []
+_WHERE: dict[str, str] = {AEAD_LABEL: "cryptography AESGCM.encrypt/decrypt"}
 _LOCK = threading.Lock()
 _OVERHEAD = [0]
 
@@ -130,21 +151,27 @@ def install_aead_timer() -> None:
     aead.AESGCM = TimedAESGCM  # type: ignore[misc,assignment]
 
 
-def install() -> None:
-    """Wrap every seam that exists; remember the ones that do not."""
-    for label, module_name, path, kind in SEAMS:
-        try:
-            owner: Any = importlib.import_module(module_name)
-            *parents, name = path.split(".")
-            for part in parents:
-                owner = getattr(owner, part)
-            original = getattr(owner, name)
-        except (ImportError, AttributeError):
-            _MISSING.append(f"{label}: {module_name}.{path} not found")
-            continue
-        _SUMS[label] = [0, 0]
-        wrap = _timed_call if kind == "call" else _timed_context_manager
-        setattr(owner, name, wrap(label, original))
+def install(seams: list[Seam] | None = None) -> None:
+    """Wrap, for every part, the first candidate that exists (default: the server's parts);
+    remember the parts none of whose candidates exist."""
+    for label, candidates, kind in SEAMS if seams is None else seams:
+        for module_name, path in candidates:
+            try:
+                owner: Any = importlib.import_module(module_name)
+                *parents, name = path.split(".")
+                for part in parents:
+                    owner = getattr(owner, part)
+                original = getattr(owner, name)
+            except (ImportError, AttributeError):
+                continue
+            _SUMS[label] = [0, 0]
+            _WHERE[label] = f"{module_name}.{path}"
+            wrap = _timed_call if kind == "call" else _timed_context_manager
+            setattr(owner, name, wrap(label, original))
+            break
+        else:
+            names = ", ".join(f"{module}.{path}" for module, path in candidates)
+            _MISSING.append(f"{label}: {names} not found")
     _OVERHEAD[0] = _calibrate()
 
 
@@ -179,7 +206,13 @@ def reset() -> dict[str, Any]:
 
 
 def snapshot() -> dict[str, Any]:
-    """``{"parts": {label: [calls, ns]}, "missing": [...], "overhead_ns": n}``."""
+    """``{"parts": {label: [calls, ns]}, "where": {label: function}, "missing": [...],
+    "overhead_ns": n}``."""
     with _LOCK:
         parts = {label: list(entry) for label, entry in _SUMS.items()}
-    return {"parts": parts, "missing": list(_MISSING), "overhead_ns": _OVERHEAD[0]}
+    return {
+        "parts": parts,
+        "where": dict(_WHERE),
+        "missing": list(_MISSING),
+        "overhead_ns": _OVERHEAD[0],
+    }

@@ -11,7 +11,9 @@ Protocol (stdin/stdout lines, JSON):
   through ``_wrapping.WrappedClient`` with ``shape``; ``rpcsec``: ``secure_channel`` with
   ``identity`` and ``protection``), ``address``, ``noop_aead``. stdout: ``READY``.
 * then commands: ``{"warm": true}`` (one call; with ``noop_aead``, the seam check too), and
-  ``{"run": KEY, "budget": {...}, "slices": N}`` runs workload ``KEY`` of ``_workloads`` once.
+  ``{"run": KEY, "budget": {...}, "slices": N}`` runs workload ``KEY`` of ``_workloads`` once;
+  with ``glue_timing`` in the spec, ``{"glue": N}`` makes N calls and returns the client's
+  timed seams (``_glue_timing``).
   While it runs, the child asks for the server's CPU seconds with ``{"ask": "cpu"}`` and reads
   ``{"cpu": s}``; it ends with ``{"result": ...}`` or ``{"error": text}``.
 
@@ -152,6 +154,11 @@ def serve(spec: dict[str, Any], commands: IO[str], replies: IO[str]) -> None:
         from ._noop_aead import install
 
         install()
+    if spec.get("glue_timing"):
+        from . import _glue_timing
+
+        _glue_timing.install_aead_timer()  # before anything imports rpcsec
+        _glue_timing.install(_glue_timing.CLIENT_SEAMS)
     from ._configs import Config
     from ._service import UNARY_METHOD
     from ._workloads import WORKLOADS, Budget
@@ -182,6 +189,8 @@ def serve(spec: dict[str, Any], commands: IO[str], replies: IO[str]) -> None:
 
                         verify()
                         result = {"aead_calls": CALLS[0]}
+                elif "glue" in command:
+                    result = _glue(config, int(command["glue"]))
                 else:
                     budget = Budget(**command["budget"])
                     result = workloads[command["run"]].run(config, budget, command["slices"])
@@ -191,6 +200,19 @@ def serve(spec: dict[str, Any], commands: IO[str], replies: IO[str]) -> None:
             say({"result": result})
     finally:
         config.close()
+
+
+def _glue(config: Any, calls: int) -> dict[str, Any]:
+    """``calls`` sequential unary calls; the timed seams' sums for them."""
+    from . import _glue_timing
+    from ._service import UNARY_METHOD
+    from ._workloads import PAYLOAD
+
+    call = config.channel.unary_unary(UNARY_METHOD)
+    _glue_timing.reset()
+    for _ in range(calls):
+        call(PAYLOAD)
+    return _glue_timing.snapshot()
 
 
 def main() -> int:

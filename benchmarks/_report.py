@@ -137,7 +137,7 @@ def render_table(document: dict[str, Any]) -> str:
     decomposition = (document.get("decomposition") or {}).get("steps") or {}
     for level, by_key in decomposition.items():
         latency = by_key["unary_latency_us"]
-        lines.append(f"\ndecomposition {level} (paired medians, latency us / share)")
+        lines.append(f"\ndecomposition {level} (differences of medians, latency us / share)")
         for step in latency["steps"]:
             share = "-" if step["share"] is None else f"{step['share'] * 100:.0f} %"
             value = "-" if step["us"] is None else f"{step['us']:+.1f}"
@@ -239,7 +239,13 @@ def render_markdown(document: dict[str, Any], chart_name: str | None) -> str:
         f"{machine.get('grpcio')}, cryptography {machine.get('cryptography')}, pyOpenSSL "
         f"{machine.get('pyopenssl')} ({machine.get('openssl')}). Load average before "
         f"{machine.get('load_average_before')}, after {machine.get('load_average_after')}. "
-        f"{document['budget']['rounds']} rounds. glibc allocator: "
+        f"{document['budget']['rounds']} rounds"
+        + (
+            f" ({machine['elapsed_s'] / 60:.1f} min for the whole run)"
+            if machine.get("elapsed_s")
+            else ""
+        )
+        + ". glibc allocator: "
         + ", ".join(f"`{k}={v}`" for k, v in machine.get("allocator", {}).items())
         + " for every configuration alike (see `benchmarks/_env.py`).",
         "",

@@ -10,8 +10,12 @@ hits all of them alike. Results: median, min and max over the rounds, and each c
 ratio to plain gRPC and to gRPC TLS, written to ``benchmarks/results/latest.json`` and rendered
 into ``docs/BENCHMARKS.md`` with a chart (``docs/benchmarks.png``).
 
-After them, ``delegated_hop``: a warm two-hop delegated call (client -> front -> storage, one
-cloaked channel at the front) vs a warm direct call, stored as ``delegated_hop``.
+In the same rounds, the decomposition (``_decomposition``): plain gRPC to rpcsec step by step,
+each row a configuration with its client in a process of its own, stored as
+``decomposition`` with its paired steps and the server glue timed in place
+(``--no-decomposition`` skips it). After them, ``delegated_hop``: a warm two-hop delegated
+call (client -> front -> storage, one cloaked channel at the front) vs a warm direct call,
+stored as ``delegated_hop``.
 
 ``--quick`` (CI) runs every configuration briefly and fails only if one of them errors -- never
 on a timing -- and writes nothing unless asked to (``--json``).
@@ -337,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="every configuration, briefly (CI)")
     parser.add_argument("--rounds", type=int, help="rounds (default 5, quick 1)")
     parser.add_argument(
-        "--only", help="comma-separated configurations (plain,grpc_tls,...,delegated_hop)"
+        "--only",
+        help="comma-separated configurations (plain,grpc_tls,...,ladder_plain,...,delegated_hop)",
     )
     parser.add_argument("--no-kerberos", action="store_true", help="do not start a KDC")
     parser.add_argument(
@@ -368,10 +373,14 @@ def main(argv: list[str] | None = None) -> int:
         from ._report import write_outputs
 
         document = json.loads(args.render.read_text())
-        document["targets"] = evaluate_targets(document)  # the targets as they are now
+        from ._decomposition import summarize
+
+        summarize(document)  # the steps, and
+        document["targets"] = evaluate_targets(document)  # the targets, as they are now
         write_outputs(document, None, DEFAULT_DOC, DEFAULT_CHART)
         print(f"wrote {DEFAULT_DOC}, {DEFAULT_CHART}")
         return 0
+    started = time.monotonic()
     budget = Budget.quick() if args.quick else Budget.full()
     if args.rounds:
         budget = Budget(**{**budget.__dict__, "rounds": args.rounds})
@@ -398,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             document["errors"].setdefault("delegated_hop", {})["run"] = _describe(exc)
         document["targets"] = evaluate_targets(document)  # the delegated hop's row too
 
+    document["machine"]["elapsed_s"] = round(time.monotonic() - started)
     from ._report import render_table, write_outputs
 
     print(render_table(document))

@@ -1,5 +1,7 @@
 """The benchmark suite's quick mode (what CI runs): every configuration runs every workload
-without an error. Timings are never asserted -- machines differ and CI machines are noisy."""
+without an error, the decomposition and the alternatives included; and the decomposition's
+benchmark-only AEAD patch and the targets table, alone. Timings are never asserted -- machines
+differ and CI machines are noisy."""
 
 from __future__ import annotations
 
@@ -113,18 +115,23 @@ def test_the_decomposition_was_measured(quick) -> None:
 
 
 def test_the_server_glue_was_timed_in_place(quick) -> None:
-    """The timed server saw its AEAD calls and every seam it found was called (except the
-    per-call interceptor, which registration skips); a seam that is gone is listed, not
-    measured as zero."""
+    """Both timed ends saw their AEAD calls and the parts every version of the path has
+    (admission, impersonation, the client's call opening); each part names the function it
+    timed, and a part whose functions are all gone is listed, not measured as zero."""
     _, document = quick
     glue = document["decomposition"]["glue_timing"]
+    assert set(glue["levels"]) == set(glue["client"]) == {"integrity", "privacy"}
+    aead = "AES-GCM/GMAC calls (cryptography AESGCM)"
+    for parts in glue["client"].values():
+        assert parts[aead]["per_call"] >= 2
+        assert parts["open call: binding, sequence, request token"]["per_call"] == 1
     for parts in glue["levels"].values():
-        aead = parts.pop("AES-GCM/GMAC calls (cryptography AESGCM)")
-        assert aead["per_call"] >= 2 and aead["us"] > 0
-        for label, part in parts.items():
-            if label.startswith("intercept_service"):
-                continue
-            assert part["per_call"] > 0, f"{label} was never called: a seam moved"
+        assert parts[aead]["per_call"] >= 2 and parts[aead]["us"] > 0
+        assert parts["admission, whole"]["per_call"] == 1
+        assert parts["impersonation set + reset"]["per_call"] == 1
+    for side in ("server", "client"):
+        measured = set(glue["levels" if side == "server" else "client"]["integrity"])
+        assert measured == set(glue["where"][side]), side
     assert isinstance(glue["missing"], list)
 
 
