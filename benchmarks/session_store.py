@@ -225,16 +225,21 @@ async def _async_claims(url: str, repeat: int, batch: int) -> dict[str, Any]:
 TOPOLOGY_CALLS = 400
 
 
-def _envoy_bytes(proxy: Any) -> tuple[int, int]:
-    """(bytes Envoy received from clients, bytes it sent to upstreams) so far."""
+_ENVOY_BYTES = {
+    "rx": "http.grpc.downstream_cx_rx_bytes_total",  # client -> Envoy (requests)
+    "tx": "cluster.upstreams.upstream_cx_tx_bytes_total",  # Envoy -> replicas
+    "up_rx": "cluster.upstreams.upstream_cx_rx_bytes_total",  # replicas -> Envoy (responses)
+    "down_tx": "http.grpc.downstream_cx_tx_bytes_total",  # Envoy -> client
+}
+
+
+def _envoy_bytes(proxy: Any) -> dict[str, int]:
+    """Bytes Envoy moved so far, each direction of each leg (``_ENVOY_BYTES``)."""
     from helpers import proxies
 
     _status, body = proxies._admin_get(proxy.admin_port, "/stats?format=json")
     stats = {s["name"]: s.get("value", 0) for s in json.loads(body)["stats"] if "name" in s}
-    return (
-        int(stats.get("http.grpc.downstream_cx_rx_bytes_total", 0)),
-        int(stats.get("cluster.upstreams.upstream_cx_tx_bytes_total", 0)),
-    )
+    return {key: int(stats.get(name, 0)) for key, name in _ENVOY_BYTES.items()}
 
 
 def topologies(rounds: int, calls: int = TOPOLOGY_CALLS) -> dict[str, Any]:
@@ -243,7 +248,7 @@ def topologies(rounds: int, calls: int = TOPOLOGY_CALLS) -> dict[str, Any]:
     row); the same with the replicas' options (a ticket key ring directory and the Redis
     store); Envoy in front of that one process; Envoy round-robin over three processes (the
     suite's ``envoy_rr3`` row). Per call: median latency, server CPU (the handler pools),
-    Envoy CPU, and bytes Envoy received from the client and sent upstream (HPACK-compressed
+    Envoy CPU, and the bytes Envoy moved on each direction of both legs (HPACK-compressed
     headers plus frames). Rounds interleave every (topology, kind)."""
     import grpc
 
@@ -317,7 +322,7 @@ def topologies(rounds: int, calls: int = TOPOLOGY_CALLS) -> dict[str, Any]:
                 targets[(name, kind)] = (channel.unary_unary(UNARY_METHOD), proxy, servers)
 
         samples: dict[tuple[str, str], dict[str, list[float]]] = {
-            key: {"latency": [], "server_cpu": [], "envoy_cpu": [], "rx": [], "tx": []}
+            key: {"latency": [], "server_cpu": [], "envoy_cpu": [], **{k: [] for k in _ENVOY_BYTES}}
             for key in targets
         }
         for call, _proxy, _servers in targets.values():
@@ -328,7 +333,7 @@ def topologies(rounds: int, calls: int = TOPOLOGY_CALLS) -> dict[str, Any]:
                 kind = key[1]
                 cpu = sum(server.cpu_seconds()[kind] for server in servers)
                 envoy_cpu = proxy.cpu_seconds() if proxy else 0.0
-                rx, tx = _envoy_bytes(proxy) if proxy else (0, 0)
+                moved = _envoy_bytes(proxy) if proxy else {}
                 latencies = []
                 for _ in range(calls):
                     started = time.perf_counter()
@@ -340,9 +345,8 @@ def topologies(rounds: int, calls: int = TOPOLOGY_CALLS) -> dict[str, Any]:
                 record["server_cpu"].append(spent / calls * 1e6)
                 if proxy:
                     record["envoy_cpu"].append((proxy.cpu_seconds() - envoy_cpu) / calls * 1e6)
-                    rx2, tx2 = _envoy_bytes(proxy)
-                    record["rx"].append((rx2 - rx) / calls)
-                    record["tx"].append((tx2 - tx) / calls)
+                    for direction, total in _envoy_bytes(proxy).items():
+                        record[direction].append((total - moved[direction]) / calls)
         for (name, kind), record in samples.items():
             out.setdefault(name, {})[kind] = {
                 metric: statistics.median(values) if values else None
@@ -354,17 +358,21 @@ def topologies(rounds: int, calls: int = TOPOLOGY_CALLS) -> dict[str, Any]:
 def _print_topologies(results: dict[str, Any]) -> None:
     print("unary 100 B, plain gRPC / rpcsec x509 INTEGRITY, medians of paired rounds, per call:")
     header = f"  {'topology':44s} {'latency us':>17s} {'ratio':>6s} {'server cpu us':>15s}"
-    print(header + f" {'envoy cpu us':>13s} {'client->envoy B':>16s} {'envoy->up B':>12s}")
+    print(
+        header + f" {'envoy cpu us':>13s} {'client->envoy B':>16s} {'envoy->up B':>12s}"
+        f" {'up->envoy B':>12s} {'envoy->client B':>16s}"
+    )
     for name, kinds in results.items():
         plain, rpcsec = kinds["plain"], kinds["rpcsec"]
         cells = {}
-        for metric in ("latency", "server_cpu", "envoy_cpu", "rx", "tx"):
+        for metric in ("latency", "server_cpu", "envoy_cpu", *_ENVOY_BYTES):
             values = [plain[metric], rpcsec[metric]]
             cells[metric] = "-" if None in values else "/".join(f"{v:.0f}" for v in values)
         ratio = rpcsec["latency"] / plain["latency"]
         print(
             f"  {name:44s} {cells['latency']:>17s} {ratio:5.2f}x {cells['server_cpu']:>15s}"
             f" {cells['envoy_cpu']:>13s} {cells['rx']:>16s} {cells['tx']:>12s}"
+            f" {cells['up_rx']:>12s} {cells['down_tx']:>16s}"
         )
 
 
