@@ -67,7 +67,10 @@ def serve(spec: dict[str, Any], commands: IO[str], replies: IO[str]) -> None:
     try:
         credentials = [identity.server() for identity in identities]
         rpcsec, rpcsec_pool, rpcsec_port = _rpcsec_server(
-            credentials, max_workers, spec.get("interceptor_kwargs", {})
+            credentials,
+            max_workers,
+            spec.get("interceptor_kwargs", {}),
+            spec.get("replay_store_timeout"),
         )
         servers.append(rpcsec)
         ports = {"plain": plain_port, "tls": tls_port, "rpcsec": rpcsec_port}
@@ -101,14 +104,24 @@ RPCSEC_POOL = "rpcsec"
 
 
 def _rpcsec_server(
-    credentials: list[Any], max_workers: int, options: dict[str, Any]
+    credentials: list[Any],
+    max_workers: int,
+    options: dict[str, Any],
+    store_timeout: float | None = None,
 ) -> tuple[Any, Any, int]:
     """The rpcsec server as users deploy it: ``secure_server()`` (whatever it does today --
     a per-call interceptor, or handlers protected once when registered), the echo service
-    registered on it. ``options``: a deployment's (a ticket key ring, a replay store)."""
+    registered on it. ``options``: a deployment's (a ticket key ring, a replay store URL);
+    ``store_timeout``: the Redis replay store's timeout for that URL (``RedisReplayStore``)."""
     from rpcsec.grpc import secure_server
 
     from ._service import ThreadCpu, echo_handler
+
+    options = dict(options)
+    if store_timeout is not None and isinstance(options.get("replay_store"), str):
+        from rpcsec.session import RedisReplayStore
+
+        options["replay_store"] = RedisReplayStore(options["replay_store"], timeout=store_timeout)
 
     server = secure_server(
         credentials,
