@@ -20,7 +20,8 @@ CORE_STAMP="$VENV/.installed-core"
 # libkrb5 must count as missing.
 CORE_IMPORTS="import importlib.util as u, sys, rpcsec
 sys.exit(any(u.find_spec(m) is None for m in
-    ('grpc', 'cryptography', 'OpenSSL', 'spnego', 'pytest', 'hypothesis', 'grpc_tools', 'matplotlib')))"
+    ('grpc', 'cryptography', 'OpenSSL', 'spnego', 'pytest', 'hypothesis', 'grpc_tools', 'matplotlib',
+     'redis', 'hiredis', 'grpc_health')))"
 KERBEROS_IMPORTS="import gssapi, krb5, requests_gssapi, httpx_gssapi, requests_kerberos"
 
 imports() { "$PY" -c "$1" >/dev/null 2>&1; }
