@@ -11,6 +11,8 @@ other (issue 14 item 4); every row's client runs in a client process of its own
    once as a generic handler.
 3. ``ladder_wrap_interceptor``: the same, the re-wrapped handler returned per call by a
    pass-through ``ServerInterceptor`` (the shape of rpcsec's ``SecurityInterceptor``).
+   Beside them ``ladder_wrap_short_handle``: row 2 with the context entry cut to a 16 B
+   table handle, pricing the ticket rpcsec sends on every call at the gRPC level.
 4. ``ladder_noop_x509_*``: rpcsec x509 with every AEAD call a no-op (``_noop_aead``, in a
    server process and a client process of their own).
 5. ``ladder_x509_*``: rpcsec x509 as shipped.
@@ -54,6 +56,10 @@ REMOTE_WORKLOADS = frozenset({"unary_latency_us", "unary_throughput_cps"})
 LEVELS = ("integrity", "privacy")
 INTERCEPTOR = ("ladder_wrap_generic", "ladder_wrap_interceptor")
 """The two wrapping rows whose difference prices the per-call interceptor."""
+CONTEXT_ENTRY, SHORT_HANDLE_BYTES = "rpcsec-context-bin", 16
+SHORT_HANDLE = ("ladder_wrap_short_handle", "ladder_wrap_generic")
+"""The two wrapping rows whose difference prices the ticket-sized context entry (vs a 16 B
+table handle) at the gRPC level."""
 CAPTURE_CALLS = 5
 
 
@@ -137,6 +143,16 @@ def _per_call(measured: dict[str, Any], calls: int) -> dict[str, Any]:
         label: {"per_call": count / calls, "us": total / calls / 1000}
         for label, (count, total) in measured["parts"].items()
     }
+
+
+def _short_handle(shape: dict[str, Any]) -> dict[str, Any]:
+    """``shape`` with the context entry cut to a table handle's size: what sending the whole
+    ticket on every call costs gRPC, beside ``ladder_wrap_generic``."""
+    entries = [
+        [key, SHORT_HANDLE_BYTES if key == CONTEXT_ENTRY else size]
+        for key, size in shape["request_metadata"]
+    ]
+    return {**shape, "request_metadata": entries}
 
 
 def _capture_shape(address: str, identity: PackageIdentity) -> None:
@@ -223,6 +239,17 @@ def start_decomposition(
                 pool(servers, way),
                 alt,
             )
+        _row(
+            SHORT_HANDLE[0],
+            f"+ wrapping, generic handler, a {SHORT_HANDLE_BYTES} B handle for the ticket",
+            {
+                "kind": "wrap",
+                "address": f"127.0.0.1:{wrap_ports['wrap_generic']}",
+                "shape": _short_handle(shape),
+            },
+            pool(servers, "wrap_generic"),
+            alt,
+        )
         alt.glue_spec = {**server_spec(pki, [identity]), "glue_timing": True}
         alt.glue_identity = identity
         noop_spec = server_spec(pki, [identity])
@@ -315,6 +342,7 @@ def summarize(document: dict[str, Any]) -> None:
                 "interceptor_us": _step(
                     rows, key, "ladder_wrap_generic", "ladder_wrap_interceptor"
                 ),
+                "ticket_us": _step(rows, key, *SHORT_HANDLE),
             }
         steps[level] = by_key
     section["steps"] = steps
@@ -382,6 +410,12 @@ def render_decomposition(document: dict[str, Any]) -> str:
             f"| (of the wrapping: the per-call interceptor vs a generic handler) "
             f"| {_signed(latency['interceptor_us'])} | | {_signed(cpu['interceptor_us'])} | |"
         )
+        if latency.get("ticket_us") is not None:
+            out.append(
+                "| (of the wrapping: the context entry as rpcsec sends it vs a "
+                f"{SHORT_HANDLE_BYTES} B handle) | {_signed(latency['ticket_us'])} | "
+                f"| {_signed(cpu.get('ticket_us'))} | |"
+            )
     out += _render_glue(section.get("glue_timing"))
     return "\n".join(out) + "\n"
 

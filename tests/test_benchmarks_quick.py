@@ -81,6 +81,7 @@ LADDER = {
     "ladder_plain",
     "ladder_wrap_generic",
     "ladder_wrap_interceptor",
+    "ladder_wrap_short_handle",
     "ladder_noop_x509_integrity",
     "ladder_noop_x509_privacy",
     "ladder_x509_integrity",
