@@ -29,6 +29,7 @@ from rpcsec.grpc import (
 )
 from rpcsec.grpc import aio as rpcsec_aio
 from rpcsec.grpc._proto import handshake_pb2
+from rpcsec.grpc._wire import NEGOTIATE_METHOD
 from rpcsec.sspi import (
     ClientContext,
     InsufficientAttributesError,
@@ -371,3 +372,113 @@ async def test_half_open_handshake_times_out_by_itself(ntlm_setup, aio_serve) ->
         assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
         assert reason_of(info.value) == "expired"
     assert await asyncio.to_thread(interceptor.handshakes.wait_idle, 5)
+
+
+class _EndedOpen(grpc.aio.ServerInterceptor):
+    """Records, for each handshake, whether the server ended the Negotiate stream with the
+    client's request side still open -- what haproxy 2.6 answers with RST_STREAM CANCEL, a
+    reset that can overtake the handshake's last leg."""
+
+    def __init__(self) -> None:
+        self.ended_open: list[str] = []
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler_call_details.method != NEGOTIATE_METHOD:
+            return handler
+        inner = handler.stream_stream
+
+        async def negotiate(request_iterator, context):
+            closed = []
+
+            async def requests():
+                async for raw in request_iterator:
+                    yield raw
+                closed.append(True)
+
+            outcome = "cancelled"  # by the client (its channel closed): not the server's end
+            try:
+                async for reply in inner(requests(), context):
+                    yield reply
+                outcome = "ended open" if not closed else "ended after half-close"
+            finally:
+                self.ended_open.append(outcome)
+
+        return grpc.stream_stream_rpc_method_handler(negotiate)
+
+
+class _SyncEndedOpen(grpc.ServerInterceptor):
+    """``_EndedOpen`` for a sync server."""
+
+    def __init__(self) -> None:
+        self.ended_open: list[str] = []
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler_call_details.method != NEGOTIATE_METHOD:
+            return handler
+        inner = handler.stream_stream
+
+        def negotiate(request_iterator, context):
+            closed = []
+
+            def requests():
+                try:
+                    yield from request_iterator
+                except grpc.RpcError:
+                    closed.append("cancelled")  # the client's channel closed first
+                    raise
+                closed.append("half-closed")
+
+            outcome = "cancelled"
+            try:
+                yield from inner(requests(), context)
+                if not closed:
+                    outcome = "ended open"
+                elif closed[0] == "half-closed":
+                    outcome = "ended after half-close"
+            finally:
+                self.ended_open.append(outcome)
+
+        return grpc.stream_stream_rpc_method_handler(negotiate)
+
+
+async def test_the_handshake_stream_ends_only_after_the_client_half_closed(package_setup) -> None:
+    """Regression (haproxy, 1 run in 15 under load: the bind failed CANCELLED): the server
+    ended the Negotiate stream right after its last leg, while the client's side was still
+    open. Now both servers wait for the client's half-close (sync and aio clients)."""
+    setup = package_setup
+    aio_probe, sync_probe = _EndedOpen(), _SyncEndedOpen()
+    aio_server = grpc.aio.server(
+        interceptors=[aio_probe, rpcsec_aio.SecurityInterceptor(setup.server())]
+    )
+    echo_pb2_grpc.add_EchoServicer_to_server(AsyncEchoServicer(), aio_server)
+    aio_address = f"127.0.0.1:{aio_server.add_insecure_port('127.0.0.1:0')}"
+    await aio_server.start()
+    sync_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8),
+        interceptors=[sync_probe, SecurityInterceptor(setup.server(), max_handshakes=4)],
+    )
+    echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), sync_server)
+    sync_address = f"127.0.0.1:{sync_server.add_insecure_port('127.0.0.1:0')}"
+    sync_server.start()
+
+    def sync_client(address: str) -> str:
+        with secure_channel(address, setup.client(), **setup.channel_options()) as channel:
+            return echo_pb2_grpc.EchoStub(channel).Say(_request("sync"), timeout=10).principal
+
+    try:
+        for address in (aio_address, sync_address):
+            async with rpcsec_aio.secure_channel(
+                address, setup.client(), **setup.channel_options()
+            ) as channel:
+                said = await echo_pb2_grpc.EchoStub(channel).Say(_request("aio"), timeout=10)
+                assert said.principal == setup.principal("alice")
+            assert await asyncio.to_thread(sync_client, address) == setup.principal("alice")
+    finally:
+        await aio_server.stop(None)
+        sync_server.stop(None)
+    for probe in (aio_probe, sync_probe):
+        assert len(probe.ended_open) == 2
+        assert "ended open" not in probe.ended_open
+        assert "ended after half-close" in probe.ended_open

@@ -329,6 +329,12 @@ class _Reaper:
             del limiter
 
 
+# The handshake's stream ends only once the client half-closed (it does as soon as the last
+# leg arrives): a proxy seeing the server end a bidi stream whose request side is open may reset
+# it (haproxy 2.6 does: RST_STREAM CANCEL), and the reset can overtake that last leg. A client
+# that never half-closes is a half-open handshake: the limiter's timeout cancels it.
+
+
 def _negotiate_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
     reaper = _Reaper(security.limiter)
 
@@ -346,6 +352,9 @@ def _negotiate_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
                 reply, done = negotiation.receive_bytes(raw)
                 yield reply
                 if done:
+                    if negotiation.error is None:
+                        for _ in request_iterator:  # wait for the client's half-close (see above)
+                            break
                     break
         except grpc.RpcError:
             pass  # the client cancelled, or the handshake timed out and was cancelled

@@ -353,6 +353,12 @@ def _negotiate_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
                     break
                 reply, done = negotiation.receive_bytes(raw)
                 yield reply
+            if done and negotiation.error is None:
+                # Wait for the client's half-close before ending (see the sync server's
+                # negotiate: a proxy may reset a stream ended while its request side is open);
+                # bounded by the handshake timeout.
+                with contextlib.suppress(StopAsyncIteration, TimeoutError):
+                    await asyncio.wait_for(messages.__anext__(), limiter.timeout)
         finally:
             limiter.done(ticket)
             if not done:
