@@ -41,6 +41,7 @@ DEFAULT_MAX_TICKETS = 10_000
 DEFAULT_MAX_REVOKED = 100_000
 MAX_TICKET_ID_SIZE = 64
 MAX_SEQUENCE = (1 << 64) - 1
+_INF = math.inf
 
 
 class ReplayVerdict(enum.Enum):
@@ -192,10 +193,8 @@ class MemoryReplayStore:
             and type(sequence) is int
             and 0 <= sequence <= MAX_SEQUENCE
             and type(expires_at) is float
-            and -math.inf < expires_at < math.inf  # False for NaN too
-            and (
-                issued_at is None or (type(issued_at) is float and -math.inf < issued_at < math.inf)
-            )
+            and -_INF < expires_at < _INF  # False for NaN too
+            and (issued_at is None or (type(issued_at) is float and -_INF < issued_at < _INF))
         ):
             check_claim_arguments(ticket_id, sequence, expires_at, issued_at)
         now = self._clock()
