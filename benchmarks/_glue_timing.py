@@ -32,10 +32,12 @@ _SERVER, _CORE = "rpcsec.grpc._server", "rpcsec.grpc._server_core"
 _CONTEXT = "rpcsec.sspi._context"
 _INTERCEPT, _OLD_ADMIT = "SecurityInterceptor.intercept_service", "ServerSecurity._admit"
 _OPEN_CALL = "_Multicallable._open_call"
+_RUN_AS = (_SERVER, "run_as", "runner")
 _TICKET_OPEN, _TABLE_OPEN = "TicketClientProtection.open", "ClientCallProtection.open"
-Seam = tuple[str, list[tuple[str, str]], str]
-"""(label, candidates (module, attribute path) newest first -- the first that exists is timed,
-kind: "call" or "context manager")."""
+Seam = tuple[str, list[tuple[str, ...]], str]
+"""(label, candidates (module, attribute path[, kind]) newest first -- the first that exists is
+timed, kind: "call", "context manager" or "runner"; a candidate's own kind overrides the
+seam's)."""
 SEAMS: list[Seam] = [
     ("intercept_service (poller thread)", [(_SERVER, _INTERCEPT)], "call"),
     ("admission, whole", [(_CORE, "ServerSecurity.open_unary")], "call"),
@@ -46,7 +48,7 @@ SEAMS: list[Seam] = [
     ("replay window", [("rpcsec.sspi._replay", "ReplayWindow.check")], "call"),
     ("claim + authorize", [(_CORE, "ServerSecurity.admit"), (_CORE, _OLD_ADMIT)], "call"),
     ("policy check", [("rpcsec.grpc._policy", "AuthorizationPolicy.check")], "call"),
-    ("impersonation set + reset", [(_SERVER, "impersonate")], "context manager"),
+    ("impersonation set + reset", [_RUN_AS, (_SERVER, "impersonate")], "context manager"),
     ("status signing", [("rpcsec.grpc._servicer_context", "VerifiedContext.seal_status")], "call"),
     ("response sealing", [(_CORE, "ServerCall.seal_response")], "call"),
 ]  # fmt: skip
@@ -151,11 +153,43 @@ def install_aead_timer() -> None:
     aead.AESGCM = TimedAESGCM  # type: ignore[misc,assignment]
 
 
+def _timed_runner(label: str, run: Callable[..., Any]) -> Callable[..., Any]:
+    """Times ``run(token, fn, *args)`` (``run_as``: impersonation around one call) without the
+    time ``fn`` itself takes, as ``_timed_context_manager`` leaves out the body."""
+    clock = time.perf_counter_ns
+
+    def timed(token: Any, fn: Callable[..., Any], *args: Any) -> Any:
+        inner = [0]
+
+        def body(*body_args: Any) -> Any:
+            start = clock()
+            try:
+                return fn(*body_args)
+            finally:
+                inner[0] = clock() - start
+
+        start = clock()
+        try:
+            return run(token, body, *args)
+        finally:
+            _add(label, clock() - start - inner[0])
+
+    timed.__wrapped__ = run  # type: ignore[attr-defined]
+    return timed
+
+
+_WRAPPERS: dict[str, Callable[[str, Callable[..., Any]], Callable[..., Any]]] = {
+    "call": _timed_call,
+    "context manager": _timed_context_manager,
+    "runner": _timed_runner,
+}
+
+
 def install(seams: list[Seam] | None = None) -> None:
     """Wrap, for every part, the first candidate that exists (default: the server's parts);
     remember the parts none of whose candidates exist."""
     for label, candidates, kind in SEAMS if seams is None else seams:
-        for module_name, path in candidates:
+        for module_name, path, *own_kind in candidates:
             try:
                 owner: Any = importlib.import_module(module_name)
                 *parents, name = path.split(".")
@@ -166,11 +200,11 @@ def install(seams: list[Seam] | None = None) -> None:
                 continue
             _SUMS[label] = [0, 0]
             _WHERE[label] = f"{module_name}.{path}"
-            wrap = _timed_call if kind == "call" else _timed_context_manager
+            wrap = _WRAPPERS[own_kind[0] if own_kind else kind]
             setattr(owner, name, wrap(label, original))
             break
         else:
-            names = ", ".join(f"{module}.{path}" for module, path in candidates)
+            names = ", ".join(f"{candidate[0]}.{candidate[1]}" for candidate in candidates)
             _MISSING.append(f"{label}: {names} not found")
     _OVERHEAD[0] = _calibrate()
 

@@ -512,6 +512,45 @@ def test_a_failing_audit_handler_leaves_the_thread_as_it_was(users, fs_map, x509
         audit.setLevel(logging.NOTSET)
 
 
+def test_run_as_switches_for_the_call_only_and_always_gives_the_thread_back(
+    users, fs_map, x509_setup
+):
+    """``run_as`` (the sync server's one-frame impersonation): the function runs switched to
+    the caller with the caller's token current; after it returns, raises, or the audit log
+    fails before it runs (then it never runs), the thread is the process again."""
+    from rpcsec.security._impersonation import run_as
+
+    service = _status()
+    token = rpcsec.AccessToken(x509_setup.principal("alice"), "x509")
+    inside, current = run_as(token, lambda: (_status(), rpcsec.current_token()))
+    assert inside["Uid"][3] == users.uid("a") and current is token
+    assert _status() == service and rpcsec.current_token() is None
+
+    def fails():
+        raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        run_as(token, fails)
+    assert _status() == service and rpcsec.current_token() is None
+
+    class Broken(logging.Filter):
+        def filter(self, record):
+            raise RuntimeError("log filter failed")
+
+    audit = logging.getLogger("rpcsec.audit")
+    broken = Broken()
+    audit.addFilter(broken)
+    audit.setLevel(logging.DEBUG)
+    ran = []
+    try:
+        with pytest.raises(RuntimeError):
+            run_as(token, ran.append, 1)
+        assert ran == [] and _status() == service and rpcsec.current_token() is None
+    finally:
+        audit.removeFilter(broken)
+        audit.setLevel(logging.NOTSET)
+
+
 class Slow(EchoServicer):
     """Repeat: the second step blocks (switched to the caller) until the test releases it."""
 

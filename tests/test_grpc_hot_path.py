@@ -122,3 +122,14 @@ def test_a_policy_subclass_is_asked_on_every_call(x509_setup, serve) -> None:
             _say(stub)
         assert reason_of(info.value) == "access-denied"
     assert policy.asked == 3 and echo.calls == 2
+
+
+def test_the_in_process_server_unary_benchmark_runs() -> None:
+    """``benchmarks.server_unary`` drives real x509 ticket calls through the sync server's
+    unary behavior; every call must be admitted (a refusal raises there), and it must not rot.
+    Timings are never asserted."""
+    from benchmarks.server_unary import measure
+
+    results = measure(calls=20, rounds=1)
+    assert set(results) == {"INTEGRITY", "PRIVACY"}
+    assert all(numbers["best_us"] > 0 for numbers in results.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pytest
@@ -36,6 +37,35 @@ def test_impersonate_and_revert() -> None:
     scope.revert()
     scope.revert()  # idempotent
     assert current_token() is None
+
+
+def test_run_as_is_impersonate_around_one_call() -> None:
+    """``run_as`` (the bindings' per-call form): the token is current for the call only, the
+    previous one (none, or an outer impersonation) is back after a return or a raise, the
+    result and the arguments pass through, and a non-token is refused before anything runs."""
+    from rpcsec.security._impersonation import run_as
+
+    assert run_as(ALICE, lambda a, b: (current_token(), a, b), 1, 2) == (ALICE, 1, 2)
+    assert current_token() is None
+    with impersonate(BOB):
+        with pytest.raises(KeyError):
+            run_as(ALICE, {}.__getitem__, "missing")
+        assert current_token() is BOB
+    assert current_token() is None
+    called = []
+    with pytest.raises(TypeError):
+        run_as("alice", called.append, 1)  # type: ignore[arg-type]
+    assert called == []
+
+
+def test_run_as_emits_the_impersonation_audit_event(caplog) -> None:
+    from rpcsec.security._impersonation import run_as
+
+    with caplog.at_level(logging.DEBUG, logger="rpcsec.audit"):
+        run_as(ALICE, lambda: None)
+    (record,) = [r for r in caplog.records if r.name == "rpcsec.audit"]
+    assert record.rpcsec_audit["event"] == "impersonation"
+    assert record.rpcsec_audit["principal"] == "alice"
 
 
 def test_impersonation_is_per_thread() -> None:

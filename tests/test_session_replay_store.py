@@ -28,6 +28,7 @@ from rpcsec.session import (
     ReplayVerdict,
 )
 from rpcsec.session._redis_store import RedisLayout
+from rpcsec.session._replay_store import check_claim_arguments
 from rpcsec.sspi import SecStatus, SecurityError, error_for_status
 
 FRESH, REPLAY, REVOKED = ReplayVerdict.FRESH, ReplayVerdict.REPLAY, ReplayVerdict.REVOKED
@@ -215,6 +216,67 @@ def test_memory_store_refuses_caller_mistakes(ticket_id, sequence, expires_at, e
         MemoryReplayStore(max_tickets=0)
     with pytest.raises(ValueError):
         MemoryReplayStore(window=100)
+
+
+_ARGUMENT = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**65), max_value=2**65),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.binary(max_size=70),
+    st.text(max_size=3),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    ticket_id=st.one_of(_ARGUMENT, st.binary(min_size=1, max_size=64)),
+    sequence=st.one_of(_ARGUMENT, st.integers(min_value=0, max_value=2**64 - 1)),
+    expires_at=st.one_of(_ARGUMENT, st.floats(min_value=NOW + 1, max_value=NOW + 1e6)),
+    issued_at=st.one_of(_ARGUMENT, st.floats(min_value=NOW - 10, max_value=NOW)),
+)
+def test_memory_store_fast_argument_check_refuses_exactly_what_the_full_check_does(
+    ticket_id, sequence, expires_at, issued_at
+) -> None:
+    """``claim`` checks the usual argument shapes inline and falls back to
+    ``check_claim_arguments`` otherwise: whatever the caller passes, it raises the same error
+    the full check raises, and otherwise answers a verdict (never a crash, never FRESH for an
+    expired ticket)."""
+    clock = Clock(NOW - 100)
+    store = MemoryReplayStore(clock=clock)
+    clock.now = NOW
+    try:
+        check_claim_arguments(ticket_id, sequence, expires_at, issued_at)
+    except (TypeError, ValueError) as exc:
+        with pytest.raises(type(exc)):
+            store.claim(ticket_id, sequence, expires_at, issued_at=issued_at)
+        assert len(store) == 0  # nothing recorded for a refused call
+        return
+    verdict = store.claim(ticket_id, sequence, expires_at, issued_at=issued_at)
+    assert isinstance(verdict, ReplayVerdict)
+    if expires_at <= NOW:
+        assert verdict is REVOKED
+    if verdict is FRESH:
+        assert store.claim(ticket_id, sequence, expires_at, issued_at=issued_at) is REPLAY
+
+
+def test_memory_store_purges_expired_tickets_only_when_one_expired() -> None:
+    """The purge is amortised (it runs when the earliest expiry has passed, not per call), yet
+    an expired ticket's window is still dropped on the next claim after its expiry and a
+    claim for it is REVOKED."""
+    clock = Clock()
+    store = MemoryReplayStore(clock=clock)
+    store.claim(b"a" * 16, 1, NOW + 10)
+    store.claim(b"b" * 16, 1, NOW + 1000)
+    assert len(store) == 2
+    clock.now = NOW + 10
+    assert store.claim(b"a" * 16, 2, NOW + 10) is REVOKED
+    assert store.claim(b"b" * 16, 2, NOW + 1000) is FRESH
+    assert len(store) == 1  # "a" purged by that claim
+    store.revoke(b"c" * 16, NOW + 20)
+    clock.now = NOW + 21
+    assert store.claim(b"b" * 16, 3, NOW + 1000) is FRESH
+    assert store.revoked_count == 0
 
 
 _OPERATIONS = st.lists(

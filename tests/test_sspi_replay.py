@@ -92,6 +92,30 @@ def test_check_does_not_change_state() -> None:
         window.check(5)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.sampled_from([64, 128]),
+    seqs=st.lists(st.integers(min_value=0, max_value=1000), max_size=200),
+)
+def test_record_decides_like_accept_and_a_refusal_changes_nothing(
+    size: int, seqs: list[int]
+) -> None:
+    """``record`` (the replay store's lock-free-inside-its-own-lock twin of ``accept``) accepts
+    and refuses exactly what ``accept`` does, and a refused number leaves the window as it was
+    (a replay must never move the window)."""
+    recorded, accepted = ReplayWindow(size), ReplayWindow(size)
+    for seq in seqs:
+        before = (list(recorded._blocks), recorded.highest)
+        refused = recorded.record(seq)
+        assert (refused is None) == _try(accepted, seq)
+        if refused is not None:
+            assert refused in (
+                "message is older than the replay window",
+                "message was already received",
+            )
+            assert (list(recorded._blocks), recorded.highest) == before
+
+
 def test_window_size_must_be_a_multiple_of_64() -> None:
     for bad in (0, -64, 100):
         with pytest.raises(ValueError):

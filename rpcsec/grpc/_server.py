@@ -25,8 +25,9 @@ from typing import Any, NoReturn
 import grpc
 
 from rpcsec._settings import effective_settings
-from rpcsec.security import CallerSteps, impersonate
+from rpcsec.security import CallerSteps
 from rpcsec.security import _audit as audit
+from rpcsec.security._impersonation import run_as
 from rpcsec.sspi import (
     DEFAULT_WINDOW,
     BusyError,
@@ -201,8 +202,7 @@ def sync_handler(
                 call, data = security.open_unary(context.invocation_metadata(), method, request)
                 message = deserialize(method, data)
                 view = VerifiedContext(context, call)
-                with impersonate(call.token):
-                    response = app_uu(message, view)
+                response = run_as(call.token, app_uu, message, view)
                 if response is None:
                     view.seal_status()
                     return b""
@@ -254,8 +254,7 @@ def sync_handler(
                 inbound = call.inbound()
                 requests = verified_requests(request_iterator, inbound, method)
                 view = VerifiedContext(context, call)
-                with impersonate(call.token):
-                    response = app_su(requests, view)
+                response = run_as(call.token, app_su, requests, view)
                 _raise_stream_failure(inbound)
                 if response is None:
                     view.seal_status()

@@ -95,12 +95,18 @@ class AuditEvent(enum.Enum):
         self.level = level
 
 
+_current_span = None if _otel_trace is None else _otel_trace.get_current_span
+
+
 def _span() -> Any:
     """The active span if it records, else None (one check when OpenTelemetry is absent)."""
-    if _otel_trace is None:
+    if _current_span is None:
         return None
-    span = _otel_trace.get_current_span()
+    span = _current_span()
     return span if span.is_recording() else None
+
+
+_IMPERSONATION_LEVEL = AuditEvent.IMPERSONATION.level
 
 
 def _wanted(event: AuditEvent) -> tuple[bool, Any]:
@@ -176,7 +182,9 @@ def logon(token: AccessToken, peer: str | None = None) -> None:
 def impersonation(token: AccessToken) -> None:
     """A thread of control started running as ``token`` (ImpersonateSecurityContext). Per
     call, so DEBUG: enabling INFO does not flood the log with one record per call."""
-    enabled, span = _wanted(AuditEvent.IMPERSONATION)
+    # Per call: no tuple, no enum attribute lookups (``_wanted`` inlined).
+    enabled = _LOG.isEnabledFor(_IMPERSONATION_LEVEL)
+    span = _span()
     if enabled or span is not None:
         _emit(AuditEvent.IMPERSONATION, enabled, span, _token_fields(token))
 

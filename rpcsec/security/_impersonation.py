@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 from . import _audit
 from ._token import AccessToken
 
-__all__ = ["CallerSteps", "ImpersonationScope", "current_token", "impersonate", "revert_to_self"]
+__all__ = [
+    "CallerSteps",
+    "ImpersonationScope",
+    "current_token",
+    "impersonate",
+    "revert_to_self",
+    "run_as",
+]
 
 _T = TypeVar("_T")
 
@@ -87,6 +94,31 @@ def impersonate(token: AccessToken) -> ImpersonationScope:
             restore()
         raise
     return ImpersonationScope(token, _current.set(token), restore)
+
+
+def run_as(token: AccessToken, fn: Callable[..., _T], *args: Any) -> _T:
+    """``with impersonate(token): return fn(*args)`` in one frame and no scope object: the
+    bindings' per-call form (ImpersonateSecurityContext, the handler, RevertSecurityContext).
+    The same checks, filesystem switch and audit event as ``impersonate``."""
+    if not isinstance(token, AccessToken):
+        raise TypeError("impersonate() needs an AccessToken")
+    switch = _fs_switch
+    restore = switch(token) if switch is not None else None  # may refuse: before anything
+    try:
+        _audit.impersonation(token)
+    except BaseException:  # a failing log filter must not leave the thread switched
+        if restore is not None:
+            restore()
+        raise
+    reset = _current.set(token)
+    try:
+        return fn(*args)
+    finally:
+        try:
+            if restore is not None:
+                restore()
+        finally:
+            _current.reset(reset)
 
 
 class CallerSteps:

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from rpcsec.sspi import DEFAULT_WINDOW, ReplayError, ReplayStoreUnavailableError, ReplayWindow
+from rpcsec.sspi import DEFAULT_WINDOW, ReplayStoreUnavailableError, ReplayWindow
 
 __all__ = [
     "DEFAULT_MAX_REVOKED",
@@ -41,6 +41,7 @@ DEFAULT_MAX_TICKETS = 10_000
 DEFAULT_MAX_REVOKED = 100_000
 MAX_TICKET_ID_SIZE = 64
 MAX_SEQUENCE = (1 << 64) - 1
+_INF = math.inf
 
 
 class ReplayVerdict(enum.Enum):
@@ -184,12 +185,25 @@ class MemoryReplayStore:
         *,
         issued_at: float | None = None,
     ) -> ReplayVerdict:
-        check_claim_arguments(ticket_id, sequence, expires_at, issued_at)
+        # The usual shapes (bytes, int, float from a ticket) are checked inline; anything else
+        # takes the full check, which raises or accepts it (an int expiry, say).
+        if not (
+            type(ticket_id) is bytes
+            and 0 < len(ticket_id) <= MAX_TICKET_ID_SIZE
+            and type(sequence) is int
+            and 0 <= sequence <= MAX_SEQUENCE
+            and type(expires_at) is float
+            and -_INF < expires_at < _INF  # False for NaN too
+            and (issued_at is None or (type(issued_at) is float and -_INF < issued_at < _INF))
+        ):
+            check_claim_arguments(ticket_id, sequence, expires_at, issued_at)
         now = self._clock()
         if expires_at <= now:
             return ReplayVerdict.REVOKED
         with self._lock:
-            self._purge(now)
+            expiries = self._expiries
+            if expiries and expiries[0][0] <= now:
+                self._purge(now)  # only when something expired: amortised over its lifetime
             if ticket_id in self._revoked:
                 return ReplayVerdict.REVOKED
             entry = self._windows.get(ticket_id)
@@ -203,11 +217,15 @@ class MemoryReplayStore:
                     self._forget(self._windows.popitem(last=False)[1])
             else:
                 self._windows.move_to_end(ticket_id)
-                self._extend(entry, ticket_id, expires_at, issued_at)
-            assert entry.window is not None
-            try:
-                entry.window.accept(sequence)
-            except ReplayError:
+                if expires_at > entry.expires_at or (
+                    issued_at is not None
+                    and (entry.issued_at is None or issued_at < entry.issued_at)
+                ):
+                    self._extend(entry, ticket_id, expires_at, issued_at)
+            window = entry.window
+            assert window is not None
+            # One lock: the store's serializes the window too (``record``, not ``accept``).
+            if window.record(sequence) is not None:
                 return ReplayVerdict.REPLAY
             return ReplayVerdict.FRESH
 

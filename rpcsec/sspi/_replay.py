@@ -71,25 +71,34 @@ class ReplayWindow(ReceiveOrder):
             raise ReplayError("message was already received")
 
     def accept(self, seq: int) -> None:
-        # ``check`` inlined: this runs for every message and call (the bindings' hot path).
         with self._lock:
-            blocks = self._blocks
-            nblocks = self._nblocks
-            top = self._top
-            new_block = seq >> 6
-            if seq > top:
-                old_block = top >> 6 if top >= 0 else -1
-                if new_block != old_block:
-                    # Clear every block the window slides past (at most the whole ring).
-                    start = max(old_block + 1, new_block - nblocks + 1)
-                    for index in range(start, new_block + 1):
-                        blocks[index % nblocks] = 0
-                self._top = seq
-            elif top - seq >= self.size:
-                raise ReplayError("message is older than the replay window")
-            elif blocks[new_block % nblocks] >> (seq & _BLOCK_MASK) & 1:
-                raise ReplayError("message was already received")
-            blocks[new_block % nblocks] |= 1 << (seq & _BLOCK_MASK)
+            refused = self.record(seq)
+        if refused is not None:
+            raise ReplayError(refused)
+
+    def record(self, seq: int) -> str | None:
+        """``accept`` without taking the window's own lock, for an owner that already
+        serializes every access under one lock of its own (a replay store): records ``seq``
+        and returns None, or returns why it is refused (a replay) and changes nothing."""
+        # ``check`` inlined: this runs for every message and call (the bindings' hot path).
+        blocks = self._blocks
+        nblocks = self._nblocks
+        top = self._top
+        new_block = seq >> 6
+        if seq > top:
+            old_block = top >> 6 if top >= 0 else -1
+            if new_block != old_block:
+                # Clear every block the window slides past (at most the whole ring).
+                start = max(old_block + 1, new_block - nblocks + 1)
+                for index in range(start, new_block + 1):
+                    blocks[index % nblocks] = 0
+            self._top = seq
+        elif top - seq >= self.size:
+            return "message is older than the replay window"
+        elif blocks[new_block % nblocks] >> (seq & _BLOCK_MASK) & 1:
+            return "message was already received"
+        blocks[new_block % nblocks] |= 1 << (seq & _BLOCK_MASK)
+        return None
 
     def resume(self, highest: int) -> None:
         """ImportSecurityContext: every number up to ``highest`` counts as already received
