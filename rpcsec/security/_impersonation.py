@@ -83,33 +83,32 @@ def impersonate(token: AccessToken) -> ImpersonationScope:
     is decided by ``access_check`` (IDENTIFY and ANONYMOUS tokens fail it) and by onward
     calls (which need DELEGATE).
     """
+    restore = _enter(token)
+    return ImpersonationScope(token, _current.set(token), restore)
+
+
+def _enter(token: AccessToken) -> Callable[[], None] | None:
+    """ImpersonateSecurityContext's checks and side effects before the token is current: the
+    token's type, the thread's filesystem identity (may refuse: before anything else), the
+    audit event; returns what gives the thread back."""
     if not isinstance(token, AccessToken):
         raise TypeError("impersonate() needs an AccessToken")
     switch = _fs_switch
-    restore = switch(token) if switch is not None else None  # may refuse: before anything
+    restore = switch(token) if switch is not None else None
     try:
         _audit.impersonation(token)
     except BaseException:  # a failing log filter must not leave the thread switched
         if restore is not None:
             restore()
         raise
-    return ImpersonationScope(token, _current.set(token), restore)
+    return restore
 
 
 def run_as(token: AccessToken, fn: Callable[..., _T], *args: Any) -> _T:
     """``with impersonate(token): return fn(*args)`` in one frame and no scope object: the
     bindings' per-call form (ImpersonateSecurityContext, the handler, RevertSecurityContext).
     The same checks, filesystem switch and audit event as ``impersonate``."""
-    if not isinstance(token, AccessToken):
-        raise TypeError("impersonate() needs an AccessToken")
-    switch = _fs_switch
-    restore = switch(token) if switch is not None else None  # may refuse: before anything
-    try:
-        _audit.impersonation(token)
-    except BaseException:  # a failing log filter must not leave the thread switched
-        if restore is not None:
-            restore()
-        raise
+    restore = _enter(token)
     reset = _current.set(token)
     try:
         return fn(*args)
