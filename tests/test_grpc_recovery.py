@@ -362,7 +362,9 @@ def test_session_core_state_machine(x509_setup) -> None:
     def new_bound(generation: int) -> ClientBound:
         client = ClientContext(setup.client(), setup.target(), setup.requirements)
         handshake(client, ServerContext(setup.server()))
-        return ClientBound(client, b"h" * 16, ProtectionLevel.INTEGRITY, generation)
+        return ClientBound(
+            client, b"h" * 16, ProtectionLevel.INTEGRITY, generation, security.backoff.succeeded
+        )
 
     core = SessionCore(security, random_source=lambda: 1.0)
     assert core.state is SessionState.UNBOUND and core.usable() is None
@@ -422,3 +424,36 @@ def test_client_detected_failures_are_rpc_errors_too(x509_setup, serve) -> None:
         assert isinstance(info.value, MessageAlteredError)
         tap.responses = None
         assert stub.Say(_request("fine")).text == "fine"
+
+
+def test_a_verified_call_resets_only_its_own_identity_s_rebind_backoff(x509_setup) -> None:
+    # A cloaked channel keeps one re-bind backoff per caller. A verified call must reset the
+    # backoff of the identity whose binding carried it -- not whichever caller used the channel
+    # last (it did: ``peek()``), which left a re-binding caller's backoff growing and reset
+    # another's.
+    from helpers.pair import handshake
+
+    from rpcsec.grpc._binding import ChannelSecurity
+    from rpcsec.sspi import ImpersonationLevel, ServerContext
+
+    setup = x509_setup
+    template = ChannelSecurity(
+        setup.client(),
+        target_name=setup.target(),
+        requirements=setup.requirements,
+        impersonation=ImpersonationLevel.IMPERSONATE,
+        protection=ProtectionLevel.INTEGRITY,
+        package_options=None,
+    )
+    alice = template.for_caller(setup.client(), None)
+    bob = template.for_caller(setup.client(), None)
+    for caller in (alice, bob):
+        caller.backoff.before_rebind()
+        caller.backoff.before_rebind()
+    negotiation = alice.negotiation()
+    handshake(negotiation.context, ServerContext(setup.server()))
+    negotiation.handle = b"h" * 16
+    bound = alice.established(negotiation)
+    bound.succeeded()
+    assert alice.backoff.failures == 0
+    assert bob.backoff.failures == 2

@@ -62,12 +62,21 @@ class ClientBound:
         "handle",
         "level",
         "protection",
+        "succeeded",
     )
 
     def __init__(
-        self, context: ClientContext, handle: bytes, level: ProtectionLevel, generation: int
+        self,
+        context: ClientContext,
+        handle: bytes,
+        level: ProtectionLevel,
+        generation: int,
+        succeeded: Callable[[], None],
     ) -> None:
         self.context = context
+        # A call on this binding verified: reset the re-bind backoff of the identity that
+        # made it (each cloaked caller has its own; ``_recovery.RebindBackoff``).
+        self.succeeded = succeeded
         self.handle = handle
         self.level = level
         self.encrypt = level is ProtectionLevel.PRIVACY
@@ -242,7 +251,11 @@ class ChannelSecurity:
         """The binding a completed negotiation made (not yet checked: see ``check_granted``)."""
         assert negotiation.handle is not None
         return ClientBound(
-            negotiation.context, negotiation.handle, self.protection, next(self._generations)
+            negotiation.context,
+            negotiation.handle,
+            self.protection,
+            next(self._generations),
+            self.backoff.succeeded,
         )
 
     def check_granted(self, context: ClientContext) -> None:

@@ -42,7 +42,7 @@ from ._client_errors import typed_expiry
 from ._cloaking import CONCURRENT_BINDS, DEFAULT_MAX_CALLERS, CallerSessions, cloaking_mode
 from ._proto import handshake_pb2
 from ._recovery import MAX_TRANSPORT_ATTEMPTS
-from ._session import SessionCore, refusal_decision
+from ._session import CloakedSessionCore, SessionCore
 from ._status import error_from_rpc
 from ._verified_call import (
     RawCallDelegate,
@@ -96,7 +96,6 @@ class _Session:
         self._negotiate = raw.stream_stream(NEGOTIATE_METHOD)
         self._release = raw.unary_unary(RELEASE_METHOD)
         self._check_caller = security.owner is not None
-        self.succeeded = self.core.succeeded
         self.refused = self.core.refused
 
     @property
@@ -209,7 +208,7 @@ class _Session:
             bound.context.delete()
 
 
-class _CloakedSession:
+class _CloakedSession(CloakedSessionCore):
     """Dynamic cloaking's shell: the ``_Session`` interface over one session per identity
     (``_cloaking.CallerSessions``), chosen by the impersonation token current when a call
     binds, all on the channel's one grpc channel (one HTTP/2 connection)."""
@@ -231,45 +230,8 @@ class _CloakedSession:
             clock=security.clock,
         )
 
-    @property
-    def current(self) -> ClientBound | None:
-        session = self.callers.peek()
-        return None if session is None else session.current
-
     def bound(self) -> ClientBound:
         return self.callers.select().bound()
-
-    def _owner_of(self, bound: ClientBound) -> _Session | None:
-        for session in self.callers.sessions():
-            if session.current is bound:
-                return session
-        return None
-
-    def succeeded(self) -> None:
-        session = self.callers.peek()
-        if session is not None:
-            session.succeeded()
-
-    def refused(
-        self,
-        bound: ClientBound,
-        error: BaseException,
-        idempotent: bool,
-        resendable: bool,
-        attempt: int,
-        keys: MethodKeys | None = None,
-        call_seq: bytes | None = None,
-    ) -> bool:
-        session = self._owner_of(bound)
-        if session is not None:
-            return session.refused(bound, error, idempotent, resendable, attempt, keys, call_seq)
-        # Evicted meanwhile: nothing to invalidate, the rule is the same.
-        return refusal_decision(bound, error, idempotent, resendable, attempt, keys, call_seq)
-
-    def invalidate(self, bound: ClientBound) -> None:
-        session = self._owner_of(bound)
-        if session is not None:
-            session.invalidate(bound)
 
     def release(self) -> None:
         for session in self.callers.close():
@@ -348,7 +310,7 @@ class _Opener:
         data, status = checked_response(
             bound.protection, prefix, self._call_seq, response, bound.encrypt, call
         )
-        self._session.succeeded()
+        bound.succeeded()
         return self._deserialize(data), status
 
     def check_error(self, error: grpc.RpcError) -> BaseException:
@@ -418,7 +380,7 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
             data, status = checked_response(
                 protection, keys.prefix, call_seq, response, bound.encrypt, call
             )
-            self._session.succeeded()
+            bound.succeeded()
             return self._deserialize(data), VerifiedCall(call, status) if with_call else None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -500,7 +462,7 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
         data, status = checked_response(
             bound.protection, keys.prefix, call_seq, response, bound.encrypt, call
         )
-        self._session.succeeded()
+        bound.succeeded()
         return self._deserialize(data), VerifiedCall(call, status)
 
     def future(
@@ -666,7 +628,7 @@ class _ResponseStream(RawCallDelegate, grpc.Call):
                 except grpc.RpcError as exc:
                     raise self._checked_error(exc) from None
                 self._final_status()
-                self._session.succeeded()
+                self._bound.succeeded()
                 raise StopIteration
             return self._deserialize(data)
 

@@ -18,12 +18,16 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ._binding import ChannelSecurity, ClientBound, refusal_action
 from ._calls import MethodKeys
 from ._recovery import Action, busy_delay
 
-__all__ = ["SessionCore", "SessionState", "refusal_decision"]
+if TYPE_CHECKING:
+    from ._cloaking import CallerSessions
+
+__all__ = ["CloakedSessionCore", "SessionCore", "SessionState", "refusal_decision"]
 
 
 class SessionState(enum.Enum):
@@ -54,7 +58,7 @@ _TRANSITIONS: dict[tuple[SessionState, _Event], SessionState] = {
 class SessionCore:
     """The binding of one channel: its state, its current ``ClientBound``, and the policy."""
 
-    __slots__ = ("_random", "current", "security", "state", "succeeded")
+    __slots__ = ("_random", "current", "security", "state")
 
     def __init__(
         self, security: ChannelSecurity, *, random_source: Callable[[], float] = random.random
@@ -62,7 +66,6 @@ class SessionCore:
         self.security = security
         self.state = SessionState.UNBOUND
         self.current: ClientBound | None = None
-        self.succeeded = security.backoff.succeeded  # a call's response verified
         self._random = random_source
 
     def _transition(self, event: _Event) -> None:
@@ -157,3 +160,45 @@ def refusal_decision(
         call_seq=call_seq,
     )
     return action is Action.RESEND or action is Action.RETRY
+
+
+class CloakedSessionCore:
+    """What the sync and aio dynamic-cloaking shells share: the session per identity
+    (``_cloaking.CallerSessions``) and the outcome of a call routed to the session that owns
+    its binding. The shells add binding (blocking or awaited) and release; their sessions
+    (``_client._Session``, ``aio._client._Session``) answer ``refused`` / ``invalidate``
+    without I/O (a verified call resets its own binding's backoff: ``ClientBound.succeeded``)."""
+
+    callers: CallerSessions[Any]
+
+    @property
+    def current(self) -> ClientBound | None:
+        session = self.callers.peek()
+        return None if session is None else session.current
+
+    def _owner_of(self, bound: ClientBound) -> Any:
+        for session in self.callers.sessions():
+            if session.current is bound:
+                return session
+        return None
+
+    def refused(
+        self,
+        bound: ClientBound,
+        error: BaseException,
+        idempotent: bool,
+        resendable: bool,
+        attempt: int,
+        keys: MethodKeys | None = None,
+        call_seq: bytes | None = None,
+    ) -> bool:
+        session = self._owner_of(bound)
+        if session is not None:
+            return session.refused(bound, error, idempotent, resendable, attempt, keys, call_seq)
+        # Evicted meanwhile: nothing to invalidate, the rule is the same.
+        return refusal_decision(bound, error, idempotent, resendable, attempt, keys, call_seq)
+
+    def invalidate(self, bound: ClientBound) -> None:
+        session = self._owner_of(bound)
+        if session is not None:
+            session.invalidate(bound)

@@ -36,7 +36,7 @@ from .._client import DEFAULT_HANDSHAKE_TIMEOUT, _parse_response
 from .._client_errors import as_rpc_error, typed_expiry
 from .._cloaking import CONCURRENT_BINDS, DEFAULT_MAX_CALLERS, CallerSessions, cloaking_mode
 from .._recovery import LOST_STATUS
-from .._session import SessionCore, refusal_decision
+from .._session import CloakedSessionCore, SessionCore
 from .._status import REASON_KEY, error_from_rpc
 from .._verified_call import checked_error
 from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
@@ -82,7 +82,6 @@ class _Session:
         self._negotiate = raw.stream_stream(NEGOTIATE_METHOD)
         self._release = raw.unary_unary(RELEASE_METHOD)
         self._check_caller = security.owner is not None
-        self.succeeded = self.core.succeeded
         self.refused = self.core.refused
         self.invalidate = self.core.invalidate  # one event loop: no lock needed
 
@@ -187,7 +186,7 @@ class _Session:
             bound.context.delete()
 
 
-class _CloakedSession:
+class _CloakedSession(CloakedSessionCore):
     """Dynamic cloaking's asyncio shell: the ``_Session`` interface over one session per
     identity (``_cloaking.CallerSessions``), chosen by the impersonation token current when a
     call is made (a task copies its creator's context), all on one grpc.aio channel."""
@@ -209,47 +208,11 @@ class _CloakedSession:
             clock=security.clock,
         )
 
-    @property
-    def current(self) -> ClientBound | None:
-        session = self.callers.peek()
-        return None if session is None else session.current
-
     def ready(self) -> ClientBound | None:
         return self.callers.select().ready()
 
     async def bound(self, stale: ClientBound | None = None) -> ClientBound:
         return await self.callers.select().bound(stale)
-
-    def _owner_of(self, bound: ClientBound) -> _Session | None:
-        for session in self.callers.sessions():
-            if session.current is bound:
-                return session
-        return None
-
-    def succeeded(self) -> None:
-        session = self.callers.peek()
-        if session is not None:
-            session.succeeded()
-
-    def refused(
-        self,
-        bound: ClientBound,
-        error: BaseException,
-        idempotent: bool,
-        resendable: bool,
-        attempt: int,
-        keys: MethodKeys | None = None,
-        call_seq: bytes | None = None,
-    ) -> bool:
-        session = self._owner_of(bound)
-        if session is not None:
-            return session.refused(bound, error, idempotent, resendable, attempt, keys, call_seq)
-        return refusal_decision(bound, error, idempotent, resendable, attempt, keys, call_seq)
-
-    def invalidate(self, bound: ClientBound) -> None:
-        session = self._owner_of(bound)
-        if session is not None:
-            session.invalidate(bound)
 
     async def release(self) -> None:
         for session in self.callers.close():
@@ -442,7 +405,7 @@ class _UnaryResponse(_Call):
                     raise
                 raise final from None
             data, self._status = await _response_outcome(started, response)
-            self._session.succeeded()
+            started.bound.succeeded()
             return self._deserialize(data)
 
 
@@ -581,7 +544,7 @@ class _StreamResponse(_Call):
                     if extra is not EOF:
                         inbound.open(extra)  # a message after the end marker
                     self._status = await _outcome(started)
-                    self._session.succeeded()
+                    started.bound.succeeded()
                     return EOF
             except SecurityError:
                 started.call.cancel()
