@@ -374,6 +374,31 @@ async def test_half_open_handshake_times_out_by_itself(ntlm_setup, aio_serve) ->
     assert await asyncio.to_thread(interceptor.handshakes.wait_idle, 5)
 
 
+async def test_a_completed_handshake_never_half_closed_ends_by_itself(ntlm_setup, aio_serve):
+    # The server waits for the client's half-close after the last leg (haproxy, below); a
+    # client that never sends it holds its handshake slot only until the handshake timeout.
+    setup = ntlm_setup
+    interceptor = rpcsec_aio.SecurityInterceptor(setup.server(), handshake_timeout=0.3)
+    address = await aio_serve([interceptor], [AsyncEchoServicer()])
+    client = ClientContext(setup.client(), setup.target(), setup.requirements)
+    async with grpc.aio.insecure_channel(address) as raw:
+        call = raw.stream_stream(NEGOTIATE)()
+        request = handshake_pb2.NegotiateRequest(package="ntlm", token=client.step(None).token)
+        while True:
+            await call.write(request.SerializeToString())
+            reply = handshake_pb2.NegotiateResponse.FromString(await call.read())
+            out = client.step(reply.token).token if reply.token else None
+            if reply.complete:
+                break
+            request = handshake_pb2.NegotiateRequest(token=out)
+        assert client.complete and reply.context_handle
+        started = time.monotonic()
+        assert await call.read() is grpc.aio.EOF  # never half-closed: the server ends it
+        assert await call.code() is grpc.StatusCode.OK
+        assert time.monotonic() - started < 5
+    assert await asyncio.to_thread(interceptor.handshakes.wait_idle, 5)
+
+
 class _EndedOpen(grpc.aio.ServerInterceptor):
     """Records, for each handshake, whether the server ended the Negotiate stream with the
     client's request side still open -- what haproxy 2.6 answers with RST_STREAM CANCEL, a

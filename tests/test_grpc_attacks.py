@@ -779,3 +779,41 @@ def test_half_open_handshake_is_reaped_without_new_traffic(ntlm_setup, serve) ->
         next(call)  # the server cancelled the stream
     outbox.put(None)
     channel.close()
+
+
+def test_a_completed_handshake_never_half_closed_is_reaped(ntlm_setup, serve) -> None:
+    # The sync server waits for the client's half-close after the last leg (a proxy may reset
+    # a stream ended while its request side is open); a client that never sends it holds the
+    # worker thread and handshake slot only until the reaper's timeout -- and its context
+    # stays bound.
+    import queue
+
+    setup = ntlm_setup
+    clock = Clock()
+    interceptor = SecurityInterceptor(setup.server(), handshake_timeout=1.0, clock=clock)
+    address = serve([interceptor], [EchoServicer()])
+    channel, negotiate = _negotiate_raw(address)
+    client = ClientContext(setup.client(), setup.target(), setup.requirements)
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+    outbox.put(
+        handshake_pb2.NegotiateRequest(
+            package="ntlm", token=client.step(None).token
+        ).SerializeToString()
+    )
+    call = negotiate(iter(outbox.get, None))
+    while True:
+        reply = handshake_pb2.NegotiateResponse.FromString(next(call))
+        out = client.step(reply.token).token if reply.token else None
+        if reply.complete:
+            break
+        outbox.put(handshake_pb2.NegotiateRequest(token=out).SerializeToString())
+    assert client.complete and reply.context_handle
+    assert len(interceptor.handshakes) == 1  # still waiting for our half-close
+    assert not interceptor.handshakes.wait_idle(0.1)
+    clock.now += 2
+    assert interceptor.handshakes.wait_idle(10)
+    with pytest.raises((grpc.RpcError, StopIteration)):
+        next(call)  # the server ended the stream
+    assert len(interceptor.contexts) == 1  # the binding it made stands
+    outbox.put(None)
+    channel.close()
