@@ -24,6 +24,7 @@ and the message's ``_wire`` AAD, so a token cannot change kind, call, method or 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -35,6 +36,7 @@ from rpcsec.sspi import (
     SecurityError,
     hkdf_expand_label,
 )
+from rpcsec.sspi._protection import EPOCH_BITS, LARGE_MESSAGE
 
 from ._call_status import STATUS_INDEX
 from ._calls import CallProtection, ClientCallProtection
@@ -50,6 +52,7 @@ _KEEP_EPOCHS = 4
 _SEALED = bytes((SEALED_KIND,))
 _SIGNED = bytes((SIGNED_KIND,))
 _END = bytes((END_MARKER_KIND,))
+_MIN_TOKEN = 9 + _TAG  # a core wrap token's header (kind:u8 | seq:u64) and tag
 
 
 class ResponseKeys:
@@ -94,7 +97,20 @@ class ResponseKeys:
     # -- tokens ------------------------------------------------------------------------------
 
     def seal(self, aad: bytes, call_seq: bytes, pos: bytes, payload: bytes, encrypt: bool):
-        aead, nonce = self.key(call_seq, pos[1:5])
+        return self.seal_record(
+            call_seq, int.from_bytes(call_seq + pos[1:5], "big"), aad, payload, encrypt
+        )
+
+    def seal_record(
+        self, call_seq: bytes, record: int, aad: bytes, payload: bytes, encrypt: bool
+    ) -> bytes:
+        """``seal`` for a caller that has the record number (``call_seq << 32 | index``) as an
+        int already (the server's per-call path: one frame, no key object)."""
+        try:
+            aead, iv = self._cache[call_seq[:5]]
+        except KeyError:
+            aead, iv = self._derive(call_seq[:5])
+        nonce = (iv ^ record).to_bytes(12, "big")
         if encrypt:
             return _SEALED + aead.encrypt(nonce, payload, _SEALED + aad)
         return _SIGNED + aead.encrypt(nonce, b"", _SIGNED + aad + payload) + payload
@@ -135,13 +151,66 @@ class ResponseKeys:
 
 class TicketServerProtection(CallProtection):
     """The server's ``CallProtection`` of a ticket context: requests are opened with the
-    context (the client is their only sender); responses are sealed with ``ResponseKeys``."""
+    context's keys (the client is their only sender); responses are sealed with
+    ``ResponseKeys``.
 
-    __slots__ = ("responses",)
+    ``receive`` caches the epoch key of the client's messages (``SecurityContext.receive_key``:
+    epoch, AEAD, IV), so a request in that epoch is opened with one AEAD call on the core's
+    token layout (``rpcsec.sspi._context``: ``kind:u8 | seq:u64``, then ciphertext+tag, or tag
+    then data authenticated with header + aad + data). Anything else -- another epoch, a
+    malformed or very large token, a native GSS context (``receive`` None) -- goes through
+    ``SecurityContext.unwrap``, which also re-caches the key once a new epoch verified. The
+    server core opens a call's first request the same way, inline (``_server_core``). A ticket
+    context needs no receive window here: its requests are claimed in the replay store."""
+
+    __slots__ = ("receive", "responses")
 
     def __init__(self, context: SecurityContext, handle: bytes, responses: ResponseKeys) -> None:
         super().__init__(context, handle)
         self.responses = responses
+        self.receive: tuple[int, Any, int] | None = None
+
+    def prime(self) -> None:
+        """Cache the first epoch's key (every context starts there; a later one re-caches)."""
+        self.receive = self.context.receive_key(0)
+
+    def verified(self, seq: int) -> None:
+        """A request numbered ``seq`` verified through ``unwrap``: cache its epoch's key."""
+        receive = self.receive
+        if receive is None or receive[0] != seq >> EPOCH_BITS:
+            self.receive = self.context.receive_key(seq)
+
+    def open(
+        self,
+        prefix: bytes,
+        call_seq: bytes,
+        pos: bytes,
+        token: bytes,
+        encrypt: bool,
+        suffix: bytes = b"",
+    ) -> bytes:
+        receive = self.receive
+        if (
+            receive is not None
+            and _MIN_TOKEN <= len(token) < LARGE_MESSAGE
+            and token[0] == (SEALED_KIND if encrypt else SIGNED_KIND)
+        ):
+            seq = int.from_bytes(token[1:9], "big")
+            epoch, aead, iv = receive
+            if seq >> EPOCH_BITS == epoch:
+                nonce = (iv ^ seq).to_bytes(12, "big")
+                aad = token[:9] + prefix + call_seq + pos + suffix
+                try:
+                    if encrypt:
+                        return aead.decrypt(nonce, token[9:], aad)  # type: ignore[no-any-return]
+                    data = token[_MIN_TOKEN:]
+                    aead.decrypt(nonce, token[9:_MIN_TOKEN], aad + data)
+                    return data
+                except InvalidTag:
+                    raise MessageAlteredError("message failed its integrity check") from None
+        data = CallProtection.open(self, prefix, call_seq, pos, token, encrypt, suffix)
+        self.verified(int.from_bytes(token[1:9], "big"))
+        return data
 
     def seal(
         self,
@@ -152,8 +221,12 @@ class TicketServerProtection(CallProtection):
         encrypt: bool,
         suffix: bytes = b"",
     ) -> bytes:
-        return self.responses.seal(
-            prefix + call_seq + pos + suffix, call_seq, pos, payload, encrypt
+        return self.responses.seal_record(
+            call_seq,
+            int.from_bytes(call_seq + pos[1:5], "big"),
+            prefix + call_seq + pos + suffix,
+            payload,
+            encrypt,
         )
 
     def end_marker(

@@ -39,7 +39,7 @@ from rpcsec.sspi import (
 from ._calls import Inbound
 from ._policy import AuthorizationPolicy
 from ._registration import Registration
-from ._server_core import ServerMethod, ServerSecurity, not_run_token
+from ._server_core import ServerCall, ServerMethod, ServerSecurity, not_run_token
 from ._servicer_context import VerifiedContext
 from ._status import (
     details_for,
@@ -56,7 +56,7 @@ from ._table import (
     ContextTable,
     HandshakeLimiter,
 )
-from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD
+from ._wire import NEGOTIATE_METHOD, OUTCOME_OK, RELEASE_METHOD
 
 __all__ = [
     "ProtectedServer",
@@ -194,19 +194,34 @@ def sync_handler(
 ) -> grpc.RpcMethodHandler:
     """``handler`` with a synchronous bytes-in, bytes-out behavior that protects every call."""
     name = method.method
+    open_unary = security.open_unary
     if not handler.request_streaming and not handler.response_streaming:
         app_uu = handler.unary_unary
+        request_deserializer = method.request_deserializer
+        response_serializer = method.response_serializer
 
+        # The whole per-call path: admission in one call (``open_unary``, which makes the
+        # servicer context the handler sees), the handler as the caller, the response sealed
+        # with its outcome folded in (``OUTCOME_OK``) unless the handler set any.
         def unary_unary(request: bytes, context: Any) -> bytes:
             try:
-                call, data = security.open_unary(context.invocation_metadata(), method, request)
-                message = deserialize(method, data)
-                view = VerifiedContext(context, call)
-                response = run_as(call.token, app_uu, message, view)
+                view, data = open_unary(
+                    context.invocation_metadata(), method, request, context, VerifiedContext
+                )
+                if request_deserializer is not None:
+                    try:
+                        data = request_deserializer(data)
+                    except Exception as exc:
+                        raise BadRequestMessage(f"{name}: {type(exc).__name__}") from exc
+                response = run_as(view._token, app_uu, data, view)
                 if response is None:
                     view.seal_status()
                     return b""
-                return view.seal_response(method.serialize(response))
+                if response_serializer is not None:
+                    response = response_serializer(response)
+                if view._outcome is None:
+                    return view.seal_response(response, OUTCOME_OK)
+                return view.respond(response)
             except SecurityError as exc:
                 refuse(context, exc, name)
             except grpc.RpcError as exc:
@@ -221,13 +236,14 @@ def sync_handler(
 
         def unary_stream(request: bytes, context: Any) -> Iterator[bytes]:
             try:
-                call, data = security.open_unary(context.invocation_metadata(), method, request)
+                view, data = open_unary(
+                    context.invocation_metadata(), method, request, context, VerifiedContext
+                )
                 message = deserialize(method, data)
-                outbound = call.outbound()
+                outbound = view.outbound()
                 # The handler's generator runs step by step; each step runs in a context that
                 # holds the caller's token, so nothing leaks into the server's thread.
-                run = CallerSteps(call.token)
-                view = VerifiedContext(context, call)
+                run = CallerSteps(view._token)
                 responses = run.run(lambda: iter(app_us(message, view)))
                 while True:
                     try:
@@ -250,16 +266,17 @@ def sync_handler(
 
         def stream_unary(request_iterator: Iterator[bytes], context: Any) -> bytes:
             try:
-                call = security.open_call(context.invocation_metadata(), method)
-                inbound = call.inbound()
+                view = security.open_call(
+                    context.invocation_metadata(), method, context, VerifiedContext
+                )
+                inbound = view.inbound()
                 requests = verified_requests(request_iterator, inbound, method)
-                view = VerifiedContext(context, call)
-                response = run_as(call.token, app_su, requests, view)
+                response = run_as(view._token, app_su, requests, view)
                 _raise_stream_failure(inbound)
                 if response is None:
                     view.seal_status()
                     return b""
-                return view.seal_response(method.serialize(response))
+                return view.respond(method.serialize(response))
             except SecurityError as exc:
                 refuse(context, exc, name)
             except grpc.RpcError as exc:
@@ -273,12 +290,13 @@ def sync_handler(
 
     def stream_stream(request_iterator: Iterator[bytes], context: Any) -> Iterator[bytes]:
         try:
-            call = security.open_call(context.invocation_metadata(), method)
-            inbound = call.inbound()
-            outbound = call.outbound()
+            view = security.open_call(
+                context.invocation_metadata(), method, context, VerifiedContext
+            )
+            inbound = view.inbound()
+            outbound = view.outbound()
             requests = verified_requests(request_iterator, inbound, method)
-            run = CallerSteps(call.token)
-            view = VerifiedContext(context, call)
+            run = CallerSteps(view._token)
             responses = run.run(lambda: iter(app_ss(requests, view)))
             while True:
                 try:
@@ -372,7 +390,9 @@ def _release_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
 
     def release(request: bytes, context: Any) -> bytes:
         try:
-            call, _ = security.open_unary(context.invocation_metadata(), method, request)
+            call, _ = security.open_unary(
+                context.invocation_metadata(), method, request, None, ServerCall
+            )
             response = call.seal_response(b"")
             security.release(call)
             return response

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+from cryptography.exceptions import InvalidTag
 
 from rpcsec.security import AccessToken
 from rpcsec.security import _audit as audit
+from rpcsec.session import ReplayVerdict
 from rpcsec.sspi import (
     DEFAULT_WINDOW,
     ContextReq,
@@ -25,10 +28,12 @@ from rpcsec.sspi import (
     InvalidHandleError,
     InvalidStateError,
     InvalidTokenError,
+    MessageAlteredError,
     ProtectionLevel,
     SecurityError,
     ServerContext,
 )
+from rpcsec.sspi._protection import EPOCH_BITS, LARGE_MESSAGE
 
 from ._admission import AdmissionKey
 from ._calls import FIRST_RESPONSE, CallProtection, Inbound, Outbound
@@ -36,8 +41,8 @@ from ._handshake import ServerNegotiation
 from ._metadata import METADATA_KEY, declared_keys, server_part, split
 from ._policy import AuthorizationPolicy
 from ._responses import ResponseKeys, TicketServerProtection
-from ._table import ContextEntry, ContextTable, HandshakeLimiter, stale_entry
-from ._tickets import ContextTickets
+from ._table import TOUCH, ContextEntry, ContextTable, HandshakeLimiter, stale_entry
+from ._tickets import ContextTickets, judge
 from ._wire import (
     CALL_KEY,
     CONTEXT_KEY,
@@ -59,13 +64,26 @@ __all__ = ["ServerCall", "ServerMethod", "ServerSecurity", "not_run_token"]
 
 _BINDING_REQUIRES = ContextReq.INTEGRITY | ContextReq.REPLAY_DETECT
 _PRIVACY = ProtectionLevel.PRIVACY
+_INTEGRITY = ProtectionLevel.INTEGRITY
 _NONE: frozenset[str] = frozenset()
+_FRESH = ReplayVerdict.FRESH
+_MIN_TOKEN = 9 + 16  # a core wrap token's header (kind:u8 | seq:u64) and tag
 
 
 class ServerMethod:
-    """Per-method constants, computed once when the interceptor wraps a handler."""
+    """Per-method constants, computed once when the interceptor wraps a handler.
+    ``request_deserializer`` / ``response_serializer``: the handler's own, None for bytes
+    (the behaviors then call nothing); ``deserialize`` / ``serialize`` are never None."""
 
-    __slots__ = ("authorize", "deserialize", "method", "part", "serialize")
+    __slots__ = (
+        "authorize",
+        "deserialize",
+        "method",
+        "part",
+        "request_deserializer",
+        "response_serializer",
+        "serialize",
+    )
 
     def __init__(
         self,
@@ -77,6 +95,8 @@ class ServerMethod:
     ) -> None:
         self.method = method
         self.part = method_part(method)
+        self.request_deserializer = deserialize
+        self.response_serializer = serialize
         self.deserialize = deserialize or _identity
         self.serialize = serialize or _identity
         self.authorize = authorize
@@ -94,89 +114,142 @@ def not_run_token(error: BaseException) -> bytes | None:
 
 class EntryMethod:
     """What every call of one method on one context shares, computed on its first call: the
-    opening AAD, the MSG_AAD prefix, and the caller's token at each protection level the
-    policy has admitted for this method (a policy decision depends on the method and the
-    token only, both fixed here; only a decision that admits is kept, so a refusal is made --
-    and audited -- every time)."""
+    opening AAD, the MSG_AAD prefix, the server's clock (stream lifetimes), and the caller's
+    token at each protection level the policy has admitted for this method (a policy decision
+    depends on the method and the token only, both fixed here; only a decision that admits is
+    kept, so a refusal is made -- and audited -- every time)."""
 
-    __slots__ = ("admitted", "open_aad", "prefix")
+    __slots__ = ("clock", "integrity", "open_aad", "prefix", "privacy")
 
-    def __init__(self, entry: ContextEntry, method: ServerMethod) -> None:
+    def __init__(
+        self, entry: ContextEntry, method: ServerMethod, clock: Callable[[], float]
+    ) -> None:
         self.open_aad = entry.open_prefix + method.part
         self.prefix = entry.msg_label + method.part
-        self.admitted: dict[bool, AccessToken] = {}  # encrypt (the level is PRIVACY) -> token
+        self.clock = clock
+        self.integrity: AccessToken | None = None  # admitted at INTEGRITY
+        self.privacy: AccessToken | None = None  # admitted at PRIVACY
 
 
 _MAX_METHODS_PER_ENTRY = 256  # a catch-all generic handler must not grow an entry unboundedly
 
 
 class ServerCall:
-    """One admitted call: the caller's token and the keys to its messages."""
+    """One admitted call: the caller's token and the keys to its messages. The servicer
+    context a handler sees (``_servicer_context.VerifiedContext``) is this same object -- one
+    per call -- made by the core with the shell's class (``open_unary``'s ``cls``)."""
 
     __slots__ = (
-        "call_seq",
-        "clock",
-        "declared",
-        "encrypt",
-        "entry",
-        "metadata",
-        "prefix",
-        "protection",
-        "token",
+        "_call_seq",
+        "_context",
+        "_declared",
+        "_encrypt",
+        "_entry",
+        "_metadata",
+        "_outcome",
+        "_seq",
+        "_split",
+        "_state",
+        "_token",
     )
 
     def __init__(
         self,
+        context: Any,
         entry: ContextEntry,
-        prefix: bytes,
+        state: EntryMethod,
         call_seq: bytes,
+        seq: int,
         token: AccessToken | None,
-        clock: Callable[[], float] | None = None,
-        encrypt: bool = False,
-        metadata: Sequence[Any] | None = None,
-        declared: frozenset[str] = _NONE,
-    ):
-        self.entry = entry
-        self.clock = clock
-        self.protection: CallProtection = entry.protection
-        self.prefix = prefix
-        self.call_seq = call_seq
-        self.token: AccessToken = token  # type: ignore[assignment]  # set by ``authorize``
-        self.encrypt = encrypt  # the call's level is PRIVACY
-        self.metadata = metadata  # as received
-        self.declared = declared  # the keys the opening signature covers
+        encrypt: bool,
+        metadata: Sequence[Any] | None,
+        declared: frozenset[str],
+    ) -> None:
+        self._context = context  # the grpc servicer context (opaque here), or None
+        self._entry = entry
+        self._state = state
+        self._call_seq = call_seq
+        self._seq = seq
+        self._token: AccessToken = token  # type: ignore[assignment]  # None until authorized
+        self._encrypt = encrypt  # the call's level is PRIVACY
+        self._metadata = metadata  # as received
+        self._declared = declared  # the keys the opening signature covers
+        self._split: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
+        self._outcome: Any = None  # what the handler set, once it set anything
+
+    @property
+    def token(self) -> AccessToken:
+        """The caller's token at the call's protection level."""
+        return self._token
+
+    @property
+    def entry(self) -> ContextEntry:
+        return self._entry
+
+    @property
+    def call_seq(self) -> bytes:
+        return self._call_seq
+
+    @property
+    def prefix(self) -> bytes:
+        return self._state.prefix
+
+    @property
+    def encrypt(self) -> bool:
+        return self._encrypt
+
+    @property
+    def protection(self) -> CallProtection:
+        return self._entry.protection
 
     def split_metadata(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        """(verified, unverified) request metadata (``_metadata``)."""
-        return split(self.metadata, self.declared)
+        """(verified, unverified) request metadata (``_metadata``), split once."""
+        entries = self._split
+        if entries is None:
+            entries = self._split = split(self._metadata, self._declared)
+        return entries
 
     def seal_response(self, payload: bytes, suffix: bytes = b"") -> bytes:
-        """The single response's token (``suffix``: ``OUTCOME_OK`` to fold the outcome in)."""
-        return self.protection.seal(
-            self.prefix, self.call_seq, FIRST_RESPONSE, payload, self.encrypt, suffix
+        """The single response's token (``suffix``: ``OUTCOME_OK`` to fold the outcome in):
+        for a ticket, one call sealing record ``call_seq || 0`` with the per-call keys."""
+        entry = self._entry
+        keys = entry.keys
+        if keys is not None:
+            return keys.responses.seal_record(
+                self._call_seq,
+                self._seq << 32,
+                self._state.prefix + self._call_seq + FIRST_RESPONSE + suffix,
+                payload,
+                self._encrypt,
+            )
+        return entry.protection.seal(
+            self._state.prefix, self._call_seq, FIRST_RESPONSE, payload, self._encrypt, suffix
         )
 
     def inbound(self) -> Inbound:
         return Inbound(
-            self.protection,
-            self.prefix,
-            self.call_seq,
+            self._entry.protection,
+            self._state.prefix,
+            self._call_seq,
             REQUEST,
-            self.encrypt,
-            self.entry.expires_at,
-            self.clock,
+            self._encrypt,
+            self._entry.expires_at,
+            self._state.clock,
         )
 
     def outbound(self) -> Outbound:
         return Outbound(
-            self.protection,
-            self.prefix,
-            self.call_seq,
+            self._entry.protection,
+            self._state.prefix,
+            self._call_seq,
             RESPONSE,
-            self.encrypt,
-            self.entry.expires_at,
-            self.clock,
+            self._encrypt,
+            self._entry.expires_at,
+            self._state.clock,
         )
+
+
+_Call = TypeVar("_Call", bound=ServerCall)
 
 
 class ServerSecurity:
@@ -226,6 +299,17 @@ class ServerSecurity:
             replay_store=replay_store,
             max_lifetime=self.table.max_lifetime,
             clock=clock,
+        )
+        # The per-call path's constants (``open_unary``): the store's claim called directly
+        # when it answers synchronously (an async store is awaited by the asyncio shell, or
+        # run on its loop by ``ContextTickets.claim``), and the ring only when it can change
+        # under us (a directory ring polled at ``next_poll``; one in memory rotates itself).
+        tickets = self.tickets
+        self._claim: Callable[..., ReplayVerdict] | None = (
+            None if tickets is None or tickets.asynchronous else tickets.store.claim
+        )
+        self._polled_ring = (
+            tickets.ring if tickets is not None and tickets.ring.directory is not None else None
         )
 
     # -- handshakes ------------------------------------------------------------------------
@@ -316,7 +400,7 @@ class ServerSecurity:
         if not ticket and len(handle) != HANDLE_SIZE:
             raise InvalidHandleError("call carries a malformed security context handle")
         tickets = self.tickets
-        if ticket and tickets is not None and tickets.ring.refresh():
+        if tickets is not None and tickets.ring.refresh():
             self._drop_retired(tickets)  # the ring changed: no cached ticket outlives its key
         try:
             return self.table.lookup(handle), header, declaration
@@ -402,7 +486,7 @@ class ServerSecurity:
         self.sign_not_run(error, method, claimed)
 
     def _method_state(self, entry: ContextEntry, method: ServerMethod) -> EntryMethod:
-        state = EntryMethod(entry, method)
+        state = EntryMethod(entry, method, self.clock)
         methods = entry.methods
         if len(methods) < _MAX_METHODS_PER_ENTRY:
             methods[method.method] = state
@@ -412,26 +496,37 @@ class ServerSecurity:
         """The replay-store claim (ticket id, call sequence, expires_at, issued_at) a verified
         call needs before anything runs; None for a process-local context (its own window
         already accepted the call)."""
-        entry = call.entry
+        entry = call._entry
         ticket_id = entry.ticket_id
         if ticket_id is None:
             return None
-        return ticket_id, call.call_seq, entry.expires_at or 0.0, entry.issued_at
+        return ticket_id, call._call_seq, entry.expires_at or 0.0, entry.issued_at
+
+    def _decide(
+        self, entry: ContextEntry, state: EntryMethod, method: ServerMethod, encrypt: bool
+    ) -> AccessToken:
+        """The policy's decision for a call with no admitting decision kept: the caller's
+        token at the call's level, or ``AccessDeniedError``. An admitting decision is kept per
+        (context, method, level) when the policy is this module's class (its decision depends
+        on the method and the token alone); a subclass may decide on anything, every call."""
+        token = entry.tokens[_PRIVACY if encrypt else _INTEGRITY]
+        if method.authorize:
+            self.policy.check(method.method, token)
+        if self._policy_cacheable or not method.authorize:
+            if encrypt:
+                state.privacy = token
+            else:
+                state.integrity = token
+        return token
 
     def authorize(self, call: ServerCall, method: ServerMethod) -> None:
-        """The policy for a verified, claimed call: sets ``call.token`` or raises
-        ``AccessDeniedError``. An admitting decision is kept per (context, method, level)."""
-        entry = call.entry
-        encrypt = call.encrypt
-        state = entry.methods.get(method.method)
-        token = None if state is None else state.admitted.get(encrypt)
+        """The policy for a verified, claimed call: sets the call's token or raises
+        ``AccessDeniedError`` (``_decide``)."""
+        state = call._state
+        token = state.privacy if call._encrypt else state.integrity
         if token is None:
-            token = entry.tokens[_PRIVACY if encrypt else ProtectionLevel.INTEGRITY]
-            if method.authorize:
-                self.policy.check(method.method, token)
-            if state is not None and (self._policy_cacheable or not method.authorize):
-                state.admitted[encrypt] = token
-        call.token = token
+            token = self._decide(call._entry, state, method, call._encrypt)
+        call._token = token
 
     def admit(self, call: ServerCall, method: ServerMethod) -> None:
         """Claim (a ticket: cluster-wide) then authorize a verified call, synchronously."""
@@ -442,60 +537,156 @@ class ServerSecurity:
         self.authorize(call, method)
 
     def verify_unary(
-        self, metadata: Sequence[Any] | None, method: ServerMethod, request: bytes
-    ) -> tuple[ServerCall, bytes]:
-        """Verify a single-request call, opened by its request message: the call (not yet
-        claimed nor authorized: ``admit``) and the request's payload, or the
-        ``SecurityError`` that refuses it (a stale context's: see ``_note_stale``).
+        self,
+        metadata: Sequence[Any] | None,
+        method: ServerMethod,
+        request: bytes,
+        context: Any = None,
+        cls: type[_Call] = ServerCall,  # type: ignore[assignment]
+    ) -> tuple[_Call, bytes]:
+        """``open_unary`` without the claim and the policy (the asyncio shell awaits an async
+        store's claim, then ``authorize``); a stale context's refusal is noted on the error
+        (``_note_stale``), not yet claimed nor signed."""
+        return self.open_unary(metadata, method, request, context, cls, admit=False)
 
-        One frame (issue 14): the context from the table (its expiry checked there, once),
-        the per-(context, method) state, the opening token verified by the core in one call."""
+    def open_unary(
+        self,
+        metadata: Sequence[Any] | None,
+        method: ServerMethod,
+        request: bytes,
+        context: Any = None,
+        cls: type[_Call] = ServerCall,  # type: ignore[assignment]
+        *,
+        admit: bool = True,
+    ) -> tuple[_Call, bytes]:
+        """Admit a single-request call, opened by its request message: the call (``cls``,
+        holding ``context``) and the request's payload, or raises the ``SecurityError`` that
+        refuses it. Nothing of the call runs before this returns.
+
+        One frame for what every call does (issue 14), each check once: the handle found in
+        the metadata, the cached entry's idle time and expiry (``ContextTable.lookup``'s rule;
+        the context's own expiry is never later), the per-(context, method) state, the opening
+        token verified with one AEAD call on the epoch key cached for the ticket
+        (``TicketServerProtection``; any other case through ``SecurityContext.unwrap``), the
+        claim in the replay store, the policy's kept decision. Everything rarer -- a miss, a
+        stale or unknown context, a ticket to open, a ring to re-read -- takes ``_find``."""
+        handle = declaration = None
+        for item in metadata or ():
+            key = item[0]
+            if key == CONTEXT_KEY:
+                handle = item[1]
+            elif key == METADATA_KEY:
+                if declaration is not None:
+                    raise InvalidTokenError("call carries a malformed metadata declaration")
+                declaration = item[1]
+        table = self.table
+        entry = table.cached(handle) if handle.__class__ is bytes else None
+        if entry is not None:
+            now = table.clock()
+            last = entry.last_used
+            idle = table.idle_timeout
+            expires = entry.expires_at
+            ring = self._polled_ring
+            if (
+                (idle is None or now - last <= idle)
+                and (expires is None or now < expires)
+                and (ring is None or time.monotonic() < ring.next_poll)
+            ):
+                entry.last_used = now
+                if now - last >= TOUCH:
+                    table.touch(handle)  # type: ignore[arg-type]  # bytes: it was found
+            else:
+                entry = None
+        if entry is None:
+            entry = self._find_opening(metadata, method, request, admit)
         try:
-            entry, _, declaration = self._find(metadata)
-        except SecurityError as exc:
-            self._note_stale(
-                exc, metadata, lambda stale, app: _open_request(stale, method, request, app)[2]
-            )
-            raise
-        state = entry.methods.get(method.method) or self._method_state(entry, method)
+            state = entry.methods[method.method]
+        except KeyError:
+            state = self._method_state(entry, method)
         if declaration is None:
             declared, aad = _NONE, state.open_aad
         else:
             declared, part = _app_part(metadata, declaration)
             aad = state.open_aad + part
-        if not isinstance(request, bytes) or not request:
+        if request.__class__ is not bytes or not request:
             raise InvalidTokenError("call does not open with a protected message")
         kind = request[0]
-        if kind == SEALED_KIND:
-            encrypt = True
-        elif kind == SIGNED_KIND:
+        if kind == SIGNED_KIND:
             encrypt = False
+        elif kind == SEALED_KIND:
+            encrypt = True
         else:
             raise InvalidTokenError("call does not open with a protected message")
-        # A ticket's requests are claimed in the replay store (cluster-wide), which makes the
-        # imported context's own window a second copy of the same check: skipped.
-        payload = entry.context.unwrap(
-            request, aad=aad, encrypted=encrypt, record=entry.ticket_id is None
+        call_seq = request[1:9]
+        seq = int.from_bytes(call_seq, "big")
+        keys = entry.keys
+        receive = None if keys is None else keys.receive
+        if (
+            receive is not None
+            and seq >> EPOCH_BITS == receive[0]
+            and _MIN_TOKEN <= len(request) < LARGE_MESSAGE
+        ):
+            # The core's wrap token (``rpcsec.sspi._context``), opened as ``unwrap`` does.
+            nonce = (receive[2] ^ seq).to_bytes(12, "big")
+            try:
+                if encrypt:
+                    payload = receive[1].decrypt(nonce, request[9:], request[:9] + aad)
+                else:
+                    payload = request[_MIN_TOKEN:]
+                    receive[1].decrypt(nonce, request[9:_MIN_TOKEN], request[:9] + aad + payload)
+            except InvalidTag:
+                raise MessageAlteredError("message failed its integrity check") from None
+        else:
+            # A ticket's requests are claimed in the replay store (cluster-wide), which makes
+            # the context's own window a second copy of the same check: skipped.
+            payload = entry.context.unwrap(
+                request, aad=aad, encrypted=encrypt, record=entry.ticket_id is None
+            )
+            if keys is not None:
+                keys.verified(seq)
+        if not admit:
+            return cls(context, entry, state, call_seq, seq, None, encrypt, metadata, declared), (
+                payload
+            )
+        ticket_id = entry.ticket_id
+        if ticket_id is not None:
+            claim = self._claim
+            if claim is not None:
+                verdict = claim(ticket_id, seq, entry.expires_at or 0.0, issued_at=entry.issued_at)
+                if verdict is not _FRESH:
+                    judge(verdict)
+            else:  # an async store, from a worker thread of an asyncio server
+                assert self.tickets is not None
+                self.tickets.claim(ticket_id, call_seq, entry.expires_at or 0.0, entry.issued_at)
+        token = state.privacy if encrypt else state.integrity
+        if token is None:
+            token = self._decide(entry, state, method, encrypt)
+        return cls(context, entry, state, call_seq, seq, token, encrypt, metadata, declared), (
+            payload
         )
-        call = ServerCall(
-            entry, state.prefix, request[SEQ_SLICE], None, self.clock, encrypt, metadata, declared
-        )
-        return call, payload
 
-    def open_unary(
-        self, metadata: Sequence[Any] | None, method: ServerMethod, request: bytes
-    ) -> tuple[ServerCall, bytes]:
-        """Admit a single-request call (``verify_unary`` then ``admit``): the call and the
-        request's payload, or raises the ``SecurityError`` that refuses it."""
+    def _find_opening(
+        self, metadata: Sequence[Any] | None, method: ServerMethod, request: Any, admit: bool
+    ) -> ContextEntry:
+        """``_find`` for a call opened by its request: on a refusal, a stale context's call is
+        noted (``_note_stale``) and, when ``admit``, claimed and signed "did not run" now."""
         try:
-            call, payload = self.verify_unary(metadata, method, request)
+            return self._find(metadata)[0]
         except SecurityError as exc:
-            self._refuse_stale(exc, method)
+            self._note_stale(
+                exc, metadata, lambda stale, app: _open_request(stale, method, request, app)[2]
+            )
+            if admit:
+                self._refuse_stale(exc, method)
             raise
-        self.admit(call, method)
-        return call, payload
 
-    def verify_call(self, metadata: Sequence[Any] | None, method: ServerMethod) -> ServerCall:
+    def verify_call(
+        self,
+        metadata: Sequence[Any] | None,
+        method: ServerMethod,
+        context: Any = None,
+        cls: type[_Call] = ServerCall,  # type: ignore[assignment]
+    ) -> _Call:
         """Verify a request-streaming call's signed call header (``verify_unary``'s twin)."""
         try:
             entry, header, declaration = self._find(metadata)
@@ -505,17 +696,27 @@ class ServerSecurity:
                 exc, metadata, lambda stale, app: _open_header(stale, method, header, app)[1]
             )
             raise
-        state = entry.methods.get(method.method) or self._method_state(entry, method)
+        try:
+            state = entry.methods[method.method]
+        except KeyError:
+            state = self._method_state(entry, method)
         declared, part = _app_part(metadata, declaration)
         level, call_seq = _open_header(entry, method, header, part)
-        return ServerCall(
-            entry, state.prefix, call_seq, None, self.clock, level is _PRIVACY, metadata, declared
+        seq = int.from_bytes(call_seq, "big")
+        return cls(
+            context, entry, state, call_seq, seq, None, level is _PRIVACY, metadata, declared
         )
 
-    def open_call(self, metadata: Sequence[Any] | None, method: ServerMethod) -> ServerCall:
+    def open_call(
+        self,
+        metadata: Sequence[Any] | None,
+        method: ServerMethod,
+        context: Any = None,
+        cls: type[_Call] = ServerCall,  # type: ignore[assignment]
+    ) -> _Call:
         """Admit a request-streaming call, opened by the signed call header in its metadata."""
         try:
-            call = self.verify_call(metadata, method)
+            call = self.verify_call(metadata, method, context, cls)
         except SecurityError as exc:
             self._refuse_stale(exc, method)
             raise
@@ -533,7 +734,7 @@ class ServerSecurity:
     def release_here(self, call: ServerCall) -> tuple[bytes, float, float] | None:
         """The local half of ``release``; returns the revocation (ticket id, expires_at,
         issued_at) the replay store still needs, if any (the asyncio shell awaits it)."""
-        entry = call.entry
+        entry = call._entry
         self.table.release(entry.handle)
         if entry.ticket_id is None or self.tickets is None:
             return None

@@ -1,4 +1,4 @@
-"""The servicer context a protected handler sees (ServerCall's face towards the application).
+"""The servicer context a protected handler sees: the ``ServerCall`` itself, facing the application.
 
 * Request metadata: ``invocation_metadata()`` returns only the entries the call's opening
   signature covers (``_metadata``); ``unverified_metadata(context)`` the rest.
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._call_status import STATUS_KEY, app_keys, code_number, status_aad, status_token
-from ._metadata import split
+from ._server_core import ServerCall
 from ._wire import OUTCOME_OK
 
 __all__ = ["AioVerifiedContext", "VerifiedContext", "unverified_metadata"]
@@ -25,41 +25,47 @@ __all__ = ["AioVerifiedContext", "VerifiedContext", "unverified_metadata"]
 _NO_KEYS: frozenset[str] = frozenset()
 
 
-class VerifiedContext:
-    """A synchronous handler's servicer context; see the module docstring."""
+class _Outcome:
+    """What the handler set of its outcome (made on its first ``set_*``; most calls set
+    nothing, and their outcome folds into the response token)."""
 
-    __slots__ = (
-        "_call",
-        "_code",
-        "_context",
-        "_details",
-        "_initial",
-        "_initial_keys",
-        "_split",
-        "_trailing",
-        "_trailing_keys",
-    )
+    __slots__ = ("code", "details", "initial", "initial_keys", "trailing", "trailing_keys")
 
-    def __init__(self, context: Any, call: Any) -> None:
-        self._context = context
-        self._call = call  # a ServerCall: .metadata, .declared, .protection, .prefix, .call_seq
-        self._split: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
-        self._code: Any = None
-        self._details = ""
-        self._initial: tuple[Any, ...] = ()
-        self._initial_keys = _NO_KEYS
-        self._trailing: tuple[Any, ...] = ()
-        self._trailing_keys = _NO_KEYS
+    def __init__(self) -> None:
+        self.code: Any = None
+        self.details = ""
+        self.initial: tuple[Any, ...] = ()
+        self.initial_keys = _NO_KEYS
+        self.trailing: tuple[Any, ...] = ()
+        self.trailing_keys = _NO_KEYS
 
-    def _entries(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        entries = self._split
-        if entries is None:
-            entries = self._split = split(self._call.metadata, self._call.declared)
-        return entries
+    def folds(self) -> bool:
+        code = self.code  # (an OK call's details never reach the client: gRPC drops them)
+        return (
+            (code is None or code_number(code) == 0)
+            and not self.initial_keys
+            and not self.trailing_keys
+        )
+
+
+_NOTHING_SET = _Outcome()  # read-only stand-in for a handler that set nothing
+
+
+class VerifiedContext(ServerCall):
+    """A synchronous handler's servicer context; see the module docstring. It is the call
+    itself (``ServerCall``: one object per call, made by the server core)."""
+
+    __slots__ = ()
+
+    def _set(self) -> _Outcome:
+        outcome = self._outcome
+        if outcome is None:
+            outcome = self._outcome = _Outcome()
+        return outcome  # type: ignore[no-any-return]
 
     def invocation_metadata(self) -> tuple[Any, ...]:
         """The verified application metadata, in the order received."""
-        return self._entries()[0]
+        return self.split_metadata()[0]
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -69,78 +75,79 @@ class VerifiedContext:
     # -- the outcome, recorded to be signed -------------------------------------------------
 
     def set_code(self, code: Any) -> None:
-        self._code = code
+        self._set().code = code
         self._context.set_code(code)
 
     def set_details(self, details: str) -> None:
-        self._details = details or ""
+        self._set().details = details or ""
         self._context.set_details(details)
 
     def set_trailing_metadata(self, trailing_metadata: Sequence[Any]) -> None:
         metadata = tuple(trailing_metadata or ())
-        self._trailing_keys = app_keys(metadata)
-        self._trailing = metadata
+        outcome = self._set()
+        outcome.trailing_keys = app_keys(metadata)
+        outcome.trailing = metadata
         self._context.set_trailing_metadata(metadata)
 
     def _record_initial(self, initial_metadata: Sequence[Any]) -> tuple[Any, ...]:
         metadata = tuple(initial_metadata or ())
-        self._initial_keys = app_keys(metadata)
-        self._initial = metadata
+        outcome = self._set()
+        outcome.initial_keys = app_keys(metadata)
+        outcome.initial = metadata
         return metadata
 
     def send_initial_metadata(self, initial_metadata: Sequence[Any]) -> None:
         self._context.send_initial_metadata(self._record_initial(initial_metadata))
 
     def _status_entry(self, code: Any, details: str) -> tuple[str, bytes]:
-        call = self._call
+        outcome = self._outcome or _NOTHING_SET
         number = code_number(code)
         aad = status_aad(
-            call.prefix,
-            call.call_seq,
+            self._state.prefix,
+            self._call_seq,
             number,
             details if number else "",  # gRPC never sends an OK call's details
-            self._initial,
-            self._initial_keys,
-            self._trailing,
-            self._trailing_keys,
+            outcome.initial,
+            outcome.initial_keys,
+            outcome.trailing,
+            outcome.trailing_keys,
         )
-        mic = call.protection.sign_status(aad, call.call_seq)
-        return STATUS_KEY, status_token(self._initial_keys, self._trailing_keys, mic)
+        mic = self._entry.protection.sign_status(aad, self._call_seq)
+        return STATUS_KEY, status_token(outcome.initial_keys, outcome.trailing_keys, mic)
 
     def seal_status(self) -> None:
         """The handler ended: sign its status, details and metadata into the trailers."""
-        entry = self._status_entry(self._code, self._details)
-        self._context.set_trailing_metadata((*self._trailing, entry))
+        outcome = self._outcome or _NOTHING_SET
+        entry = self._status_entry(outcome.code, outcome.details)
+        self._context.set_trailing_metadata((*outcome.trailing, entry))
 
     def folds(self) -> bool:
         """Nothing to sign apart: the handler ended OK and set no metadata (the outcome then
         rides in the response token or end marker, ``OUTCOME_OK``)."""
-        code = self._code  # (an OK call's details never reach the client: gRPC drops them)
-        return (
-            (code is None or code_number(code) == 0)
-            and not self._initial_keys
-            and not self._trailing_keys
-        )
+        outcome = self._outcome
+        return outcome is None or outcome.folds()
 
-    def seal_response(self, payload: bytes) -> bytes:
+    def respond(self, payload: bytes) -> bytes:
         """The handler returned ``payload``: its single response token, with the outcome
-        folded in (no trailer) when ``folds()``, else the outcome signed into the trailer."""
-        call = self._call
-        if self.folds():
-            return call.seal_response(payload, OUTCOME_OK)
+        folded in (no trailer) when ``folds()``, else the outcome signed into the trailer.
+        (The sync unary behavior tests ``_outcome is None`` itself and seals at once.)"""
+        outcome = self._outcome
+        if outcome is None or outcome.folds():
+            return self.seal_response(payload, OUTCOME_OK)
         self.seal_status()
-        return call.seal_response(payload)
+        return self.seal_response(payload)
 
     def end_stream(self, outbound: Any) -> bytes:
         """The handler's response stream ended: its end marker, with the outcome folded in
         when ``folds()``, else the outcome signed into the trailer."""
         if self.folds():
-            return outbound.end(OUTCOME_OK)
+            return outbound.end(OUTCOME_OK)  # type: ignore[no-any-return]
         self.seal_status()
-        return outbound.end()
+        return outbound.end()  # type: ignore[no-any-return]
 
     def abort(self, code: Any, details: str = "") -> None:
-        self._context.set_trailing_metadata((*self._trailing, self._status_entry(code, details)))
+        outcome = self._outcome or _NOTHING_SET
+        self._context.set_trailing_metadata((*outcome.trailing, self._status_entry(code, details)))
         self._context.abort(code, details)
 
 
@@ -157,10 +164,12 @@ class AioVerifiedContext(VerifiedContext):
         self, code: Any, details: str = "", trailing_metadata: Sequence[Any] = ()
     ) -> None:
         if trailing_metadata:
-            self._trailing = tuple(trailing_metadata)
-            self._trailing_keys = app_keys(self._trailing)
+            outcome = self._set()
+            outcome.trailing = tuple(trailing_metadata)
+            outcome.trailing_keys = app_keys(outcome.trailing)
         entry = self._status_entry(code, details)
-        await self._context.abort(code, details, (*self._trailing, entry))
+        trailing = (self._outcome or _NOTHING_SET).trailing
+        await self._context.abort(code, details, (*trailing, entry))
 
 
 def unverified_metadata(context: Any) -> tuple[Any, ...]:
@@ -171,4 +180,4 @@ def unverified_metadata(context: Any) -> tuple[Any, ...]:
     Raises ``TypeError`` for a context that is not an rpcsec handler's."""
     if not isinstance(context, VerifiedContext):
         raise TypeError("not the servicer context of a call rpcsec verified")
-    return context._entries()[1]
+    return context.split_metadata()[1]

@@ -29,6 +29,7 @@ from rpcsec.sspi import (
 )
 
 from ._calls import CallProtection
+from ._responses import TicketServerProtection
 from ._wire import HANDLE_SIZE, call_prefix, message_prefix, open_aad
 
 __all__ = [
@@ -46,7 +47,7 @@ DEFAULT_IDLE_TIMEOUT = 3600.0
 DEFAULT_MAX_HANDSHAKES = 64
 DEFAULT_MAX_HANDSHAKES_PER_PEER = 8
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-_TOUCH = 1.0  # seconds between LRU refreshes of one entry
+TOUCH = 1.0  # seconds between LRU refreshes of one entry
 
 
 class ContextEntry:
@@ -58,6 +59,7 @@ class ContextEntry:
         "expires_at",
         "handle",
         "issued_at",
+        "keys",
         "last_used",
         "methods",
         "msg_label",
@@ -85,6 +87,13 @@ class ContextEntry:
         self.context = context
         self.peer = peer
         self.protection = protection or CallProtection(context, handle)
+        # A ticket's per-message keys (requests: the epoch key the server core opens them
+        # with, primed now; responses: per-call keys); None for a process-local context, whose
+        # requests go through the context's own replay window (``unwrap``).
+        self.keys: TicketServerProtection | None = None
+        if ticket_id is not None and isinstance(self.protection, TicketServerProtection):
+            self.keys = self.protection
+            self.protection.prime()
         self.call_prefix = call_prefix(handle)
         self.msg_label = message_prefix(handle, b"")
         self.open_prefix = open_aad(handle, b"")
@@ -102,6 +111,15 @@ class ContextEntry:
             level: caller.replace(protection_level=level)
             for level in (ProtectionLevel.INTEGRITY, ProtectionLevel.PRIVACY)
         }
+
+    def delete(self) -> None:
+        """DeleteSecurityContext: the context and the keys cached from it are gone (a call
+        that found this entry before it left the table then fails like one after)."""
+        keys = self.keys
+        if keys is not None:
+            keys.receive = None
+            self.keys = None
+        self.context.delete()
 
     def __repr__(self) -> str:
         return f"<ContextEntry peer={self.peer!r} caller={self.tokens[ProtectionLevel.INTEGRITY]}>"
@@ -127,8 +145,12 @@ class ContextTable:
         self.max_contexts = max_contexts
         self.idle_timeout = idle_timeout
         self.max_lifetime = max_lifetime
-        self._clock = clock
+        self.clock = clock
         self._entries: OrderedDict[bytes, ContextEntry] = OrderedDict()
+        # The entry cached under a handle, without any check: for the server core's per-call
+        # path, which checks idle time and expiry inline exactly as ``lookup`` does, and takes
+        # ``lookup`` (which refuses and removes) for anything but a fresh entry.
+        self.cached = self._entries.get
         self._lock = threading.Lock()
         self.evictions = 0
 
@@ -137,7 +159,7 @@ class ContextTable:
 
     def add(self, context: ServerContext, peer: str) -> bytes:
         """Remember an established context; returns its new, unguessable handle."""
-        now = self._clock()
+        now = self.clock()
         expires_at = context.expires_at
         if self.max_lifetime is not None:
             own = now + self.max_lifetime
@@ -160,16 +182,16 @@ class ContextTable:
         for old in evicted:
             _LOG.info("context of %s evicted (table full)", old.tokens[ProtectionLevel.INTEGRITY])
             if old.ticket_id is None:
-                old.context.delete()
+                old.delete()
 
     def lookup(self, handle: bytes) -> ContextEntry:
         """The entry for ``handle``; ``InvalidHandleError`` (context-unknown) if never known,
         evicted or idle too long, ``ContextExpiredError`` if past its lifetime.
 
         The hot path takes no lock: a dict read and an attribute write are atomic, and the LRU
-        order is refreshed at most once per ``_TOUCH`` seconds per entry (eviction order is
+        order is refreshed at most once per ``TOUCH`` seconds per entry (eviction order is
         exact to within that)."""
-        now = self._clock()
+        now = self.clock()
         entry = self._entries.get(handle)
         if entry is None:
             raise InvalidHandleError("no such security context")
@@ -179,10 +201,8 @@ class ContextTable:
             entry.expires_at is None or now < entry.expires_at
         ):
             entry.last_used = now
-            if now - last >= _TOUCH:
-                with self._lock:
-                    if handle in self._entries:
-                        self._entries.move_to_end(handle)
+            if now - last >= TOUCH:
+                self.touch(handle)
             return entry
         with self._lock:
             if self._entries.get(handle) is entry:
@@ -197,13 +217,19 @@ class ContextTable:
         error.stale_entry = entry  # type: ignore[union-attr]
         raise error
 
+    def touch(self, handle: bytes) -> None:
+        """Refresh ``handle``'s place in the LRU order (at most once per ``TOUCH`` seconds)."""
+        with self._lock:
+            if handle in self._entries:
+                self._entries.move_to_end(handle)
+
     def release(self, handle: bytes) -> bool:
         """DeleteSecurityContext on the client's behalf (``channel.close()``)."""
         with self._lock:
             entry = self._entries.pop(handle, None)
         if entry is None:
             return False
-        entry.context.delete()
+        entry.delete()
         return True
 
     def entries(self) -> list[ContextEntry]:
@@ -218,7 +244,7 @@ class ContextTable:
 
     def purge(self) -> int:
         """Drop every idle or expired entry now; returns how many."""
-        now = self._clock()
+        now = self.clock()
         dropped: list[ContextEntry] = []
         with self._lock:
             for handle, entry in list(self._entries.items()):
@@ -227,7 +253,7 @@ class ContextTable:
                 if idle or dead:
                     dropped.append(self._entries.pop(handle))
         for entry in dropped:
-            entry.context.delete()
+            entry.delete()
         return len(dropped)
 
 

@@ -54,7 +54,7 @@ from rpcsec.sspi import (
     import_security_context,
 )
 
-__all__ = ["TICKET_ID_SIZE", "ContextTickets"]
+__all__ = ["TICKET_ID_SIZE", "ContextTickets", "judge"]
 
 TICKET_ID_SIZE = 16
 
@@ -169,7 +169,7 @@ class ContextTickets:
             )
         else:
             verdict = self.store.claim(ticket_id, sequence, expires_at, issued_at=issued_at)
-        _judge(verdict)
+        judge(verdict)
 
     async def claim_async(
         self, ticket_id: bytes, call_seq: bytes, expires_at: float, issued_at: float
@@ -181,7 +181,7 @@ class ContextTickets:
             verdict = await self.store.claim(ticket_id, sequence, expires_at, issued_at=issued_at)
         else:
             verdict = self.store.claim(ticket_id, sequence, expires_at, issued_at=issued_at)
-        _judge(verdict)
+        judge(verdict)
 
     def refused_expiry(self) -> float:
         """Until when a call refused as stale stays claimed: a minute past now (the ticket
@@ -232,7 +232,7 @@ class ContextTickets:
 _LOOP_TIMEOUT = 30.0
 
 
-def _judge(verdict: ReplayVerdict) -> None:
+def judge(verdict: ReplayVerdict) -> None:
     """A store's verdict on a claim, for every shell: FRESH returns, anything else refuses."""
     if verdict is ReplayVerdict.FRESH:
         return

@@ -14,7 +14,8 @@ When ``opentelemetry-api`` is installed the same facts become attributes of the 
 ``rpcsec.delegation_chain``, ``rpcsec.reason``, ...) and failures a span event; without it, or
 without a recording span, that costs one ``is None`` check. Cost on the call path: each emitter
 first asks ``isEnabledFor`` once (a cached dict lookup in stdlib logging) and whether a span
-records; when neither, nothing is built or formatted.
+records; when neither, nothing is built or formatted. Whether a span can record at all is
+decided once per process state, not per call (``_find_recorders``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import datetime
 import enum
 import json
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -96,13 +98,41 @@ class AuditEvent(enum.Enum):
 
 
 _current_span = None if _otel_trace is None else _otel_trace.get_current_span
+_modules = sys.modules
+# Whether an OpenTelemetry implementation that can record spans is loaded, and the size of
+# ``sys.modules`` when that was last looked for (``_find_recorders``).
+_recorders = False
+_looked_at = -1
+
+
+def _find_recorders() -> bool:
+    """Is a span implementation loaded? The API alone only ever makes ``NonRecordingSpan``s
+    (OpenTelemetry's "no-op unless an SDK is installed"); whatever records -- the SDK's
+    ``opentelemetry.sdk.trace.Span`` or any vendor's -- is a subclass of the API's public
+    ``opentelemetry.trace.Span``, defined when its module is imported. So this walks
+    ``Span.__subclasses__()`` (public Python and OpenTelemetry API, no private attribute),
+    and the callers walk again only when ``sys.modules`` grew. Once found, it stays found."""
+    global _recorders, _looked_at
+    _looked_at = len(_modules)
+    if _otel_trace is None:
+        return False
+    pending = list(_otel_trace.Span.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        if cls is not _otel_trace.NonRecordingSpan:
+            _recorders = True
+            return True
+        pending.extend(cls.__subclasses__())
+    return False
 
 
 def _span() -> Any:
-    """The active span if it records, else None (one check when OpenTelemetry is absent)."""
-    if _current_span is None:
+    """The active span if it records, else None. Until a span implementation is loaded
+    (``_find_recorders``) no span can record, and this costs a length compare: the six frames
+    of ``get_current_span`` / ``is_recording`` are paid only where something can record."""
+    if not _recorders and (len(_modules) == _looked_at or not _find_recorders()):
         return None
-    span = _current_span()
+    span = _current_span()  # type: ignore[misc]
     return span if span.is_recording() else None
 
 
@@ -182,9 +212,9 @@ def logon(token: AccessToken, peer: str | None = None) -> None:
 def impersonation(token: AccessToken) -> None:
     """A thread of control started running as ``token`` (ImpersonateSecurityContext). Per
     call, so DEBUG: enabling INFO does not flood the log with one record per call."""
-    # Per call: no tuple, no enum attribute lookups (``_wanted`` inlined).
+    # Per call: no tuple, no enum attribute lookups, ``_span``'s gate inlined.
     enabled = _LOG.isEnabledFor(_IMPERSONATION_LEVEL)
-    span = _span()
+    span = _span() if _recorders or len(_modules) != _looked_at else None
     if enabled or span is not None:
         _emit(AuditEvent.IMPERSONATION, enabled, span, _token_fields(token))
 

@@ -107,7 +107,17 @@ def _enter(token: AccessToken) -> Callable[[], None] | None:
 def run_as(token: AccessToken, fn: Callable[..., _T], *args: Any) -> _T:
     """``with impersonate(token): return fn(*args)`` in one frame and no scope object: the
     bindings' per-call form (ImpersonateSecurityContext, the handler, RevertSecurityContext).
-    The same checks, filesystem switch and audit event as ``impersonate``."""
+    The same checks, filesystem switch and audit event as ``impersonate`` (``_enter``, taken
+    as it is when a filesystem identity map is installed; without one, inlined)."""
+    if _fs_switch is None:
+        if token.__class__ is not AccessToken and not isinstance(token, AccessToken):
+            raise TypeError("impersonate() needs an AccessToken")
+        _audit.impersonation(token)
+        reset = _current.set(token)
+        try:
+            return fn(*args)
+        finally:
+            _current.reset(reset)
     restore = _enter(token)
     reset = _current.set(token)
     try:

@@ -299,7 +299,11 @@ class TicketKeyRing:
             raise ValueError("refresh_interval must be a number of seconds")
         self._refresh_interval = max(0.0, float(refresh_interval))
         self._lock = threading.Lock()
-        self._next_poll = time.monotonic() + self._refresh_interval
+        # When ``refresh`` next looks at the directory (``time.monotonic``); never for a ring
+        # in memory. Public so a server's per-call path compares it inline (no call per call).
+        self.next_poll = (
+            math.inf if directory is None else time.monotonic() + self._refresh_interval
+        )
         self._last_read = time.monotonic()
 
     # -- construction --------------------------------------------------------------------
@@ -506,16 +510,16 @@ class TicketKeyRing:
         re-read (half retired, permissions broken) keeps its last good keys and logs why. An
         in-memory ring returns False (it rotates itself in ``seal``)."""
         now = time.monotonic()
-        if self._directory is None or now < self._next_poll:
+        if self._directory is None or now < self.next_poll:
             return False
-        self._next_poll = now + self._refresh_interval
+        self.next_poll = now + self._refresh_interval
         unsure = not self._snap.settled or now - self._last_read >= FULL_READ_INTERVAL
         return self._reload(force=unsure)
 
     # -- internals -----------------------------------------------------------------------
 
     def _poll(self) -> None:
-        if self._directory is not None and time.monotonic() >= self._next_poll:
+        if self._directory is not None and time.monotonic() >= self.next_poll:
             self.refresh()
 
     def _refresh_on_miss(self) -> bool:
@@ -532,11 +536,11 @@ class TicketKeyRing:
         except OSError:
             return False
         now = time.monotonic()
-        stale = now >= self._next_poll
+        stale = now >= self.next_poll
         snap = self._snap
         if current == snap.dir_stat and snap.settled and not stale:
             return False
-        self._next_poll = now + self._refresh_interval
+        self.next_poll = now + self._refresh_interval
         return self._reload(force=stale or not snap.settled)
 
     def _reload(self, *, force: bool) -> bool:

@@ -62,7 +62,7 @@ from ._flags import (
     ProtectionLevel,
 )
 from ._package import Mechanism, MechanismResult
-from ._protection import MAX_SEQUENCE, MessageProtector, hkdf_expand_label
+from ._protection import MAX_SEQUENCE, AeadProtector, MessageProtector, hkdf_expand_label
 from ._replay import DEFAULT_WINDOW, ReceiveOrder, ReplayWindow, SequenceCounter
 from ._status import SecStatus
 from ._target import check_target_name
@@ -550,6 +550,19 @@ class SecurityContext:
         if receive is not None:
             receive.accept(seq)
         return data
+
+    def receive_key(self, seq: int) -> tuple[int, Any, int] | None:
+        """(epoch, AEAD, IV) of the peer's messages in ``seq``'s epoch, for a binding's hot path
+        that opens ``wrap`` tokens itself with the AEAD (layout: ``kind:u8 | seq:u64`` header,
+        then ciphertext+tag, or tag then data signed over header + aad + data; nonce =
+        ``(IV ^ seq).to_bytes(12, "big")``). Such a caller does what ``unwrap`` does besides --
+        expiry, the replay window -- itself. None when the context's messages are not the
+        standard AEAD's (a native GSS protector) or it is not established; ``seq`` must be the
+        number of a message that verified."""
+        protector = self._protector
+        if not isinstance(protector, AeadProtector):
+            return None
+        return protector.receive_key(seq)
 
     def unwrap_message(self, token: bytes, *, aad: bytes = b"") -> tuple[bytes, MessageInfo]:
         """``unwrap`` that also reports the QOP and the sender's sequence number."""

@@ -149,6 +149,14 @@ class _Direction:
             entry = self._derive(epoch)
         return entry[0], (entry[1] ^ seq).to_bytes(12, "big")
 
+    def epoch_key(self, seq: int) -> tuple[int, AESGCM | AESGCMSIV, int]:
+        """(epoch, AEAD, IV) of ``seq``'s epoch, with ``key``'s checks (range, lead); the
+        nonce of any ``seq`` in that epoch is ``(IV ^ seq).to_bytes(12, "big")``."""
+        self.key(seq)
+        epoch = seq >> EPOCH_BITS
+        entry = self._cache.get(epoch) or self._derive(epoch)
+        return epoch, entry[0], entry[1]
+
     def verified(self, seq: int) -> None:
         """A message numbered ``seq`` verified: later ones may lead from its epoch."""
         epoch = seq >> EPOCH_BITS
@@ -244,6 +252,15 @@ class AeadProtector(MessageProtector):
 
     def secrets(self) -> tuple[bytes, bytes]:
         return self._secrets
+
+    def receive_key(self, seq: int) -> tuple[int, AESGCM | AESGCMSIV, int]:
+        """(epoch, AEAD, IV) opening the peer's messages of ``seq``'s epoch (checked and derived
+        as ``unseal`` / ``verify`` do), for a binding that caches the current epoch's key and
+        calls the AEAD itself on this module's token layout. Take it only for a ``seq`` that
+        verified (its epoch then counts as verified: later ones may lead from it)."""
+        key = self._in.epoch_key(seq)
+        self._in.verified(seq)
+        return key
 
     def resume(self, highest_inbound: int) -> None:
         if highest_inbound >= 0:

@@ -109,15 +109,10 @@ class _ProtectedContext(AioVerifiedContext):
 
     __slots__ = ("_eof", "_inbound", "_method", "_outbound")
 
-    def __init__(
-        self,
-        context: Any,
-        call: Any,
-        method: ServerMethod,
-        inbound: Inbound | None,
-        outbound: Outbound | None,
+    def attach(
+        self, method: ServerMethod, inbound: Inbound | None, outbound: Outbound | None
     ) -> None:
-        super().__init__(context, call)
+        """The streams ``read()`` / ``write()`` use (the core made the call without them)."""
         self._method = method
         self._inbound = inbound
         self._outbound = outbound
@@ -151,13 +146,22 @@ class _ProtectedContext(AioVerifiedContext):
 
 
 async def _open_unary(
-    security: ServerSecurity, metadata: Any, method: ServerMethod, request: bytes
-) -> tuple[ServerCall, bytes]:
+    security: ServerSecurity,
+    metadata: Any,
+    method: ServerMethod,
+    request: bytes,
+    context: Any,
+    cls: type[ServerCall],
+) -> tuple[Any, bytes]:
     """``ServerSecurity.open_unary`` for the event loop: the same sans-IO verification and
-    policy, with the replay store's claim awaited (``AsyncReplayStore``) so the loop keeps
-    serving while the store answers."""
+    policy, with an ``AsyncReplayStore``'s claim awaited so the loop keeps serving while the
+    store answers (a synchronous store answers at once: the one-call path, as on a sync
+    server)."""
+    tickets = security.tickets
+    if tickets is None or not tickets.asynchronous:
+        return security.open_unary(metadata, method, request, context, cls)
     try:
-        call, payload = security.verify_unary(metadata, method, request)
+        call, payload = security.verify_unary(metadata, method, request, context, cls)
     except SecurityError as exc:
         await _refuse_stale(security, exc, method)
         raise
@@ -165,9 +169,15 @@ async def _open_unary(
     return call, payload
 
 
-async def _open_call(security: ServerSecurity, metadata: Any, method: ServerMethod) -> ServerCall:
+async def _open_call(
+    security: ServerSecurity,
+    metadata: Any,
+    method: ServerMethod,
+    context: Any,
+    cls: type[ServerCall],
+) -> Any:
     try:
-        call = security.verify_call(metadata, method)
+        call = security.verify_call(metadata, method, context, cls)
     except SecurityError as exc:
         await _refuse_stale(security, exc, method)
         raise
@@ -213,15 +223,16 @@ def async_handler(
         async def unary_unary(request: bytes, context: Any) -> bytes:
             try:
                 metadata = context.invocation_metadata()
-                call, data = await _open_unary(security, metadata, method, request)
+                view, data = await _open_unary(
+                    security, metadata, method, request, context, AioVerifiedContext
+                )
                 message = deserialize(method, data)
-                view = AioVerifiedContext(context, call)
-                with impersonate(call.token):
+                with impersonate(view._token):
                     response = await app_uu(message, view)
                 if response is None:
                     view.seal_status()
                     return b""
-                return view.seal_response(method.serialize(response))
+                return view.respond(method.serialize(response))
             except SecurityError as exc:
                 await refuse(context, exc, name)
             except grpc.RpcError as exc:
@@ -236,17 +247,19 @@ def async_handler(
 
         async def stream_unary(request_iterator: AsyncIterable[bytes], context: Any) -> bytes:
             try:
-                call = await _open_call(security, context.invocation_metadata(), method)
-                inbound = call.inbound()
+                proxy = await _open_call(
+                    security, context.invocation_metadata(), method, context, _ProtectedContext
+                )
+                inbound = proxy.inbound()
                 requests = _verified_requests(request_iterator, inbound, method)
-                proxy = _ProtectedContext(context, call, method, inbound, None)
-                with impersonate(call.token):
+                proxy.attach(method, inbound, None)
+                with impersonate(proxy._token):
                     response = await app_su(requests, proxy)
                 _raise_stream_failure(inbound)
                 if response is None:
                     proxy.seal_status()
                     return b""
-                return proxy.seal_response(method.serialize(response))
+                return proxy.respond(method.serialize(response))
             except SecurityError as exc:
                 await refuse(context, exc, name)
             except grpc.RpcError as exc:
@@ -263,14 +276,16 @@ def async_handler(
         metadata = context.invocation_metadata()
         inbound = None
         if request_streaming:
-            call = await _open_call(security, metadata, method)
-            inbound = call.inbound()
+            proxy = await _open_call(security, metadata, method, context, _ProtectedContext)
+            inbound = proxy.inbound()
             argument: Any = _verified_requests(request, inbound, method)
         else:
-            call, data = await _open_unary(security, metadata, method, request)
+            proxy, data = await _open_unary(
+                security, metadata, method, request, context, _ProtectedContext
+            )
             argument = deserialize(method, data)
-        proxy = _ProtectedContext(context, call, method, inbound, call.outbound())
-        return call, argument, proxy, inbound
+        proxy.attach(method, inbound, proxy.outbound())
+        return proxy, argument, proxy, inbound
 
     if inspect.isasyncgenfunction(app):
 
@@ -374,7 +389,9 @@ def _release_handler(security: ServerSecurity) -> grpc.RpcMethodHandler:
 
     async def release(request: bytes, context: Any) -> bytes:
         try:
-            call, _ = await _open_unary(security, context.invocation_metadata(), method, request)
+            call, _ = await _open_unary(
+                security, context.invocation_metadata(), method, request, None, ServerCall
+            )
             response = call.seal_response(b"")
             revocation = security.release_here(call)
             if revocation is not None:
