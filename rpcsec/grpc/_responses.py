@@ -175,9 +175,10 @@ class TicketServerProtection(CallProtection):
         self.receive = self.context.receive_key(0)
 
     def verified(self, seq: int) -> None:
-        """A request numbered ``seq`` verified through ``unwrap``: cache its epoch's key."""
+        """A request numbered ``seq`` verified through ``unwrap``: cache its epoch's key if
+        it is newer than the cached one (a late request of the last epoch does not evict it)."""
         receive = self.receive
-        if receive is None or receive[0] != seq >> EPOCH_BITS:
+        if receive is None or receive[0] < seq >> EPOCH_BITS:
             self.receive = self.context.receive_key(seq)
 
     def open(
