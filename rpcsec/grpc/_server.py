@@ -170,14 +170,20 @@ def verified_requests(
 ) -> Iterator[Any]:
     """The request stream as the handler sees it: each message opened (and deserialized), the
     end marker checked, a truncated stream refused."""
+    decode = method.request_deserializer
     for token in raw:
         data = inbound.open(token)
         if data is None:
             for extra in raw:
                 inbound.open(extra)  # anything after the end marker is an alteration
             return
-        yield deserialize(method, data)
+        yield data if decode is None else deserialize(method, data)
     inbound.finish()
+
+
+def _start(app: Callable[..., Any], argument: Any, view: Any) -> Iterator[Any]:
+    """A streaming handler's generator, started as the caller (``CallerSteps.run``)."""
+    return iter(app(argument, view))
 
 
 def _raise_stream_failure(inbound: Inbound) -> None:
@@ -195,6 +201,7 @@ def sync_handler(
     """``handler`` with a synchronous bytes-in, bytes-out behavior that protects every call."""
     name = method.method
     open_unary = security.open_unary
+    serialize = method.response_serializer
     if not handler.request_streaming and not handler.response_streaming:
         app_uu = handler.unary_unary
         request_deserializer = method.request_deserializer
@@ -244,13 +251,13 @@ def sync_handler(
                 # The handler's generator runs step by step; each step runs in a context that
                 # holds the caller's token, so nothing leaks into the server's thread.
                 run = CallerSteps(view._token)
-                responses = run.run(lambda: iter(app_us(message, view)))
+                responses = run.run(_start, app_us, message, view)
                 while True:
                     try:
                         response = run.run(next, responses)
                     except StopIteration:
                         break
-                    yield outbound.seal(method.serialize(response))
+                    yield outbound.seal(serialize(response) if serialize else response)
                 yield view.end_stream(outbound)
             except SecurityError as exc:
                 refuse(context, exc, name)
@@ -297,14 +304,15 @@ def sync_handler(
             outbound = view.outbound()
             requests = verified_requests(request_iterator, inbound, method)
             run = CallerSteps(view._token)
-            responses = run.run(lambda: iter(app_ss(requests, view)))
+            responses = run.run(_start, app_ss, requests, view)
             while True:
                 try:
                     response = run.run(next, responses)
                 except StopIteration:
                     break
-                _raise_stream_failure(inbound)
-                yield outbound.seal(method.serialize(response))
+                if inbound.error is not None:
+                    _raise_stream_failure(inbound)
+                yield outbound.seal(serialize(response) if serialize else response)
             _raise_stream_failure(inbound)
             yield view.end_stream(outbound)
         except SecurityError as exc:

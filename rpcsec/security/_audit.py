@@ -15,7 +15,7 @@ When ``opentelemetry-api`` is installed the same facts become attributes of the 
 without a recording span, that costs one ``is None`` check. Cost on the call path: each emitter
 first asks ``isEnabledFor`` once (a cached dict lookup in stdlib logging) and whether a span
 records; when neither, nothing is built or formatted. Whether a span can record at all is
-decided once per process state, not per call (``_find_recorders``).
+decided once per process state, not per call (``find_recorders``).
 """
 
 from __future__ import annotations
@@ -100,27 +100,29 @@ class AuditEvent(enum.Enum):
 _current_span = None if _otel_trace is None else _otel_trace.get_current_span
 _modules = sys.modules
 # Whether an OpenTelemetry implementation that can record spans is loaded, and the size of
-# ``sys.modules`` when that was last looked for (``_find_recorders``).
-_recorders = False
-_looked_at = -1
+# ``sys.modules`` when that was last looked for (``find_recorders``). Read inline by the
+# per-call impersonation (``_impersonation.run_as``): no span can record while
+# ``not recorders_loaded and len(sys.modules) == modules_seen``.
+recorders_loaded = False
+modules_seen = -1
 
 
-def _find_recorders() -> bool:
+def find_recorders() -> bool:
     """Is a span implementation loaded? The API alone only ever makes ``NonRecordingSpan``s
     (OpenTelemetry's "no-op unless an SDK is installed"); whatever records -- the SDK's
     ``opentelemetry.sdk.trace.Span`` or any vendor's -- is a subclass of the API's public
     ``opentelemetry.trace.Span``, defined when its module is imported. So this walks
     ``Span.__subclasses__()`` (public Python and OpenTelemetry API, no private attribute),
     and the callers walk again only when ``sys.modules`` grew. Once found, it stays found."""
-    global _recorders, _looked_at
-    _looked_at = len(_modules)
+    global recorders_loaded, modules_seen
+    modules_seen = len(_modules)
     if _otel_trace is None:
         return False
     pending = list(_otel_trace.Span.__subclasses__())
     while pending:
         cls = pending.pop()
         if cls is not _otel_trace.NonRecordingSpan:
-            _recorders = True
+            recorders_loaded = True
             return True
         pending.extend(cls.__subclasses__())
     return False
@@ -128,15 +130,16 @@ def _find_recorders() -> bool:
 
 def _span() -> Any:
     """The active span if it records, else None. Until a span implementation is loaded
-    (``_find_recorders``) no span can record, and this costs a length compare: the six frames
+    (``find_recorders``) no span can record, and this costs a length compare: the six frames
     of ``get_current_span`` / ``is_recording`` are paid only where something can record."""
-    if not _recorders and (len(_modules) == _looked_at or not _find_recorders()):
+    if not recorders_loaded and (len(_modules) == modules_seen or not find_recorders()):
         return None
     span = _current_span()  # type: ignore[misc]
     return span if span.is_recording() else None
 
 
-_IMPERSONATION_LEVEL = AuditEvent.IMPERSONATION.level
+IMPERSONATION_LEVEL = AuditEvent.IMPERSONATION.level
+LOG = _LOG
 
 
 def _wanted(event: AuditEvent) -> tuple[bool, Any]:
@@ -213,8 +216,8 @@ def impersonation(token: AccessToken) -> None:
     """A thread of control started running as ``token`` (ImpersonateSecurityContext). Per
     call, so DEBUG: enabling INFO does not flood the log with one record per call."""
     # Per call: no tuple, no enum attribute lookups, ``_span``'s gate inlined.
-    enabled = _LOG.isEnabledFor(_IMPERSONATION_LEVEL)
-    span = _span() if _recorders or len(_modules) != _looked_at else None
+    enabled = _LOG.isEnabledFor(IMPERSONATION_LEVEL)
+    span = _span() if recorders_loaded or len(_modules) != modules_seen else None
     if enabled or span is not None:
         _emit(AuditEvent.IMPERSONATION, enabled, span, _token_fields(token))
 

@@ -12,6 +12,7 @@ costs one check. Every impersonation is an audit event (``_audit``).
 from __future__ import annotations
 
 import contextvars
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ _T = TypeVar("_T")
 # returns what restores it (or None when it did not switch); raises to refuse the token.
 _fs_switch: Callable[[AccessToken], Callable[[], None] | None] | None = None
 
+_modules = sys.modules
 _current: contextvars.ContextVar[AccessToken | None] = contextvars.ContextVar(
     "rpcsec_impersonation", default=None
 )
@@ -112,7 +114,13 @@ def run_as(token: AccessToken, fn: Callable[..., _T], *args: Any) -> _T:
     if _fs_switch is None:
         if token.__class__ is not AccessToken and not isinstance(token, AccessToken):
             raise TypeError("impersonate() needs an AccessToken")
-        _audit.impersonation(token)
+        # The audit event only when a record or a span could take it (``_audit``'s gates).
+        if (
+            _audit.LOG.isEnabledFor(_audit.IMPERSONATION_LEVEL)
+            or _audit.recorders_loaded
+            or len(_modules) != _audit.modules_seen
+        ):
+            _audit.impersonation(token)
         reset = _current.set(token)
         try:
             return fn(*args)
