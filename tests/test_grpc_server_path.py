@@ -201,3 +201,41 @@ def test_the_span_lookup_waits_for_a_span_implementation_and_then_records() -> N
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+async def test_run_as_async_is_impersonate_around_one_await(caplog) -> None:
+    """The asyncio server's per-call form: the token is current for the awaited handler only,
+    the previous one is back after a return or a raise, a non-token is refused before anything
+    runs, and the impersonation is audited as ``impersonate`` audits it."""
+    import logging
+
+    from rpcsec.security import AccessToken, current_token, impersonate
+    from rpcsec.security._impersonation import run_as_async
+
+    alice = AccessToken("alice", "x509")
+    bob = AccessToken("bob", "x509")
+
+    async def seen(value):
+        return current_token(), value
+
+    async def fails():
+        raise KeyError("missing")
+
+    with caplog.at_level(logging.DEBUG, logger="rpcsec.audit"):
+        assert await run_as_async(alice, seen, 1) == (alice, 1)
+    assert current_token() is None
+    (record,) = [r for r in caplog.records if r.name == "rpcsec.audit"]
+    assert record.rpcsec_audit["event"] == "impersonation"
+    assert record.rpcsec_audit["principal"] == "alice"
+    with impersonate(bob):
+        with pytest.raises(KeyError):
+            await run_as_async(alice, fails)
+        assert current_token() is bob
+    called = []
+
+    async def record_call():
+        called.append(1)
+
+    with pytest.raises(TypeError):
+        await run_as_async("alice", record_call)  # type: ignore[arg-type]
+    assert called == []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ __all__ = [
     "impersonate",
     "revert_to_self",
     "run_as",
+    "run_as_async",
 ]
 
 _T = TypeVar("_T")
@@ -109,27 +110,46 @@ def _enter(token: AccessToken) -> Callable[[], None] | None:
 def run_as(token: AccessToken, fn: Callable[..., _T], *args: Any) -> _T:
     """``with impersonate(token): return fn(*args)`` in one frame and no scope object: the
     bindings' per-call form (ImpersonateSecurityContext, the handler, RevertSecurityContext).
-    The same checks, filesystem switch and audit event as ``impersonate`` (``_enter``, taken
-    as it is when a filesystem identity map is installed; without one, inlined)."""
-    if _fs_switch is None:
-        if token.__class__ is not AccessToken and not isinstance(token, AccessToken):
-            raise TypeError("impersonate() needs an AccessToken")
-        # The audit event only when a record or a span could take it (``_audit``'s gates).
+    The same checks, filesystem switch and audit event as ``impersonate`` (``_enter``; for an
+    ``AccessToken`` without a filesystem identity map, inlined: the audit event only when a
+    record or a span could take it, ``_audit``'s two gates)."""
+    if _fs_switch is None and token.__class__ is AccessToken:
+        restore = None
         if (
             _audit.LOG.isEnabledFor(_audit.IMPERSONATION_LEVEL)
             or _audit.recorders_loaded
             or len(_modules) != _audit.modules_seen
         ):
             _audit.impersonation(token)
-        reset = _current.set(token)
-        try:
-            return fn(*args)
-        finally:
-            _current.reset(reset)
-    restore = _enter(token)
+    else:
+        restore = _enter(token)
     reset = _current.set(token)
     try:
         return fn(*args)
+    finally:
+        try:
+            if restore is not None:
+                restore()
+        finally:
+            _current.reset(reset)
+
+
+async def run_as_async(token: AccessToken, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """``run_as`` for a coroutine function, awaited in the current task (an asyncio server's
+    handler): ``with impersonate(token): return await fn(*args)`` without a scope object."""
+    if _fs_switch is None and token.__class__ is AccessToken:
+        restore = None
+        if (
+            _audit.LOG.isEnabledFor(_audit.IMPERSONATION_LEVEL)
+            or _audit.recorders_loaded
+            or len(_modules) != _audit.modules_seen
+        ):
+            _audit.impersonation(token)
+    else:
+        restore = _enter(token)
+    reset = _current.set(token)
+    try:
+        return await fn(*args)
     finally:
         try:
             if restore is not None:

@@ -21,6 +21,7 @@ import grpc
 import grpc.aio
 
 from rpcsec.security import ImpersonationScope, impersonate
+from rpcsec.security._impersonation import run_as_async
 from rpcsec.sspi import (
     BusyError,
     ContextExpiredError,
@@ -41,7 +42,7 @@ from .._server import (
 from .._server_core import ServerCall, ServerMethod, ServerSecurity, not_run_token
 from .._servicer_context import AioVerifiedContext
 from .._status import details_for, passthrough_status, status_for, trailing_metadata_for
-from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD
+from .._wire import NEGOTIATE_METHOD, OUTCOME_OK, RELEASE_METHOD
 
 __all__ = ["ProtectedServer", "SecurityInterceptor", "secure_server"]
 
@@ -216,6 +217,11 @@ def async_handler(
 ) -> grpc.RpcMethodHandler:
     """``handler`` (async behavior) with an async bytes-in, bytes-out protected behavior."""
     name = method.method
+    tickets = security.tickets
+    synchronous_store = tickets is None or not tickets.asynchronous
+    open_unary = security.open_unary
+    request_deserializer = method.request_deserializer
+    response_serializer = method.response_serializer
 
     if not handler.request_streaming and not handler.response_streaming:
         app_uu = handler.unary_unary
@@ -223,16 +229,23 @@ def async_handler(
         async def unary_unary(request: bytes, context: Any) -> bytes:
             try:
                 metadata = context.invocation_metadata()
-                view, data = await _open_unary(
-                    security, metadata, method, request, context, AioVerifiedContext
-                )
-                message = deserialize(method, data)
-                with impersonate(view._token):
-                    response = await app_uu(message, view)
+                if synchronous_store:  # the one-call admission, as on a sync server
+                    view, data = open_unary(metadata, method, request, context, AioVerifiedContext)
+                else:
+                    view, data = await _open_unary(
+                        security, metadata, method, request, context, AioVerifiedContext
+                    )
+                if request_deserializer is not None:
+                    data = deserialize(method, data)
+                response = await run_as_async(view._token, app_uu, data, view)
                 if response is None:
                     view.seal_status()
                     return b""
-                return view.respond(method.serialize(response))
+                if response_serializer is not None:
+                    response = response_serializer(response)
+                if view._outcome is None:
+                    return view.seal_response(response, OUTCOME_OK)
+                return view.respond(response)
             except SecurityError as exc:
                 await refuse(context, exc, name)
             except grpc.RpcError as exc:
