@@ -39,7 +39,7 @@ from .._recovery import LOST_STATUS
 from .._session import CloakedSessionCore, SessionCore
 from .._status import REASON_KEY, error_from_rpc
 from .._verified_call import checked_error
-from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
+from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE, SEQ_SLICE
 
 __all__ = ["SecureChannel", "secure_channel"]
 
@@ -439,10 +439,12 @@ async def _response_outcome(started: _Started, response: bytes) -> tuple[bytes, 
     """A single-response call's opened response and outcome (``open_unary_outcome``)."""
     call = started.call
     bound = started.bound
+    keys = started.keys
+    prepared = bound.prepared(keys.method)
     try:
         return open_unary_outcome(
             bound.protection,
-            started.keys.prefix,
+            keys.prefix,
             started.call_seq,
             response,
             bound.encrypt,
@@ -450,6 +452,7 @@ async def _response_outcome(started: _Started, response: bytes) -> tuple[bytes, 
             await call.details(),
             await call.initial_metadata(),
             await call.trailing_metadata(),
+            None if prepared is None else prepared.open_ok,
         )
     except SecurityError as exc:
         raise as_rpc_error(exc) from None
@@ -617,11 +620,16 @@ class _Multicallable:
     ) -> tuple[MethodKeys, bytes, tuple[tuple[str, bytes], ...], bytes]:
         """Open a call on ``bound``: with its single request message, or (None) with a call
         header. Returns the keys, the call sequence, the metadata and the request token."""
-        keys = bound.keys(self._method)
         try:
             if payload is None:
+                keys = bound.keys(self._method)
                 call_seq, metadata = bound.begin(keys, app)
                 return keys, call_seq, metadata, b""
+            prepared = None if app else bound.prepared(self._method)
+            if prepared is not None:  # the method's opening prepared once (``PreparedMethod``)
+                token = prepared.wrap(payload)
+                return prepared.keys, token[SEQ_SLICE], prepared.metadata, token
+            keys = bound.keys(self._method)
             call_seq, metadata, token = bound.open_unary(keys, payload, app)
             return keys, call_seq, metadata, token
         except ContextExpiredError:
