@@ -285,6 +285,97 @@ def test_details_added_to_a_folded_response_are_an_alteration(tapped) -> None:
         _call(stub, "unary_unary", "quiet")
 
 
+# -- the plain unary call (``__call__``): it hands out the response and nothing else ------------
+
+
+def _say(stub: Any, text: str) -> Any:
+    return stub.Say(echo_pb2.EchoRequest(text=text), timeout=10)
+
+
+@pytest.mark.parametrize("added", ["genuine", "forged", "x-admin"])
+def test_a_trailer_added_to_a_folded_response_never_reaches_a_plain_call(tapped, added) -> None:
+    # The response opens over OUTCOME_OK: the server sealed "OK, no details, no metadata" for
+    # this call, and a plain call shows nothing else -- so it returns the verified payload.
+    # Every way that exposes the call still refuses the same edit (``with_call``, ``future``).
+    stub, tap, servicer, _ = tapped
+    _call(stub, "unary_unary", "meta")
+    genuine = next(value for key, value in tap.seen[-1] if key == STATUS_KEY)
+    trailer = {
+        "genuine": (STATUS_KEY, genuine),
+        "forged": (STATUS_KEY, base64.b64decode(FORGED_STATUS)),
+        "x-admin": ("x-admin", "true"),
+    }[added]
+    tap.edit = lambda trailing: (*trailing, trailer)
+    before = servicer.calls
+    assert _say(stub, "quiet").text == "quiet"
+    assert servicer.calls == before + 1
+    if added == "x-admin":  # not a status trailer: reported apart, as ever
+        status = call_status(_call(stub, "unary_unary", "quiet"))
+        assert status.verified and trailer in status.unverified_trailing_metadata
+        assert trailer not in status.trailing_metadata
+        return
+    with pytest.raises(MessageAlteredError):
+        stub.Say.with_call(echo_pb2.EchoRequest(text="quiet"), timeout=10)
+    with pytest.raises(MessageAlteredError):
+        stub.Say.future(echo_pb2.EchoRequest(text="quiet"), timeout=10).result()
+
+
+def test_details_added_to_a_folded_response_never_reach_a_plain_call(tapped) -> None:
+    stub, tap, _, _ = tapped
+
+    class _WithDetails(_Doctored):
+        def details(self) -> Any:
+            return "forged"
+
+    class _Tap(_TrailerTap):
+        def _tap(self, outcome: Any, method: str) -> Any:
+            if "SecurityHandshake" in method:
+                return outcome
+            return _WithDetails(outcome, lambda trailing: trailing)
+
+    assert _say(stub, "quiet").text == "quiet"  # (the first call on a binding: the full path)
+    tap.__class__ = _Tap
+    assert _say(stub, "quiet").text == "quiet"
+    with pytest.raises(MessageAlteredError):
+        _call(stub, "unary_unary", "quiet")
+
+
+def test_a_plain_call_checks_the_trailer_of_a_response_sealed_without_the_suffix(tapped) -> None:
+    # A handler that set metadata: the response does not open over OUTCOME_OK, so the plain
+    # call takes the full check -- genuine: verified; its status trailer stripped: refused.
+    stub, tap, _, _ = tapped
+    assert _say(stub, "meta").text == "meta"
+    assert _say(stub, "meta+details").text == "meta+details"
+    tap.edit = lambda trailing: tuple(item for item in trailing if item[0] != STATUS_KEY)
+    with pytest.raises(MessageAlteredError) as info:
+        _say(stub, "meta")
+    assert isinstance(info.value, grpc.RpcError)
+    assert reason_of(info.value) == "message-altered"
+    # ...and the trailer of another call (of the same method, genuinely signed) in its place
+    tap.edit = None
+    _call(stub, "unary_unary", "meta")
+    other = next(value for key, value in tap.seen[-1] if key == STATUS_KEY)
+    tap.edit = lambda trailing: (
+        *(item for item in trailing if item[0] != STATUS_KEY),
+        (STATUS_KEY, other),
+    )
+    with pytest.raises(MessageAlteredError):
+        _say(stub, "meta")
+    tap.edit = None
+    assert _say(stub, "quiet").text == "quiet"  # the channel is unharmed
+
+
+def test_a_plain_call_with_application_metadata_checks_the_whole_outcome(tapped) -> None:
+    # Application metadata extends the opening AAD: such a call takes the full path, which
+    # checks the trailers as ``with_call`` does.
+    stub, tap, _, _ = tapped
+    metadata = (("x-tenant", "a"),)
+    assert stub.Say(echo_pb2.EchoRequest(text="quiet"), metadata=metadata).text == "quiet"
+    tap.edit = lambda trailing: (*trailing, (STATUS_KEY, base64.b64decode(FORGED_STATUS)))
+    with pytest.raises(MessageAlteredError):
+        stub.Say(echo_pb2.EchoRequest(text="quiet"), metadata=metadata, timeout=10)
+
+
 def test_a_process_local_context_folds_through_call_protection(package_setup, serve) -> None:
     interceptor = SecurityInterceptor(package_setup.server())
     interceptor.security.tickets = None  # contexts stay in this process (random handles)
@@ -303,6 +394,13 @@ def test_a_process_local_context_folds_through_call_protection(package_setup, se
         tap.edit = lambda trailing: (*trailing, (STATUS_KEY, base64.b64decode(FORGED_STATUS)))
         with pytest.raises(MessageAlteredError):
             _call(stub, "unary_unary", "quiet")
+        # the plain call: the prepared open of a process-local context (the context's own)
+        assert _say(stub, "quiet").text == "quiet"
+        tap.edit = lambda trailing: tuple(item for item in trailing if item[0] != STATUS_KEY)
+        with pytest.raises(MessageAlteredError):
+            _say(stub, "meta")
+        tap.edit = None
+        assert _say(stub, "meta").text == "meta"
 
 
 # -- a real Envoy rewriting a folded call's outcome after the handler ran ---------------------
