@@ -55,7 +55,8 @@ SEAMS: list[Seam] = [
 _CLIENT, _CALLS = "rpcsec.grpc._client", "rpcsec.grpc._calls"
 _RESPONSES = "rpcsec.grpc._responses"
 CLIENT_SEAMS: list[Seam] = [
-    ("whole unary call (incl. gRPC's with_call)", [(_CLIENT, "_UnaryUnary._invoke")], "call"),
+    ("whole unary call (incl. gRPC's with_call)",
+     [(_CLIENT, "_UnaryUnary.__call__"), (_CLIENT, "_UnaryUnary._invoke")], "call"),
     ("open call: binding, sequence, request token", [(_CLIENT, _OPEN_CALL)], "call"),
     ("core wrap (EncryptMessage / sign)", [(_CONTEXT, "SecurityContext.wrap")], "call"),
     ("metadata merge", [(_CLIENT, "_merge")], "call"),
