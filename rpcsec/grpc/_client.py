@@ -270,8 +270,9 @@ class _Multicallable:
         self._deserialize = deserialize or _identity
         self._to_bytes, self._response_type = serialize, deserialize  # None: bytes as they are
         self._idempotent = method in session.security.idempotent
-        # The unary fast path (``_UnaryUnary.__call__``): a channel of one identity whose calls
-        # need no per-call caller check, and this method prepared on its current binding.
+        # The unary fast path (``_UnaryUnary.__call__``) of a channel of one identity whose
+        # calls need no per-call caller check: this method prepared on its current binding.
+        # (None: the binding is looked up per call.)
         self._core = (
             session.core if isinstance(session, _Session) and not session._check_caller else None
         )
@@ -377,16 +378,25 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         (``checked_response``): a response sealed without the suffix whose status trailer was
         stripped is refused there, and a token opens either with the suffix or without it,
         never both (MSG_AAD's tail has a fixed size). Anything out of the ordinary -- no
-        current binding, application metadata, a cloaked or caller-checked channel, expiry --
-        takes the full path (``_invoke``) from the start."""
+        current binding, application metadata, expiry -- takes the full path (``_invoke``)
+        from the start; a cloaked or caller-checked channel looks its binding up per call."""
         payload = request if self._to_bytes is None else self._to_bytes(request)
         core = self._core
         current = self._prepared
-        if core is None or metadata or current is None or current[0] is not core.current:
+        prepared: PreparedMethod | None
+        if core is not None and current is not None and current[0] is core.current:
+            bound, prepared = current
+        elif core is None and not metadata:
+            # A cloaked or caller-checked channel: the binding is chosen (and the caller
+            # checked) per call, as ``_open_call`` does; the method prepared on it.
+            bound = self._session.bound()
+            prepared = bound.prepared(self._method)
+        else:
+            prepared = None
+        if prepared is None or metadata:
             return self._invoke(
                 payload, timeout, metadata, credentials, wait_for_ready, compression, False, 0
             )[0]
-        bound, prepared = current
         try:
             token = prepared.wrap(payload)  # checks expiry, deletion: the full path re-binds
         except ContextExpiredError:
