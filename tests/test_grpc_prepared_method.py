@@ -98,3 +98,60 @@ def test_an_empty_or_short_response_is_not_opened(encrypt) -> None:
     opener = KEYS.opener(PREFIX, FIRST_RESPONSE, OUTCOME_OK, encrypt)
     for token in (b"", b"\x57", b"\x53" + bytes(15), b"\x4d" + bytes(16)):
         assert opener(bytes(8), token) is None
+
+
+def _binding(setup):
+    from helpers.pair import handshake
+
+    from rpcsec.grpc._binding import ClientBound
+    from rpcsec.grpc._recovery import RebindBackoff
+    from rpcsec.sspi import ClientContext, ProtectionLevel, ServerContext
+
+    client = ClientContext(setup.client(), setup.target(), setup.requirements)
+    server = ServerContext(setup.server())
+    handshake(client, server)
+    backoff = RebindBackoff()
+    handle = b"h" * 16  # process-local: the context itself opens responses
+    bound = ClientBound(client, handle, ProtectionLevel.INTEGRITY, 1, backoff.succeeded, backoff)
+    return bound, server, handle
+
+
+def test_a_prepared_method_is_made_once_and_holds_no_reference_to_its_binding(
+    x509_setup,
+) -> None:
+    # The binding caches its prepared methods; a reference back would make a cycle and make
+    # every binding look "in use" to the cloaking release (it reads reference counts).
+    import gc
+    import sys
+
+    bound, _, _ = _binding(x509_setup)
+    before = sys.getrefcount(bound)
+    prepared = bound.prepared("/rpcsec.test.v1.Echo/Say")
+    assert prepared is not None and prepared is bound.prepared("/rpcsec.test.v1.Echo/Say")
+    assert sys.getrefcount(bound) == before
+    assert not any(referent is bound for referent in gc.get_referents(prepared))
+    bound.context.delete()
+    assert bound.prepared("/rpcsec.test.v1.Echo/Other") is None  # the full path says why
+
+
+def test_a_process_local_binding_opens_only_the_folded_response_of_its_call(x509_setup) -> None:
+    from rpcsec.grpc._calls import CallProtection
+
+    bound, server, handle = _binding(x509_setup)
+    prepared = bound.prepared("/rpcsec.test.v1.Echo/Say")
+    assert prepared is not None
+    token = prepared.wrap(b"request")
+    call_seq = token[1:9]
+    assert server.unwrap(token, aad=prepared.keys.open_aad, encrypted=False) == b"request"
+    sealer = CallProtection(server, handle)
+    prefix = prepared.keys.prefix
+    folded = sealer.seal(prefix, call_seq, FIRST_RESPONSE, b"answer", False, OUTCOME_OK)
+    plain = sealer.seal(prefix, call_seq, FIRST_RESPONSE, b"answer", False)
+    assert prepared.open_ok(call_seq, folded) == b"answer"
+    assert prepared.open_ok(call_seq, plain) is None  # not folded: the full check decides
+    assert (
+        prepared.open_ok((int.from_bytes(call_seq, "big") + 1).to_bytes(8, "big"), folded) is None
+    )
+    damaged = bytearray(folded)
+    damaged[-1] ^= 1
+    assert prepared.open_ok(call_seq, bytes(damaged)) is None

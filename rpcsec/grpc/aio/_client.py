@@ -613,6 +613,7 @@ class _Multicallable:
         self._method = method
         self._serialize = serialize or _identity
         self._deserialize = deserialize or _identity
+        self._to_bytes = serialize  # None: requests are bytes already
         self._idempotent = method in session.security.idempotent
 
     def _open_call(
@@ -649,14 +650,14 @@ class _UnaryUnaryMultiCallable(_Multicallable, grpc.aio.UnaryUnaryMultiCallable)
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        payload = self._serialize(request)
+        payload = request if self._to_bytes is None else self._to_bytes(request)
 
         def launch(bound: ClientBound) -> _Started:
             keys, call_seq, ours, token = self._open_call(bound, payload, metadata)
             call = self._raw(
                 token,
                 timeout=timeout,
-                metadata=_merge(ours, metadata),
+                metadata=_merge(ours, metadata) if metadata else ours,
                 credentials=credentials,
                 wait_for_ready=wait_for_ready,
                 compression=compression,
