@@ -292,6 +292,10 @@ def _say(stub: Any, text: str) -> Any:
     return stub.Say(echo_pb2.EchoRequest(text=text), timeout=10)
 
 
+def _collect(stub: Any, text: str) -> Any:
+    return stub.Collect(iter([echo_pb2.EchoRequest(text=text)]), timeout=10)
+
+
 @pytest.mark.parametrize("added", ["genuine", "forged", "x-admin"])
 def test_a_trailer_added_to_a_folded_response_never_reaches_a_plain_call(tapped, added) -> None:
     # The response opens over OUTCOME_OK: the server sealed "OK, no details, no metadata" for
@@ -308,7 +312,8 @@ def test_a_trailer_added_to_a_folded_response_never_reaches_a_plain_call(tapped,
     tap.edit = lambda trailing: (*trailing, trailer)
     before = servicer.calls
     assert _say(stub, "quiet").text == "quiet"
-    assert servicer.calls == before + 1
+    assert _collect(stub, "quiet").text == "quiet"  # a request stream's plain call alike
+    assert servicer.calls == before + 2
     if added == "x-admin":  # not a status trailer: reported apart, as ever
         status = call_status(_call(stub, "unary_unary", "quiet"))
         assert status.verified and trailer in status.unverified_trailing_metadata
@@ -318,6 +323,8 @@ def test_a_trailer_added_to_a_folded_response_never_reaches_a_plain_call(tapped,
         stub.Say.with_call(echo_pb2.EchoRequest(text="quiet"), timeout=10)
     with pytest.raises(MessageAlteredError):
         stub.Say.future(echo_pb2.EchoRequest(text="quiet"), timeout=10).result()
+    with pytest.raises(MessageAlteredError):
+        stub.Collect.with_call(iter([echo_pb2.EchoRequest(text="quiet")]), timeout=10)
 
 
 def test_details_added_to_a_folded_response_never_reach_a_plain_call(tapped) -> None:
@@ -346,11 +353,14 @@ def test_a_plain_call_checks_the_trailer_of_a_response_sealed_without_the_suffix
     stub, tap, _, _ = tapped
     assert _say(stub, "meta").text == "meta"
     assert _say(stub, "meta+details").text == "meta+details"
+    assert _collect(stub, "meta").text == "meta"
     tap.edit = lambda trailing: tuple(item for item in trailing if item[0] != STATUS_KEY)
     with pytest.raises(MessageAlteredError) as info:
         _say(stub, "meta")
     assert isinstance(info.value, grpc.RpcError)
     assert reason_of(info.value) == "message-altered"
+    with pytest.raises(MessageAlteredError):
+        _collect(stub, "meta")
     # ...and the trailer of another call (of the same method, genuinely signed) in its place
     tap.edit = None
     _call(stub, "unary_unary", "meta")

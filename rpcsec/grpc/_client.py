@@ -554,8 +554,10 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        return self.with_call(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        """Hands out the response alone, like ``_UnaryUnary.__call__``: a response that opens
+        over ``OUTCOME_OK`` needs nothing else checked (see there)."""
+        return self._send(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression, False
         )[0]
 
     def with_call(
@@ -566,6 +568,20 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
         credentials: grpc.CallCredentials | None = None,
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
+    ) -> tuple[Any, grpc.Call]:
+        return self._send(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression, True
+        )
+
+    def _send(
+        self,
+        request_iterator: Iterable[Any],
+        timeout: float | None,
+        metadata: Metadata | None,
+        credentials: grpc.CallCredentials | None,
+        wait_for_ready: bool | None,
+        compression: grpc.Compression | None,
+        expose: bool,
     ) -> tuple[Any, grpc.Call]:
         bound, keys, call_seq, ours, requests = self._start(request_iterator, metadata)
         try:
@@ -581,6 +597,11 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
             self._session.refused(bound, exc, self._idempotent, False, 0)
             raise checked_error(bound.protection, keys.prefix, call_seq, exc) from None
         prepared = bound.prepared(self._method)
+        if not expose and prepared is not None:
+            data = prepared.open_ok(call_seq, response)
+            if data is not None:
+                bound.succeeded()
+                return self._deserialize(data), call
         data, status = checked_response(
             bound.protection,
             keys.prefix,
