@@ -340,7 +340,6 @@ def test_details_added_to_a_folded_response_never_reach_a_plain_call(tapped) -> 
                 return outcome
             return _WithDetails(outcome, lambda trailing: trailing)
 
-    assert _say(stub, "quiet").text == "quiet"  # (the first call on a binding: the full path)
     tap.__class__ = _Tap
     assert _say(stub, "quiet").text == "quiet"
     with pytest.raises(MessageAlteredError):
@@ -375,15 +374,30 @@ def test_a_plain_call_checks_the_trailer_of_a_response_sealed_without_the_suffix
     assert _say(stub, "quiet").text == "quiet"  # the channel is unharmed
 
 
-def test_a_plain_call_with_application_metadata_checks_the_whole_outcome(tapped) -> None:
-    # Application metadata extends the opening AAD: such a call takes the full path, which
-    # checks the trailers as ``with_call`` does.
-    stub, tap, _, _ = tapped
+def test_a_plain_call_checks_the_same_on_every_path(package_setup, serve) -> None:
+    # The first call on a channel (it binds), a call with application metadata (its opening
+    # AAD grows) and the calls after it take different paths; what a plain call checks is the
+    # same on each: a folded response's added trailer never reaches it, a stripped one does.
+    servicer = Outcomes()
+    address = serve([SecurityInterceptor(package_setup.server())], [servicer])
+    tap = _TrailerTap()
+    raw = grpc.intercept_channel(grpc.insecure_channel(address), tap)
+    forged = (STATUS_KEY, base64.b64decode(FORGED_STATUS))
+    tap.edit = lambda trailing: (*trailing, forged)
     metadata = (("x-tenant", "a"),)
-    assert stub.Say(echo_pb2.EchoRequest(text="quiet"), metadata=metadata).text == "quiet"
-    tap.edit = lambda trailing: (*trailing, (STATUS_KEY, base64.b64decode(FORGED_STATUS)))
-    with pytest.raises(MessageAlteredError):
-        stub.Say(echo_pb2.EchoRequest(text="quiet"), metadata=metadata, timeout=10)
+    with secure_channel(raw, package_setup.client(), **package_setup.channel_options()) as ch:
+        stub = echo_pb2_grpc.EchoStub(ch)
+        assert _say(stub, "quiet").text == "quiet"  # binds first
+        assert stub.Say(echo_pb2.EchoRequest(text="quiet"), metadata=metadata).text == "quiet"
+        assert _say(stub, "quiet").text == "quiet"
+        with pytest.raises(MessageAlteredError):
+            stub.Say.with_call(echo_pb2.EchoRequest(text="quiet"), metadata=metadata)
+        tap.edit = lambda trailing: tuple(item for item in trailing if item[0] != STATUS_KEY)
+        with pytest.raises(MessageAlteredError):
+            stub.Say(echo_pb2.EchoRequest(text="meta"), metadata=metadata)
+        with pytest.raises(MessageAlteredError):
+            _say(stub, "meta")
+    assert servicer.calls == 6
 
 
 def test_a_process_local_context_folds_through_call_protection(package_setup, serve) -> None:

@@ -379,7 +379,8 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         stripped is refused there, and a token opens either with the suffix or without it,
         never both (MSG_AAD's tail has a fixed size). Anything out of the ordinary -- no
         current binding, application metadata, expiry -- takes the full path (``_invoke``)
-        from the start; a cloaked or caller-checked channel looks its binding up per call."""
+        from the start (binding, re-sending), which checks the outcome the same way; a cloaked
+        or caller-checked channel looks its binding up per call."""
         payload = request if self._to_bytes is None else self._to_bytes(request)
         core = self._core
         current = self._prepared
@@ -479,7 +480,7 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
                 outcome = send(
                     token,
                     timeout=timeout,
-                    metadata=_merge(ours, metadata),
+                    metadata=_merge(ours, metadata) if metadata else ours,
                     credentials=credentials,
                     wait_for_ready=wait_for_ready,
                     compression=compression,
@@ -492,14 +493,15 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
                 raise checked_error(protection, keys.prefix, call_seq, exc) from None
             response, call = outcome
             prepared = bound.prepared(self._method)
+            open_ok = None if prepared is None else prepared.open_ok
+            if not with_call and open_ok is not None:  # the response alone: see ``__call__``
+                data = open_ok(call_seq, response)
+                if data is not None:
+                    bound.succeeded()
+                    return self._deserialize(data), None
+                open_ok = None  # tried: the full check's own open says why
             data, status = checked_response(
-                protection,
-                keys.prefix,
-                call_seq,
-                response,
-                bound.encrypt,
-                call,
-                None if prepared is None else prepared.open_ok,
+                protection, keys.prefix, call_seq, response, bound.encrypt, call, open_ok
             )
             bound.succeeded()
             return self._deserialize(data), VerifiedCall(call, status) if with_call else None
