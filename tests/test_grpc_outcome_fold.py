@@ -21,6 +21,8 @@ import grpc.aio
 import pytest
 from helpers import proxies
 from helpers.grpc_setup import SERVER_STYLES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rpcsec.grpc import (
     STATUS_KEY,
@@ -31,7 +33,7 @@ from rpcsec.grpc import (
 )
 from rpcsec.grpc import aio as rpcsec_aio
 from rpcsec.grpc._wire import is_ticket
-from rpcsec.sspi import MessageAlteredError
+from rpcsec.sspi import MessageAlteredError, SecurityError
 
 TRAILING = (("x-result", "done"),)
 FORGED_STATUS = base64.b64encode(b"\x00\x00\x00\x00" + b"\x4d" + b"\x00" * 24).decode()
@@ -398,6 +400,89 @@ def test_a_plain_call_checks_the_same_on_every_path(package_setup, serve) -> Non
         with pytest.raises(MessageAlteredError):
             _say(stub, "meta")
     assert servicer.calls == 6
+
+
+class _Rewriting(_Doctored):
+    def __init__(self, real: Any, edit: Any, details: str | None) -> None:
+        super().__init__(real, edit)
+        self._details = details
+
+    def details(self) -> Any:
+        return self._real.details() if self._details is None else self._details
+
+
+class _RewritingTap(_TrailerTap):
+    """``_TrailerTap`` that may also replace a unary call's details (``details``)."""
+
+    details: str | None = None
+
+    def _tap(self, outcome: Any, method: str) -> Any:
+        if "SecurityHandshake" in method or outcome.exception() is not None:
+            return outcome
+        self.seen.append(tuple(outcome.trailing_metadata() or ()))
+        return _Rewriting(outcome, self.edit or (lambda trailing: trailing), self.details)
+
+
+def _outcome(call: Any) -> tuple[str, ...]:
+    """("ok", value), or ("refused", reason) for a typed refusal (a ``SecurityError`` that is
+    also a ``grpc.RpcError``): anything else fails the test."""
+    try:
+        return ("ok", call())
+    except SecurityError as exc:
+        assert isinstance(exc, grpc.RpcError)
+        return ("refused", reason_of(exc))
+
+
+_EDITS = st.lists(st.sampled_from(["strip", "genuine", "forged", "twice", "x-admin"]), max_size=3)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    text=st.sampled_from(["quiet", "code", "details", "meta", "meta+details"]),
+    edits=_EDITS,
+    details=st.sampled_from([None, "", "forged"]),
+)
+def test_a_plain_call_returns_the_servers_payload_or_refuses_and_agrees_with_with_call(
+    tapped, text, edits, details
+) -> None:
+    # Whatever a man in the middle does to a call's trailers and details: the plain call
+    # returns exactly the server's payload or refuses with a typed error; whenever the call
+    # that exposes everything (``with_call``) accepts, the plain call accepts the same; a
+    # response not folded is judged by both alike; with nothing changed both accept.
+    stub, tap, _, _ = tapped
+    tap.__class__ = _RewritingTap
+    tap.edit, tap.details = None, None
+    _call(stub, "unary_unary", "meta")
+    genuine = next(value for key, value in tap.seen[-1] if key == STATUS_KEY)
+
+    def edit(trailing: tuple[Any, ...]) -> tuple[Any, ...]:
+        out = list(trailing)
+        for step in edits:
+            if step == "strip":
+                out = [item for item in out if item[0] != STATUS_KEY]
+            elif step == "genuine":
+                out.append((STATUS_KEY, genuine))
+            elif step == "forged":
+                out.append((STATUS_KEY, base64.b64decode(FORGED_STATUS)))
+            elif step == "twice":
+                out.extend([item for item in out if item[0] == STATUS_KEY])
+            else:
+                out.append(("x-admin", "true"))
+        return tuple(out)
+
+    tap.edit, tap.details = edit, details
+    request = echo_pb2.EchoRequest(text=text)
+    plain = _outcome(lambda: stub.Say(request, timeout=10).text)
+    exposed = _outcome(lambda: stub.Say.with_call(request, timeout=10)[0].text)
+    assert plain == ("ok", text) or plain[0] == "refused"
+    if exposed[0] == "ok":
+        assert plain == exposed == ("ok", text)
+    if text.startswith("meta"):  # not folded: the plain call checks the whole outcome too
+        assert plain[0] == exposed[0]
+    if not edits and not details:
+        assert plain == exposed == ("ok", text)
 
 
 def test_a_process_local_context_folds_through_call_protection(package_setup, serve) -> None:
