@@ -30,6 +30,12 @@ trailer as above (``open_unary_outcome``). So a trailer stripped from a call tha
 metadata, or one added to a folded response, makes the response fail to open
 (``MessageAlteredError``), and an OK turned into an error status is only ever an unverified
 error. One AEAD operation per response, not two, and no trailer bytes.
+
+A call that hands the application the response message and nothing else (the sync plain
+call of a unary or request-streaming method, ``_client``) opens the response with the suffix
+*first* and, when it opens, reads neither status nor trailers: the token alone proves the
+server's "OK, nothing else", and nothing else reaches the application. Only when it does not
+open is the outcome judged as above.
 """
 
 from __future__ import annotations
