@@ -361,8 +361,9 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        """The common call in one frame: the method prepared on the current binding
-        (``PreparedMethod``), and the outcome read from the response alone when it can be.
+        """The common call in one frame (plus the prepared ``wrap`` and ``open_ok``): the
+        method prepared on the current binding (``PreparedMethod``), and the outcome read from
+        the response alone when it can be.
 
         Why skipping the call's status and metadata is safe *here*: this call hands the
         application the response message and nothing else -- no call object, no code, details
