@@ -357,10 +357,11 @@ class _UnaryResponse(_Call):
         self,
         session: _AnySession,
         launch: Callable[[ClientBound], _Started],
-        deserialize: Callable[[bytes], Any],
+        deserialize: Callable[[bytes], Any] | None,
         retry: bool | None,
     ) -> None:
         # retry: the method is idempotent (True) or not; None: its requests are a stream.
+        # deserialize None: the response is the bytes as they are.
         self._deserialize = deserialize
         self._idempotent = bool(retry)
         self._resendable = retry is not None
@@ -405,8 +406,11 @@ class _UnaryResponse(_Call):
                     raise
                 raise final from None
             data, self._status = await _response_outcome(started, response)
-            started.bound.succeeded()
-            return self._deserialize(data)
+            bound = started.bound
+            if bound.backoff.failures:  # nothing to reset otherwise
+                bound.succeeded()
+            deserialize = self._deserialize
+            return data if deserialize is None else deserialize(data)
 
 
 def _checked(started: _Started, error: BaseException) -> BaseException:
@@ -613,7 +617,7 @@ class _Multicallable:
         self._method = method
         self._serialize = serialize or _identity
         self._deserialize = deserialize or _identity
-        self._to_bytes = serialize  # None: requests are bytes already
+        self._to_bytes, self._from_bytes = serialize, deserialize  # None: bytes as they are
         self._idempotent = method in session.security.idempotent
 
     def _open_call(
@@ -664,7 +668,7 @@ class _UnaryUnaryMultiCallable(_Multicallable, grpc.aio.UnaryUnaryMultiCallable)
             )
             return _Started(bound, keys, call_seq, call, None, None)
 
-        return _UnaryResponse(self._session, launch, self._deserialize, self._idempotent)
+        return _UnaryResponse(self._session, launch, self._from_bytes, self._idempotent)
 
 
 class _UnaryStreamMultiCallable(_Multicallable, grpc.aio.UnaryStreamMultiCallable):
