@@ -54,12 +54,17 @@ SEAMS: list[Seam] = [
 ]  # fmt: skip
 _CLIENT, _CALLS = "rpcsec.grpc._client", "rpcsec.grpc._calls"
 _RESPONSES = "rpcsec.grpc._responses"
+_PREPARED = ("rpcsec.grpc._binding", "PreparedMethod.__init__")
 CLIENT_SEAMS: list[Seam] = [
-    ("whole unary call (incl. gRPC's with_call)", [(_CLIENT, "_UnaryUnary._invoke")], "call"),
-    ("open call: binding, sequence, request token", [(_CLIENT, _OPEN_CALL)], "call"),
+    ("whole unary call (incl. gRPC's with_call)",
+     [(_CLIENT, "_UnaryUnary.__call__"), (_CLIENT, "_UnaryUnary._invoke")], "call"),
+    ("open call: binding, sequence, request token",
+     [(*_PREPARED, "prepared wrap"), (_CLIENT, _OPEN_CALL)], "call"),
     ("core wrap (EncryptMessage / sign)", [(_CONTEXT, "SecurityContext.wrap")], "call"),
     ("metadata merge", [(_CLIENT, "_merge")], "call"),
-    ("response open", [(_RESPONSES, _TICKET_OPEN), (_CALLS, _TABLE_OPEN)], "call"),
+    ("response open",
+     [(*_PREPARED, "prepared open_ok"), (_RESPONSES, _TICKET_OPEN), (_CALLS, _TABLE_OPEN)],
+     "call"),
     ("status check", [(_CLIENT, "checked_status")], "call"),
 ]  # fmt: skip
 AEAD_LABEL = "AES-GCM/GMAC calls (cryptography AESGCM)"
@@ -178,10 +183,28 @@ def _timed_runner(label: str, run: Callable[..., Any]) -> Callable[..., Any]:
     return timed
 
 
+def _timed_attribute(attribute: str) -> Callable[[str, Callable[..., Any]], Callable[..., Any]]:
+    """For an ``__init__`` whose instance holds the per-call function as ``attribute`` (the
+    client's ``PreparedMethod``: its one-frame ``wrap`` / ``open_ok``, made once per method):
+    each instance's function is timed as a "call"."""
+
+    def wrapper(label: str, init: Callable[..., Any]) -> Callable[..., Any]:
+        def timed_init(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            setattr(self, attribute, _timed_call(label, getattr(self, attribute)))
+
+        timed_init.__wrapped__ = init  # type: ignore[attr-defined]
+        return timed_init
+
+    return wrapper
+
+
 _WRAPPERS: dict[str, Callable[[str, Callable[..., Any]], Callable[..., Any]]] = {
     "call": _timed_call,
     "context manager": _timed_context_manager,
     "runner": _timed_runner,
+    "prepared wrap": _timed_attribute("wrap"),
+    "prepared open_ok": _timed_attribute("open_ok"),
 }
 
 

@@ -3,7 +3,9 @@
 What a protected unary call costs gRPC itself, apart from anything rpcsec computes: the client
 sends the ``-bin`` metadata rpcsec sends (same keys, same value sizes: the context handle or
 ticket, the call entry, ...) through a client-side wrapper around the multicallable
-(``with_call``, as rpcsec's client does, so the call object and its trailers are read); the
+(``with_call``, as rpcsec's client does, so the call object is made, and its trailers read when
+the response carries some -- rpcsec's plain call reads none when the outcome is folded into
+the response); the
 request and response messages carry the same number of extra bytes as rpcsec's tokens; the
 server's handler is re-wrapped bytes-in/bytes-out (reads the invocation metadata, strips the
 request's extra bytes, calls the echo behavior, sets the same trailing metadata, adds the
@@ -201,19 +203,21 @@ def wrapped_interceptor(shape: Shape) -> grpc.ServerInterceptor:
 
 class _WrappedMultiCallable:
     """The client wrapper: the extra request bytes and metadata in, ``with_call``, the
-    trailers read, the response's extra bytes out."""
+    trailers read if the server sends some, the response's extra bytes out."""
 
     def __init__(self, raw: Any, shape: Shape) -> None:
         self._raw = raw
         self._metadata = _entries(shape.request_metadata)
         self._pad = bytes(max(shape.request_overhead, 0))
         self._cut = shape.response_overhead
+        self._trailers = bool(shape.trailing_metadata)
 
     def __call__(self, request: bytes, timeout: float | None = None) -> bytes:
         response, call = self._raw.with_call(
             self._pad + request, timeout=timeout, metadata=self._metadata
         )
-        call.trailing_metadata()
+        if self._trailers:
+            call.trailing_metadata()
         return response[: len(response) - self._cut] if self._cut > 0 else response
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from concurrent import futures
 
@@ -399,13 +400,29 @@ async def test_a_completed_handshake_never_half_closed_ends_by_itself(ntlm_setup
     assert await asyncio.to_thread(interceptor.handshakes.wait_idle, 5)
 
 
-class _EndedOpen(grpc.aio.ServerInterceptor):
-    """Records, for each handshake, whether the server ended the Negotiate stream with the
-    client's request side still open -- what haproxy 2.6 answers with RST_STREAM CANCEL, a
-    reset that can overtake the handshake's last leg."""
+class _Outcomes:
+    """The outcomes a probe recorded, and a bounded wait for them: a handshake's stream ends
+    on the server (and is recorded) only after the client's half-close, which may come after
+    the client's own call already returned."""
 
     def __init__(self) -> None:
         self.ended_open: list[str] = []
+        self._recorded = threading.Condition()
+
+    def record(self, outcome: str) -> None:
+        with self._recorded:
+            self.ended_open.append(outcome)
+            self._recorded.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> bool:
+        with self._recorded:
+            return self._recorded.wait_for(lambda: len(self.ended_open) >= count, timeout)
+
+
+class _EndedOpen(_Outcomes, grpc.aio.ServerInterceptor):
+    """Records, for each handshake, whether the server ended the Negotiate stream with the
+    client's request side still open -- what haproxy 2.6 answers with RST_STREAM CANCEL, a
+    reset that can overtake the handshake's last leg."""
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -427,16 +444,13 @@ class _EndedOpen(grpc.aio.ServerInterceptor):
                     yield reply
                 outcome = "ended open" if not closed else "ended after half-close"
             finally:
-                self.ended_open.append(outcome)
+                self.record(outcome)
 
         return grpc.stream_stream_rpc_method_handler(negotiate)
 
 
-class _SyncEndedOpen(grpc.ServerInterceptor):
+class _SyncEndedOpen(_Outcomes, grpc.ServerInterceptor):
     """``_EndedOpen`` for a sync server."""
-
-    def __init__(self) -> None:
-        self.ended_open: list[str] = []
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -463,7 +477,7 @@ class _SyncEndedOpen(grpc.ServerInterceptor):
                 elif closed[0] == "half-closed":
                     outcome = "ended after half-close"
             finally:
-                self.ended_open.append(outcome)
+                self.record(outcome)
 
         return grpc.stream_stream_rpc_method_handler(negotiate)
 
@@ -500,6 +514,10 @@ async def test_the_handshake_stream_ends_only_after_the_client_half_closed(packa
                 said = await echo_pb2_grpc.EchoStub(channel).Say(_request("aio"), timeout=10)
                 assert said.principal == setup.principal("alice")
             assert await asyncio.to_thread(sync_client, address) == setup.principal("alice")
+        # Each handshake stream ends by itself once its client half-closed (no server stop
+        # needed, which would cut a stream still waiting and record it "cancelled").
+        for probe in (aio_probe, sync_probe):
+            assert await asyncio.to_thread(probe.wait_for, 2), probe.ended_open
     finally:
         await aio_server.stop(None)
         sync_server.stop(None)

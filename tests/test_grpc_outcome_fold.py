@@ -21,6 +21,8 @@ import grpc.aio
 import pytest
 from helpers import proxies
 from helpers.grpc_setup import SERVER_STYLES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rpcsec.grpc import (
     STATUS_KEY,
@@ -31,7 +33,7 @@ from rpcsec.grpc import (
 )
 from rpcsec.grpc import aio as rpcsec_aio
 from rpcsec.grpc._wire import is_ticket
-from rpcsec.sspi import MessageAlteredError
+from rpcsec.sspi import MessageAlteredError, SecurityError
 
 TRAILING = (("x-result", "done"),)
 FORGED_STATUS = base64.b64encode(b"\x00\x00\x00\x00" + b"\x4d" + b"\x00" * 24).decode()
@@ -285,6 +287,204 @@ def test_details_added_to_a_folded_response_are_an_alteration(tapped) -> None:
         _call(stub, "unary_unary", "quiet")
 
 
+# -- the plain unary call (``__call__``): it hands out the response and nothing else ------------
+
+
+def _say(stub: Any, text: str) -> Any:
+    return stub.Say(echo_pb2.EchoRequest(text=text), timeout=10)
+
+
+def _collect(stub: Any, text: str) -> Any:
+    return stub.Collect(iter([echo_pb2.EchoRequest(text=text)]), timeout=10)
+
+
+@pytest.mark.parametrize("added", ["genuine", "forged", "x-admin"])
+def test_a_trailer_added_to_a_folded_response_never_reaches_a_plain_call(tapped, added) -> None:
+    # The response opens over OUTCOME_OK: the server sealed "OK, no details, no metadata" for
+    # this call, and a plain call shows nothing else -- so it returns the verified payload.
+    # Every way that exposes the call still refuses the same edit (``with_call``, ``future``).
+    stub, tap, servicer, _ = tapped
+    _call(stub, "unary_unary", "meta")
+    genuine = next(value for key, value in tap.seen[-1] if key == STATUS_KEY)
+    trailer = {
+        "genuine": (STATUS_KEY, genuine),
+        "forged": (STATUS_KEY, base64.b64decode(FORGED_STATUS)),
+        "x-admin": ("x-admin", "true"),
+    }[added]
+    tap.edit = lambda trailing: (*trailing, trailer)
+    before = servicer.calls
+    assert _say(stub, "quiet").text == "quiet"
+    assert _collect(stub, "quiet").text == "quiet"  # a request stream's plain call alike
+    assert servicer.calls == before + 2
+    if added == "x-admin":  # not a status trailer: reported apart, as ever
+        status = call_status(_call(stub, "unary_unary", "quiet"))
+        assert status.verified and trailer in status.unverified_trailing_metadata
+        assert trailer not in status.trailing_metadata
+        return
+    with pytest.raises(MessageAlteredError):
+        stub.Say.with_call(echo_pb2.EchoRequest(text="quiet"), timeout=10)
+    with pytest.raises(MessageAlteredError):
+        stub.Say.future(echo_pb2.EchoRequest(text="quiet"), timeout=10).result()
+    with pytest.raises(MessageAlteredError):
+        stub.Collect.with_call(iter([echo_pb2.EchoRequest(text="quiet")]), timeout=10)
+
+
+def test_details_added_to_a_folded_response_never_reach_a_plain_call(tapped) -> None:
+    stub, tap, _, _ = tapped
+
+    class _WithDetails(_Doctored):
+        def details(self) -> Any:
+            return "forged"
+
+    class _Tap(_TrailerTap):
+        def _tap(self, outcome: Any, method: str) -> Any:
+            if "SecurityHandshake" in method:
+                return outcome
+            return _WithDetails(outcome, lambda trailing: trailing)
+
+    tap.__class__ = _Tap
+    assert _say(stub, "quiet").text == "quiet"
+    with pytest.raises(MessageAlteredError):
+        _call(stub, "unary_unary", "quiet")
+
+
+def test_a_plain_call_checks_the_trailer_of_a_response_sealed_without_the_suffix(tapped) -> None:
+    # A handler that set metadata: the response does not open over OUTCOME_OK, so the plain
+    # call takes the full check -- genuine: verified; its status trailer stripped: refused.
+    stub, tap, _, _ = tapped
+    assert _say(stub, "meta").text == "meta"
+    assert _say(stub, "meta+details").text == "meta+details"
+    assert _collect(stub, "meta").text == "meta"
+    tap.edit = lambda trailing: tuple(item for item in trailing if item[0] != STATUS_KEY)
+    with pytest.raises(MessageAlteredError) as info:
+        _say(stub, "meta")
+    assert isinstance(info.value, grpc.RpcError)
+    assert reason_of(info.value) == "message-altered"
+    with pytest.raises(MessageAlteredError):
+        _collect(stub, "meta")
+    # ...and the trailer of another call (of the same method, genuinely signed) in its place
+    tap.edit = None
+    _call(stub, "unary_unary", "meta")
+    other = next(value for key, value in tap.seen[-1] if key == STATUS_KEY)
+    tap.edit = lambda trailing: (
+        *(item for item in trailing if item[0] != STATUS_KEY),
+        (STATUS_KEY, other),
+    )
+    with pytest.raises(MessageAlteredError):
+        _say(stub, "meta")
+    tap.edit = None
+    assert _say(stub, "quiet").text == "quiet"  # the channel is unharmed
+
+
+def test_a_plain_call_checks_the_same_on_every_path(package_setup, serve) -> None:
+    # The first call on a channel (it binds), a call with application metadata (its opening
+    # AAD grows) and the calls after it take different paths; what a plain call checks is the
+    # same on each: a folded response's added trailer never reaches it, a stripped one does.
+    servicer = Outcomes()
+    address = serve([SecurityInterceptor(package_setup.server())], [servicer])
+    tap = _TrailerTap()
+    raw = grpc.intercept_channel(grpc.insecure_channel(address), tap)
+    forged = (STATUS_KEY, base64.b64decode(FORGED_STATUS))
+    tap.edit = lambda trailing: (*trailing, forged)
+    metadata = (("x-tenant", "a"),)
+    with secure_channel(raw, package_setup.client(), **package_setup.channel_options()) as ch:
+        stub = echo_pb2_grpc.EchoStub(ch)
+        assert _say(stub, "quiet").text == "quiet"  # binds first
+        assert stub.Say(echo_pb2.EchoRequest(text="quiet"), metadata=metadata).text == "quiet"
+        assert _say(stub, "quiet").text == "quiet"
+        with pytest.raises(MessageAlteredError):
+            stub.Say.with_call(echo_pb2.EchoRequest(text="quiet"), metadata=metadata)
+        tap.edit = lambda trailing: tuple(item for item in trailing if item[0] != STATUS_KEY)
+        with pytest.raises(MessageAlteredError):
+            stub.Say(echo_pb2.EchoRequest(text="meta"), metadata=metadata)
+        with pytest.raises(MessageAlteredError):
+            _say(stub, "meta")
+    assert servicer.calls == 6
+
+
+class _Rewriting(_Doctored):
+    def __init__(self, real: Any, edit: Any, details: str | None) -> None:
+        super().__init__(real, edit)
+        self._details = details
+
+    def details(self) -> Any:
+        return self._real.details() if self._details is None else self._details
+
+
+class _RewritingTap(_TrailerTap):
+    """``_TrailerTap`` that may also replace a unary call's details (``details``)."""
+
+    details: str | None = None
+
+    def _tap(self, outcome: Any, method: str) -> Any:
+        if "SecurityHandshake" in method or outcome.exception() is not None:
+            return outcome
+        self.seen.append(tuple(outcome.trailing_metadata() or ()))
+        return _Rewriting(outcome, self.edit or (lambda trailing: trailing), self.details)
+
+
+def _outcome(call: Any) -> tuple[str, ...]:
+    """("ok", value), or ("refused", reason) for a typed refusal (a ``SecurityError`` that is
+    also a ``grpc.RpcError``): anything else fails the test."""
+    try:
+        return ("ok", call())
+    except SecurityError as exc:
+        assert isinstance(exc, grpc.RpcError)
+        return ("refused", reason_of(exc))
+
+
+_EDITS = st.lists(st.sampled_from(["strip", "genuine", "forged", "twice", "x-admin"]), max_size=3)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    text=st.sampled_from(["quiet", "code", "details", "meta", "meta+details"]),
+    edits=_EDITS,
+    details=st.sampled_from([None, "", "forged"]),
+)
+def test_a_plain_call_returns_the_servers_payload_or_refuses_and_agrees_with_with_call(
+    tapped, text, edits, details
+) -> None:
+    # Whatever a man in the middle does to a call's trailers and details: the plain call
+    # returns exactly the server's payload or refuses with a typed error; whenever the call
+    # that exposes everything (``with_call``) accepts, the plain call accepts the same; a
+    # response not folded is judged by both alike; with nothing changed both accept.
+    stub, tap, _, _ = tapped
+    tap.__class__ = _RewritingTap
+    tap.edit, tap.details = None, None
+    _call(stub, "unary_unary", "meta")
+    genuine = next(value for key, value in tap.seen[-1] if key == STATUS_KEY)
+
+    def edit(trailing: tuple[Any, ...]) -> tuple[Any, ...]:
+        out = list(trailing)
+        for step in edits:
+            if step == "strip":
+                out = [item for item in out if item[0] != STATUS_KEY]
+            elif step == "genuine":
+                out.append((STATUS_KEY, genuine))
+            elif step == "forged":
+                out.append((STATUS_KEY, base64.b64decode(FORGED_STATUS)))
+            elif step == "twice":
+                out.extend([item for item in out if item[0] == STATUS_KEY])
+            else:
+                out.append(("x-admin", "true"))
+        return tuple(out)
+
+    tap.edit, tap.details = edit, details
+    request = echo_pb2.EchoRequest(text=text)
+    plain = _outcome(lambda: stub.Say(request, timeout=10).text)
+    exposed = _outcome(lambda: stub.Say.with_call(request, timeout=10)[0].text)
+    assert plain == ("ok", text) or plain[0] == "refused"
+    if exposed[0] == "ok":
+        assert plain == exposed == ("ok", text)
+    if text.startswith("meta"):  # not folded: the plain call checks the whole outcome too
+        assert plain[0] == exposed[0]
+    if not edits and not details:
+        assert plain == exposed == ("ok", text)
+
+
 def test_a_process_local_context_folds_through_call_protection(package_setup, serve) -> None:
     interceptor = SecurityInterceptor(package_setup.server())
     interceptor.security.tickets = None  # contexts stay in this process (random handles)
@@ -303,6 +503,13 @@ def test_a_process_local_context_folds_through_call_protection(package_setup, se
         tap.edit = lambda trailing: (*trailing, (STATUS_KEY, base64.b64decode(FORGED_STATUS)))
         with pytest.raises(MessageAlteredError):
             _call(stub, "unary_unary", "quiet")
+        # the plain call: the prepared open of a process-local context (the context's own)
+        assert _say(stub, "quiet").text == "quiet"
+        tap.edit = lambda trailing: tuple(item for item in trailing if item[0] != STATUS_KEY)
+        with pytest.raises(MessageAlteredError):
+            _say(stub, "meta")
+        tap.edit = None
+        assert _say(stub, "meta").text == "meta"
 
 
 # -- a real Envoy rewriting a folded call's outcome after the handler ran ---------------------

@@ -31,16 +31,22 @@ from rpcsec.sspi import (
     check_target_name,
 )
 
-from ._calls import CallProtection, ClientCallProtection, MethodKeys
+from ._calls import FIRST_RESPONSE, CallProtection, ClientCallProtection, MethodKeys
 from ._cloaking import early_credentials, resolve_credentials
 from ._handshake import ClientNegotiation
 from ._metadata import client_metadata
 from ._recovery import REBIND_REASONS, Action, IdempotentMethods, RebindBackoff, decide
 from ._responses import ResponseKeys, TicketClientProtection
 from ._status import not_run_of, reason_of
-from ._wire import CALL_KEY, CONTEXT_KEY, LEVEL_BYTES, SEQ_SLICE, is_ticket
+from ._wire import CALL_KEY, CONTEXT_KEY, LEVEL_BYTES, OUTCOME_OK, SEQ_SLICE, is_ticket
 
-__all__ = ["REBIND_REASONS", "ChannelSecurity", "ClientBound", "refusal_action"]
+__all__ = [
+    "REBIND_REASONS",
+    "ChannelSecurity",
+    "ClientBound",
+    "PreparedMethod",
+    "refusal_action",
+]
 
 _ALWAYS = ContextReq.INTEGRITY
 Metadata = Sequence[Any] | None
@@ -55,6 +61,8 @@ class ClientBound:
         "_keys",
         "_level_byte",
         "_metadata",
+        "_prepared",
+        "backoff",
         "context",
         "encrypt",
         "expires_at",
@@ -72,11 +80,15 @@ class ClientBound:
         level: ProtectionLevel,
         generation: int,
         succeeded: Callable[[], None],
+        backoff: RebindBackoff | None = None,
     ) -> None:
         self.context = context
         # A call on this binding verified: reset the re-bind backoff of the identity that
-        # made it (each cloaked caller has its own; ``_recovery.RebindBackoff``).
+        # made it (each cloaked caller has its own; ``_recovery.RebindBackoff``). ``backoff``
+        # (that backoff, if ``succeeded`` is its own) lets a hot path skip the call when there
+        # is nothing to reset.
         self.succeeded = succeeded
+        self.backoff: RebindBackoff | _Always = _ALWAYS_SUCCEED if backoff is None else backoff
         self.handle = handle
         self.level = level
         self.encrypt = level is ProtectionLevel.PRIVACY
@@ -90,6 +102,7 @@ class ClientBound:
         self._ctx_metadata = (CONTEXT_KEY, handle)
         self._metadata = (self._ctx_metadata,)
         self._keys: dict[str, MethodKeys] = {}
+        self._prepared: dict[str, PreparedMethod | None] = {}
         self.expires_at = context.expires_at  # fixed once established
 
     def keys(self, method: str) -> MethodKeys:
@@ -97,6 +110,20 @@ class ClientBound:
         if keys is None:
             keys = self._keys[method] = MethodKeys(self.handle, method, self.level)
         return keys
+
+    def prepared(self, method: str) -> PreparedMethod | None:
+        """``method``'s calls on this binding prepared once (``PreparedMethod``), or None if
+        the context cannot prepare them now (deleted meanwhile: the full path says why)."""
+        try:
+            return self._prepared[method]
+        except KeyError:
+            pass
+        try:
+            prepared = PreparedMethod(self, self.keys(method))
+        except SecurityError:
+            return None
+        self._prepared[method] = prepared
+        return prepared
 
     def begin(
         self, keys: MethodKeys, app: Metadata = ()
@@ -126,6 +153,65 @@ class ClientBound:
         """Not expired (a deleted context makes the next signature raise, which re-binds)."""
         expires = self.expires_at
         return expires is None or now < expires
+
+
+class _Always:
+    """The backoff of a binding made without one: ``succeeded`` is called after every call."""
+
+    __slots__ = ()
+    failures = 1
+
+
+_ALWAYS_SUCCEED = _Always()
+
+
+def _outcome_ok_opener(
+    protection: CallProtection, prefix: bytes, encrypt: bool
+) -> Callable[[bytes, bytes], bytes | None]:
+    """``ResponseKeys.opener`` for a process-local context: the context opens responses."""
+
+    def opened(call_seq: bytes, token: bytes) -> bytes | None:
+        try:
+            return protection.open(prefix, call_seq, FIRST_RESPONSE, token, encrypt, OUTCOME_OK)
+        except SecurityError:
+            return None
+
+    return opened
+
+
+class PreparedMethod:
+    """One method's single-request calls on one binding, everything made once: the opening
+    wrap over the method's fixed OPEN_AAD (``SecurityContext.wrapper``: the context's own
+    sequence counter and keys), the call's metadata (the handle, pre-built), and the open of
+    a response whose outcome the server folded into it (``OUTCOME_OK``; None when it does not
+    open so). For calls whose application passes no metadata: metadata extends the AAD
+    (``ClientBound.open_unary``). It holds no reference to its ``ClientBound`` (which caches
+    it): a binding's reference count says which calls hold it (``_cloaking_release``)."""
+
+    __slots__ = (
+        "backoff",
+        "encrypt",
+        "keys",
+        "metadata",
+        "open_ok",
+        "protection",
+        "succeeded",
+        "wrap",
+    )
+
+    def __init__(self, bound: ClientBound, keys: MethodKeys) -> None:
+        self.keys = keys
+        self.backoff = bound.backoff
+        self.succeeded = bound.succeeded
+        self.metadata = bound._metadata
+        self.encrypt = encrypt = bound.encrypt
+        self.wrap = bound.context.wrapper(keys.open_aad, encrypt=encrypt)
+        self.protection = protection = bound.protection
+        self.open_ok = (
+            protection.responses.opener(keys.prefix, FIRST_RESPONSE, OUTCOME_OK, encrypt)
+            if isinstance(protection, TicketClientProtection)
+            else _outcome_ok_opener(protection, keys.prefix, encrypt)
+        )
 
 
 class ChannelSecurity:
@@ -256,6 +342,7 @@ class ChannelSecurity:
             self.protection,
             next(self._generations),
             self.backoff.succeeded,
+            self.backoff,
         )
 
     def check_granted(self, context: ClientContext) -> None:

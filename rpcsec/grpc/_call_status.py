@@ -30,14 +30,22 @@ trailer as above (``open_unary_outcome``). So a trailer stripped from a call tha
 metadata, or one added to a folded response, makes the response fail to open
 (``MessageAlteredError``), and an OK turned into an error status is only ever an unverified
 error. One AEAD operation per response, not two, and no trailer bytes.
+
+A call that hands the application the response message and nothing else (the sync plain
+call of a unary or request-streaming method, ``_client``) opens the response with the suffix
+*first* and, when it opens, reads neither status nor trailers: the token alone proves the
+server's "OK, nothing else", and nothing else reaches the application. Only when it does not
+open is the outcome judged as above.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import grpc
 
 from rpcsec.sspi import InvalidTokenError, MessageAlteredError
 
@@ -66,6 +74,8 @@ _U16 = struct.Struct(">H")
 _CODE_DETAILS = struct.Struct(">BI")
 _MAX_TOKEN = 64 * 1024
 _NO_PAIRS = _U16.pack(0)
+_OK = grpc.StatusCode.OK
+_CODE_NUMBERS: dict[Any, int] = {code: int(code.value[0]) for code in grpc.StatusCode}
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,9 @@ def code_number(code: Any) -> int:
     """A status code's number (``grpc.StatusCode`` or an int; None is OK)."""
     if code is None:
         return 0
+    number = _CODE_NUMBERS.get(code)
+    if number is not None:  # no enum descriptor per call
+        return number
     value = getattr(code, "value", None)
     if isinstance(value, tuple):  # grpc.StatusCode
         return int(value[0])
@@ -188,17 +201,24 @@ def open_unary_outcome(
     details: str | None,
     initial: Sequence[Any] | None,
     trailing: Sequence[Any] | None,
+    open_ok: Callable[[bytes, bytes], bytes | None] | None = None,
 ) -> tuple[bytes, CallStatus]:
     """The client's opening of a finished single-response call that returned a message:
     (payload, outcome). Without a trailer the outcome must be folded into the response
     (``OUTCOME_OK``); with one, the response is opened as it is and the trailer checked.
-    Raises what ``protection.open`` / ``open_status`` raise."""
+    ``open_ok``: the method's prepared open with the suffix (``PreparedMethod``), tried
+    first; when it says no, ``protection.open`` raises the typed error. Raises what
+    ``protection.open`` / ``open_status`` raise."""
     trailing = tuple(trailing or ())
     if has_status(trailing):
         data = protection.open(prefix, call_seq, FIRST_RESPONSE, response, encrypt)
         return data, open_status(protection, prefix, call_seq, code, details, initial, trailing)
-    data = protection.open(prefix, call_seq, FIRST_RESPONSE, response, encrypt, OUTCOME_OK)
-    if code_number(code) != 0 or details:
+    opened = None if open_ok is None else open_ok(call_seq, response)
+    if opened is not None:
+        data = opened
+    else:
+        data = protection.open(prefix, call_seq, FIRST_RESPONSE, response, encrypt, OUTCOME_OK)
+    if (code is not _OK and code_number(code) != 0) or details:
         # The server sealed "OK, no details"; a status that says otherwise was changed.
         raise MessageAlteredError("call outcome differs from what the server sealed")
     return data, CallStatus(True, code, "", (), (), tuple(initial or ()), trailing)

@@ -35,7 +35,7 @@ from rpcsec.sspi import (
     SecurityError,
 )
 
-from ._binding import ChannelSecurity, ClientBound
+from ._binding import ChannelSecurity, ClientBound, PreparedMethod
 from ._call_status import CallStatus
 from ._calls import FIRST_RESPONSE, MethodKeys, Outbound, OutcomeInbound
 from ._client_errors import typed_expiry
@@ -51,7 +51,7 @@ from ._verified_call import (
     checked_response,
     checked_stream_status,
 )
-from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
+from ._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE, SEQ_SLICE
 
 __all__ = ["SecureChannel", "secure_channel"]
 
@@ -242,7 +242,18 @@ _AnySession: TypeAlias = _Session | _CloakedSession
 
 
 class _Multicallable:
-    __slots__ = ("_deserialize", "_idempotent", "_method", "_raw", "_serialize", "_session")
+    __slots__ = (
+        "_core",
+        "_deserialize",
+        "_idempotent",
+        "_method",
+        "_prepared",
+        "_raw",
+        "_response_type",
+        "_serialize",
+        "_session",
+        "_to_bytes",
+    )
 
     def __init__(
         self,
@@ -257,7 +268,16 @@ class _Multicallable:
         self._method = method
         self._serialize = serialize or _identity
         self._deserialize = deserialize or _identity
+        self._to_bytes, self._response_type = serialize, deserialize  # None: bytes as they are
         self._idempotent = method in session.security.idempotent
+        # The unary fast path (``_UnaryUnary.__call__``) of a channel of one identity whose
+        # calls need no per-call caller check: this method prepared on its current binding.
+        # (None: the binding is looked up per call.)
+        self._core = (
+            session.core if isinstance(session, _Session) and not session._check_caller else None
+        )
+        # (binding, its PreparedMethod): one attribute, replaced whole, never half of a pair.
+        self._prepared: tuple[ClientBound, PreparedMethod] | None = None
 
     def _open_call(
         self, payload: bytes | None, app: Metadata | None = None
@@ -269,11 +289,16 @@ class _Multicallable:
         session = self._session
         for attempt in (0, 1):
             bound = session.bound()
-            keys = bound.keys(self._method)
             try:
                 if payload is None:
+                    keys = bound.keys(self._method)
                     call_seq, metadata = bound.begin(keys, app)
                     return bound, keys, call_seq, metadata, b""
+                prepared = None if app else bound.prepared(self._method)
+                if prepared is not None:
+                    token = prepared.wrap(payload)
+                    return bound, prepared.keys, token[SEQ_SLICE], prepared.metadata, token
+                keys = bound.keys(self._method)
                 call_seq, metadata, token = bound.open_unary(keys, payload, app)
                 return bound, keys, call_seq, metadata, token
             except ContextExpiredError:
@@ -306,9 +331,16 @@ class _Opener:
         self._deserialize = deserialize
 
     def open(self, response: bytes, call: Any) -> tuple[Any, CallStatus]:
-        bound, prefix = self._bound, self._keys.prefix
+        bound, keys = self._bound, self._keys
+        prepared = bound.prepared(keys.method)
         data, status = checked_response(
-            bound.protection, prefix, self._call_seq, response, bound.encrypt, call
+            bound.protection,
+            keys.prefix,
+            self._call_seq,
+            response,
+            bound.encrypt,
+            call,
+            None if prepared is None else prepared.open_ok,
         )
         bound.succeeded()
         return self._deserialize(data), status
@@ -329,9 +361,80 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        return self._invoke(
-            request, timeout, metadata, credentials, wait_for_ready, compression, False
-        )[0]
+        """The common call in one frame (plus the prepared ``wrap`` and ``open_ok``): the
+        method prepared on the current binding (``PreparedMethod``), and the outcome read from
+        the response alone when it can be.
+
+        Why skipping the call's status and metadata is safe *here*: this call hands the
+        application the response message and nothing else -- no call object, no code, details
+        or metadata. gRPC returned a message, so its status was OK. A response that opens over
+        ``OUTCOME_OK`` is one the server sealed for this call, this method and this position,
+        stating that its handler ended OK with no details and no metadata: everything the
+        application receives is verified. What an attacker can still do to such a call --
+        add a trailer (even a genuine ``rpcsec-status-bin`` of another call), add details or
+        metadata -- reaches nothing the application sees, so it is not checked, where
+        ``with_call`` / ``future()`` / streams (which expose the call) refuse it as before.
+        A response that does not open so (a handler that set metadata or details, anything
+        altered) takes today's full check of the status, details and trailers
+        (``checked_response``): a response sealed without the suffix whose status trailer was
+        stripped is refused there, and a token opens either with the suffix or without it,
+        never both (MSG_AAD's tail has a fixed size). Anything out of the ordinary -- no
+        current binding, application metadata, expiry -- takes the full path (``_invoke``)
+        from the start (binding, re-sending), which checks the outcome the same way; a cloaked
+        or caller-checked channel looks its binding up per call."""
+        payload = request if self._to_bytes is None else self._to_bytes(request)
+        core = self._core
+        current = self._prepared
+        prepared: PreparedMethod | None
+        if core is not None and current is not None and current[0] is core.current:
+            bound, prepared = current
+        elif core is None and not metadata:
+            # A cloaked or caller-checked channel: the binding is chosen (and the caller
+            # checked) per call, as ``_open_call`` does; the method prepared on it.
+            bound = self._session.bound()
+            prepared = bound.prepared(self._method)
+        else:
+            prepared = None
+        if prepared is None or metadata:
+            return self._invoke(
+                payload, timeout, metadata, credentials, wait_for_ready, compression, False, 0
+            )[0]
+        try:
+            token = prepared.wrap(payload)  # checks expiry, deletion: the full path re-binds
+        except ContextExpiredError:
+            return self._invoke(
+                payload, timeout, metadata, credentials, wait_for_ready, compression, False, 0
+            )[0]
+        call_seq = token[SEQ_SLICE]
+        try:
+            response, call = self._raw.with_call(
+                token,
+                timeout=timeout,
+                metadata=prepared.metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+        except grpc.RpcError as exc:
+            keys = prepared.keys
+            if self._session.refused(bound, exc, self._idempotent, True, 0, keys, call_seq):
+                return self._invoke(
+                    payload, timeout, metadata, credentials, wait_for_ready, compression, False, 1
+                )[0]
+            raise checked_error(prepared.protection, keys.prefix, call_seq, exc) from None
+        data = prepared.open_ok(call_seq, response)
+        if data is None:  # not folded, or altered: the whole outcome, checked as ever
+            data, _ = checked_response(
+                prepared.protection,
+                prepared.keys.prefix,
+                call_seq,
+                response,
+                prepared.encrypt,
+                call,
+            )
+        if prepared.backoff.failures:
+            prepared.succeeded()
+        return data if self._response_type is None else self._response_type(data)
 
     def with_call(
         self,
@@ -343,29 +446,42 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
         compression: grpc.Compression | None = None,
     ) -> tuple[Any, grpc.Call]:
         return self._invoke(
-            request, timeout, metadata, credentials, wait_for_ready, compression, True
+            self._serialize(request),
+            timeout,
+            metadata,
+            credentials,
+            wait_for_ready,
+            compression,
+            True,
+            0,
         )
 
     def _invoke(
         self,
-        request: Any,
+        payload: bytes,
         timeout: float | None,
         metadata: Metadata | None,
         credentials: grpc.CallCredentials | None,
         wait_for_ready: bool | None,
         compression: grpc.Compression | None,
         with_call: bool,
+        first_attempt: int,
     ) -> tuple[Any, grpc.Call | None]:
-        payload = self._serialize(request)
+        """The full path: bind if needed, the whole outcome checked (``checked_response``);
+        sent again after a refusal when ``_recovery`` allows (``first_attempt``: sendings so
+        far). Prepares the method for ``__call__``'s fast path on the binding it used."""
         send = self._raw.with_call  # the call object: its status is checked either way
-        for attempt in range(MAX_TRANSPORT_ATTEMPTS):
+        for attempt in range(first_attempt, MAX_TRANSPORT_ATTEMPTS):
             bound, keys, call_seq, ours, token = self._open_call(payload, metadata)
+            if self._core is not None and not metadata:
+                prepared = bound.prepared(self._method)
+                self._prepared = None if prepared is None else (bound, prepared)
             protection = bound.protection
             try:
                 outcome = send(
                     token,
                     timeout=timeout,
-                    metadata=_merge(ours, metadata),
+                    metadata=_merge(ours, metadata) if metadata else ours,
                     credentials=credentials,
                     wait_for_ready=wait_for_ready,
                     compression=compression,
@@ -377,8 +493,16 @@ class _UnaryUnary(_Multicallable, grpc.UnaryUnaryMultiCallable):
                     continue
                 raise checked_error(protection, keys.prefix, call_seq, exc) from None
             response, call = outcome
+            prepared = bound.prepared(self._method)
+            open_ok = None if prepared is None else prepared.open_ok
+            if not with_call and open_ok is not None:  # the response alone: see ``__call__``
+                data = open_ok(call_seq, response)
+                if data is not None:
+                    bound.succeeded()
+                    return self._deserialize(data), None
+                open_ok = None  # tried: the full check's own open says why
             data, status = checked_response(
-                protection, keys.prefix, call_seq, response, bound.encrypt, call
+                protection, keys.prefix, call_seq, response, bound.encrypt, call, open_ok
             )
             bound.succeeded()
             return self._deserialize(data), VerifiedCall(call, status) if with_call else None
@@ -433,8 +557,10 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        return self.with_call(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        """Hands out the response alone, like ``_UnaryUnary.__call__``: a response that opens
+        over ``OUTCOME_OK`` needs nothing else checked (see there)."""
+        return self._send(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression, False
         )[0]
 
     def with_call(
@@ -445,6 +571,20 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
         credentials: grpc.CallCredentials | None = None,
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
+    ) -> tuple[Any, grpc.Call]:
+        return self._send(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression, True
+        )
+
+    def _send(
+        self,
+        request_iterator: Iterable[Any],
+        timeout: float | None,
+        metadata: Metadata | None,
+        credentials: grpc.CallCredentials | None,
+        wait_for_ready: bool | None,
+        compression: grpc.Compression | None,
+        expose: bool,
     ) -> tuple[Any, grpc.Call]:
         bound, keys, call_seq, ours, requests = self._start(request_iterator, metadata)
         try:
@@ -459,8 +599,20 @@ class _StreamUnary(_Multicallable, grpc.StreamUnaryMultiCallable):
         except grpc.RpcError as exc:
             self._session.refused(bound, exc, self._idempotent, False, 0)
             raise checked_error(bound.protection, keys.prefix, call_seq, exc) from None
+        prepared = bound.prepared(self._method)
+        if not expose and prepared is not None:
+            data = prepared.open_ok(call_seq, response)
+            if data is not None:
+                bound.succeeded()
+                return self._deserialize(data), call
         data, status = checked_response(
-            bound.protection, keys.prefix, call_seq, response, bound.encrypt, call
+            bound.protection,
+            keys.prefix,
+            call_seq,
+            response,
+            bound.encrypt,
+            call,
+            None if prepared is None else prepared.open_ok,
         )
         bound.succeeded()
         return self._deserialize(data), VerifiedCall(call, status)

@@ -24,6 +24,7 @@ and the message's ``_wire`` AAD, so a token cannot change kind, call, method or 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -134,6 +135,39 @@ class ResponseKeys:
             return payload
         except InvalidTag:
             raise MessageAlteredError("message failed its integrity check") from None
+
+    def opener(
+        self, prefix: bytes, pos: bytes, suffix: bytes, encrypt: bool
+    ) -> Callable[[bytes, bytes], bytes | None]:
+        """``open`` of the message at ``pos`` of every call of one method (``prefix``: its
+        MSG_AAD prefix; ``suffix``: ``OUTCOME_OK`` or b""), in one frame: ``opened(call_seq,
+        token)`` is the payload, or None for any token that does not open -- the caller then
+        takes the full path, whose ``open`` raises the typed error. Nothing changes either way
+        (responses keep no state), so trying a token twice is harmless."""
+        kind = _SEALED if encrypt else _SIGNED
+        head = kind + prefix
+        tail = pos + suffix
+        index = int.from_bytes(pos[1:5], "big")
+        cache, derive = self._cache, self._derive
+
+        def opened(call_seq: bytes, token: bytes) -> bytes | None:
+            if token[:1] != kind or len(token) < 1 + _TAG:
+                return None
+            epoch = call_seq[:5]
+            entry = cache.get(epoch)
+            if entry is None:
+                entry = derive(epoch)
+            nonce = (entry[1] ^ (int.from_bytes(call_seq, "big") << 32 | index)).to_bytes(12, "big")
+            try:
+                if encrypt:
+                    return entry[0].decrypt(nonce, token[1:], head + call_seq + tail)
+                payload = token[1 + _TAG :]
+                entry[0].decrypt(nonce, token[1 : 1 + _TAG], head + call_seq + tail + payload)
+                return payload
+            except InvalidTag:
+                return None
+
+        return opened
 
     def mark(self, aad: bytes, call_seq: bytes, index: bytes) -> bytes:
         aead, nonce = self.key(call_seq, index)

@@ -49,7 +49,13 @@ def checked_status(protection: Any, prefix: bytes, call_seq: bytes, call: Any) -
 
 
 def checked_response(
-    protection: Any, prefix: bytes, call_seq: bytes, response: bytes, encrypt: bool, call: Any
+    protection: Any,
+    prefix: bytes,
+    call_seq: bytes,
+    response: bytes,
+    encrypt: bool,
+    call: Any,
+    open_ok: Callable[[bytes, bytes], bytes | None] | None = None,
 ) -> tuple[bytes, CallStatus]:
     """``open_unary_outcome`` of a finished grpc call that returned ``response``; a response
     or outcome that does not verify raises as a ``grpc.RpcError``."""
@@ -64,6 +70,7 @@ def checked_response(
             call.details(),
             call.initial_metadata(),
             call.trailing_metadata(),
+            open_ok,
         )
     except SecurityError as exc:
         raise as_rpc_error(exc) from None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import itertools
 import struct
 import time
@@ -62,7 +63,14 @@ from ._flags import (
     ProtectionLevel,
 )
 from ._package import Mechanism, MechanismResult
-from ._protection import MAX_SEQUENCE, AeadProtector, MessageProtector, hkdf_expand_label
+from ._protection import (
+    EPOCH_BITS,
+    LARGE_MESSAGE,
+    MAX_SEQUENCE,
+    AeadProtector,
+    MessageProtector,
+    hkdf_expand_label,
+)
 from ._replay import DEFAULT_WINDOW, ReceiveOrder, ReplayWindow, SequenceCounter
 from ._status import SecStatus
 from ._target import check_target_name
@@ -489,6 +497,50 @@ class SecurityContext:
         if encrypt:
             return protector.seal_token(seq, header, aad, data)
         return header + protector.sign(seq, header + aad, data) + data
+
+    def wrapper(self, aad: bytes, *, encrypt: bool) -> Callable[[bytes], bytes]:
+        """``wrap`` with ``aad`` and the level fixed: ``wrapper(aad, encrypt=e)(data)`` is
+        ``wrap(data, aad=aad, encrypt=e)`` (EncryptMessage / the integrity wrap), in one frame.
+
+        For a binding that opens every call of one method over the same AAD. The same
+        sequence counter and epoch keys as ``wrap``, so the two can be used side by side; a
+        deleted or exported context, a large message and a package protector other than the
+        standard AEAD take ``wrap`` itself, so every refusal is ``wrap``'s. Raises what ``wrap``
+        raises for a context that is not established or has no confidentiality."""
+        protector = self._protector
+        if protector is None:
+            protector = self._ready()  # raises: not established
+        if encrypt and not self._confidential:
+            raise QopNotSupportedError("context was not established with confidentiality")
+        slow = functools.partial(self.wrap, aad=aad, encrypt=encrypt)
+        if type(protector) is not AeadProtector or self._datagram:
+            return slow
+        cache, key = protector.outbound_epochs()
+        kind = _KIND_WRAP if encrypt else _KIND_SIGNED
+        pack = _HEADER.pack
+        context = self
+
+        def wrap(data: bytes) -> bytes:
+            if context._protector is not protector or len(data) >= LARGE_MESSAGE:
+                return slow(data)
+            expires = context._expires_at
+            if expires is not None and context._clock() >= expires:
+                raise ContextExpiredError("security context has expired")
+            seq = next(context._send_seq)
+            try:
+                header = pack(kind, seq)
+            except struct.error:
+                raise _exhausted() from None
+            entry = cache.get(seq >> EPOCH_BITS)
+            if entry is None:
+                aead, nonce = key(seq)  # a new epoch: derived (and the number checked) once
+            else:
+                aead, nonce = entry[0], (entry[1] ^ seq).to_bytes(12, "big")
+            if encrypt:
+                return header + aead.encrypt(nonce, data, header + aad)
+            return header + aead.encrypt(nonce, b"", header + aad + data) + data
+
+        return wrap
 
     def unwrap(
         self,

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -33,6 +35,7 @@ from ._errors import ContextExpiredError, MessageAlteredError
 
 __all__ = [
     "EPOCH_BITS",
+    "LARGE_MESSAGE",
     "MAX_EPOCH_LEAD",
     "MAX_SEQUENCE",
     "TAG_SIZE",
@@ -261,6 +264,17 @@ class AeadProtector(MessageProtector):
         key = self._in.epoch_key(seq)
         self._in.verified(seq)
         return key
+
+    def outbound_epochs(
+        self,
+    ) -> tuple[dict[int, tuple[AESGCM | AESGCMSIV, int, bytes]], Callable[[int], Any]]:
+        """The outbound direction's epoch cache (epoch -> (AEAD, IV as an int, key)) and its
+        ``key(seq) -> (AEAD, nonce)`` (checks the number, derives a missing epoch), for a
+        caller that inlines ``seal``/``sign`` of small messages on its hot path
+        (``SecurityContext.wrapper``). Stream contexts only: datagram nonces are the caller's."""
+        if self._datagram:
+            raise ValueError("datagram contexts take caller-supplied sequence numbers")
+        return self._out._cache, self._out.key
 
     def resume(self, highest_inbound: int) -> None:
         if highest_inbound >= 0:

@@ -39,7 +39,7 @@ from .._recovery import LOST_STATUS
 from .._session import CloakedSessionCore, SessionCore
 from .._status import REASON_KEY, error_from_rpc
 from .._verified_call import checked_error
-from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE
+from .._wire import NEGOTIATE_METHOD, RELEASE_METHOD, REQUEST, RESPONSE, SEQ_SLICE
 
 __all__ = ["SecureChannel", "secure_channel"]
 
@@ -357,10 +357,11 @@ class _UnaryResponse(_Call):
         self,
         session: _AnySession,
         launch: Callable[[ClientBound], _Started],
-        deserialize: Callable[[bytes], Any],
+        deserialize: Callable[[bytes], Any] | None,
         retry: bool | None,
     ) -> None:
         # retry: the method is idempotent (True) or not; None: its requests are a stream.
+        # deserialize None: the response is the bytes as they are.
         self._deserialize = deserialize
         self._idempotent = bool(retry)
         self._resendable = retry is not None
@@ -405,8 +406,11 @@ class _UnaryResponse(_Call):
                     raise
                 raise final from None
             data, self._status = await _response_outcome(started, response)
-            started.bound.succeeded()
-            return self._deserialize(data)
+            bound = started.bound
+            if bound.backoff.failures:  # nothing to reset otherwise
+                bound.succeeded()
+            deserialize = self._deserialize
+            return data if deserialize is None else deserialize(data)
 
 
 def _checked(started: _Started, error: BaseException) -> BaseException:
@@ -439,10 +443,12 @@ async def _response_outcome(started: _Started, response: bytes) -> tuple[bytes, 
     """A single-response call's opened response and outcome (``open_unary_outcome``)."""
     call = started.call
     bound = started.bound
+    keys = started.keys
+    prepared = bound.prepared(keys.method)
     try:
         return open_unary_outcome(
             bound.protection,
-            started.keys.prefix,
+            keys.prefix,
             started.call_seq,
             response,
             bound.encrypt,
@@ -450,6 +456,7 @@ async def _response_outcome(started: _Started, response: bytes) -> tuple[bytes, 
             await call.details(),
             await call.initial_metadata(),
             await call.trailing_metadata(),
+            None if prepared is None else prepared.open_ok,
         )
     except SecurityError as exc:
         raise as_rpc_error(exc) from None
@@ -610,6 +617,7 @@ class _Multicallable:
         self._method = method
         self._serialize = serialize or _identity
         self._deserialize = deserialize or _identity
+        self._to_bytes, self._from_bytes = serialize, deserialize  # None: bytes as they are
         self._idempotent = method in session.security.idempotent
 
     def _open_call(
@@ -617,11 +625,16 @@ class _Multicallable:
     ) -> tuple[MethodKeys, bytes, tuple[tuple[str, bytes], ...], bytes]:
         """Open a call on ``bound``: with its single request message, or (None) with a call
         header. Returns the keys, the call sequence, the metadata and the request token."""
-        keys = bound.keys(self._method)
         try:
             if payload is None:
+                keys = bound.keys(self._method)
                 call_seq, metadata = bound.begin(keys, app)
                 return keys, call_seq, metadata, b""
+            prepared = None if app else bound.prepared(self._method)
+            if prepared is not None:  # the method's opening prepared once (``PreparedMethod``)
+                token = prepared.wrap(payload)
+                return prepared.keys, token[SEQ_SLICE], prepared.metadata, token
+            keys = bound.keys(self._method)
             call_seq, metadata, token = bound.open_unary(keys, payload, app)
             return keys, call_seq, metadata, token
         except ContextExpiredError:
@@ -641,21 +654,21 @@ class _UnaryUnaryMultiCallable(_Multicallable, grpc.aio.UnaryUnaryMultiCallable)
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        payload = self._serialize(request)
+        payload = request if self._to_bytes is None else self._to_bytes(request)
 
         def launch(bound: ClientBound) -> _Started:
             keys, call_seq, ours, token = self._open_call(bound, payload, metadata)
             call = self._raw(
                 token,
                 timeout=timeout,
-                metadata=_merge(ours, metadata),
+                metadata=_merge(ours, metadata) if metadata else ours,
                 credentials=credentials,
                 wait_for_ready=wait_for_ready,
                 compression=compression,
             )
             return _Started(bound, keys, call_seq, call, None, None)
 
-        return _UnaryResponse(self._session, launch, self._deserialize, self._idempotent)
+        return _UnaryResponse(self._session, launch, self._from_bytes, self._idempotent)
 
 
 class _UnaryStreamMultiCallable(_Multicallable, grpc.aio.UnaryStreamMultiCallable):
