@@ -69,7 +69,10 @@ def _call(security, context, entry, payload=b"payload", level=ProtectionLevel.IN
 def test_the_cached_epoch_key_follows_only_a_verified_epoch(ticket_pair) -> None:
     security, client, entry = ticket_pair
     method = ServerMethod(METHOD, None, None)
-    assert entry.keys.receive[0] == 0  # primed with the first epoch's key
+    assert entry.keys.receive is None  # an idle context holds no AEAD of its own
+    metadata, token, _ = _call(security, client, entry, b"first")
+    assert security.open_unary(metadata, method, token)[1] == b"first"
+    assert entry.keys.receive[0] == 0  # cached by the first request that verified
     client._send_seq = itertools.count(EPOCH - 2)  # the client is about to change epoch
     last_of_epoch_0 = [_call(security, client, entry, b"%d" % i) for i in range(2)]
     first, second = (_call(security, client, entry, b"%d" % i) for i in range(2, 4))

@@ -88,12 +88,12 @@ class ContextEntry:
         self.peer = peer
         self.protection = protection or CallProtection(context, handle)
         # A ticket's per-message keys (requests: the epoch key the server core opens them
-        # with, primed now; responses: per-call keys); None for a process-local context, whose
-        # requests go through the context's own replay window (``unwrap``).
+        # with, cached by the first request that verifies -- not now: an idle context holds
+        # no AEAD of its own; responses: per-call keys); None for a process-local context,
+        # whose requests go through the context's own replay window (``unwrap``).
         self.keys: TicketServerProtection | None = None
         if ticket_id is not None and isinstance(self.protection, TicketServerProtection):
             self.keys = self.protection
-            self.protection.prime()
         self.call_prefix = call_prefix(handle)
         self.msg_label = message_prefix(handle, b"")
         self.open_prefix = open_aad(handle, b"")
