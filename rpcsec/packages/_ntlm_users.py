@@ -1,0 +1,232 @@
+"""The NTLM acceptor's user store: the user file parsed once per credentials handle.
+
+pyspnego's acceptor finds a user's NT hash by reading ``NTLM_USER_FILE`` on every
+AUTHENTICATE, line by line, computing the LM hash (pure-Python DES, ~0.7 ms) of every
+``DOMAIN:USER:PASSWORD`` line it passes -- so a client naming an unknown user makes the server
+scan the whole file. Its only seam is that environment variable and a file, so this store:
+
+* parses the file once (and again only when its identity, size or times change) into a dict
+  keyed the way pyspnego compares names (``DOMAIN\\USER``, each part ``str.upper()``ed, the
+  first line for a name wins), in both formats pyspnego reads (Heimdal, smbpasswd);
+* answers an unknown user from the dict alone: no scan, no hash;
+* for a known user hands pyspnego a one-entry file in smbpasswd format (the NT hash only, so
+  pyspnego computes no hash at all; 0600 in a private 0700 directory), written on the user's
+  first logon and replaced atomically; a reload keeps the files of unchanged users (a
+  handshake may be reading one), so only a handshake racing a change of its own user's entry
+  can fail -- closed.
+
+pyspnego still does the whole NTLM protocol; only how it finds the hash changes. The name a
+lookup uses comes from the AUTHENTICATE message (MS-NLMP §2.2.1.3) read the way pyspnego reads
+it; were they ever to disagree, pyspnego would not find its user in the one-entry file and the
+logon fails (never another user's). Mirrors the SAM a Windows server reads at boot rather than
+per logon (MS-NLMP §3.2.5.1.2: the server "retrieves" the user's NTOWFv1 from its database).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import struct
+import tempfile
+import threading
+import weakref
+from dataclasses import dataclass
+
+from spnego._ntlm_raw.crypto import ntowfv1  # pyspnego's MD4 (OpenSSL 3 has none by default)
+
+from rpcsec.sspi._errors import InvalidTokenError, NoCredentialsError
+
+__all__ = ["NtlmUserStore", "authenticate_user", "user_key"]
+
+log = logging.getLogger(__name__)
+
+_SIGNATURE = b"NTLMSSP\x00"
+_AUTHENTICATE = 3
+_UNICODE = 0x00000001  # NTLMSSP_NEGOTIATE_UNICODE (MS-NLMP §2.2.2.5)
+_FIELDS = struct.Struct("<HHI")  # Len, MaxLen, BufferOffset (MS-NLMP §2.2.1.3)
+_OEM = "windows-1252"  # pyspnego's OEM encoding
+_MAX_MESSAGE = 64 * 1024
+
+
+def user_key(domain: str, user: str) -> tuple[str, str]:
+    """The store's key for the name pyspnego's acceptor looks up: it joins the message's
+    domain and user as ``DOMAIN\\user``, splits that at the first backslash, and compares each
+    part ``str.upper()``ed."""
+    joined = f"{domain}\\{user}" if domain else user
+    left, sep, right = joined.partition("\\")
+    domain, user = (left, right) if sep else ("", left)
+    return domain.upper(), user.upper()
+
+
+def authenticate_user(message: bytes) -> tuple[str, str]:
+    """(domain, user) from an NTLM AUTHENTICATE message, as pyspnego decodes them: UTF-16LE when
+    the message's NegotiateFlags have NTLMSSP_NEGOTIATE_UNICODE, else OEM (windows-1252).
+
+    Raises:
+        InvalidTokenError: not an AUTHENTICATE message, a field outside the message, or a name
+            that does not decode.
+    """
+    if not isinstance(message, bytes | bytearray) or not 64 <= len(message) <= _MAX_MESSAGE:
+        raise InvalidTokenError("NTLM AUTHENTICATE message has the wrong size")
+    if message[:8] != _SIGNATURE or struct.unpack_from("<I", message, 8)[0] != _AUTHENTICATE:
+        raise InvalidTokenError("not an NTLM AUTHENTICATE message")
+    (flags,) = struct.unpack_from("<I", message, 60)
+    encoding = "utf-16-le" if flags & _UNICODE else _OEM
+    names = []
+    for offset in (28, 36):  # DomainNameFields, UserNameFields
+        length, _, start = _FIELDS.unpack_from(message, offset)
+        if not length:
+            names.append("")
+            continue
+        if start + length > len(message):
+            raise InvalidTokenError("NTLM AUTHENTICATE field lies outside the message")
+        try:
+            names.append(bytes(message[start : start + length]).decode(encoding))
+        except UnicodeDecodeError as exc:
+            raise InvalidTokenError("NTLM AUTHENTICATE name does not decode") from exc
+    return names[0], names[1]
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One user of the file: its names as written, and its password (Heimdal) or NT hash
+    (smbpasswd); ``refused`` when the line for this name could not be read (fail closed: a
+    later line for the same name does not win)."""
+
+    domain: str
+    user: str
+    password: str | None = None
+    nt_hash: bytes | None = None
+    refused: bool = False
+
+
+def _parse(text: str) -> dict[tuple[str, str], _Entry]:
+    """The user file in pyspnego's two formats (``_get_credential``): ``DOMAIN:USER:PASSWORD``
+    (3 fields) and smbpasswd ``NAME:UID:LM_HASH:NT_HASH:FLAGS:LCT`` (6 fields, NAME
+    ``DOMAIN\\user`` or ``user``); any other line is ignored, as pyspnego ignores it."""
+    entries: dict[tuple[str, str], _Entry] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split(":")
+        if len(fields) == 3:
+            entry = _Entry(fields[0], fields[1], password=fields[2])
+        elif len(fields) == 6:
+            domain, sep, user = fields[0].partition("\\")
+            entry = _Entry(domain, user) if sep else _Entry("", domain)
+            try:
+                entry.nt_hash = base64.b16decode(fields[3].upper())
+            except binascii.Error:
+                entry.refused = True
+            if entry.nt_hash is not None and len(entry.nt_hash) != 16:
+                entry.refused = True
+            if entry.refused:
+                log.warning("ntlm user file line %d: the NT hash is not 32 hex digits", number)
+        else:
+            continue
+        entries.setdefault((entry.domain.upper(), entry.user.upper()), entry)
+    return entries
+
+
+class NtlmUserStore:
+    """The user file behind one INBOUND ntlm credentials handle (AcquireCredentialsHandle's
+    view of the server's account database), re-read when the file changes.
+
+    Raises:
+        NoCredentialsError: (when made) the file cannot be read or is not UTF-8.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.fspath(path)
+        self.loads = 0
+        """How many times the file was parsed (tests: once per change, never per logon)."""
+        self._lock = threading.Lock()
+        self._identity: tuple[int, ...] | None = None
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._files: dict[tuple[str, str], tuple[str, str]] = {}  # key -> (line, path)
+        self._directory = tempfile.mkdtemp(prefix="rpcsec-ntlm-")  # 0700
+        self._finalizer = weakref.finalize(self, _remove, self._directory, os.getpid())
+        self.placeholder = self._write("empty", "")
+        """An empty user file: what pyspnego's acceptor is pointed at outside AUTHENTICATE
+        (it only checks that NTLM_USER_FILE names a file)."""
+        try:
+            self._reload_if_changed()
+        except (OSError, UnicodeDecodeError) as exc:
+            self.close()
+            raise NoCredentialsError("ntlm user file cannot be read") from exc
+
+    def entry_file(self, domain: str, user: str) -> str | None:
+        """A one-entry user file for the user an AUTHENTICATE names, or None when the store has
+        no such user (constant work: one ``stat`` of the user file and a dict lookup)."""
+        key = user_key(domain, user)
+        with self._lock:
+            try:
+                self._reload_if_changed()
+            except (OSError, UnicodeDecodeError):
+                log.warning("ntlm user file %s cannot be read: refusing every logon", self.path)
+                self._identity, self._entries = None, {}
+            entry = self._entries.get(key)
+            if entry is None or entry.refused or not user:
+                return None
+            line = _line(entry)
+            known = self._files.get(key)
+            if known is not None and known[0] == line:
+                return known[1]
+            path = self._write(hashlib.sha256(line.encode()).hexdigest()[:32], line)
+            self._files[key] = (line, path)
+            return path
+
+    def close(self) -> None:
+        """Remove the one-entry files (also done when the store is collected)."""
+        self._finalizer()
+
+    def _reload_if_changed(self) -> None:
+        status = os.stat(self.path)
+        identity = (
+            status.st_dev,
+            status.st_ino,
+            status.st_size,
+            status.st_mtime_ns,
+            status.st_ctime_ns,
+        )
+        if identity == self._identity:
+            return
+        with open(self.path, "rb") as handle:
+            text = handle.read().decode()
+        entries = _parse(text)
+        self._identity, self._entries = identity, entries
+        self.loads += 1
+        # A user whose entry did not change keeps its file (a handshake may be reading it);
+        # the others' files go now.
+        for key, (line, path) in list(self._files.items()):
+            entry = entries.get(key)
+            if entry is None or entry.refused or _line(entry) != line:
+                del self._files[key]
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+    def _write(self, name: str, text: str) -> str:
+        path = os.path.join(self._directory, name)
+        temporary = path + ".tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        with os.fdopen(os.open(temporary, flags, 0o600), "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)  # readers see the old file or the whole new one
+        return path
+
+
+def _line(entry: _Entry) -> str:
+    """The entry as one smbpasswd line pyspnego parses without hashing (the LM hash zeroed:
+    the acceptor takes NTLMv2 responses only, which use the NT hash alone)."""
+    if entry.nt_hash is None:
+        entry.nt_hash = ntowfv1(entry.password or "")  # once per entry, on its first logon
+    name = f"{entry.domain}\\{entry.user}" if entry.domain else entry.user
+    return f"{name}:0:{'0' * 32}:{entry.nt_hash.hex().upper()}:[U]:LCT-00000000\n"
+
+
+def _remove(directory: str, pid: int) -> None:
+    if os.getpid() == pid:  # a forked child must not remove its parent's files
+        shutil.rmtree(directory, ignore_errors=True)
