@@ -1,9 +1,11 @@
 """The NTLM acceptor's user store: the user file parsed once per credentials handle.
 
 pyspnego's acceptor finds a user's NT hash by reading ``NTLM_USER_FILE`` on every
-AUTHENTICATE, line by line, computing the LM hash (pure-Python DES, ~0.7 ms) of every
-``DOMAIN:USER:PASSWORD`` line it passes -- so a client naming an unknown user makes the server
-scan the whole file. Its only seam is that environment variable and a file, so this store:
+AUTHENTICATE, splitting line after line up to the user's -- the whole file for a user it does
+not know, which any unauthenticated client can name (measured: 0.2 µs a line, 1.2 ms for 5 000
+lines) -- then hashes a ``DOMAIN:USER:PASSWORD`` line's password on every logon: the LM hash
+(pure-Python DES, ~0.7 ms, never used by NTLMv2) and the NT hash (pure-Python MD4). Its only
+seam is that environment variable and a file, so this store:
 
 * parses the file once (and again only when its identity, size or times change) into a dict
   keyed the way pyspnego compares names (``DOMAIN\\USER``, each part ``str.upper()``ed, the

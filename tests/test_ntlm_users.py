@@ -1,0 +1,315 @@
+"""The ntlm acceptor's user store (rpcsec/packages/_ntlm_users.py) and the hashed client
+credentials: an unknown user costs the same whatever the file's size (no scan, no hash); a
+known user's NT hash is computed once per handle on each side (no DES, no MD4 per handshake);
+a changed file is re-read; the store reads both user-file formats as pyspnego does; the
+AUTHENTICATE name parser agrees with pyspnego's (hypothesis).
+
+Work is counted (calls of pyspnego's hash and lookup functions, loads of the file), never
+timed."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import stat
+import struct
+
+import pytest
+import spnego
+import spnego._ntlm
+from helpers.pair import handshake
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from spnego._ntlm_raw.crypto import ntowfv1
+from spnego._ntlm_raw.messages import Authenticate
+
+from rpcsec.packages import _ntlm_users
+from rpcsec.packages._ntlm_users import NtlmUserStore, authenticate_user, user_key
+from rpcsec.sspi import (
+    CredentialUse,
+    InvalidTokenError,
+    LogonDeniedError,
+    NoCredentialsError,
+    accept_security_context,
+    acquire_credentials_handle,
+    initialize_security_context,
+)
+
+ALICE = ("RPCSEC\\alice", "Alice-Pa55!")
+
+
+class Counts:
+    """Calls of the functions that cost per user-file line or per hash, on both sides."""
+
+    WATCHED = (
+        ("lmowfv1", spnego._ntlm, "lmowfv1"),  # pyspnego's DES (LM hash), client and acceptor
+        ("ntowfv1", spnego._ntlm, "ntowfv1"),  # pyspnego's MD4 (NT hash), client and acceptor
+        ("scan", spnego._ntlm, "_get_credential"),  # pyspnego reading NTLM_USER_FILE
+        ("store_md4", _ntlm_users, "ntowfv1"),  # the store's MD4 of a Heimdal password
+        ("parse", _ntlm_users, "_parse"),  # the store parsing the whole file
+    )
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = {label: 0 for label, _, _ in self.WATCHED}
+        for label, module, name in self.WATCHED:
+            monkeypatch.setattr(module, name, self._counting(label, getattr(module, name)))
+
+    def _counting(self, label, function):
+        def counted(*args, **kwargs):
+            self.calls[label] += 1
+            return function(*args, **kwargs)
+
+        return counted
+
+    def reset(self) -> None:
+        self.calls = dict.fromkeys(self.calls, 0)
+
+
+def _user_file(path: pathlib.Path, others: int, tail: str = "RPCSEC:alice:Alice-Pa55!") -> str:
+    lines = [f"RPCSEC:user{i}:Password-{i}" for i in range(others)]
+    path.write_text("\n".join([*lines, tail]) + "\n")
+    return str(path)
+
+
+def _server_creds(user_file: str):
+    return acquire_credentials_handle("ntlm", None, CredentialUse.INBOUND, user_file=user_file)
+
+
+def _client_creds(user: str = ALICE[0], password: str = ALICE[1]):
+    return acquire_credentials_handle("ntlm", user, CredentialUse.OUTBOUND, password=password)
+
+
+def _logon(client_creds, server_creds):
+    return handshake(
+        initialize_security_context(client_creds, "host@server"),
+        accept_security_context(server_creds),
+    )
+
+
+def _authenticate_of(client_creds, server_creds) -> tuple[object, bytes]:
+    """A server context that has seen NEGOTIATE, and the client's AUTHENTICATE leg."""
+    client = initialize_security_context(client_creds, "host@server")
+    server = accept_security_context(server_creds)
+    challenge = server.step(client.step().token).token
+    return server, client.step(challenge).token
+
+
+@pytest.mark.parametrize("standard", [False, True], ids=["extended", "standard"])
+def test_an_unknown_user_costs_the_same_whatever_the_file_size(
+    tmp_path, monkeypatch, standard
+) -> None:
+    """The DoS lever: pyspnego read and split the whole file on every AUTHENTICATE naming an
+    unknown user. Now: no scan, no hash, the file parsed once per handle."""
+    counts = Counts(monkeypatch)
+    mallory = _client_creds("RPCSEC\\mallory", "anything")
+    seen = {}
+    for size in (5, 5000):
+        server_creds = _server_creds(_user_file(tmp_path / f"users-{size}", size))
+        counts.reset()
+        for _ in range(3):
+            if standard:
+                server = accept_security_context(server_creds, options={"standard": "only"})
+                hashed = spnego.NTLMHash("RPCSEC\\mallory", nt_hash=ntowfv1("x").hex())
+                client = spnego.client(hashed, protocol="ntlm")  # a bare NTLM client
+                authenticate = client.step(server.step(client.step()).token)
+            else:
+                server, authenticate = _authenticate_of(mallory, server_creds)
+            with pytest.raises(LogonDeniedError):
+                server.step(authenticate)
+        seen[size] = dict(counts.calls)
+        assert counts.calls["lmowfv1"] == counts.calls["ntowfv1"] == 0  # no DES, no MD4
+        assert counts.calls["store_md4"] == 0
+        assert counts.calls["scan"] == 0  # pyspnego never read a user file
+        assert counts.calls["parse"] == 0  # parsed once, when the handle was acquired
+        assert server_creds.material.store.loads == 1
+    assert seen[5] == seen[5000]
+
+
+def test_a_known_user_is_hashed_once_per_handle_on_each_side(tmp_path, monkeypatch) -> None:
+    counts = Counts(monkeypatch)
+    server_creds = _server_creds(_user_file(tmp_path / "users", 5000))
+    client_creds = _client_creds()
+    counts.reset()
+    for _ in range(4):
+        pair = _logon(client_creds, server_creds)
+        assert pair.server.peer.principal == "RPCSEC\\alice"
+    assert counts.calls["lmowfv1"] == 0  # no DES on either side
+    assert counts.calls["ntowfv1"] == 0  # pyspnego's MD4: never (it gets the hash)
+    assert counts.calls["store_md4"] == 1  # alice's line, on her first logon
+    assert counts.calls["scan"] == 4  # once per logon, of a one-entry file
+    assert counts.calls["parse"] == 0
+    assert server_creds.material.store.loads == 1
+
+
+def test_the_one_entry_file_holds_only_a_hash_private_and_is_removed(tmp_path) -> None:
+    server_creds = _server_creds(_user_file(tmp_path / "users", 3))
+    store = server_creds.material.store
+    path = store.entry_file("RPCSEC", "ALICE")
+    assert path is not None
+    text = pathlib.Path(path).read_text()
+    assert "Alice-Pa55!" not in text
+    assert ntowfv1("Alice-Pa55!").hex().upper() in text
+    assert text.count("\n") == 1
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    store.close()
+    assert not os.path.exists(os.path.dirname(path))
+
+
+def test_a_changed_user_file_is_reread(tmp_path) -> None:
+    users = tmp_path / "users"
+    server_creds = _server_creds(_user_file(users, 2))
+    store = server_creds.material.store
+    _logon(_client_creds(), server_creds)
+    with pytest.raises(LogonDeniedError):
+        _logon(_client_creds("RPCSEC\\bob", "Bob-Pa55!"), server_creds)
+    alice_file = store.entry_file("RPCSEC", "alice")
+    # Bob is added: a new size; alice unchanged keeps her file (a handshake may be reading it).
+    users.write_text(users.read_text() + "RPCSEC:bob:Bob-Pa55!\n")
+    assert _logon(_client_creds("RPCSEC\\bob", "Bob-Pa55!"), server_creds).server.peer
+    assert store.loads == 2
+    assert store.entry_file("RPCSEC", "alice") == alice_file and os.path.exists(alice_file)
+    # Alice's password changes, the file keeps its size: its times tell the store.
+    before = os.stat(users)
+    users.write_text(users.read_text().replace("Alice-Pa55!", "Alice-Pa66!"))
+    os.utime(users, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    with pytest.raises(LogonDeniedError):
+        _logon(_client_creds(), server_creds)
+    assert store.loads == 3
+    assert not os.path.exists(alice_file)  # the old hash is gone from the disk
+    assert _logon(_client_creds("RPCSEC\\alice", "Alice-Pa66!"), server_creds).server.peer
+    # Bob is removed.
+    users.write_text("RPCSEC:alice:Alice-Pa66!\n")
+    with pytest.raises(LogonDeniedError):
+        _logon(_client_creds("RPCSEC\\bob", "Bob-Pa55!"), server_creds)
+    assert store.loads == 4
+
+
+def test_a_vanished_or_unreadable_user_file_refuses_every_logon(tmp_path) -> None:
+    users = tmp_path / "users"
+    server_creds = _server_creds(_user_file(users, 1))
+    _logon(_client_creds(), server_creds)
+    text = users.read_text()
+    users.unlink()
+    with pytest.raises(LogonDeniedError):
+        _logon(_client_creds(), server_creds)
+    users.write_bytes(b"RPCSEC:alice:\xff\xfe\n")  # not UTF-8: pyspnego could not read it either
+    with pytest.raises(LogonDeniedError):
+        _logon(_client_creds(), server_creds)
+    users.write_text(text)
+    assert _logon(_client_creds(), server_creds).server.peer.principal == "RPCSEC\\alice"
+
+
+def test_an_unreadable_user_file_is_no_credentials(tmp_path) -> None:
+    users = tmp_path / "users"
+    users.write_bytes(b"\xff\xfe:alice:x\n")
+    with pytest.raises(NoCredentialsError):
+        _server_creds(str(users))
+
+
+def test_both_formats_and_pyspnego_name_rules(tmp_path) -> None:
+    nt = ntowfv1("Carol-Pa55!").hex()
+    users = tmp_path / "users"
+    users.write_text(
+        "# a comment line, ignored\n"
+        "RPCSEC:alice:Alice-Pa55!\n"
+        "rpcsec:ALICE:shadowed-by-the-first-line\n"
+        f"RPCSEC\\carol:1000:{'0' * 32}:{nt}:[U]:LCT-5EB9B791\n"
+        f"dave:1001:{'0' * 32}:{ntowfv1('Dave-Pa55!').hex().upper()}:[U]:LCT-5EB9B791\n"
+        ":erin@RPCSEC.TEST:Erin-Pa55!\n"
+        f"RPCSEC\\frank:1002:{'0' * 32}:NOT-HEX-AT-ALL-XXXXXXXXXXXXXXXXXX:[U]:LCT-0\n"
+        "RPCSEC:frank:Frank-Pa55!\n"  # a later line never rescues an unreadable one
+        "RPCSEC:gina:with:colons\n"  # 4 fields: not a user line (pyspnego ignores it too)
+    )
+    server_creds = _server_creds(str(users))
+    ok = [
+        ("rpcsec\\Alice", "Alice-Pa55!"),
+        ("RPCSEC\\carol", "Carol-Pa55!"),
+        ("dave", "Dave-Pa55!"),
+        ("erin@RPCSEC.TEST", "Erin-Pa55!"),
+    ]
+    for user, password in ok:
+        assert _logon(_client_creds(user, password), server_creds).server.peer.principal == user
+    for user, password in [
+        ("RPCSEC\\alice", "shadowed-by-the-first-line"),
+        ("RPCSEC\\frank", "Frank-Pa55!"),
+        ("RPCSEC\\gina", "with:colons"),
+        ("OTHER\\dave", "Dave-Pa55!"),
+        ("RPCSEC\\erin@RPCSEC.TEST", "Erin-Pa55!"),
+    ]:
+        with pytest.raises(LogonDeniedError):
+            _logon(_client_creds(user, password), server_creds)
+
+
+def test_the_client_never_shows_its_hash() -> None:
+    creds = _client_creds()
+    material = creds.material
+    assert material.nt_hash == ntowfv1(ALICE[1]).hex().upper()
+    assert material.nt_hash not in repr(material) + repr(creds)
+    assert ALICE[1] not in repr(material) + repr(creds)
+
+
+def test_a_legacy_lm_client_still_gets_its_password_hashed(monkeypatch) -> None:
+    """LM_COMPAT_LEVEL < 2 asks pyspnego for LM responses, which need the LM hash."""
+    material = _client_creds().material
+    assert isinstance(material.spnego_credential(), spnego.NTLMHash)
+    monkeypatch.setenv("LM_COMPAT_LEVEL", "1")
+    assert isinstance(material.spnego_credential(), spnego.Password)
+
+
+# -- the AUTHENTICATE name parser against pyspnego's ------------------------------------------
+
+_names = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
+
+
+def _message(flags: int, fields: dict[int, bytes], trailing: bytes = b"") -> bytes:
+    header = bytearray(b"NTLMSSP\x00" + struct.pack("<I", 3) + b"\x00" * 48)
+    header += struct.pack("<I", flags)
+    payload = bytearray()
+    for offset in (12, 20, 28, 36, 44, 52):
+        value = fields.get(offset, b"")
+        struct.pack_into("<HHI", header, offset, len(value), len(value), 64 + len(payload))
+        payload += value
+    return bytes(header + payload + trailing)
+
+
+@settings(max_examples=300, deadline=None)
+@given(domain=_names, user=_names, unicode=st.booleans(), trailing=st.binary(max_size=8))
+def test_authenticate_names_agree_with_pyspnego(domain, user, unicode, trailing) -> None:
+    encoding = "utf-16-le" if unicode else "windows-1252"
+    try:
+        fields = {28: domain.encode(encoding), 36: user.encode(encoding)}
+    except UnicodeEncodeError:
+        return
+    message = _message(0x1 if unicode else 0x2, fields, trailing)
+    theirs = Authenticate.unpack(message)
+    assert authenticate_user(message) == (theirs.domain_name or "", theirs.user_name or "")
+    assert authenticate_user(message) == (domain, user)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200), flags=st.integers(0, 2**32 - 1))
+def test_authenticate_names_of_garbage_raise_only_invalid_token(data, flags) -> None:
+    message = bytearray(_message(flags, {}) + data)
+    message[64 : 64 + len(data)] = data
+    if len(data) >= 64:
+        message[:64] = b"NTLMSSP\x00\x03\x00\x00\x00" + data[12:64]
+    for candidate in (bytes(message), data):
+        try:
+            domain, user = authenticate_user(candidate)
+        except InvalidTokenError:
+            continue
+        theirs = Authenticate.unpack(candidate)  # whatever we read, pyspnego reads the same
+        assert (domain, user) == (theirs.domain_name or "", theirs.user_name or "")
+
+
+@given(domain=_names, user=_names)
+def test_the_lookup_key_follows_pyspnegos_split(domain, user) -> None:
+    joined = f"{domain}\\{user}" if domain else user
+    theirs_domain, theirs_user = spnego._ntlm.split_username(joined)
+    assert user_key(domain, user) == ((theirs_domain or "").upper(), (theirs_user or "").upper())
+
+
+def test_store_of_a_missing_file_is_no_credentials(tmp_path) -> None:
+    with pytest.raises(NoCredentialsError):
+        NtlmUserStore(str(tmp_path / "absent"))
