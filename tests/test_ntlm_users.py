@@ -287,20 +287,24 @@ def test_authenticate_names_agree_with_pyspnego(domain, user, unicode, trailing)
     assert authenticate_user(message) == (domain, user)
 
 
-@settings(max_examples=300, deadline=None)
-@given(data=st.binary(max_size=200), flags=st.integers(0, 2**32 - 1))
-def test_authenticate_names_of_garbage_raise_only_invalid_token(data, flags) -> None:
-    message = bytearray(_message(flags, {}) + data)
-    message[64 : 64 + len(data)] = data
-    if len(data) >= 64:
-        message[:64] = b"NTLMSSP\x00\x03\x00\x00\x00" + data[12:64]
-    for candidate in (bytes(message), data):
+@settings(max_examples=400, deadline=None)
+@given(
+    header=st.binary(min_size=48, max_size=48),
+    flags=st.integers(0, 2**32 - 1),
+    payload=st.binary(max_size=200),
+    raw=st.binary(max_size=120),
+)
+def test_authenticate_names_of_garbage_raise_only_invalid_token(header, flags, payload, raw):
+    """Hostile field descriptors (lengths, offsets anywhere) and bytes that are no message:
+    only InvalidTokenError; and whatever is read, pyspnego reads the same."""
+    message = b"NTLMSSP\x00\x03\x00\x00\x00" + header + struct.pack("<I", flags) + payload
+    for candidate in (message, raw, b"NTLMSSP\x00\x03\x00\x00\x00" + raw):
         try:
-            domain, user = authenticate_user(candidate)
+            names = authenticate_user(candidate)
         except InvalidTokenError:
             continue
-        theirs = Authenticate.unpack(candidate)  # whatever we read, pyspnego reads the same
-        assert (domain, user) == (theirs.domain_name or "", theirs.user_name or "")
+        theirs = Authenticate.unpack(candidate)
+        assert names == (theirs.domain_name or "", theirs.user_name or "")
 
 
 @given(domain=_names, user=_names)
@@ -313,3 +317,38 @@ def test_the_lookup_key_follows_pyspnegos_split(domain, user) -> None:
 def test_store_of_a_missing_file_is_no_credentials(tmp_path) -> None:
     with pytest.raises(NoCredentialsError):
         NtlmUserStore(str(tmp_path / "absent"))
+
+
+def test_logons_in_flight_survive_a_change_that_spares_their_user(tmp_path) -> None:
+    """Reloads while other threads log on: an unchanged user's one-entry file stays in place,
+    so none of its logons fails; every appended user can log on right after."""
+    import threading
+
+    users = tmp_path / "users"
+    server_creds = _server_creds(_user_file(users, 2))
+    client_creds = _client_creds()
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def alice() -> None:
+        while not done.is_set():
+            try:
+                assert _logon(client_creds, server_creds).server.peer.principal == ALICE[0]
+            except BaseException as exc:  # pragma: no cover - the property under test
+                failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=alice) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for i in range(30):
+            with users.open("a") as handle:
+                handle.write(f"RPCSEC:new{i}:New-{i}\n")
+            _logon(_client_creds(f"RPCSEC\\new{i}", f"New-{i}"), server_creds)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    assert not failures
+    assert server_creds.material.store.loads == 31

@@ -149,12 +149,15 @@ class NtlmUserStore:
         self._identity: tuple[int, ...] | None = None
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._files: dict[tuple[str, str], tuple[str, str]] = {}  # key -> (line, path)
-        self._directory = tempfile.mkdtemp(prefix="rpcsec-ntlm-")  # 0700
-        self._finalizer = weakref.finalize(self, _remove, self._directory, os.getpid())
-        self.placeholder = self._write("empty", "")
-        """An empty user file: what pyspnego's acceptor is pointed at outside AUTHENTICATE
-        (it only checks that NTLM_USER_FILE names a file)."""
         try:
+            self._directory = tempfile.mkdtemp(prefix="rpcsec-ntlm-")  # 0700
+        except OSError as exc:
+            raise NoCredentialsError("ntlm user store needs a private temporary directory") from exc
+        self._finalizer = weakref.finalize(self, _remove, self._directory, os.getpid())
+        try:
+            self.placeholder = self._write("empty", "")
+            """An empty user file: what pyspnego's acceptor is pointed at outside AUTHENTICATE
+            (it only checks that NTLM_USER_FILE names a file)."""
             self._reload_if_changed()
         except (OSError, UnicodeDecodeError) as exc:
             self.close()

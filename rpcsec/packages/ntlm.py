@@ -50,7 +50,6 @@ from rpcsec.sspi._errors import (
     LogonDeniedError,
     MessageAlteredError,
     NoCredentialsError,
-    SecurityError,
 )
 from rpcsec.sspi._flags import ContextReq, CredentialUse, ImpersonationLevel, PackageCapability
 from rpcsec.sspi._negotiation import OFFER_SIZE, ContextGrant, ContextOffer, decide_grant
@@ -274,7 +273,7 @@ class _NtlmServer(Mechanism):
         self._leg += 1
         if leg == 0:
             negotiate, _ = _unframe(token, 1)
-            return _frame(2, self._native_step(negotiate, denied=False))
+            return _frame(2, self._native_negotiate(negotiate))
         if leg == 1:
             authenticate, sealed_offer = _unframe(token, 3)
             accept_authenticate(self._ntlm, self._credentials.store, authenticate)
@@ -305,16 +304,12 @@ class _NtlmServer(Mechanism):
             return _frame(4, b"", _sealed_record(_kdf(session_key, b"grant"), grant.encode()))
         raise InvalidTokenError("ntlm handshake has no more steps")
 
-    def _native_step(self, token: bytes, *, denied: bool) -> bytes:
+    def _native_negotiate(self, token: bytes) -> bytes:
         try:
             with _acceptor_environment(self._credentials.store.placeholder):
                 out = self._ntlm.step(token)
         except spnego.exceptions.SpnegoError as exc:
-            if denied:
-                raise LogonDeniedError("ntlm logon failed") from exc
             raise InvalidTokenError("ntlm token rejected") from exc
-        except SecurityError:
-            raise
         except Exception as exc:  # pyspnego's parsers raise assorted errors on garbage
             raise InvalidTokenError("ntlm token is malformed") from exc
         return bytes(out or b"")
