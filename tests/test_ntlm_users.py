@@ -220,6 +220,8 @@ def test_both_formats_and_pyspnego_name_rules(tmp_path) -> None:
         f"RPCSEC\\frank:1002:{'0' * 32}:NOT-HEX-AT-ALL-XXXXXXXXXXXXXXXXXX:[U]:LCT-0\n"
         "RPCSEC:frank:Frank-Pa55!\n"  # a later line never rescues an unreadable one
         "RPCSEC:gina:with:colons\n"  # 4 fields: not a user line (pyspnego ignores it too)
+        f"RPCSEC\\hank:1003:{'0' * 32}:{ntowfv1('Hank-Pa55!').hex()}:[DU         ]:LCT-0\n"
+        f"RPCSEC\\ivan:1004:{'0' * 32}:{ntowfv1('Ivan-Pa55!').hex()}:[UL]:LCT-0\n"
     )
     server_creds = _server_creds(str(users))
     ok = [
@@ -234,6 +236,8 @@ def test_both_formats_and_pyspnego_name_rules(tmp_path) -> None:
         ("RPCSEC\\alice", "shadowed-by-the-first-line"),
         ("RPCSEC\\frank", "Frank-Pa55!"),
         ("RPCSEC\\gina", "with:colons"),
+        ("RPCSEC\\hank", "Hank-Pa55!"),  # disabled account (smbpasswd D flag)
+        ("RPCSEC\\ivan", "Ivan-Pa55!"),  # locked account (L flag)
         ("OTHER\\dave", "Dave-Pa55!"),
         ("RPCSEC\\erin@RPCSEC.TEST", "Erin-Pa55!"),
     ]:

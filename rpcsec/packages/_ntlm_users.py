@@ -53,6 +53,7 @@ _UNICODE = 0x00000001  # NTLMSSP_NEGOTIATE_UNICODE (MS-NLMP §2.2.2.5)
 _FIELDS = struct.Struct("<HHI")  # Len, MaxLen, BufferOffset (MS-NLMP §2.2.1.3)
 _OEM = "windows-1252"  # pyspnego's OEM encoding
 _MAX_MESSAGE = 64 * 1024
+_DISABLED = frozenset("DL")  # smbpasswd account flags: disabled, auto-locked
 
 
 def user_key(domain: str, user: str) -> tuple[str, str]:
@@ -110,7 +111,9 @@ class _Entry:
 def _parse(text: str) -> dict[tuple[str, str], _Entry]:
     """The user file in pyspnego's two formats (``_get_credential``): ``DOMAIN:USER:PASSWORD``
     (3 fields) and smbpasswd ``NAME:UID:LM_HASH:NT_HASH:FLAGS:LCT`` (6 fields, NAME
-    ``DOMAIN\\user`` or ``user``); any other line is ignored, as pyspnego ignores it."""
+    ``DOMAIN\\user`` or ``user``); any other line is ignored, as pyspnego ignores it. Unlike
+    pyspnego, an smbpasswd account whose flags say disabled (D) or locked (L) is refused, as
+    Samba refuses it (smbpasswd(5))."""
     entries: dict[tuple[str, str], _Entry] = {}
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split(":")
@@ -127,6 +130,8 @@ def _parse(text: str) -> dict[tuple[str, str], _Entry]:
                 entry.refused = True
             if entry.refused:
                 log.warning("ntlm user file line %d: the NT hash is not 32 hex digits", number)
+            elif _DISABLED & set(fields[4].strip("[]").upper()):
+                entry.refused = True
         else:
             continue
         entries.setdefault((entry.domain.upper(), entry.user.upper()), entry)
