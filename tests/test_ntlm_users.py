@@ -17,6 +17,7 @@ import struct
 import pytest
 import spnego
 import spnego._ntlm
+import spnego.exceptions
 from helpers.pair import handshake
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -245,6 +246,26 @@ def test_both_formats_and_pyspnego_name_rules(tmp_path) -> None:
             _logon(_client_creds(user, password), server_creds)
 
 
+@pytest.mark.parametrize("standard", [False, True], ids=["extended", "standard"])
+@pytest.mark.parametrize("name", ["\\OTHER\\", "\\RPCSEC\\", "\\\\"])
+def test_a_name_with_no_user_part_is_refused(tmp_path, name, standard) -> None:
+    """Regression: user name "OTHER\\" (empty domain field) splits to no user; pyspnego's
+    lookup then takes the file's FIRST entry and names the caller after it in the message's
+    domain, so alice, with her own password, logged on as "OTHER\\alice"."""
+    users = tmp_path / "users"
+    users.write_text("RPCSEC:alice:Alice-Pa55!\nOTHER:admin:Admin-Pa55!\nOTHER::Blank-Pa55!\n")
+    server_creds = _server_creds(str(users))
+    for password in ("Alice-Pa55!", "Blank-Pa55!"):
+        if standard:  # a bare NTLM client (pyspnego) to the standard acceptor
+            server = accept_security_context(server_creds, options={"standard": "only"})
+            client = spnego.client(name, password, protocol="ntlm")
+            authenticate = client.step(server.step(client.step()).token)
+        else:
+            server, authenticate = _authenticate_of(_client_creds(name, password), server_creds)
+        with pytest.raises(LogonDeniedError):
+            server.step(authenticate)
+
+
 def test_the_client_never_shows_its_hash() -> None:
     creds = _client_creds()
     material = creds.material
@@ -356,3 +377,49 @@ def test_logons_in_flight_survive_a_change_that_spares_their_user(tmp_path) -> N
             thread.join()
     assert not failures
     assert server_creds.material.store.loads == 31
+
+
+# -- the user-file parser against pyspnego's own lookup ---------------------------------------
+
+_name_parts = st.text(alphabet="aAbB\\@.é", min_size=0, max_size=4)
+_hashes = st.binary(min_size=16, max_size=16).map(lambda raw: raw.hex())
+
+
+@st.composite
+def _user_lines(draw) -> str:
+    domain, user = draw(_name_parts), draw(_name_parts)
+    if draw(st.booleans()):  # Heimdal
+        return f"{domain}:{user}:{draw(st.sampled_from(['pw1', 'pw2', '']))}"
+    name = f"{domain}\\{user}" if draw(st.booleans()) else user
+    nt = draw(_hashes)
+    return f"{name}:1000:{'0' * 32}:{nt if draw(st.booleans()) else nt.upper()}:[U]:LCT-0"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(_user_lines(), max_size=8),
+    domain=_name_parts,
+    user=_name_parts.filter(bool),
+)
+def test_the_store_finds_what_pyspnego_finds(tmp_path_factory, lines, domain, user) -> None:
+    """For well-formed files (no disabled account, no unreadable hash: there the store is
+    stricter), the store's answer for a name is pyspnego's answer scanning the whole file."""
+    path = tmp_path_factory.mktemp("users") / "users"
+    path.write_text("\n".join(lines) + "\n")
+    joined = f"{domain}\\{user}" if domain else user
+    their_domain, their_user = spnego._ntlm.split_username(joined)
+    try:
+        *_, theirs = spnego._ntlm._get_credential(str(path), their_domain, their_user)
+    except spnego.exceptions.SpnegoError:
+        theirs = None
+    if not their_user:
+        theirs = None  # pyspnego takes the first entry for no user: the store refuses
+    store = NtlmUserStore(str(path))
+    try:
+        entry = store.entry_file(domain, user)
+        ours = None
+        if entry is not None:
+            *_, ours = spnego._ntlm._get_credential(entry, their_domain, their_user)
+        assert ours == theirs
+    finally:
+        store.close()

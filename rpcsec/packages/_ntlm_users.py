@@ -172,6 +172,10 @@ class NtlmUserStore:
         """A one-entry user file for the user an AUTHENTICATE names, or None when the store has
         no such user (constant work: one ``stat`` of the user file and a dict lookup)."""
         key = user_key(domain, user)
+        if not key[1]:
+            # No user part ("OTHER\\" as the user name): pyspnego would take the file's
+            # first entry and name the caller after it in the message's domain.
+            return None
         with self._lock:
             try:
                 self._reload_if_changed()
@@ -179,7 +183,7 @@ class NtlmUserStore:
                 log.warning("ntlm user file %s cannot be read: refusing every logon", self.path)
                 self._identity, self._entries = None, {}
             entry = self._entries.get(key)
-            if entry is None or entry.refused or not user:
+            if entry is None or entry.refused:
                 return None
             line = _line(entry)
             known = self._files.get(key)
