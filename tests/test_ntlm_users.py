@@ -191,10 +191,12 @@ def test_a_vanished_or_unreadable_user_file_refuses_every_logon(tmp_path) -> Non
     users = tmp_path / "users"
     server_creds = _server_creds(_user_file(users, 1))
     _logon(_client_creds(), server_creds)
+    alice_file = server_creds.material.store.entry_file("RPCSEC", "alice")
     text = users.read_text()
     users.unlink()
     with pytest.raises(LogonDeniedError):
         _logon(_client_creds(), server_creds)
+    assert not os.path.exists(alice_file)  # no hash left behind for a store that has no file
     users.write_bytes(b"RPCSEC:alice:\xff\xfe\n")  # not UTF-8: pyspnego could not read it either
     with pytest.raises(LogonDeniedError):
         _logon(_client_creds(), server_creds)

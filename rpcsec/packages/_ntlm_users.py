@@ -20,8 +20,8 @@ seam is that environment variable and a file, so this store:
 pyspnego still does the whole NTLM protocol; only how it finds the hash changes. The name a
 lookup uses comes from the AUTHENTICATE message (MS-NLMP §2.2.1.3) read the way pyspnego reads
 it; were they ever to disagree, pyspnego would not find its user in the one-entry file and the
-logon fails (never another user's). Mirrors the SAM a Windows server reads at boot rather than
-per logon (MS-NLMP §3.2.5.1.2: the server "retrieves" the user's NTOWFv1 from its database).
+logon fails (never another user's). Like a Windows server, which looks the user's NT hash up
+in its account database (MS-NLMP §3.2.5.1.2) instead of re-reading a file per logon.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import struct
 import tempfile
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from spnego._ntlm_raw.crypto import ntowfv1  # pyspnego's MD4 (OpenSSL 3 has none by default)
@@ -170,7 +171,8 @@ class NtlmUserStore:
 
     def entry_file(self, domain: str, user: str) -> str | None:
         """A one-entry user file for the user an AUTHENTICATE names, or None when the store has
-        no such user (constant work: one ``stat`` of the user file and a dict lookup)."""
+        no such user: one ``stat`` of the user file and a dict lookup (the file is parsed again
+        only when it changed)."""
         key = user_key(domain, user)
         if not key[1]:
             # No user part ("OTHER\\" as the user name): pyspnego would take the file's
@@ -182,6 +184,7 @@ class NtlmUserStore:
             except (OSError, UnicodeDecodeError):
                 log.warning("ntlm user file %s cannot be read: refusing every logon", self.path)
                 self._identity, self._entries = None, {}
+                self._drop_files(lambda key, line: True)
             entry = self._entries.get(key)
             if entry is None or entry.refused:
                 return None
@@ -215,9 +218,11 @@ class NtlmUserStore:
         self.loads += 1
         # A user whose entry did not change keeps its file (a handshake may be reading it);
         # the others' files go now.
+        self._drop_files(lambda key, line: _changed(entries.get(key), line))
+
+    def _drop_files(self, condition: Callable[[tuple[str, str], str], bool]) -> None:
         for key, (line, path) in list(self._files.items()):
-            entry = entries.get(key)
-            if entry is None or entry.refused or _line(entry) != line:
+            if condition(key, line):
                 del self._files[key]
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -239,6 +244,10 @@ def _line(entry: _Entry) -> str:
         entry.nt_hash = ntowfv1(entry.password or "")  # once per entry, on its first logon
     name = f"{entry.domain}\\{entry.user}" if entry.domain else entry.user
     return f"{name}:0:{'0' * 32}:{entry.nt_hash.hex().upper()}:[U]:LCT-00000000\n"
+
+
+def _changed(entry: _Entry | None, line: str) -> bool:
+    return entry is None or entry.refused or _line(entry) != line
 
 
 def _remove(directory: str, pid: int) -> None:
