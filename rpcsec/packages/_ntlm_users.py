@@ -26,8 +26,6 @@ in its account database (MS-NLMP §3.2.5.1.2) instead of re-reading a file per l
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import logging
@@ -54,6 +52,7 @@ _UNICODE = 0x00000001  # NTLMSSP_NEGOTIATE_UNICODE (MS-NLMP §2.2.2.5)
 _FIELDS = struct.Struct("<HHI")  # Len, MaxLen, BufferOffset (MS-NLMP §2.2.1.3)
 _OEM = "windows-1252"  # pyspnego's OEM encoding
 _MAX_MESSAGE = 64 * 1024
+_HEX = frozenset("0123456789abcdefABCDEF")
 _DISABLED = frozenset("DL")  # smbpasswd account flags: disabled, auto-locked
 
 
@@ -119,23 +118,25 @@ def _parse(text: str) -> dict[tuple[str, str], _Entry]:
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split(":")
         if len(fields) == 3:
-            entry = _Entry(fields[0], fields[1], password=fields[2])
+            key = (fields[0].upper(), fields[1].upper())
+            if key not in entries:
+                entries[key] = _Entry(fields[0], fields[1], password=fields[2])
         elif len(fields) == 6:
             domain, sep, user = fields[0].partition("\\")
-            entry = _Entry(domain, user) if sep else _Entry("", domain)
-            try:
-                entry.nt_hash = base64.b16decode(fields[3].upper())
-            except binascii.Error:
+            if not sep:
+                domain, user = "", domain
+            key = (domain.upper(), user.upper())
+            if key in entries:
+                continue
+            entry = entries[key] = _Entry(domain, user)
+            nt_hash = fields[3]
+            if len(nt_hash) == 32 and _HEX.issuperset(nt_hash):
+                entry.nt_hash = bytes.fromhex(nt_hash)
+            else:
                 entry.refused = True
-            if entry.nt_hash is not None and len(entry.nt_hash) != 16:
-                entry.refused = True
-            if entry.refused:
                 log.warning("ntlm user file line %d: the NT hash is not 32 hex digits", number)
-            elif _DISABLED & set(fields[4].strip("[]").upper()):
+            if _DISABLED & set(fields[4].strip("[]").upper()):
                 entry.refused = True
-        else:
-            continue
-        entries.setdefault((entry.domain.upper(), entry.user.upper()), entry)
     return entries
 
 
