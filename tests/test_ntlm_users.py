@@ -47,24 +47,29 @@ class Counts:
         ("lmowfv1", spnego._ntlm, "lmowfv1"),  # pyspnego's DES (LM hash), client and acceptor
         ("ntowfv1", spnego._ntlm, "ntowfv1"),  # pyspnego's MD4 (NT hash), client and acceptor
         ("scan", spnego._ntlm, "_get_credential"),  # pyspnego reading NTLM_USER_FILE
+        ("verify", spnego._ntlm, "compute_response_v2"),  # pyspnego checking an NTLMv2 response
         ("store_md4", _ntlm_users, "ntowfv1"),  # the store's MD4 of a Heimdal password
         ("parse", _ntlm_users, "_parse"),  # the store parsing the whole file
     )
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = {label: 0 for label, _, _ in self.WATCHED}
+        self.scanned: set[int] = set()  # how many lines the files pyspnego read had
         for label, module, name in self.WATCHED:
             monkeypatch.setattr(module, name, self._counting(label, getattr(module, name)))
 
     def _counting(self, label, function):
         def counted(*args, **kwargs):
             self.calls[label] += 1
+            if label == "scan":
+                self.scanned.add(len(pathlib.Path(args[0]).read_text().splitlines()))
             return function(*args, **kwargs)
 
         return counted
 
     def reset(self) -> None:
         self.calls = dict.fromkeys(self.calls, 0)
+        self.scanned = set()
 
 
 def _user_file(path: pathlib.Path, others: int, tail: str = "RPCSEC:alice:Alice-Pa55!") -> str:
@@ -101,27 +106,31 @@ def test_an_unknown_user_costs_the_same_whatever_the_file_size(
     tmp_path, monkeypatch, standard
 ) -> None:
     """The DoS lever: pyspnego read and split the whole file on every AUTHENTICATE naming an
-    unknown user. Now: no scan, no hash, the file parsed once per handle."""
+    unknown user. Now: no scan of it, no hash, the file parsed once per handle; the message is
+    checked against the one-entry decoy instead (as much work as a wrong password)."""
     counts = Counts(monkeypatch)
     mallory = _client_creds("RPCSEC\\mallory", "anything")
     seen = {}
     for size in (5, 5000):
         server_creds = _server_creds(_user_file(tmp_path / f"users-{size}", size))
-        counts.reset()
+        legs = []
         for _ in range(3):
             if standard:
                 server = accept_security_context(server_creds, options={"standard": "only"})
                 hashed = spnego.NTLMHash("RPCSEC\\mallory", nt_hash=ntowfv1("x").hex())
                 client = spnego.client(hashed, protocol="ntlm")  # a bare NTLM client
-                authenticate = client.step(server.step(client.step()).token)
+                legs.append((server, client.step(server.step(client.step()).token)))
             else:
-                server, authenticate = _authenticate_of(mallory, server_creds)
+                legs.append(_authenticate_of(mallory, server_creds))
+        counts.reset()  # the acceptor's AUTHENTICATE steps only
+        for server, authenticate in legs:
             with pytest.raises(LogonDeniedError):
                 server.step(authenticate)
         seen[size] = dict(counts.calls)
         assert counts.calls["lmowfv1"] == counts.calls["ntowfv1"] == 0  # no DES, no MD4
         assert counts.calls["store_md4"] == 0
-        assert counts.calls["scan"] == 0  # pyspnego never read a user file
+        assert counts.calls["scan"] == 3 and counts.scanned == {1}  # the one-line decoy
+        assert counts.calls["verify"] == 3  # the response was checked (against the decoy)
         assert counts.calls["parse"] == 0  # parsed once, when the handle was acquired
         assert server_creds.material.store.loads == 1
     assert seen[5] == seen[5000]
@@ -141,6 +150,36 @@ def test_a_known_user_is_hashed_once_per_handle_on_each_side(tmp_path, monkeypat
     assert counts.calls["scan"] == 4  # once per logon, of a one-entry file
     assert counts.calls["parse"] == 0
     assert server_creds.material.store.loads == 1
+
+
+def test_an_unknown_user_and_a_wrong_password_cost_the_same_work(tmp_path, monkeypatch) -> None:
+    """No user enumeration by timing: refusing a name the file lacks runs pyspnego's check of
+    the response exactly as refusing a wrong password does (counted, not timed)."""
+    counts = Counts(monkeypatch)
+    server_creds = _server_creds(_user_file(tmp_path / "users", 50))
+    work = {}
+    for user, password in [("RPCSEC\\alice", "Wrong-Pa55!"), ("RPCSEC\\mallory", "Wrong-Pa55!")]:
+        client_creds = _client_creds(user, password)
+        refusals = []
+        for _ in range(2):  # the first logon of a user also writes its one-entry file
+            server, authenticate = _authenticate_of(client_creds, server_creds)
+            counts.reset()  # the acceptor's AUTHENTICATE step only
+            with pytest.raises(LogonDeniedError) as refused:
+                server.step(authenticate)
+            refusals.append(str(refused.value))
+        work[user] = (counts.calls["scan"], counts.calls["verify"], counts.scanned)
+        assert refusals == ["ntlm logon failed"] * 2
+    assert work["RPCSEC\\alice"] == work["RPCSEC\\mallory"] == (1, 1, {1})
+
+
+def test_the_decoy_cannot_be_logged_on_to(tmp_path) -> None:
+    """Even naming the decoy account itself, with any password, is refused: its hash is random
+    and kept nowhere but in its private one-entry file."""
+    server_creds = _server_creds(_user_file(tmp_path / "users", 1))
+    domain, user = server_creds.material.store.decoy
+    with pytest.raises(LogonDeniedError):
+        _logon(_client_creds(f"{domain}\\{user}", "guess"), server_creds)
+    assert "decoy" not in pathlib.Path(tmp_path / "users").read_text()
 
 
 def test_the_one_entry_file_holds_only_a_hash_private_and_is_removed(tmp_path) -> None:

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import struct
 import tempfile
@@ -42,7 +43,7 @@ from spnego._ntlm_raw.crypto import ntowfv1  # pyspnego's MD4 (OpenSSL 3 has non
 
 from rpcsec.sspi._errors import InvalidTokenError, NoCredentialsError
 
-__all__ = ["NtlmUserStore", "authenticate_user", "user_key"]
+__all__ = ["NtlmUserStore", "authenticate_user", "user_key", "with_names"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,20 @@ def authenticate_user(message: bytes) -> tuple[str, str]:
         except UnicodeDecodeError as exc:
             raise InvalidTokenError("NTLM AUTHENTICATE name does not decode") from exc
     return names[0], names[1]
+
+
+def with_names(message: bytes, domain: str, user: str) -> bytes:
+    """A copy of an AUTHENTICATE message (checked by ``authenticate_user``) naming ``domain``
+    and ``user`` instead: both appended after the payload, the field descriptors pointed at
+    them (MS-NLMP §2.2.1.3); everything else as received."""
+    (flags,) = struct.unpack_from("<I", message, 60)
+    encoding = "utf-16-le" if flags & _UNICODE else _OEM
+    names = [domain.encode(encoding), user.encode(encoding)]
+    copy = bytearray(message)
+    for offset, name in zip((28, 36), names, strict=True):
+        _FIELDS.pack_into(copy, offset, len(name), len(name), len(copy))
+        copy += name
+    return bytes(copy)
 
 
 @dataclass(slots=True)
@@ -165,6 +180,12 @@ class NtlmUserStore:
             self.placeholder = self._write("empty", "")
             """An empty user file: what pyspnego's acceptor is pointed at outside AUTHENTICATE
             (it only checks that NTLM_USER_FILE names a file)."""
+            self.decoy = ("RPCSEC-DECOY", "decoy-" + secrets.token_hex(8))
+            """The (domain, user) of an account nobody can log on to (its NT hash random and
+            never kept): an unknown user's AUTHENTICATE is checked against it, so refusing one
+            costs what refusing a wrong password does (no user enumeration by timing)."""
+            decoy = _Entry(*self.decoy, nt_hash=secrets.token_bytes(16))
+            self.decoy_file = self._write("decoy", _line(decoy))
             self._reload_if_changed()
         except (OSError, UnicodeDecodeError) as exc:
             self.close()

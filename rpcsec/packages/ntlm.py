@@ -28,6 +28,7 @@ acquired: pyspnego gets the NT hash (``spnego.NTLMHash``), not the password it w
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import struct
@@ -43,7 +44,7 @@ import spnego
 import spnego.exceptions
 from spnego._ntlm_raw.crypto import ntowfv1  # pyspnego's MD4 (OpenSSL 3 has none by default)
 
-from rpcsec.packages._ntlm_users import NtlmUserStore, authenticate_user
+from rpcsec.packages._ntlm_users import NtlmUserStore, authenticate_user, with_names
 from rpcsec.security._token import AccessToken
 from rpcsec.sspi._errors import (
     InvalidTokenError,
@@ -317,7 +318,9 @@ class _NtlmServer(Mechanism):
 
 def accept_authenticate(ntlm: Any, store: NtlmUserStore, message: bytes) -> None:
     """pyspnego's acceptor steps on an AUTHENTICATE message against the one user the message
-    names, from ``store``; an unknown user is refused without pyspnego (no scan, no hash).
+    names, from ``store`` (no scan of the user file, no hash of a password). An unknown user's
+    message is checked, renamed, against the store's decoy account, and refused: the same work
+    as a wrong password, so the time taken does not say which users exist.
 
     Raises:
         LogonDeniedError: unknown user, or the response does not verify.
@@ -325,6 +328,10 @@ def accept_authenticate(ntlm: Any, store: NtlmUserStore, message: bytes) -> None
     """
     user_file = store.entry_file(*authenticate_user(message))
     if user_file is None:
+        # Whatever pyspnego makes of it (it cannot verify: nobody knows the decoy's hash),
+        # the answer is no.
+        with contextlib.suppress(Exception), _acceptor_environment(store.decoy_file):
+            ntlm.step(with_names(message, *store.decoy))
         raise LogonDeniedError("ntlm logon failed")
     try:
         with _acceptor_environment(user_file):
