@@ -1,8 +1,10 @@
 """The ntlm acceptor's user store (rpcsec/packages/_ntlm_users.py) and the hashed client
-credentials: an unknown user costs the same whatever the file's size (no scan, no hash); a
-known user's NT hash is computed once per handle on each side (no DES, no MD4 per handshake);
-a changed file is re-read; the store reads both user-file formats as pyspnego does; the
-AUTHENTICATE name parser agrees with pyspnego's (hypothesis).
+credentials: an unknown user costs the same whatever the file's size (no scan of it, no hash)
+and the same as a wrong password (the decoy); a known user's NT hash is computed once per
+handle on each side (no DES, no MD4 per handshake); a changed file is re-read; names with no
+user part are refused (a pyspnego lookup quirk that forged the caller's domain); the store
+reads both user-file formats as pyspnego does, and its AUTHENTICATE name parser agrees with
+pyspnego's (hypothesis).
 
 Work is counted (calls of pyspnego's hash and lookup functions, loads of the file), never
 timed."""
