@@ -493,3 +493,34 @@ def test_the_store_finds_what_pyspnego_finds(tmp_path_factory, lines, domain, us
         assert ours == theirs
     finally:
         store.close()
+
+
+def test_a_store_whose_files_a_tmp_cleaner_removed_remakes_them(tmp_path) -> None:
+    """systemd-tmpfiles removes what /tmp has not touched for days: the next logon finds the
+    store's files gone and remakes them in a NEW private directory (never the old path, which
+    anyone could have made since: whatever is there now is left alone)."""
+    import shutil
+
+    server_creds = _server_creds(_user_file(tmp_path / "users", 2))
+    store = server_creds.material.store
+    _logon(_client_creds(), server_creds)
+    old = os.path.dirname(store.entry_file("RPCSEC", "alice"))
+    shutil.rmtree(old)
+    assert _logon(_client_creds(), server_creds).server.peer.principal == ALICE[0]
+    with pytest.raises(LogonDeniedError):
+        _logon(_client_creds("RPCSEC\\mallory", "x"), server_creds)
+    new = os.path.dirname(store.entry_file("RPCSEC", "alice"))
+    assert new != old and stat.S_IMODE(os.stat(new).st_mode) == 0o700
+    # Only the placeholder goes: the directory, still ours, is removed with what is left in it.
+    os.unlink(store.placeholder)
+    assert _logon(_client_creds(), server_creds).server.peer.principal == ALICE[0]
+    newer = os.path.dirname(store.entry_file("RPCSEC", "alice"))
+    assert newer != new and not os.path.exists(new)
+    # A directory no longer ours alone (world-writable now): left as it is, files and all.
+    os.unlink(store.placeholder)
+    os.chmod(newer, 0o777)
+    assert _logon(_client_creds(), server_creds).server.peer.principal == ALICE[0]
+    assert os.path.dirname(store.entry_file("RPCSEC", "alice")) not in (old, new, newer)
+    assert os.path.exists(os.path.join(newer, "decoy"))
+    shutil.rmtree(newer)
+    store.close()

@@ -32,12 +32,14 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import struct
 import tempfile
 import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from spnego._ntlm_raw.crypto import ntowfv1  # pyspnego's MD4 (OpenSSL 3 has none by default)
 
@@ -171,25 +173,37 @@ class NtlmUserStore:
         self._identity: tuple[int, ...] | None = None
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._files: dict[tuple[str, str], tuple[str, str]] = {}  # key -> (line, path)
+        self.decoy = ("RPCSEC-DECOY", "decoy-" + secrets.token_hex(8))
+        """The (domain, user) of an account nobody can log on to (its NT hash random, in this
+        process and its one-entry file only): an unknown user's AUTHENTICATE is checked against
+        it, so refusing one costs what refusing a wrong password does (no user enumeration by
+        timing)."""
+        self._decoy = _Entry(*self.decoy, nt_hash=secrets.token_bytes(16))
+        self._directory = ""
+        self._finalizer: weakref.finalize[Any, NtlmUserStore] | None = None
+        self._placeholder = self._decoy_file = ""
         try:
-            self._directory = tempfile.mkdtemp(prefix="rpcsec-ntlm-")  # 0700
+            self._make_directory()
         except OSError as exc:
             raise NoCredentialsError("ntlm user store needs a private temporary directory") from exc
-        self._finalizer = weakref.finalize(self, _remove, self._directory, os.getpid())
         try:
-            self.placeholder = self._write("empty", "")
-            """An empty user file: what pyspnego's acceptor is pointed at outside AUTHENTICATE
-            (it only checks that NTLM_USER_FILE names a file)."""
-            self.decoy = ("RPCSEC-DECOY", "decoy-" + secrets.token_hex(8))
-            """The (domain, user) of an account nobody can log on to (its NT hash random and
-            never kept): an unknown user's AUTHENTICATE is checked against it, so refusing one
-            costs what refusing a wrong password does (no user enumeration by timing)."""
-            decoy = _Entry(*self.decoy, nt_hash=secrets.token_bytes(16))
-            self.decoy_file = self._write("decoy", _line(decoy))
             self._reload_if_changed()
         except (OSError, UnicodeDecodeError) as exc:
             self.close()
             raise NoCredentialsError("ntlm user file cannot be read") from exc
+
+    @property
+    def placeholder(self) -> str:
+        """An empty user file: what pyspnego's acceptor is pointed at outside AUTHENTICATE (it
+        only checks that NTLM_USER_FILE names a file)."""
+        with self._lock:
+            return self._intact()[0]
+
+    @property
+    def decoy_file(self) -> str:
+        """The decoy account's one-entry file."""
+        with self._lock:
+            return self._intact()[1]
 
     def entry_file(self, domain: str, user: str) -> str | None:
         """A one-entry user file for the user an AUTHENTICATE names, or None when the store has
@@ -201,6 +215,7 @@ class NtlmUserStore:
             # first entry and name the caller after it in the message's domain.
             return None
         with self._lock:
+            self._intact()
             try:
                 self._reload_if_changed()
             except (OSError, UnicodeDecodeError):
@@ -212,7 +227,7 @@ class NtlmUserStore:
                 return None
             line = _line(entry)
             known = self._files.get(key)
-            if known is not None and known[0] == line:
+            if known is not None and known[0] == line and os.path.isfile(known[1]):
                 return known[1]
             path = self._write(hashlib.sha256(line.encode()).hexdigest()[:32], line)
             self._files[key] = (line, path)
@@ -220,7 +235,38 @@ class NtlmUserStore:
 
     def close(self) -> None:
         """Remove the one-entry files (also done when the store is collected)."""
-        self._finalizer()
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def _intact(self) -> tuple[str, str]:
+        """The placeholder and decoy files, in a new directory when something removed them (a
+        /tmp cleaner such as systemd-tmpfiles, after days without a logon).
+
+        Raises:
+            NoCredentialsError: no private directory can be made.
+        """
+        if not (os.path.isfile(self._placeholder) and os.path.isfile(self._decoy_file)):
+            log.warning("ntlm user store: its files in %s were removed; remade", self._directory)
+            try:
+                self._make_directory()
+            except OSError as exc:
+                raise NoCredentialsError("ntlm user store lost its private directory") from exc
+        return self._placeholder, self._decoy_file
+
+    def _make_directory(self) -> None:
+        """A fresh private directory (mkdtemp: a new random name, 0700, never a path that was
+        ours and could be someone else's now) with the placeholder and the decoy in it."""
+        directory = tempfile.mkdtemp(prefix="rpcsec-ntlm-")
+        retired, old = self._finalizer, self._directory
+        self._directory, self._files = directory, {}
+        self._finalizer = weakref.finalize(self, _remove, directory, os.getpid())
+        if retired is not None:
+            if _is_ours(old):
+                retired()
+            else:
+                retired.detach()
+        self._placeholder = self._write("empty", "")
+        self._decoy_file = self._write("decoy", _line(self._decoy))
 
     def _reload_if_changed(self) -> None:
         status = os.stat(self.path)
@@ -270,6 +316,18 @@ def _line(entry: _Entry) -> str:
 
 def _changed(entry: _Entry | None, line: str) -> bool:
     return entry is None or entry.refused or _line(entry) != line
+
+
+def _is_ours(directory: str) -> bool:
+    try:
+        status = os.lstat(directory)
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(status.st_mode)
+        and status.st_uid == os.geteuid()
+        and not status.st_mode & 0o077
+    )
 
 
 def _remove(directory: str, pid: int) -> None:
