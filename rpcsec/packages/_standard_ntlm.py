@@ -32,6 +32,7 @@ from rpcsec.packages.ntlm import (
     NtlmClientCredentials,
     NtlmServerCredentials,
     _acceptor_environment,
+    accept_authenticate,
 )
 from rpcsec.security._token import AccessToken
 from rpcsec.sspi._errors import (
@@ -210,7 +211,7 @@ class StandardNtlmServer(Mechanism):
         self._credentials = credentials
         self._lifetime = lifetime
         self._clock = clock
-        with _acceptor_environment(credentials.user_file):
+        with _acceptor_environment(credentials.store.placeholder):
             self._ntlm = spnego.server(
                 protocol="ntlm",
                 context_req=spnego.ContextReq.integrity | spnego.ContextReq.confidentiality,
@@ -226,7 +227,7 @@ class StandardNtlmServer(Mechanism):
             return bytes(self._step(token, InvalidTokenError, "NTLM negotiate rejected") or b"")
         if leg == 1:
             check_ntlm_message(token, AUTHENTICATE)
-            self._step(token, LogonDeniedError, "ntlm logon failed")
+            accept_authenticate(self._ntlm, self._credentials.store, token)
             principal = str(self._ntlm.client_principal or "")
             if not self._ntlm.complete or not principal or principal.endswith("\\"):
                 raise LogonDeniedError("ntlm authentication named no user")
@@ -236,7 +237,7 @@ class StandardNtlmServer(Mechanism):
         raise InvalidTokenError("ntlm handshake has no more steps")
 
     def _step(self, token: bytes, error: type[SecurityError], what: str) -> Any:
-        with _acceptor_environment(self._credentials.user_file):
+        with _acceptor_environment(self._credentials.store.placeholder):
             return _native(lambda: self._ntlm.step(token), error, what)
 
 
@@ -258,7 +259,7 @@ class StandardNtlmClient(Mechanism):
         if requested & ContextReq.IDENTIFY:
             req |= spnego.ContextReq.identify
         self._ntlm = spnego.client(
-            credentials.principal, credentials.password, protocol="ntlm", context_req=req
+            credentials.spnego_credential(), protocol="ntlm", context_req=req
         )
         self._target = target_name or ""
         self._lifetime = lifetime

@@ -18,12 +18,17 @@ session key with the SP 800-108 counter-mode KDF (HMAC-SHA256) and protect messa
 core's AES-256-GCM protector. The offer and grant MACs use keys from the same KDF, so both
 sides know the flags were not changed in transit.
 
-Server credentials come from a user file in the format pyspnego (and gss-ntlmssp) read:
-``DOMAIN:USER:PASSWORD`` lines. Only NTLMv2 responses are accepted (LM_COMPAT_LEVEL 5).
+Server credentials come from a user file in the formats pyspnego (and gss-ntlmssp) read:
+``DOMAIN:USER:PASSWORD`` or smbpasswd lines, parsed once per credentials handle
+(``_ntlm_users``: an unknown user costs a dict lookup, pyspnego hashes nothing). Only NTLMv2
+responses are accepted (LM_COMPAT_LEVEL 5). Client credentials hash the password once, when
+acquired: pyspnego gets the NT hash (``spnego.NTLMHash``), not the password it would hash
+(MD4, and DES for an LM hash NTLMv2 never uses) on every handshake.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import struct
@@ -37,21 +42,22 @@ from typing import Any
 
 import spnego
 import spnego.exceptions
+from spnego._ntlm_raw.crypto import ntowfv1  # pyspnego's MD4 (OpenSSL 3 has none by default)
 
+from rpcsec.packages._ntlm_users import NtlmUserStore, authenticate_user, with_names
 from rpcsec.security._token import AccessToken
 from rpcsec.sspi._errors import (
     InvalidTokenError,
     LogonDeniedError,
     MessageAlteredError,
     NoCredentialsError,
-    SecurityError,
 )
 from rpcsec.sspi._flags import ContextReq, CredentialUse, ImpersonationLevel, PackageCapability
 from rpcsec.sspi._negotiation import OFFER_SIZE, ContextGrant, ContextOffer, decide_grant
 from rpcsec.sspi._package import Mechanism, MechanismResult, SecurityPackage
 from rpcsec.sspi._protection import AeadProtector, MessageProtector, session_key_kdf
 
-__all__ = ["NtlmClientCredentials", "NtlmPackage", "NtlmServerCredentials"]
+__all__ = ["NtlmClientCredentials", "NtlmPackage", "NtlmServerCredentials", "accept_authenticate"]
 
 _CAPABILITIES = (
     PackageCapability.INTEGRITY
@@ -72,22 +78,45 @@ _environ_lock = threading.Lock()
 
 @dataclass(frozen=True, slots=True)
 class NtlmClientCredentials:
-    """OUTBOUND material: a user name (``DOMAIN\\user`` or ``user``) and its password."""
+    """OUTBOUND material: a user name (``DOMAIN\\user`` or ``user``) and its password, whose
+    NT hash (MD4, MS-NLMP §3.3.1 NTOWFv1) is computed once, here, not per handshake."""
 
     principal: str
     password: str = field(repr=False)
+    nt_hash: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.nt_hash:
+            object.__setattr__(self, "nt_hash", ntowfv1(self.password).hex().upper())
+
+    def spnego_credential(self) -> spnego.NTLMHash | spnego.Password:
+        """What pyspnego's initiator gets: the NT hash, unless LM_COMPAT_LEVEL < 2 asks for LM
+        responses (whose LM hash pyspnego then computes from the password, as before)."""
+        if _lm_compat_level() < 2:
+            return spnego.Password(self.principal, self.password)
+        return spnego.NTLMHash(self.principal, nt_hash=self.nt_hash)
 
 
 @dataclass(frozen=True, slots=True)
 class NtlmServerCredentials:
-    """INBOUND material: the user file the acceptor checks responses against."""
+    """INBOUND material: the user file the acceptor checks responses against, and its store
+    (parsed once; re-read when the file changes)."""
 
     principal: str | None
     user_file: str
+    store: NtlmUserStore = field(repr=False, compare=False)
+
+
+def _lm_compat_level() -> int:
+    try:
+        return int(os.environ.get("LM_COMPAT_LEVEL", 3))
+    except ValueError:
+        return 3  # pyspnego refuses the value itself when it makes the context
 
 
 @contextmanager
 def _acceptor_environment(user_file: str) -> Iterator[None]:
+    """NTLM_USER_FILE and LM_COMPAT_LEVEL as pyspnego's acceptor reads them, for one step."""
     with _environ_lock:
         saved = {name: os.environ.get(name) for name in ("NTLM_USER_FILE", "LM_COMPAT_LEVEL")}
         os.environ["NTLM_USER_FILE"] = user_file
@@ -167,8 +196,7 @@ class _NtlmClient(Mechanism):
                 raise InvalidTokenError("ntlm client expects no token on its first step")
             host, _, service = (self._target or "").partition("@")[::-1]
             self._ntlm = spnego.client(
-                self._credentials.principal,
-                self._credentials.password,
+                self._credentials.spnego_credential(),
                 hostname=host or "unspecified",
                 service=service or "host",
                 protocol="ntlm",
@@ -235,7 +263,7 @@ class _NtlmServer(Mechanism):
         self._requires = requested
         self._lifetime = lifetime
         self._clock = clock
-        with _acceptor_environment(credentials.user_file):
+        with _acceptor_environment(credentials.store.placeholder):
             self._ntlm = spnego.server(protocol="ntlm", context_req=_spnego_context_req())
         self._leg = 0
 
@@ -246,10 +274,10 @@ class _NtlmServer(Mechanism):
         self._leg += 1
         if leg == 0:
             negotiate, _ = _unframe(token, 1)
-            return _frame(2, self._native_step(negotiate, denied=False))
+            return _frame(2, self._native_negotiate(negotiate))
         if leg == 1:
             authenticate, sealed_offer = _unframe(token, 3)
-            self._native_step(authenticate, denied=True)
+            accept_authenticate(self._ntlm, self._credentials.store, authenticate)
             if not self._ntlm.complete:
                 raise InvalidTokenError("ntlm authentication did not complete")
             session_key = bytes(self._ntlm.session_key)
@@ -277,19 +305,41 @@ class _NtlmServer(Mechanism):
             return _frame(4, b"", _sealed_record(_kdf(session_key, b"grant"), grant.encode()))
         raise InvalidTokenError("ntlm handshake has no more steps")
 
-    def _native_step(self, token: bytes, *, denied: bool) -> bytes:
+    def _native_negotiate(self, token: bytes) -> bytes:
         try:
-            with _acceptor_environment(self._credentials.user_file):
+            with _acceptor_environment(self._credentials.store.placeholder):
                 out = self._ntlm.step(token)
         except spnego.exceptions.SpnegoError as exc:
-            if denied:
-                raise LogonDeniedError("ntlm logon failed") from exc
             raise InvalidTokenError("ntlm token rejected") from exc
-        except SecurityError:
-            raise
         except Exception as exc:  # pyspnego's parsers raise assorted errors on garbage
             raise InvalidTokenError("ntlm token is malformed") from exc
         return bytes(out or b"")
+
+
+def accept_authenticate(ntlm: Any, store: NtlmUserStore, message: bytes) -> None:
+    """pyspnego's acceptor steps on an AUTHENTICATE message against the one user the message
+    names, from ``store`` (no scan of the user file, no hash of a password). An unknown user's
+    message is checked, renamed, against the store's decoy account, and refused: the same work
+    as a wrong password, so the time taken does not say which users exist.
+
+    Raises:
+        LogonDeniedError: unknown user, or the response does not verify.
+        InvalidTokenError: the message is malformed.
+    """
+    user_file = store.entry_file(*authenticate_user(message))
+    if user_file is None:
+        # Whatever pyspnego makes of it (it cannot verify: nobody knows the decoy's hash),
+        # the answer is no.
+        with contextlib.suppress(Exception), _acceptor_environment(store.decoy_file):
+            ntlm.step(with_names(message, *store.decoy))
+        raise LogonDeniedError("ntlm logon failed")
+    try:
+        with _acceptor_environment(user_file):
+            ntlm.step(message)
+    except spnego.exceptions.SpnegoError as exc:
+        raise LogonDeniedError("ntlm logon failed") from exc
+    except Exception as exc:  # pyspnego's parsers raise assorted errors on garbage
+        raise InvalidTokenError("ntlm token is malformed") from exc
 
 
 def _protector(session_key: bytes, *, client: bool, granted: ContextReq) -> MessageProtector:
@@ -313,7 +363,8 @@ class NtlmPackage(SecurityPackage):
             user_file = options.get("user_file") or os.environ.get("NTLM_USER_FILE")
             if not user_file or not os.path.isfile(user_file):
                 raise NoCredentialsError("ntlm server credentials need a readable user_file")
-            return NtlmServerCredentials(principal=principal, user_file=os.fspath(user_file))
+            user_file = os.fspath(user_file)
+            return NtlmServerCredentials(principal, user_file, NtlmUserStore(user_file))
         password = options.get("password")
         if not principal or not isinstance(password, str):
             raise NoCredentialsError("ntlm client credentials need a principal and a password")
