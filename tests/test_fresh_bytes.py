@@ -16,12 +16,24 @@ import tracemalloc
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
+from helpers.pair import handshake
+from helpers.pki import make_authority
 from hypothesis import given
 from hypothesis import strategies as st
 
 from rpcsec.grpc._responses import ResponseKeys
 from rpcsec.grpc._wire import REQUEST, RESPONSE, SEALED_KIND, SIGNED_KIND, position
-from rpcsec.sspi import AeadProtector, InvalidTokenError, MessageAlteredError, _fresh_bytes
+from rpcsec.sspi import (
+    AeadProtector,
+    ContextReq,
+    CredentialUse,
+    InvalidTokenError,
+    MessageAlteredError,
+    SecurityError,
+    _fresh_bytes,
+    accept_security_context,
+    initialize_security_context,
+)
 from rpcsec.sspi._fresh_bytes import LARGE, TAG_SIZE
 
 KEY = bytes(range(32))
@@ -40,6 +52,10 @@ def _payload(size: int, salt: int) -> bytes:
 def test_in_place_on_cpython() -> None:
     # The suite runs on CPython: the fast path must be the one under test, not the fallback.
     assert sys.implementation.name != "cpython" or _fresh_bytes.in_place
+    # Its prototypes are its own: the process-wide ctypes.pythonapi entries keep their defaults.
+    import ctypes
+
+    assert ctypes.pythonapi.PyBytes_FromStringAndSize.restype is ctypes.c_int
 
 
 @given(size=sizes, header=headers, aad=aads, salt=st.integers(0, 255), which=st.integers(0, 1))
@@ -142,6 +158,37 @@ def test_protector_refuses_any_single_byte_change(index, value) -> None:
         receiver.unseal(5, b"aad", memoryview(bytes(sealed)))
     with pytest.raises(MessageAlteredError):  # the right bytes under another number
         receiver.unseal(6, b"aad", sender.seal_token(5, b"", b"aad", payload))
+
+
+# -- the core's whole tokens: SecurityContext.wrap / unwrap on a real x509 context pair ------
+
+
+@pytest.fixture(scope="module")
+def x509_pair(tmp_path_factory):
+    pki = make_authority(tmp_path_factory.mktemp("pki"))
+    return handshake(
+        initialize_security_context(
+            pki.credentials("alice"),
+            pki.id("documents"),
+            ContextReq.default() | ContextReq.CONFIDENTIALITY,
+        ),
+        accept_security_context(pki.credentials("documents", CredentialUse.INBOUND)),
+    )
+
+
+@pytest.mark.parametrize("encrypt", [True, False], ids=["privacy", "integrity"])
+@given(data=st.data())
+def test_large_context_tokens_refuse_any_single_byte_change(x509_pair, encrypt, data) -> None:
+    payload = (bytes(range(256)) * (LARGE // 256 + 1))[: LARGE + data.draw(st.integers(0, 99))]
+    token = x509_pair.client.wrap(payload, aad=b"call", encrypt=encrypt)
+    assert x509_pair.server.unwrap(token, aad=b"call", encrypted=encrypt, record=False) == payload
+    index = data.draw(st.integers(0, len(token) - 1), label="index")
+    damaged = bytearray(token)
+    damaged[index] ^= data.draw(st.integers(1, 255), label="xor")
+    with pytest.raises(SecurityError):
+        x509_pair.server.unwrap(bytes(damaged), aad=b"call", encrypted=encrypt, record=False)
+    with pytest.raises(SecurityError):  # the intact token under other associated data
+        x509_pair.server.unwrap(token, aad=b"call2", encrypted=encrypt, record=False)
 
 
 # -- the binding's response tokens (ResponseKeys): large PRIVACY and INTEGRITY ----------------

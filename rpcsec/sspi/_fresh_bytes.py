@@ -6,21 +6,21 @@ zero-fills. So ``header + aead.encrypt(...)`` touches every byte of a 1 MiB mess
 (zero-fill, cipher, concatenation) where one pass does: the cipher writing into the token.
 
 ``sealed`` and ``opened`` do exactly that with ``AESGCM.encrypt_into`` / ``decrypt_into``
-(cryptography >= 44) over a ``bytes`` object made uninitialised by
-``PyBytes_FromStringAndSize(NULL, n)`` -- what every C extension does to build a ``bytes`` in
-place: the object is new, unshared and unhashed until it is returned. The writable view over its
-storage (``PyMemoryView_FromMemory``) has exactly ``n`` bytes and the cipher refuses a buffer of
-any other length, so nothing outside the object is ever written; the view is released before
-the object escapes, and an object whose decryption failed is dropped unseen. The mechanism is
-CPython's; it is checked once at import, and anywhere it does not hold (another interpreter, a
-changed object layout) both functions fall back to the plain calls with the same results.
+(``cryptography`` 50 has them; without them, the fallback) over a ``bytes`` object made
+uninitialised by ``PyBytes_FromStringAndSize(NULL, n)`` -- what every C extension does to build
+a ``bytes`` in place: the object is new, unshared and unhashed until it is returned. The
+writable view over its storage (``PyMemoryView_FromMemory``) has exactly ``n`` bytes and the
+cipher refuses a buffer of any other length, so nothing outside the object is ever written; the
+view is released before the object escapes, and an object whose decryption failed is dropped
+unseen. The mechanism is CPython's; it is checked once at import, and anywhere it does not hold
+(another interpreter, a changed object layout) both functions fall back to the plain calls,
+with the same results.
 
 Only for messages of at least ``LARGE`` bytes: below that the copies cost less than the calls.
 """
 
 from __future__ import annotations
 
-import ctypes
 import sys
 from typing import Any
 
@@ -32,17 +32,23 @@ _PYBUF_WRITE = 0x200
 
 
 def _bind() -> tuple[Any, Any, int] | None:
-    if sys.implementation.name != "cpython":
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
+
+    if sys.implementation.name != "cpython" or not all(
+        hasattr(aead, "encrypt_into") and hasattr(aead, "decrypt_into")
+        for aead in (AESGCM, AESGCMSIV)
+    ):
         return None
     try:
+        import ctypes
+
+        # Our own prototypes (PYFUNCTYPE: called with the GIL held), never a changed
+        # restype on the process-wide ``ctypes.pythonapi`` attributes other code may use.
         api = ctypes.pythonapi
-        new = api.PyBytes_FromStringAndSize
-        new.restype = ctypes.py_object
-        new.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-        view = api.PyMemoryView_FromMemory
-        view.restype = ctypes.py_object
-        view.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int)
-    except (AttributeError, ValueError):  # pragma: no cover - not a CPython C API
+        size, pointer, obj = ctypes.c_ssize_t, ctypes.c_void_p, ctypes.py_object
+        new = ctypes.PYFUNCTYPE(obj, pointer, size)(("PyBytes_FromStringAndSize", api))
+        view = ctypes.PYFUNCTYPE(obj, pointer, size, ctypes.c_int)(("PyMemoryView_FromMemory", api))
+    except (ImportError, AttributeError, ValueError):  # pragma: no cover - no CPython C API
         return None
     offset = bytes.__basicsize__ - 1  # offsetof(PyBytesObject, ob_sval)
     # The layout check: a fresh object written through the view must read back as written.
