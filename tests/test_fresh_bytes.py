@@ -10,6 +10,8 @@ with a typed error, never data.
 from __future__ import annotations
 
 import os
+import pathlib
+import subprocess
 import sys
 import tracemalloc
 
@@ -254,3 +256,47 @@ def test_large_response_tokens_are_bound_to_call_position_and_level(encrypt) -> 
     for cut in (token[:-1], token[:1] + token[2:], token + b"\x00"):
         with pytest.raises((MessageAlteredError, InvalidTokenError)):
             keys.open(AAD + pos, CALL, pos, cut, encrypt)
+
+
+_HOSTILE_SIZES = """
+import os, sys
+from rpcsec.grpc._responses import ResponseKeys
+from rpcsec.grpc._wire import RESPONSE, position
+from rpcsec.sspi import AeadProtector, SecurityError
+from rpcsec.sspi._fresh_bytes import LARGE, TAG_SIZE
+
+keys = ResponseKeys(bytes(32))
+receiver = AeadProtector(bytes([1]) * 32, bytes([2]) * 32)
+pos = position(RESPONSE, 0)
+edges = [*range(0, 40), *range(LARGE - 2, LARGE + 2 * TAG_SIZE + 3), 4 * LARGE + 1]
+refused = 0
+for size in edges:
+    for kind in (b"W", b"S", b"M", b"\\x00"):
+        token = kind + os.urandom(size)
+        for encrypt in (True, False):
+            try:
+                keys.open(b"aad" + pos, bytes(8), pos, token, encrypt)
+            except SecurityError:
+                refused += 1
+    try:
+        receiver.unseal(0, b"aad", memoryview(os.urandom(size)))
+    except SecurityError:
+        refused += 1
+print(refused, len(edges) * 9)
+"""
+
+
+def test_hostile_token_sizes_are_refused_without_harm_in_a_subprocess() -> None:
+    # The in-place path writes raw memory: every size a peer can send, at and around the
+    # thresholds, must end in a typed refusal, never a crash (hence a process of its own).
+    root = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", _HOSTILE_SIZES],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    refused, attempts = map(int, done.stdout.split())
+    assert refused == attempts
