@@ -33,6 +33,11 @@ HOW = {
     "stream_MBps": "server-streaming calls of 64 MiB in 1 MiB messages, six per round taken in "
     "turn with the other configurations'; the sample is the median of the round's six; "
     "MB/s = 10^6 B/s",
+    "stream_cpu_per_mib_us": "CPU time per MiB during those streams, both ends: the client "
+    "process (every thread, gRPC's included) plus the server's worker threads (per-thread CPU "
+    "clocks); median of the round's streams. It does not count waiting for a core, so a busy "
+    "machine moves it far less than MB/s. Not measured for the alternatives (their proxies' "
+    "CPU is in other processes)",
     "first_call_ms": "a new channel (its own connection) to its first response: TCP connect, the "
     "TLS or rpcsec handshake, one call; median of the round's channels",
     "handshakes_per_s": "new channels to their first response per second, 4 client threads; "
