@@ -79,8 +79,8 @@ def test_results_are_ordinary_immutable_bytes() -> None:
     token = _fresh_bytes.sealed(AEADS[0], NONCE, b"\x07", payload, b"aad")
     opened = _fresh_bytes.opened(AEADS[0], NONCE, memoryview(token)[1:], b"aad")
     # Only the name and getrefcount's argument hold each: the C call's reference was not kept.
-    assert sys.getrefcount(token) == 2
-    assert sys.getrefcount(opened) == 2
+    assert sys.getrefcount(token) <= 2
+    assert sys.getrefcount(opened) <= 2
     for value in (token, opened):
         assert hash(value) == hash(bytes(bytearray(value)))  # hashes like any equal bytes
         with pytest.raises(TypeError):
