@@ -5,6 +5,8 @@ right error, and nothing unverified reaches the application or the handler."""
 
 from __future__ import annotations
 
+import asyncio
+
 import echo_pb2
 import echo_pb2_grpc
 import grpc
@@ -163,3 +165,36 @@ def test_a_changed_byte_in_a_large_request_never_reaches_the_handler(tapped_at) 
     assert echo.calls - calls == len(SPOTS)
     tap.requests = None
     assert stub.Collect(iter(_request(t) for t in texts)).text == "".join(texts)
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=lambda level: level.name)
+async def test_an_aio_server_refuses_changed_large_requests_and_its_responses_are_checked(
+    package_setup, aio_serve, level
+) -> None:
+    setup = package_setup
+    echo = AsyncEchoServicer()
+    address = await aio_serve([rpcsec_aio.SecurityInterceptor(setup.server())], [echo])
+    big = _big("z")
+
+    def tampering_client() -> list[str]:
+        tap = Wiretap()
+        raw = grpc.intercept_channel(grpc.insecure_channel(address), tap)
+        outcomes = []
+        with secure_channel(
+            raw, setup.client(), protection=level, **setup.channel_options()
+        ) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            assert [r.text for r in stub.Repeat(_request(big, 2))] == [big + "0", big + "1"]
+            tap.responses = lambda method, messages: [messages[0], flip(messages[1], BIG // 3)]
+            with pytest.raises(REFUSED):
+                list(stub.Repeat(_request(big, 2)))
+            tap.responses = None
+            tap.requests = lambda method, messages: [flip(messages[0], BIG // 3), *messages[1:]]
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Collect(iter([_request(big), _request(big)]))
+            outcomes.append(reason_of(info.value))
+            tap.requests = None
+            outcomes.append(stub.Collect(iter([_request(big)])).text)
+        return outcomes
+
+    assert await asyncio.to_thread(tampering_client) == ["message-altered", big]
