@@ -12,7 +12,8 @@ fails loudly (an error in the results, never a wrong number) if an rpcsec module
 real AEAD class -- a seam moved or a new primitive -- or if no AEAD call went through the no-op.
 
 The no-op keeps the wire format: ``encrypt`` returns the plaintext and a 16-byte zero tag,
-``decrypt`` checks the length and strips the tag. Sizes, copies and the Python calls around
+``decrypt`` checks the length and strips the tag (``encrypt_into`` / ``decrypt_into`` the same
+into the caller's buffer). Sizes, copies and the Python calls around
 the AEAD stay; the AES-GCM/GMAC arithmetic (and its cache footprint) goes. Both ends run it,
 so they agree. Key derivation (HKDF/KBKDF) stays real.
 """
@@ -55,6 +56,30 @@ class NoopAead:
 
             raise InvalidTag
         return bytes(data[:-TAG])
+
+    # The in-place forms rpcsec uses for large messages (``rpcsec.sspi._fresh_bytes``): the
+    # same copies into the caller's buffer, with cryptography's length check.
+
+    def encrypt_into(self, nonce: bytes, data: Any, associated_data: bytes | None, buf: Any) -> int:
+        CALLS[0] += 1
+        size = len(data)
+        if len(buf) != size + TAG:
+            raise ValueError("buffer must be of length len(data) + 16")
+        buf[:size] = data
+        buf[size:] = bytes(TAG)
+        return size + TAG
+
+    def decrypt_into(self, nonce: bytes, data: Any, associated_data: bytes | None, buf: Any) -> int:
+        CALLS[0] += 1
+        if len(data) < TAG:
+            from cryptography.exceptions import InvalidTag
+
+            raise InvalidTag
+        size = len(data) - TAG
+        if len(buf) != size:
+            raise ValueError("buffer must be of length len(data) - 16")
+        buf[:] = data[:size]
+        return size
 
 
 class _NoopGcmContext:

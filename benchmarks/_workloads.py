@@ -42,6 +42,7 @@ class Budget:
     memory_contexts: int
     interleave_latency: int = 1
     interleave_throughput: int = 1
+    interleave_stream: int = 1
 
     @classmethod
     def full(cls) -> Budget:
@@ -57,6 +58,7 @@ class Budget:
             memory_contexts=10_000,
             interleave_latency=10,
             interleave_throughput=4,
+            interleave_stream=6,
         )
 
     @classmethod
@@ -173,19 +175,47 @@ def unary_throughput_cps(config: Config, parts: list[tuple[int, float]]) -> floa
 
 
 def stream_mbps(config: Config, budget: Budget, slices: int) -> float:
-    """One server-streaming call of ``stream_bytes`` in 1 MiB messages: MB/s (10**6 B/s)."""
+    """One server-streaming call of ``stream_bytes`` in 1 MiB messages: MB/s (10**6 B/s).
+    Each slice is a whole stream (``interleave_stream`` per round, see ``stream_median``); the
+    CPU it cost both ends is kept for ``stream_cpu_per_mib_us``."""
     call = config.channel.unary_stream(STREAM_METHOD)
     count = budget.stream_bytes // STREAM_MESSAGE
     for _ in call(stream_request(1, STREAM_MESSAGE)):  # warm buffers
         pass
+    client, server = time.process_time(), config.server_cpu()
     start = time.perf_counter()
     received = 0
     for message in call(stream_request(count, STREAM_MESSAGE)):
         received += len(message)
     elapsed = time.perf_counter() - start
+    spent = time.process_time() - client + config.server_cpu() - server
     if received != count * STREAM_MESSAGE:
         raise AssertionError(f"stream delivered {received} of {count * STREAM_MESSAGE} bytes")
+    _STREAM_CPU.setdefault(config.name, []).append(spent / count)
     return received / elapsed / 1e6
+
+
+_STREAM_CPU: dict[str, list[float]] = {}
+
+
+def stream_cpu_per_mib_us(config: Config, budget: Budget, slices: int) -> float | None:
+    """CPU both ends spent per MiB during the round's ``stream_MBps`` streams (median): this
+    client process, every thread of it (gRPC's own included), plus the server's worker threads.
+    CPU clocks do not count waiting for a core, so a busy machine moves this far less than MB/s.
+    Not for the alternatives: part of their work is in proxy processes this does not see."""
+    spent = _STREAM_CPU.pop(config.name, None)
+    if not spent or config.alternative:
+        return None
+    return statistics.median(spent) * 1e6
+
+
+def stream_median(config: Config, parts: list[float]) -> float:
+    """The round's sample: the median of its ``interleave_stream`` streams, each taken in turn
+    with every other configuration's. One 64 MiB stream lasts ~40 ms, so a single one per round
+    measured whichever scheduler stall of a shared machine fell into it (samples of one
+    configuration in one run spread 0.4-2.9 GB/s), and the ratio of two such samples could say
+    0.65x or 1.3x for the same code."""
+    return statistics.median(parts)
 
 
 def first_call_ms(config: Config, budget: Budget, slices: int) -> float:
@@ -308,7 +338,22 @@ WORKLOADS: list[Workload] = [
         slices=lambda budget: budget.interleave_throughput,
         combine=unary_throughput_cps,
     ),
-    Workload("stream_MBps", "stream 64 MiB in 1 MiB messages", "MB/s", True, stream_mbps),
+    Workload(
+        "stream_MBps",
+        "stream 64 MiB in 1 MiB messages",
+        "MB/s",
+        True,
+        stream_mbps,
+        slices=lambda budget: budget.interleave_stream,
+        combine=stream_median,
+    ),
+    Workload(
+        "stream_cpu_per_mib_us",
+        "CPU per MiB streamed, both ends",
+        "µs",
+        False,
+        stream_cpu_per_mib_us,
+    ),
     Workload("first_call_ms", "first call on a new channel", "ms", False, first_call_ms),
     Workload("handshakes_per_s", "new bindings per second", "1/s", True, handshakes_per_s),
     Workload(

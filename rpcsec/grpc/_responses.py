@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from rpcsec.sspi import (
@@ -35,6 +36,7 @@ from rpcsec.sspi import (
     MessageAlteredError,
     SecurityContext,
     SecurityError,
+    _fresh_bytes,
     hkdf_expand_label,
 )
 from rpcsec.sspi._protection import EPOCH_BITS, LARGE_MESSAGE
@@ -54,6 +56,7 @@ _SEALED = bytes((SEALED_KIND,))
 _SIGNED = bytes((SIGNED_KIND,))
 _END = bytes((END_MARKER_KIND,))
 _MIN_TOKEN = 9 + _TAG  # a core wrap token's header (kind:u8 | seq:u64) and tag
+_LARGE = _fresh_bytes.LARGE
 
 
 class ResponseKeys:
@@ -65,7 +68,7 @@ class ResponseKeys:
         if len(secret) != 32:
             raise ValueError("response secret must be 32 bytes")
         self._secret = secret
-        self._cache: dict[bytes, tuple[AESGCM, int]] = {}
+        self._cache: dict[bytes, tuple[AESGCM, int, bytes]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -81,11 +84,31 @@ class ResponseKeys:
             entry = self._derive(epoch)
         return entry[0], (entry[1] ^ int.from_bytes(call_seq + index, "big")).to_bytes(12, "big")
 
-    def _derive(self, epoch: bytes) -> tuple[AESGCM, int]:
+    def _gmac(
+        self, call_seq: bytes, nonce: bytes, pieces: tuple[Any, ...], tag: bytes | None = None
+    ) -> bytes:
+        """GMAC (RFC 4543) over ``pieces`` as if joined, without joining a large payload into
+        them -- the tag ``AESGCM.encrypt(nonce, b"", b"".join(pieces))`` gives; checks ``tag``
+        (``InvalidTag``) if given."""
+        epoch = call_seq[:5]
+        entry = self._cache.get(epoch) or self._derive(epoch)
+        if tag is None:
+            encryptor = Cipher(algorithms.AES(entry[2]), modes.GCM(nonce)).encryptor()
+            for piece in pieces:
+                encryptor.authenticate_additional_data(piece)
+            encryptor.finalize()
+            return encryptor.tag
+        decryptor = Cipher(algorithms.AES(entry[2]), modes.GCM(nonce, tag)).decryptor()
+        for piece in pieces:
+            decryptor.authenticate_additional_data(piece)
+        decryptor.finalize()
+        return tag
+
+    def _derive(self, epoch: bytes) -> tuple[AESGCM, int, bytes]:
         secret = hkdf_expand_label(self._secret, b"resp epoch" + epoch, 32)
         key = hkdf_expand_label(secret, b"key", 32)
         iv = int.from_bytes(hkdf_expand_label(secret, b"iv", 12), "big")
-        entry = (AESGCM(key), iv)
+        entry = (AESGCM(key), iv, key)
         with self._lock:
             if len(self._cache) >= _KEEP_EPOCHS:
                 self._cache.pop(min(self._cache), None)
@@ -108,10 +131,17 @@ class ResponseKeys:
         """``seal`` for a caller that has the record number (``call_seq << 32 | index``) as an
         int already (the server's per-call path: one frame, no key object)."""
         try:
-            aead, iv = self._cache[call_seq[:5]]
+            aead, iv, _ = self._cache[call_seq[:5]]
         except KeyError:
-            aead, iv = self._derive(call_seq[:5])
+            aead, iv, _ = self._derive(call_seq[:5])
         nonce = (iv ^ record).to_bytes(12, "big")
+        if len(payload) >= _LARGE:
+            # A large message is encrypted straight into its token (one pass over it, not
+            # three), or authenticated without being joined to its AAD.
+            if encrypt:
+                return _fresh_bytes.sealed(aead, nonce, _SEALED, payload, _SEALED + aad)
+            tag = self._gmac(call_seq, nonce, (_SIGNED, aad, payload))
+            return b"".join((_SIGNED, tag, payload))
         if encrypt:
             return _SEALED + aead.encrypt(nonce, payload, _SEALED + aad)
         return _SIGNED + aead.encrypt(nonce, b"", _SIGNED + aad + payload) + payload
@@ -127,11 +157,17 @@ class ResponseKeys:
         if len(token) < 1 + _TAG:
             raise InvalidTokenError("message token is truncated")
         aead, nonce = self.key(call_seq, pos[1:5])
+        large = len(token) >= _LARGE
         try:
             if encrypt:
+                if large:  # from a view (slicing would copy it) straight into the plaintext
+                    return _fresh_bytes.opened(aead, nonce, memoryview(token)[1:], _SEALED + aad)
                 return aead.decrypt(nonce, token[1:], _SEALED + aad)
             payload = token[1 + _TAG :]
-            aead.decrypt(nonce, token[1 : 1 + _TAG], _SIGNED + aad + payload)
+            if large:
+                self._gmac(call_seq, nonce, (_SIGNED, aad, payload), bytes(token[1 : 1 + _TAG]))
+            else:
+                aead.decrypt(nonce, token[1 : 1 + _TAG], _SIGNED + aad + payload)
             return payload
         except InvalidTag:
             raise MessageAlteredError("message failed its integrity check") from None
