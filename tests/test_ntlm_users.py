@@ -310,13 +310,43 @@ def test_a_name_with_no_user_part_is_refused(tmp_path, name, standard) -> None:
             server.step(authenticate)
 
 
-@pytest.mark.xfail(
-    strict=False,  # another branch may fix negotiate.py first: XPASS then, not a failure
-    raises=AssertionError,
-    reason="negotiate.py's NTLM acceptor still lets pyspnego scan NTLM_USER_FILE (not ntlm's "
-    "store): alice logs on as OTHER\\alice. Fix there: route an NTLM AUTHENTICATE through "
-    "ntlm.accept_authenticate's store lookup; then drop this mark.",
-)
+def _negotiate_logon(tmp_path, user: str, password: str, others: int):
+    server_creds = acquire_credentials_handle(
+        "negotiate",
+        None,
+        CredentialUse.INBOUND,
+        user_file=_user_file(tmp_path / f"negotiate-users-{others}", others),
+    )
+    client_creds = acquire_credentials_handle(
+        "negotiate", user, CredentialUse.OUTBOUND, password=password
+    )
+    client = initialize_security_context(
+        client_creds, "host@server", requested=ContextReq.default() & ~ContextReq.MUTUAL_AUTH
+    )
+    return lambda: handshake(client, accept_security_context(server_creds))
+
+
+def test_negotiate_uses_the_ntlm_store_no_scan_no_hash_per_logon(tmp_path, monkeypatch) -> None:
+    """negotiate's NTLM half goes through the same store as the ntlm package: its client gives
+    pyspnego the NT hash made once per handle, its acceptor points pyspnego at the one-entry
+    file of the user the AUTHENTICATE names; an unknown user is refused before pyspnego runs,
+    whatever the size of the user file."""
+    counts = Counts(monkeypatch)
+    logon = _negotiate_logon(tmp_path, *ALICE, others=5000)
+    counts.reset()
+    pair = logon()
+    assert pair.server.peer.principal.lower() == ALICE[0].lower()
+    assert counts.calls["lmowfv1"] == counts.calls["ntowfv1"] == counts.calls["parse"] == 0
+    assert counts.scanned == {1}  # pyspnego read the one-entry file only
+    for others in (5, 5000):
+        logon = _negotiate_logon(tmp_path, "RPCSEC\\mallory", "anything", others)
+        counts.reset()
+        with pytest.raises(LogonDeniedError):
+            logon()
+        assert counts.calls["scan"] == counts.calls["parse"] == 0
+        assert counts.calls["verify"] == 1  # the client's own response; the acceptor's: none
+
+
 def test_negotiate_refuses_a_name_with_no_user_part(tmp_path) -> None:
     users = tmp_path / "users"
     users.write_text("RPCSEC:alice:Alice-Pa55!\n")

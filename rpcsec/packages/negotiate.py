@@ -52,6 +52,7 @@ from spnego._context import GSSMech
 from spnego.channel_bindings import GssChannelBindings
 
 from rpcsec.packages import _standard_negotiate as _standard
+from rpcsec.packages._ntlm_users import authenticate_user
 from rpcsec.packages.kerberos._credentials import KerberosCredentials
 from rpcsec.packages.kerberos._credentials import acquire as acquire_kerberos
 from rpcsec.packages.kerberos._delegation import (
@@ -80,8 +81,8 @@ from rpcsec.packages.kerberos._tokens import (
     check_initial_token,
 )
 
-# The ntlm package owns the NTLM user file and the guarded NTLM_USER_FILE swap pyspnego's
-# acceptor needs; negotiate reuses both rather than keeping a second copy.
+# The ntlm package owns the NTLM user file (its store) and the guarded NTLM_USER_FILE swap
+# pyspnego's acceptor needs; negotiate reuses both rather than keeping a second copy.
 from rpcsec.packages.ntlm import (
     NtlmClientCredentials,
     NtlmPackage,
@@ -315,21 +316,27 @@ class _SpnegoHooks:
         )
 
     @staticmethod
-    def is_ntlm_authenticate(token: bytes) -> bool:
-        """Whether a SPNEGO token carries an NTLM AUTHENTICATE message (MS-NLMP §2.2.1.3)."""
+    def ntlm_authenticate(token: bytes) -> bytes | None:
+        """The NTLM AUTHENTICATE message (MS-NLMP §2.2.1.3) a SPNEGO token carries, or None."""
         from spnego._spnego import NegTokenInit, NegTokenResp, unpack_token
 
         try:
             parsed = unpack_token(token)
         except Exception:
-            return False
+            return None
         if isinstance(parsed, NegTokenInit):
             inner = parsed.mech_token
         elif isinstance(parsed, NegTokenResp):
             inner = parsed.response_token
         else:
-            return False
-        return bytes(inner or b"").startswith(b"NTLMSSP\x00\x03\x00\x00\x00")
+            return None
+        inner = bytes(inner or b"")
+        return inner if inner.startswith(b"NTLMSSP\x00\x03\x00\x00\x00") else None
+
+    @staticmethod
+    def is_ntlm_authenticate(token: bytes) -> bool:
+        """Whether a SPNEGO token carries an NTLM AUTHENTICATE message."""
+        return _SpnegoHooks.ntlm_authenticate(token) is not None
 
     @staticmethod
     def kerberos_supported() -> bool:
@@ -511,8 +518,7 @@ class _NegotiateClient(Mechanism):
         ntlm = self._credentials.ntlm_client
         if ntlm is not None:
             contexts[_NTLM] = spnego.client(
-                ntlm.principal,
-                ntlm.password,
+                ntlm.spnego_credential(),  # the NT hash made once per handle: no DES/MD4 here
                 hostname=self._host,
                 service=self._service,
                 protocol="ntlm",
@@ -608,9 +614,23 @@ class _NegotiateServer(Mechanism):
         self._done = False
         self._kerberos_chosen = False
 
-    def _environment(self) -> Any:
+    def _environment(self, token: bytes = b"") -> Any:
+        """NTLM_USER_FILE for one pyspnego step, as the ntlm package's acceptor sets it
+        (``ntlm.accept_authenticate``): for an NTLM AUTHENTICATE, a one-entry file holding
+        only the user it names, from the handle's store (pyspnego never scans the real
+        file, and a name with no user part -- which pyspnego resolves to the file's first
+        entry -- or an unknown user is refused here, before pyspnego runs); for any other
+        step, an empty file."""
         ntlm = self._credentials.ntlm_server
-        return _acceptor_environment(ntlm.user_file) if ntlm is not None else nullcontext()
+        if ntlm is None:
+            return nullcontext()
+        inner = _SpnegoHooks.ntlm_authenticate(token) if token else None
+        if inner is None:
+            return _acceptor_environment(ntlm.store.placeholder)
+        user_file = ntlm.store.entry_file(*authenticate_user(inner))
+        if user_file is None:
+            raise LogonDeniedError("ntlm logon failed")
+        return _acceptor_environment(user_file)
 
     def step(self, token: bytes | None) -> bytes | None:
         if self._done:
@@ -641,7 +661,7 @@ class _NegotiateServer(Mechanism):
 
     def _native(self, call: Callable[[], Any], token: bytes = b"") -> bytes:
         try:
-            with self._environment():
+            with self._environment(token):
                 return bytes(call() or b"")
         except SecurityError:
             raise
