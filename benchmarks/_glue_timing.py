@@ -46,6 +46,8 @@ SEAMS: list[Seam] = [
     ("core unwrap (DecryptMessage / verify)", [(_CONTEXT, "SecurityContext.unwrap")], "call"),
     ("core sign (MakeSignature)", [(_CONTEXT, "SecurityContext.sign")], "call"),
     ("replay window", [("rpcsec.sspi._replay", "ReplayWindow.check")], "call"),
+    ("replay store claim (in-memory store)",
+     [("rpcsec.session._replay_store", "MemoryReplayStore.claim")], "call"),
     ("claim + authorize", [(_CORE, "ServerSecurity.admit"), (_CORE, _OLD_ADMIT)], "call"),
     ("policy check", [("rpcsec.grpc._policy", "AuthorizationPolicy.check")], "call"),
     ("impersonation set + reset", [_RUN_AS, (_SERVER, "impersonate")], "context manager"),
