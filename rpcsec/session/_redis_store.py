@@ -59,6 +59,14 @@ from typing import TYPE_CHECKING, Any
 from rpcsec.sspi import DEFAULT_WINDOW, ReplayStoreUnavailableError
 
 from ._replay_store import ReplayVerdict, check_claim_arguments
+from ._resp import (
+    BULK,
+    INTEGER,
+    Reply,
+    RespAddress,
+    ThreadRespConnections,
+    encode_command,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -164,6 +172,7 @@ return 1
 """
 
 _VERDICTS = {0: ReplayVerdict.FRESH, 1: ReplayVerdict.REPLAY, 2: ReplayVerdict.REVOKED}
+_REPLY_VERDICTS = {Reply(INTEGER, b"%d" % n): verdict for n, verdict in _VERDICTS.items()}
 
 
 def _redis_module() -> Any:
@@ -458,6 +467,23 @@ class _AsyncConnections:
             await connection.disconnect(nowait=True)
 
 
+def _resp_connections(client: Any, timeout: float) -> ThreadRespConnections | None:
+    """The sync store's claim sockets (``_resp``) when the client connects over plain TCP or a
+    unix socket; ``None`` (redis-py's connections then) for TLS and other connection kinds.
+    Their timeout: the client's socket timeout, else the store's (never none at all)."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return None
+    address = RespAddress.from_redis_py(getattr(pool, "connection_class", None), kwargs)
+    if address is None:
+        return None
+    socket_timeout = kwargs.get("socket_timeout")
+    if isinstance(socket_timeout, int | float) and not isinstance(socket_timeout, bool):
+        timeout = float(socket_timeout) if socket_timeout > 0 else timeout
+    return ThreadRespConnections(address, timeout)
+
+
 def _unavailable(exc: BaseException) -> ReplayStoreUnavailableError:
     return ReplayStoreUnavailableError(f"replay store unavailable: {type(exc).__name__}")
 
@@ -565,7 +591,10 @@ class RedisReplayStore(_RedisStoreBase):
             clock=clock,
         )
         self._encoder = ClaimEncoder(self._layout, self._claim_script.sha)
-        self._connections = _ThreadConnections.of(self._client)
+        self._resp = _resp_connections(self._client, timeout)
+        self._connections = None if self._resp else _ThreadConnections.of(self._client)
+        self._load_request = encode_command(b"SCRIPT", b"LOAD", CLAIM_SCRIPT.encode())
+        self._loaded_reply = Reply(BULK, self._claim_script.sha.encode("ascii"))
         self._redis_errors = _redis_module().exceptions
 
     @property
@@ -594,6 +623,8 @@ class RedisReplayStore(_RedisStoreBase):
             self._prepare()
         if self._config_refusal is not None:
             raise ReplayStoreUnavailableError("replay store: Redis could forget claims")
+        if self._resp is not None:
+            return self._claim_on_resp(self._encoder.encode(keys, args))
         if self._connections is None:
             try:
                 reply = self._claim_script(keys=keys, args=args)
@@ -602,6 +633,33 @@ class RedisReplayStore(_RedisStoreBase):
         else:
             reply = self._claim_on_own_connection(self._encoder.encode(keys, args))
         return self._layout.verdict(reply)
+
+    def _claim_on_resp(self, request: bytes) -> ReplayVerdict:
+        """Send a pre-encoded claim on this thread's own socket (``_resp``: three system calls,
+        the reply parsed strictly) and return the script's verdict. NOSCRIPT (Redis restarted
+        and lost its scripts: the claim did not run) loads the script and claims once more.
+        Any failure closes the connection (so a late reply is never read as a later claim's
+        answer) and raises ``ReplayStoreUnavailableError``."""
+        assert self._resp is not None
+        connection = self._resp.get()
+        try:
+            reply = connection.exchange(request)
+            if reply.kind != INTEGER and reply.value.startswith(b"NOSCRIPT"):
+                if connection.exchange(self._load_request) != self._loaded_reply:
+                    raise ReplayStoreUnavailableError("replay store loaded another script")
+                reply = connection.exchange(request)
+        except ReplayStoreUnavailableError:
+            connection.close()
+            raise
+        except Exception as exc:  # fail closed on anything: OSError, a protocol error
+            connection.close()
+            raise _unavailable(exc) from exc
+        verdict = _REPLY_VERDICTS.get(reply)
+        if verdict is None:
+            connection.close()
+            _LOG.warning("replay store: unexpected answer to a claim: %.200r", reply.value)
+            raise ReplayStoreUnavailableError("replay store gave an unexpected reply")
+        return verdict
 
     def _claim_on_own_connection(self, request: bytes) -> object:
         """Send a pre-encoded claim on this thread's connection and read its reply.
@@ -688,6 +746,8 @@ class RedisReplayStore(_RedisStoreBase):
         self._layout.check_config(reply)
 
     def close(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
         if self._connections is not None:
             self._connections.close()
         if self._owned:
