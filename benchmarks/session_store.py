@@ -260,20 +260,49 @@ def _paired_claims(
 
 
 async def _async_claims(url: str, repeat: int, batch: int) -> dict[str, Any]:
-    store = AsyncRedisReplayStore(url, timeout=2.0, prefix="bench:")
-    claims = _Claims()
-    out: dict[str, Any] = {}
-    out["claim (redis, aio)"] = await _amedian_us(
-        lambda: store.claim(*claims.next()), repeat, batch
-    )
+    """The asyncio store, sequential and 64 concurrent claims, in paired rounds: claims on its
+    own asyncio protocol (``_resp``, now) and on redis.asyncio connections (previous); wall
+    and this process's CPU per claim."""
+    from rpcsec.session._redis_store import _AsyncConnections
 
-    async def concurrent() -> None:
+    now = AsyncRedisReplayStore(url, timeout=2.0, prefix="bench:")
+    previous = AsyncRedisReplayStore(url, timeout=2.0, prefix="bench:")
+    previous._resp = None
+    previous._connections = _AsyncConnections.of(previous.client, 32, 2.0)
+    stores = {"own asyncio protocol (now)": now, "redis.asyncio connection (previous)": previous}
+    claims = _Claims()
+
+    async def concurrent(store: AsyncRedisReplayStore) -> None:
         await asyncio.gather(*(store.claim(*claims.next()) for _ in range(64)))
 
-    timing = await _amedian_us(concurrent, repeat, max(batch // 64, 3))
-    out["claim (redis, aio, 64 concurrent, per claim)"] = {k: v / 64 for k, v in timing.items()}
-    await store.aclose()
-    return out
+    shapes: dict[str, tuple[Callable[[AsyncRedisReplayStore], Awaitable[object]], int]] = {
+        "sequential": (lambda store: store.claim(*claims.next()), 1),
+        "64 concurrent": (concurrent, 64),
+    }
+    samples: dict[str, dict[str, list[float]]] = {}
+    for operation, per in shapes.values():
+        for store in stores.values():
+            for _ in range(max(batch // per, 3)):  # warm up, connections opened
+                await operation(store)
+    for _ in range(repeat):
+        for shape, (operation, per) in shapes.items():
+            count = max(batch // per, 3)
+            for name, store in stores.items():
+                started, started_cpu = time.perf_counter(), time.process_time()
+                for _ in range(count):
+                    await operation(store)
+                record = samples.setdefault(f"claim (redis, aio, {shape}): {name}", {})
+                done = count * per
+                record.setdefault("wall", []).append((time.perf_counter() - started) / done * 1e6)
+                record.setdefault("cpu", []).append(
+                    (time.process_time() - started_cpu) / done * 1e6
+                )
+    for store in stores.values():
+        await store.aclose()
+    return {
+        key: {metric: statistics.median(values) for metric, values in record.items()}
+        for key, record in samples.items()
+    }
 
 
 # -- where the replica overhead goes (``--topologies``) ----------------------------------------
@@ -557,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in results.items():
         if isinstance(value, dict) and "median" in value:
             print(f"  {key:44s} median {value['median']:9.2f} us  (min {value['min']:.2f})")
+    print("asyncio claims, paired rounds (median us per claim):")
+    for key, value in results.items():
+        if isinstance(value, dict) and "wall" in value and key.startswith("claim (redis, aio"):
+            print(f"  {key:72s} wall {value['wall']:8.1f}   cpu {value['cpu']:7.1f}")
     paired = results.get("claim paired (wall | cpu us)", {})
     print("sync claim, paired rounds (median us per claim):")
     for key, value in paired.items():

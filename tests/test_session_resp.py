@@ -531,3 +531,96 @@ def test_a_client_whose_connections_this_module_cannot_make_stays_on_redis_py(tm
 def test_a_connection_refuses_a_bad_timeout() -> None:
     with pytest.raises(ValueError):
         RespConnection(RespAddress("127.0.0.1"), 0)
+
+
+# -- asyncio -----------------------------------------------------------------------------------
+
+
+def _async_scripted_store(server: ScriptedRedis, timeout: float = T):
+    from rpcsec.session import AsyncRedisReplayStore
+
+    store = AsyncRedisReplayStore(server.url, timeout=timeout, verify_config=False)
+    store._marker_pending = False
+    return store
+
+
+@pytest.mark.parametrize("reply", [b"$1\r\n0\r\n", b":0\r\n:0\r\n", b":9\r\n", b"-ERR x\r\n"])
+async def test_async_a_reply_of_the_wrong_shape_fails_closed(reply: bytes) -> None:
+    server = ScriptedRedis([reply])
+    try:
+        store = _async_scripted_store(server)
+        with pytest.raises(ReplayStoreUnavailableError):
+            await store.claim(_tid(), 1, time.time() + 60)
+        assert not any(connection.connected for connection in store._resp._idle)
+        assert await store.claim(_tid(), 1, time.time() + 60) is FRESH  # a new connection
+        assert server.connections == 2
+        await store.aclose()
+    finally:
+        server.close()
+
+
+async def test_async_a_silent_server_times_out_and_its_late_reply_is_never_read() -> None:
+    import asyncio
+
+    release = threading.Event()
+
+    def late(connection: socket.socket) -> None:
+        release.wait(5)
+        connection.sendall(b":0\r\n")  # after the claim gave up
+
+    server = ScriptedRedis([late])
+    try:
+        store = _async_scripted_store(server, timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(ReplayStoreUnavailableError):
+            await store.claim(_tid(), 1, time.time() + 60)
+        assert time.monotonic() - started < 1.5
+        release.set()
+        await asyncio.sleep(0)
+        server.replies.append(b":1\r\n")
+        assert await store.claim(_tid(), 1, time.time() + 60) is REPLAY  # its own answer
+        await store.aclose()
+    finally:
+        release.set()
+        server.close()
+
+
+async def test_async_claims_over_a_unix_socket(tmp_path) -> None:
+    from rpcsec.session import AsyncRedisReplayStore
+
+    path = tmp_path / "redis.sock"
+    server = _redis(tmp_path, "--unixsocket", str(path), "--unixsocketperm", "700")
+    try:
+        store = AsyncRedisReplayStore(f"unix://{path}", timeout=T)
+        assert store._resp is not None and store._resp.address.path == str(path)
+        ticket, expires = _tid(), time.time() + 60
+        assert await store.claim(ticket, 1, expires) is FRESH
+        assert await store.claim(ticket, 1, expires) is REPLAY
+        await store.aclose()
+    finally:
+        server.stop()
+
+
+async def test_async_a_client_this_module_cannot_connect_for_stays_on_redis_py(tmp_path) -> None:
+    import redis.asyncio
+
+    from rpcsec.session import AsyncRedisReplayStore
+
+    class Custom(redis.asyncio.Connection):
+        pass
+
+    server = _redis(tmp_path)
+    try:
+        pool = redis.asyncio.ConnectionPool(
+            connection_class=Custom, host="127.0.0.1", port=server.port, socket_timeout=T
+        )
+        client = redis.asyncio.Redis(connection_pool=pool)
+        store = AsyncRedisReplayStore(client, timeout=T)
+        assert store._resp is None and store._connections is not None
+        ticket, expires = _tid(), time.time() + 60
+        assert await store.claim(ticket, 1, expires) is FRESH
+        assert await store.claim(ticket, 1, expires) is REPLAY
+        await store.aclose()
+        await client.aclose()
+    finally:
+        server.stop()

@@ -61,7 +61,10 @@ from rpcsec.sspi import DEFAULT_WINDOW, ReplayStoreUnavailableError
 from ._replay_store import ReplayVerdict, check_claim_arguments
 from ._resp import (
     BULK,
+    ERROR,
     INTEGER,
+    AsyncRespConnection,
+    AsyncRespConnections,
     Reply,
     RespAddress,
     ThreadRespConnections,
@@ -75,6 +78,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLAIM_SCRIPT",
     "ClaimEncoder",
+    "ClaimReplies",
     "INIT_SCRIPT",
     "REVOKE_SCRIPT",
     "DEFAULT_MAX_CLOCK_SKEW",
@@ -467,21 +471,51 @@ class _AsyncConnections:
             await connection.disconnect(nowait=True)
 
 
-def _resp_connections(client: Any, timeout: float) -> ThreadRespConnections | None:
-    """The sync store's claim sockets (``_resp``) when the client connects over plain TCP or a
-    unix socket; ``None`` (redis-py's connections then) for TLS and other connection kinds.
-    Their timeout: the client's socket timeout, else the store's (never none at all)."""
+def _resp_address(client: Any, timeout: float) -> tuple[RespAddress | None, float]:
+    """Where the store's own claim sockets (``_resp``) connect, when the client connects over
+    plain TCP or a unix socket (``None``: redis-py's connections, e.g. for TLS), and their
+    timeout: the client's socket timeout, else the store's (never none at all)."""
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", None)
     if not isinstance(kwargs, dict):
-        return None
+        return None, timeout
     address = RespAddress.from_redis_py(getattr(pool, "connection_class", None), kwargs)
-    if address is None:
-        return None
     socket_timeout = kwargs.get("socket_timeout")
     if isinstance(socket_timeout, int | float) and not isinstance(socket_timeout, bool):
         timeout = float(socket_timeout) if socket_timeout > 0 else timeout
-    return ThreadRespConnections(address, timeout)
+    return address, timeout
+
+
+class ClaimReplies:
+    """What the replies to a claim mean, without I/O (the sync and asyncio shells share it):
+    the script's integer is the verdict; NOSCRIPT (a Redis that restarted and lost its
+    scripts) means the claim did not run, so the shell sends ``load_request`` (checked by
+    ``check_loaded``) and the claim once more (``final``). Anything else fails closed."""
+
+    def __init__(self, sha: str) -> None:
+        self.load_request = encode_command(b"SCRIPT", b"LOAD", CLAIM_SCRIPT.encode())
+        self._loaded = Reply(BULK, sha.encode("ascii"))
+
+    def verdict(self, reply: Reply) -> ReplayVerdict | None:
+        """The verdict, or ``None`` for NOSCRIPT."""
+        verdict = _REPLY_VERDICTS.get(reply)
+        if verdict is not None:
+            return verdict
+        if reply.kind == ERROR and reply.value.startswith(b"NOSCRIPT"):
+            return None
+        _LOG.warning("replay store: unexpected answer to a claim: %.200r", reply.value)
+        raise ReplayStoreUnavailableError("replay store gave an unexpected reply")
+
+    def check_loaded(self, reply: Reply) -> None:
+        if reply != self._loaded:
+            raise ReplayStoreUnavailableError("replay store loaded another script")
+
+    def final(self, reply: Reply) -> ReplayVerdict:
+        """The verdict of the claim sent again after loading the script."""
+        verdict = self.verdict(reply)
+        if verdict is None:
+            raise ReplayStoreUnavailableError("replay store lost the script it just loaded")
+        return verdict
 
 
 def _unavailable(exc: BaseException) -> ReplayStoreUnavailableError:
@@ -591,10 +625,10 @@ class RedisReplayStore(_RedisStoreBase):
             clock=clock,
         )
         self._encoder = ClaimEncoder(self._layout, self._claim_script.sha)
-        self._resp = _resp_connections(self._client, timeout)
+        address, timeout = _resp_address(self._client, timeout)
+        self._resp = None if address is None else ThreadRespConnections(address, timeout)
         self._connections = None if self._resp else _ThreadConnections.of(self._client)
-        self._load_request = encode_command(b"SCRIPT", b"LOAD", CLAIM_SCRIPT.encode())
-        self._loaded_reply = Reply(BULK, self._claim_script.sha.encode("ascii"))
+        self._replies = ClaimReplies(self._claim_script.sha)
         self._redis_errors = _redis_module().exceptions
 
     @property
@@ -636,30 +670,24 @@ class RedisReplayStore(_RedisStoreBase):
 
     def _claim_on_resp(self, request: bytes) -> ReplayVerdict:
         """Send a pre-encoded claim on this thread's own socket (``_resp``: three system calls,
-        the reply parsed strictly) and return the script's verdict. NOSCRIPT (Redis restarted
-        and lost its scripts: the claim did not run) loads the script and claims once more.
-        Any failure closes the connection (so a late reply is never read as a later claim's
-        answer) and raises ``ReplayStoreUnavailableError``."""
+        the reply parsed strictly) and return its verdict (``ClaimReplies``). Any failure
+        closes the connection (so a late reply is never read as a later claim's answer) and
+        raises ``ReplayStoreUnavailableError``."""
         assert self._resp is not None
         connection = self._resp.get()
+        replies = self._replies
         try:
-            reply = connection.exchange(request)
-            if reply.kind != INTEGER and reply.value.startswith(b"NOSCRIPT"):
-                if connection.exchange(self._load_request) != self._loaded_reply:
-                    raise ReplayStoreUnavailableError("replay store loaded another script")
-                reply = connection.exchange(request)
+            verdict = replies.verdict(connection.exchange(request))
+            if verdict is None:  # NOSCRIPT: the claim did not run
+                replies.check_loaded(connection.exchange(replies.load_request))
+                verdict = replies.final(connection.exchange(request))
+            return verdict
         except ReplayStoreUnavailableError:
             connection.close()
             raise
         except Exception as exc:  # fail closed on anything: OSError, a protocol error
             connection.close()
             raise _unavailable(exc) from exc
-        verdict = _REPLY_VERDICTS.get(reply)
-        if verdict is None:
-            connection.close()
-            _LOG.warning("replay store: unexpected answer to a claim: %.200r", reply.value)
-            raise ReplayStoreUnavailableError("replay store gave an unexpected reply")
-        return verdict
 
     def _claim_on_own_connection(self, request: bytes) -> object:
         """Send a pre-encoded claim on this thread's connection and read its reply.
@@ -791,7 +819,14 @@ class AsyncRedisReplayStore(_RedisStoreBase):
             clock=clock,
         )
         self._encoder = ClaimEncoder(self._layout, self._claim_script.sha)
-        self._connections = _AsyncConnections.of(self._client, max_connections, timeout)
+        address, timeout = _resp_address(self._client, timeout)
+        self._resp = (
+            None if address is None else AsyncRespConnections(address, timeout, max_connections)
+        )
+        self._connections = (
+            None if self._resp else _AsyncConnections.of(self._client, max_connections, timeout)
+        )
+        self._replies = ClaimReplies(self._claim_script.sha)
         self._redis_errors = _redis_module().exceptions
 
     @property
@@ -815,6 +850,14 @@ class AsyncRedisReplayStore(_RedisStoreBase):
             await self._prepare()
         if self._config_refusal is not None:
             raise ReplayStoreUnavailableError("replay store: Redis could forget claims")
+        if self._resp is not None:
+            request = self._encoder.encode(keys, args)
+            try:
+                return await self._resp.call(lambda c: self._claim_on_resp(c, request))
+            except ReplayStoreUnavailableError:
+                raise
+            except Exception as exc:  # fail closed: OSError, a protocol error, a timeout
+                raise _unavailable(exc) from exc
         try:
             if self._connections is None:
                 reply = await self._claim_script(keys=keys, args=args)
@@ -824,6 +867,22 @@ class AsyncRedisReplayStore(_RedisStoreBase):
         except Exception as exc:  # fail closed on anything the client raises
             raise _unavailable(exc) from exc
         return self._layout.verdict(reply)
+
+    async def _claim_on_resp(
+        self, connection: AsyncRespConnection, request: bytes
+    ) -> ReplayVerdict:
+        """As ``RedisReplayStore._claim_on_resp``, on one asyncio connection (which closes
+        itself on an I/O error, a timeout or a cancellation)."""
+        replies = self._replies
+        try:
+            verdict = replies.verdict(await connection.exchange(request))
+            if verdict is None:
+                replies.check_loaded(await connection.exchange(replies.load_request))
+                verdict = replies.final(await connection.exchange(request))
+            return verdict
+        except ReplayStoreUnavailableError:
+            connection.close()
+            raise
 
     async def _exchange(self, connection: Any, request: bytes) -> object:
         """As ``RedisReplayStore._claim_on_own_connection``, on one asyncio connection."""
@@ -892,6 +951,8 @@ class AsyncRedisReplayStore(_RedisStoreBase):
         self._layout.check_config(reply)
 
     async def aclose(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
         if self._connections is not None:
             await self._connections.aclose()
         if self._owned:

@@ -27,6 +27,7 @@ redis-py's connections.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import socket
@@ -34,11 +35,14 @@ import struct
 import threading
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 __all__ = [
     "MAX_REPLY",
+    "AsyncRespConnection",
+    "AsyncRespConnections",
     "Reply",
     "ReplyParser",
     "RespAddress",
@@ -47,6 +51,8 @@ __all__ = [
     "ThreadRespConnections",
     "encode_command",
 ]
+
+T = TypeVar("T")
 
 MAX_REPLY = 512
 """Longest reply the store accepts (its longest is an error line or a 40-byte SHA1)."""
@@ -362,4 +368,157 @@ class ThreadRespConnections:
         with self._lock:
             every = list(self._every)
         for connection in every:
+            connection.close()
+
+
+# -- asyncio -----------------------------------------------------------------------------------
+
+
+class _RespProtocol(asyncio.Protocol):
+    """One asyncio connection's receiving side: bytes go to the one exchange waiting for a
+    reply; bytes nobody waits for (a reply that came after its claim gave up) make the
+    connection unusable, and it is closed before anyone could read them as an answer."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[Reply] | None = None
+        self.parser = ReplyParser()
+        self.usable = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            self._unusable()
+            return
+        try:
+            reply = self.parser.feed(data)
+        except RespProtocolError as exc:
+            self._unusable()
+            waiter.set_exception(exc)
+            return
+        if reply is not None:
+            self.waiter = None
+            waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.usable = False
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("Redis closed the connection"))
+
+    def _unusable(self) -> None:
+        self.usable = False
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _expire(waiter: asyncio.Future[Reply]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("Redis did not answer in time"))
+
+
+class AsyncRespConnection:
+    """``RespConnection`` for asyncio: ``await exchange(request) -> Reply`` on a transport of
+    its own (``TCP_NODELAY``: asyncio's default for TCP), one exchange at a time. A failure,
+    a timeout or a cancellation closes it first."""
+
+    def __init__(self, address: RespAddress, timeout: float) -> None:
+        RespConnection(address, timeout)  # the same checks
+        self.address = address
+        self.timeout = float(timeout)
+        self._setup = address.setup()
+        self._protocol: _RespProtocol | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._protocol is not None
+
+    def close(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.usable = False
+            if protocol.transport is not None:
+                protocol.transport.close()
+
+    async def _connect(self) -> _RespProtocol:
+        loop = asyncio.get_running_loop()
+        address = self.address
+        if address.path is not None:
+            connecting = loop.create_unix_connection(_RespProtocol, address.path)
+        else:
+            assert address.host is not None
+            connecting = loop.create_connection(_RespProtocol, address.host, address.port)
+        _transport, protocol = await asyncio.wait_for(connecting, self.timeout)
+        self._protocol = protocol
+        for request in self._setup:
+            if await self._round_trip(protocol, request) != _COMPLETE[b"+OK\r\n"]:
+                raise RespProtocolError("Redis refused AUTH or SELECT")
+        return protocol
+
+    async def _round_trip(self, protocol: _RespProtocol, request: bytes) -> Reply:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Reply] = loop.create_future()
+        protocol.parser = ReplyParser()
+        protocol.waiter = waiter
+        assert protocol.transport is not None
+        protocol.transport.write(request)
+        timer = loop.call_later(self.timeout, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+    async def exchange(self, request: bytes) -> Reply:
+        """As ``RespConnection.exchange``."""
+        try:
+            protocol = self._protocol
+            if protocol is None or not protocol.usable:
+                self.close()
+                protocol = await self._connect()
+            return await self._round_trip(protocol, request)
+        except BaseException:  # an error, a timeout or a cancellation: what may come is stale
+            self.close()
+            raise
+
+
+class AsyncRespConnections:
+    """The asyncio store's claim connections: at most ``limit`` at once (a claim beyond waits
+    for one, at most ``timeout``); an idle one is reused, a failed one reconnects."""
+
+    def __init__(self, address: RespAddress, timeout: float, limit: int) -> None:
+        AsyncRespConnection(address, timeout)  # validates now
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a positive integer")
+        self.address = address
+        self.timeout = float(timeout)
+        self._limit = limit
+        self._slots: asyncio.Semaphore | None = None
+        self._idle: list[AsyncRespConnection] = []
+        self._every: weakref.WeakSet[AsyncRespConnection] = weakref.WeakSet()
+
+    async def call(self, exchanges: Callable[[AsyncRespConnection], Awaitable[T]]) -> T:
+        """Run ``exchanges(connection)`` on an idle connection (or a new one)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._limit)
+        if self._slots.locked():  # every connection busy: wait for one, not forever
+            await asyncio.wait_for(self._slots.acquire(), self.timeout)
+        else:
+            await self._slots.acquire()  # immediate (wait_for would cost a task per claim)
+        connection = self._idle.pop() if self._idle else None
+        if connection is None:
+            connection = AsyncRespConnection(self.address, self.timeout)
+            self._every.add(connection)
+        try:
+            return await exchanges(connection)
+        finally:
+            self._idle.append(connection)
+            self._slots.release()
+
+    def close(self) -> None:
+        self._idle.clear()
+        for connection in list(self._every):
             connection.close()
