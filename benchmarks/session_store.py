@@ -310,23 +310,6 @@ async def _async_claims(url: str, repeat: int, batch: int) -> dict[str, Any]:
 TOPOLOGY_CALLS = 400
 
 
-_ENVOY_BYTES = {
-    "rx": "http.grpc.downstream_cx_rx_bytes_total",  # client -> Envoy (requests)
-    "tx": "cluster.upstreams.upstream_cx_tx_bytes_total",  # Envoy -> replicas
-    "up_rx": "cluster.upstreams.upstream_cx_rx_bytes_total",  # replicas -> Envoy (responses)
-    "down_tx": "http.grpc.downstream_cx_tx_bytes_total",  # Envoy -> client
-}
-
-
-def _envoy_bytes(proxy: Any) -> dict[str, int]:
-    """Bytes Envoy moved so far, each direction of each leg (``_ENVOY_BYTES``)."""
-    from helpers import proxies
-
-    _status, body = proxies._admin_get(proxy.admin_port, "/stats?format=json")
-    stats = {s["name"]: s.get("value", 0) for s in json.loads(body)["stats"] if "name" in s}
-    return {key: int(stats.get(name, 0)) for key, name in _ENVOY_BYTES.items()}
-
-
 def _process_cpu_seconds(pid: int) -> float:
     """User + system CPU of one process so far (``/proc/PID/stat``, 10 ms ticks)."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -378,6 +361,7 @@ def topologies(rounds: int, calls: int = TOPOLOGY_CALLS) -> dict[str, Any]:
     from . import _configs
     from ._alternatives import replica_interceptor_kwargs
     from ._pki import make_pki
+    from ._proxies import ENVOY_BYTES, envoy_bytes
     from ._server import ServerProcess
     from ._service import UNARY_METHOD
     from ._workloads import PAYLOAD
@@ -498,7 +482,7 @@ def topologies(rounds: int, calls: int = TOPOLOGY_CALLS) -> dict[str, Any]:
                 "server_cpu": [],
                 "envoy_cpu": [],
                 "redis_cpu": [],
-                **{k: [] for k in _ENVOY_BYTES},
+                **{k: [] for k in ENVOY_BYTES},
             }
             for key in targets
         }
@@ -510,7 +494,7 @@ def topologies(rounds: int, calls: int = TOPOLOGY_CALLS) -> dict[str, Any]:
                 cpu = sum(server.cpu_seconds()[port_kind] for server in servers)
                 envoy_cpu = proxy.cpu_seconds() if proxy else 0.0
                 redis_cpu = _process_cpu_seconds(redis_pid)
-                moved = _envoy_bytes(proxy) if proxy else {}
+                moved = envoy_bytes(proxy) if proxy else {}
                 latencies = []
                 for _ in range(calls):
                     started = time.perf_counter()
@@ -525,7 +509,7 @@ def topologies(rounds: int, calls: int = TOPOLOGY_CALLS) -> dict[str, Any]:
                 )
                 if proxy:
                     record["envoy_cpu"].append((proxy.cpu_seconds() - envoy_cpu) / calls * 1e6)
-                    for direction, total in _envoy_bytes(proxy).items():
+                    for direction, total in envoy_bytes(proxy).items():
                         record[direction].append((total - moved[direction]) / calls)
         for (name, kind), record in samples.items():
             out.setdefault(name, {})[kind] = {
