@@ -33,15 +33,15 @@ replication) keeps the marker too -- use one primary, or ``WAIT``-backed replica
 
 The key layout and scripts are written once (``RedisLayout``) for the sync and asyncio stores.
 
-Cost (the claim is on every call of every replica): the sync store sends each claim on its
-thread's own redis-py ``Connection`` (no pool checkout, no ``Script`` wrapper, no per-call
-command building: the EVALSHA request is pre-encoded RESP with only the ticket's keys, its
-TTL, ``issued_at`` and the sequence filled in), read by hiredis when it is installed (the
-``redis`` extra). Measured in ``benchmarks/session_store.py``: client CPU per claim
-~88 us through ``Script.__call__`` on a pool, ~20 us this way; the round trip itself
-(loopback, Redis' ~11 us of script time) is what remains. The asyncio store sends the same
-pre-encoded request on connections of its own (at most ``max_connections``, taken without
-the pool's bookkeeping); a claim that fails or is cancelled disconnects its connection.
+Cost (the claim is on every call of every replica): the EVALSHA request is pre-encoded RESP
+(``ClaimEncoder``: only the ticket's keys, its TTL, ``issued_at`` and the sequence filled in)
+and sent on a socket of the store's own (``_resp``): one per claiming thread for the sync
+store, at most ``max_connections`` asyncio protocols for the asyncio store; three system calls
+per sync claim (a ``poll`` for anything stale, the send, the receive; timeouts in the kernel),
+the reply parsed strictly in Python (never by a native parser), ``unix://`` sockets and
+AUTH/SELECT supported. TLS (``rediss://``) and other connection kinds stay on redis-py's own
+connections with the same pre-encoded request. Measured in ``benchmarks/session_store.py``
+(docs/session.md): what is left is the round trip itself (loopback, Redis' ~8 us of script).
 """
 
 from __future__ import annotations
@@ -588,18 +588,20 @@ class _RedisStoreBase:
 
 class RedisReplayStore(_RedisStoreBase):
     """Replay store on a Redis server shared by the replicas (sync; ``AsyncRedisReplayStore``
-    for asyncio). Thread-safe (redis-py pools connections).
+    for asyncio). Thread-safe (each claiming thread has its own socket).
 
-    ``target``: a ``redis://`` URL (socket, connect and pool-wait timeouts ``timeout``, at
-    most ``max_connections`` sockets, no retries: a failure is reported at once) or a
-    ``redis.Redis`` client (its own settings). ``prefix`` separates services sharing a Redis;
-    every replica of one service uses the same prefix and ``window``. ``max_clock_skew``: how
-    far replicas' clocks may differ from each other and from Redis (keys outlive their ticket
-    by this much; after a data loss, tickets issued within this much of the new marker are
-    refused). ``verify_config``: before its first claim the store reads Redis' eviction and
-    persistence settings (``RedisLayout.check_config``) and, if they could forget claims,
-    fails every claim closed (the reason is logged); a Redis that refuses CONFIG is used with
-    a warning. ``check()`` runs the same judgement and raises."""
+    ``target``: a ``redis://`` or ``unix:///path`` URL (socket, connect and pool-wait
+    timeouts ``timeout``, at most ``max_connections`` sockets for everything but claims, no
+    retries: a failure is reported at once) or a ``redis.Redis`` client (its own settings;
+    claims use its socket timeout, or ``timeout`` if it has none). ``prefix`` separates
+    services sharing a Redis; every replica of one service uses the same prefix and
+    ``window``. ``max_clock_skew``: how far replicas' clocks may differ from each other and
+    from Redis (keys outlive their ticket by this much; after a data loss, tickets issued
+    within this much of the new marker are refused). ``verify_config``: before its first
+    claim the store reads Redis' eviction and persistence settings
+    (``RedisLayout.check_config``) and, if they could forget claims, fails every claim closed
+    (the reason is logged); a Redis that refuses CONFIG is used with a warning. ``check()``
+    runs the same judgement and raises."""
 
     def __init__(
         self,
