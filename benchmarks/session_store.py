@@ -558,9 +558,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ROUNDS",
         help="instead: where the replicas' overhead goes (four topologies, paired rounds)",
     )
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=TOPOLOGY_CALLS,
+        help=f"calls per (topology, kind) per round (default {TOPOLOGY_CALLS}); more calls "
+        "resolve the CPU columns finer (10 ms ticks)",
+    )
     args = parser.parse_args(argv)
     if args.topologies:
-        found = topologies(args.topologies)
+        found = topologies(args.topologies, args.calls)
         _print_topologies(found)
         if args.json:
             args.json.write_text(json.dumps(found, indent=2))
