@@ -624,3 +624,28 @@ async def test_async_a_client_this_module_cannot_connect_for_stays_on_redis_py(t
         await client.aclose()
     finally:
         server.stop()
+
+
+async def test_async_a_connection_redis_closed_is_replaced_before_the_next_claim(tmp_path) -> None:
+    import asyncio
+
+    from rpcsec.session import AsyncRedisReplayStore
+
+    server = _redis(tmp_path)
+    try:
+        store = AsyncRedisReplayStore(server.url, timeout=T)
+        ticket, expires = _tid(), time.time() + 60
+        assert await store.claim(ticket, 1, expires) is FRESH
+        (connection,) = store._resp._idle
+        first = connection._protocol
+        await store.client.client_kill_filter(_type="normal", skipme=True)
+        deadline = time.monotonic() + 10
+        while first.usable:  # connection_lost arrived
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert await store.claim(ticket, 2, expires) is FRESH
+        assert connection._protocol is not first
+        assert await store.claim(ticket, 2, expires) is REPLAY
+        await store.aclose()
+    finally:
+        server.stop()

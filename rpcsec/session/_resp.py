@@ -464,8 +464,10 @@ class AsyncRespConnection:
         waiter: asyncio.Future[Reply] = loop.create_future()
         protocol.parser = ReplyParser()
         protocol.waiter = waiter
-        assert protocol.transport is not None
-        protocol.transport.write(request)
+        transport = protocol.transport
+        if transport is None or transport.is_closing() or not protocol.usable:
+            raise ConnectionResetError("Redis closed the connection")
+        transport.write(request)
         timer = loop.call_later(self.timeout, _expire, waiter)
         try:
             return await waiter
