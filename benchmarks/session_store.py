@@ -9,10 +9,11 @@ unless ``--redis URL`` is given.
 The sync Redis claim is measured paired (rounds interleaved, the machine's noise hits all
 alike), wall, this process's CPU and Redis' CPU per claim: the memory store (baseline), the
 claim as it was first (redis-py's ``Script`` on a ``BlockingConnectionPool``), then (the
-thread's own redis-py connection, pre-encoded EVALSHA, hiredis), now (the thread's own socket,
-``rpcsec.session._resp``: three system calls, the reply parsed strictly), over TCP and over a
-unix socket, and a bare PING on each kind of connection (the round trip's floor); plus
-Redis' own time per script call (``INFO commandstats``). Not a timed test: run it by hand,
+thread's own redis-py connection, pre-encoded EVALSHA, hiredis), now (the thread's own
+socket, ``rpcsec.session._redis_socket``: three system calls, the reply parsed strictly), over
+TCP and over a unix socket, and a bare PING on each kind of connection (the round trip's
+floor); plus Redis' own time per script call (``INFO commandstats``). Not a timed test: run
+it by hand,
 
     python -m benchmarks.session_store [--quick] [--state-bytes 600] [--json out.json]
     python -m benchmarks.session_store --topologies 3     # where the replica overhead goes

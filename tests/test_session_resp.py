@@ -1,4 +1,5 @@
-"""The replay store's own Redis connection (rpcsec/session/_resp.py).
+"""The replay store's own Redis connections (rpcsec/session/_resp.py: the strict reply parser;
+rpcsec/session/_redis_socket.py: the sync and asyncio sockets).
 
 The reply parser is what stands between the network and a verdict: it must accept exactly the
 replies the store asks for, in any fragmentation, and refuse everything else (hypothesis, and
@@ -23,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rpcsec.session import RedisReplayStore, ReplayStoreUnavailableError, ReplayVerdict
+from rpcsec.session._redis_socket import RespConnection
 from rpcsec.session._resp import (
     BULK,
     ERROR,
@@ -32,7 +34,6 @@ from rpcsec.session._resp import (
     Reply,
     ReplyParser,
     RespAddress,
-    RespConnection,
     RespProtocolError,
     encode_command,
 )

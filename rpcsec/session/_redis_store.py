@@ -35,7 +35,7 @@ The key layout and scripts are written once (``RedisLayout``) for the sync and a
 
 Cost (the claim is on every call of every replica): the EVALSHA request is pre-encoded RESP
 (``ClaimEncoder``: only the ticket's keys, its TTL, ``issued_at`` and the sequence filled in)
-and sent on a socket of the store's own (``_resp``): one per claiming thread for the sync
+and sent on a socket of the store's own (``_redis_socket``): one per claiming thread for the sync
 store, at most ``max_connections`` asyncio protocols for the asyncio store; three system calls
 per sync claim (a ``poll`` for anything stale, the send, the receive; timeouts in the kernel),
 the reply parsed strictly in Python (never by a native parser), ``unix://`` sockets and
@@ -58,18 +58,9 @@ from typing import TYPE_CHECKING, Any
 
 from rpcsec.sspi import DEFAULT_WINDOW, ReplayStoreUnavailableError
 
+from ._redis_socket import AsyncRespConnection, AsyncRespConnections, ThreadRespConnections
 from ._replay_store import ReplayVerdict, check_claim_arguments
-from ._resp import (
-    BULK,
-    ERROR,
-    INTEGER,
-    AsyncRespConnection,
-    AsyncRespConnections,
-    Reply,
-    RespAddress,
-    ThreadRespConnections,
-    encode_command,
-)
+from ._resp import BULK, ERROR, INTEGER, Reply, RespAddress, encode_command
 
 if TYPE_CHECKING:
     import redis
@@ -472,9 +463,9 @@ class _AsyncConnections:
 
 
 def _resp_address(client: Any, timeout: float) -> tuple[RespAddress | None, float]:
-    """Where the store's own claim sockets (``_resp``) connect, when the client connects over
-    plain TCP or a unix socket (``None``: redis-py's connections, e.g. for TLS), and their
-    timeout: the client's socket timeout, else the store's (never none at all)."""
+    """Where the store's own claim sockets (``_redis_socket``) connect, when the client
+    connects over plain TCP or a unix socket (``None``: redis-py's connections, e.g. for TLS),
+    and their timeout: the client's socket timeout, else the store's (never none at all)."""
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", None)
     if not isinstance(kwargs, dict):
@@ -671,8 +662,8 @@ class RedisReplayStore(_RedisStoreBase):
         return self._layout.verdict(reply)
 
     def _claim_on_resp(self, request: bytes) -> ReplayVerdict:
-        """Send a pre-encoded claim on this thread's own socket (``_resp``: three system calls,
-        the reply parsed strictly) and return its verdict (``ClaimReplies``). Any failure
+        """Send a pre-encoded claim on this thread's own socket (``_redis_socket``: three system
+        calls, the reply parsed strictly) and return its verdict (``ClaimReplies``). Any failure
         closes the connection (so a late reply is never read as a later claim's answer) and
         raises ``ReplayStoreUnavailableError``."""
         assert self._resp is not None
