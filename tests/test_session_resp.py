@@ -178,11 +178,30 @@ def test_replies_the_store_never_asks_for_are_refused(wire: bytes) -> None:
             assert parser.feed(bytes([byte])) is None
 
 
-def test_encode_command_is_what_redis_py_sends() -> None:
+@settings(max_examples=200, deadline=None)
+@given(
+    command=st.sampled_from([b"AUTH", b"SELECT", b"SCRIPT", b"EVALSHA", b"PING"]),
+    args=st.lists(st.binary(max_size=300), max_size=6),
+)
+def test_encode_command_is_what_redis_py_sends(command, args) -> None:
+    """Requests built here (SCRIPT LOAD, AUTH with any password, SELECT) are byte for byte
+    redis-py's ``pack_command`` of the same arguments (a command name never holds a space,
+    which redis-py would split)."""
     from redis.connection import Connection
 
-    parts = (b"SCRIPT", b"LOAD", b"return 1\r\n\x00")
-    assert encode_command(*parts) == b"".join(Connection().pack_command(*parts))
+    packed = b"".join(Connection().pack_command(command, *args))
+    assert encode_command(command, *args) == packed
+
+
+@settings(max_examples=100, deadline=None)
+@given(user=st.one_of(st.none(), st.text(max_size=20)), password=st.text(max_size=40))
+def test_auth_is_what_redis_py_sends(user, password) -> None:
+    from redis.connection import Connection
+
+    address = RespAddress("127.0.0.1", username=user, password=password)
+    names = [password] if user is None else [user, password]
+    expected = b"".join(Connection().pack_command("AUTH", *names))
+    assert address.setup() == [expected]
 
 
 def test_addresses_only_for_connections_this_module_can_make() -> None:
