@@ -50,6 +50,7 @@ import asyncio
 import logging
 import math
 import os
+import select
 import threading
 import time
 import weakref
@@ -468,7 +469,7 @@ def _resp_address(client: Any, timeout: float) -> tuple[RespAddress | None, floa
     and their timeout: the client's socket timeout, else the store's (never none at all)."""
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", None)
-    if not isinstance(kwargs, dict):
+    if not isinstance(kwargs, dict) or not hasattr(select, "poll"):  # (no poll: Windows)
         return None, timeout
     address = RespAddress.from_redis_py(getattr(pool, "connection_class", None), kwargs)
     socket_timeout = kwargs.get("socket_timeout")
