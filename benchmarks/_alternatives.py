@@ -92,6 +92,7 @@ class JwtInterceptor(grpc.ServerInterceptor):
                 break
         if token is None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "no bearer token")
+            raise AssertionError("context.abort() returned")  # it raises; for the type checker
         try:
             claims = jwt.decode(
                 token,
@@ -403,11 +404,89 @@ def _replicas(
                 f"round-robin to {REPLICAS} replicas did not all succeed ({reason}); needs "
                 "contexts any replica can open (issue 9)"
             )
+    measured = [c for c in alt.configs if c.name.startswith("envoy_rr3_")]
+    alt.notes.append(_wire_note(group, measured))
     alt.notes.append(
         f"envoy_rr3_*: {REPLICAS} server processes (python -m benchmarks._server), one Envoy "
         "round-robin (HTTP/2 both sides, no retries) over their plain ports and one over "
         "their rpcsec ports; server CPU = the three pools"
     )
+
+
+WIRE_PROBE_CALLS = 50
+
+
+def _wire_note(group: Any, configs: list[Config]) -> str:
+    """Bytes per unary call on both legs through the replicas' Envoys (Envoy's own counters,
+    ``WIRE_PROBE_CALLS`` calls on a bound channel), and the ticket's size: the ticket rides in
+    every request because gRPC's HPACK encoder never indexes application metadata."""
+    from ._proxies import envoy_bytes
+    from ._service import UNARY_METHOD
+    from ._workloads import PAYLOAD
+
+    parts = []
+    for config in configs:
+        kind = "plain" if config.name == "envoy_rr3_plain" else "rpcsec"
+        proxy = group.balancers[kind]
+        channel = config.fresh_channel()
+        try:
+            call = channel.unary_unary(UNARY_METHOD)
+            for _ in range(5):  # bound, tickets opened, HPACK tables filled
+                call(PAYLOAD, timeout=10)
+            before = envoy_bytes(proxy)
+            for _ in range(WIRE_PROBE_CALLS):
+                call(PAYLOAD, timeout=10)
+            after = envoy_bytes(proxy)
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+        per = {key: (after[key] - before[key]) / WIRE_PROBE_CALLS for key in after}
+        parts.append(
+            f"{config.name} {per['rx']:.0f} B client->Envoy / {per['tx']:.0f} B Envoy->replica"
+        )
+    rpcsec = next((c for c in configs if c.identity is not None), None)
+    ticket = None
+    if rpcsec is not None and rpcsec.identity is not None:
+        ticket = _ticket_size(rpcsec.identity, group.address("rpcsec"))
+    return (
+        "envoy_rr3_*: request bytes per unary call (100 B payload), "
+        + ", ".join(parts)
+        + (f"; the x509 ticket is {ticket} B, sent whole in every request" if ticket else "")
+        + " (gRPC never HPACK-indexes application metadata; Envoy indexes it upstream)"
+    )
+
+
+def _ticket_size(identity: PackageIdentity, address: str) -> int | None:
+    """The ``rpcsec-context-bin`` value's size on a bound rpcsec channel, seen by a client
+    interceptor under it."""
+    from rpcsec.grpc import CONTEXT_KEY, secure_channel
+    from rpcsec.sspi import ContextReq
+
+    from ._service import UNARY_METHOD
+    from ._workloads import PAYLOAD
+
+    seen: list[int] = []
+
+    class Recorder(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            seen.extend(len(v) for k, v in (details.metadata or ()) if k == CONTEXT_KEY)
+            return continuation(details, request)
+
+    base = grpc.intercept_channel(grpc.insecure_channel(address, options=FRESH), Recorder())
+    channel = secure_channel(
+        base,
+        identity.client(),
+        target_name=identity.target,
+        requirements=ContextReq(identity.requirements),
+        protection=ProtectionLevel.INTEGRITY,
+    )
+    try:
+        for _ in range(2):
+            channel.unary_unary(UNARY_METHOD)(PAYLOAD, timeout=10)
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
+    return seen[-1] if seen else None
 
 
 def start_alternatives(

@@ -26,7 +26,14 @@ from typing import Any
 from ._pki import BenchPki
 from ._server import ServerProcess
 
-__all__ = ["ENVOY_CONCURRENCY", "Replicas", "Sidecars", "envoy_unavailable_reason"]
+__all__ = [
+    "ENVOY_BYTES",
+    "ENVOY_CONCURRENCY",
+    "Replicas",
+    "Sidecars",
+    "envoy_bytes",
+    "envoy_unavailable_reason",
+]
 
 ENVOY_CONCURRENCY = 2
 TESTS = pathlib.Path(__file__).resolve().parent.parent / "tests"
@@ -38,6 +45,24 @@ def _helpers() -> Any:
     from helpers import proxies
 
     return proxies
+
+
+ENVOY_BYTES = {
+    "rx": "http.grpc.downstream_cx_rx_bytes_total",  # client -> Envoy (requests)
+    "tx": "cluster.upstreams.upstream_cx_tx_bytes_total",  # Envoy -> replicas
+    "up_rx": "cluster.upstreams.upstream_cx_rx_bytes_total",  # replicas -> Envoy (responses)
+    "down_tx": "http.grpc.downstream_cx_tx_bytes_total",  # Envoy -> client
+}
+"""Envoy's byte counters on each direction of both legs (HPACK-compressed headers + frames)."""
+
+
+def envoy_bytes(proxy: Any) -> dict[str, int]:
+    """Bytes one Envoy (``tests/helpers/proxies.Proxy``) moved so far (``ENVOY_BYTES``)."""
+    import json
+
+    _status, body = _helpers()._admin_get(proxy.admin_port, "/stats?format=json")
+    stats = {s["name"]: s.get("value", 0) for s in json.loads(body)["stats"] if "name" in s}
+    return {key: int(stats.get(name, 0)) for key, name in ENVOY_BYTES.items()}
 
 
 def envoy_unavailable_reason() -> str | None:

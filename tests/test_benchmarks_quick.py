@@ -166,6 +166,9 @@ def test_the_alternatives_ran(quick) -> None:
         pytest.skip(f"Envoy not installed: {reason}")
     assert alternatives["envoy_sidecar_mtls"]["unary_latency_us"]["median"] > 0
     assert alternatives["envoy_rr3_plain"]["unary_latency_us"]["median"] > 0
+    # issue 9: ticket bytes per call reported, measured on Envoy's own counters
+    wire = [note for note in document["notes"] if "request bytes per unary call" in note]
+    assert wire and "envoy_rr3_x509_integrity" in wire[0] and "ticket is" in wire[0], wire
 
 
 # -- the decomposition's benchmark-only patch, alone (a subprocess each: it patches a process) --

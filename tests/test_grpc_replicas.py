@@ -367,6 +367,51 @@ def test_redis_killed_mid_traffic_fails_closed_then_recovers(
         redis.stop()
 
 
+def test_replicas_sharing_redis_over_a_unix_socket(x509_setup, serve, ring_dir, tmp_path) -> None:
+    """Each replica given only ``replay_store="unix:///path"`` (its own store, as replicas in
+    separate processes have): all four kinds through round-robin, a captured request refused
+    by every replica, and Release reaching them all."""
+    import redis as redis_py
+    from helpers.redis_server import RedisServer, require_redis
+
+    require_redis()
+    path = tmp_path / "redis.sock"
+    redis = RedisServer(
+        tmp_path / "redis", extra_args=("--unixsocket", str(path), "--unixsocketperm", "700")
+    ).start()
+    try:
+        cluster = Cluster(x509_setup, serve, ring_dir, f"unix://{path}")
+        tap = Wiretap()
+        channel = cluster.channel(tap)
+        stub = echo_pb2_grpc.EchoStub(channel)
+        for _ in range(2):
+            _all_kinds(stub)
+        with redis_py.Redis(port=redis.port) as admin:  # the claims came over the socket
+            over_unix = [c for c in admin.client_list() if c["addr"].startswith(str(path))]
+        assert len(over_unix) >= 3, over_unix  # one per replica at least
+        captured = tap.app_calls()[0]
+        handle = captured.value(CONTEXT_KEY)
+        crafted = [craft_call(channel.security_context, handle, SAY, b"") for _ in range(3)]
+        before = cluster.calls
+        for address in cluster.addresses:
+            attacker = grpc.insecure_channel(address)
+            with pytest.raises(grpc.RpcError) as info:
+                attacker.unary_unary(SAY)(captured.requests[0], metadata=captured.metadata)
+            assert reason_of(info.value) == "replay"
+            attacker.close()
+        assert cluster.calls == before
+        channel.close()  # Release: revoked in the one Redis, through any replica's socket
+        for address, (metadata, token, _) in zip(cluster.addresses, crafted, strict=True):
+            attacker = grpc.insecure_channel(address)
+            with pytest.raises(grpc.RpcError) as info:
+                attacker.unary_unary(SAY)(token, metadata=metadata)
+            assert reason_of(info.value) == "context-unknown"
+            attacker.close()
+        assert cluster.calls == before
+    finally:
+        redis.stop()
+
+
 def test_server_options_are_checked(x509_setup, tmp_path) -> None:
     from rpcsec.session import AsyncMemoryReplayStore, KeyRingError
 

@@ -540,11 +540,34 @@ def test_redis_a_late_reply_on_the_connection_is_never_read_as_a_claims_answer(s
     expires = time.time() + 60
     assert store.claim(ticket, 1, expires) is FRESH
     keys, args = store._layout.claim_call(ticket, 2, expires, None)
-    connection = store._connections.get()
-    connection.send_packed_command([store._encoder.encode(keys, args)], check_health=False)
-    assert connection.can_read(timeout=T)  # the unread ":0" (FRESH for 2) is waiting
+    connection = store._resp.get()
+    connection._sock.sendall(store._encoder.encode(keys, args))
+    _poll(lambda: connection._readable.poll(0))  # the unread ":0" (FRESH for 2) is waiting
     assert store.claim(ticket, 2, expires) is REPLAY  # answered afresh, not by the stale ":0"
     assert store.claim(ticket, 3, expires) is FRESH
+
+
+def test_redis_a_claim_that_timed_out_leaves_no_stale_reply(redis_server, prefix) -> None:
+    """Redis paused (SIGSTOP) mid-claim: the claim fails closed within its timeout; when Redis
+    runs again it executes that claim and answers onto a socket the store already closed, so
+    the next claim of the same number is REPLAY (the late ":0" is never read as its FRESH)."""
+    store = RedisReplayStore(redis_server.url, prefix=prefix, timeout=0.3)
+    ticket = _tid()
+    expires = time.time() + 60
+    assert store.claim(ticket, 1, expires) is FRESH
+    connection = store._resp.get()
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ReplayStoreUnavailableError):
+            store.claim(ticket, 2, expires)
+        assert time.monotonic() - started < 2.0
+        assert not connection.connected  # closed before anything late could arrive
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    _poll(lambda: _answers(store, ticket, 3, expires))
+    assert store.claim(ticket, 2, expires) is REPLAY  # the timed-out claim ran, once
+    store.close()
 
 
 def test_redis_a_forked_child_never_shares_the_parents_connection(store) -> None:
@@ -553,19 +576,19 @@ def test_redis_a_forked_child_never_shares_the_parents_connection(store) -> None
     ticket = _tid()
     expires = time.time() + 60
     assert store.claim(ticket, 1, expires) is FRESH
-    parent_connection = store._connections.get()
+    parent_connection = store._resp.get()
     pid = os.fork()
     if pid == 0:  # the child: exit code = what it saw
         try:
             fresh = store.claim(ticket, 2, expires) is FRESH
             replay = store.claim(ticket, 1, expires) is REPLAY
-            own = store._connections.get() is not parent_connection
+            own = store._resp.get() is not parent_connection
             os._exit(0 if fresh and replay and own else 1)
         except BaseException:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
-    assert store._connections.get() is parent_connection
+    assert store._resp.get() is parent_connection
     assert store.claim(ticket, 2, expires) is REPLAY  # the child's claim counts everywhere
     assert store.claim(ticket, 3, expires) is FRESH
 
@@ -595,7 +618,7 @@ def test_redis_store_uses_one_connection_per_claiming_thread(redis_server, prefi
         for seq in range(base, base + 20):
             assert store.claim(ticket, seq, expires) is FRESH
         with lock:
-            seen.append(store._connections.get())
+            seen.append(store._resp.get())
 
     threads = [threading.Thread(target=claims, args=(100 * i,)) for i in range(4)]
     for thread in threads:
@@ -603,9 +626,9 @@ def test_redis_store_uses_one_connection_per_claiming_thread(redis_server, prefi
     for thread in threads:
         thread.join()
     assert len({id(connection) for connection in seen}) == 4
-    assert all(connection._sock is not None for connection in seen)  # type: ignore[attr-defined]
+    assert all(connection.connected for connection in seen)
     store.close()
-    assert all(connection._sock is None for connection in seen)  # type: ignore[attr-defined]
+    assert not any(connection.connected for connection in seen)
 
 
 def test_redis_revocation_reaches_the_other_replica(redis_server, prefix) -> None:
@@ -805,13 +828,12 @@ async def test_async_redis_a_late_reply_is_never_read_as_a_claims_answer(
     ticket = _tid()
     expires = time.time() + 60
     assert await store.claim(ticket, 1, expires) is FRESH
-    (connection,) = store._connections._idle
+    (connection,) = store._resp._idle
     keys, args = store._layout.claim_call(ticket, 2, expires, None)
-    await connection.send_packed_command([store._encoder.encode(keys, args)], check_health=False)
-    await asyncio.sleep(0)
+    protocol = connection._protocol
+    protocol.transport.write(store._encoder.encode(keys, args))  # sent, nobody waits for it
     _poll_started = time.monotonic()
-    can_read = getattr(connection, "can_read", None) or connection.can_read_destructive
-    while not await can_read():  # the unread ":0" has arrived
+    while protocol.usable:  # the unread ":0" has arrived and made the connection unusable
         assert time.monotonic() - _poll_started < T
         await asyncio.sleep(0.01)
     assert await store.claim(ticket, 2, expires) is REPLAY
@@ -835,7 +857,7 @@ async def test_async_redis_a_cancelled_claim_leaves_no_stale_reply(redis_server,
             await waiting
     finally:
         os.kill(redis_server.process.pid, signal.SIGCONT)
-    assert all(not c.is_connected for c in store._connections._idle)
+    assert all(not c.connected for c in store._resp._idle)
     verdict = await store.claim(ticket, 2, expires)  # 2 ran late, or never reached Redis
     assert verdict in (FRESH, REPLAY)
     assert await store.claim(ticket, 2, expires) is REPLAY

@@ -33,15 +33,15 @@ replication) keeps the marker too -- use one primary, or ``WAIT``-backed replica
 
 The key layout and scripts are written once (``RedisLayout``) for the sync and asyncio stores.
 
-Cost (the claim is on every call of every replica): the sync store sends each claim on its
-thread's own redis-py ``Connection`` (no pool checkout, no ``Script`` wrapper, no per-call
-command building: the EVALSHA request is pre-encoded RESP with only the ticket's keys, its
-TTL, ``issued_at`` and the sequence filled in), read by hiredis when it is installed (the
-``redis`` extra). Measured in ``benchmarks/session_store.py``: client CPU per claim
-~88 us through ``Script.__call__`` on a pool, ~20 us this way; the round trip itself
-(loopback, Redis' ~11 us of script time) is what remains. The asyncio store sends the same
-pre-encoded request on connections of its own (at most ``max_connections``, taken without
-the pool's bookkeeping); a claim that fails or is cancelled disconnects its connection.
+Cost (the claim is on every call of every replica): the EVALSHA request is pre-encoded RESP
+(``ClaimEncoder``: only the ticket's keys, its TTL, ``issued_at`` and the sequence filled in)
+and sent on a socket of the store's own (``_redis_socket``): one per claiming thread for the sync
+store, at most ``max_connections`` asyncio protocols for the asyncio store; three system calls
+per sync claim (a ``poll`` for anything stale, the send, the receive; timeouts in the kernel),
+the reply parsed strictly in Python (never by a native parser), ``unix://`` sockets and
+AUTH/SELECT supported. TLS (``rediss://``) and other connection kinds stay on redis-py's own
+connections with the same pre-encoded request. Measured in ``benchmarks/session_store.py``
+(docs/session.md): what is left is the round trip itself (loopback, Redis' ~8 us of script).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ import asyncio
 import logging
 import math
 import os
+import select
 import threading
 import time
 import weakref
@@ -58,7 +59,9 @@ from typing import TYPE_CHECKING, Any
 
 from rpcsec.sspi import DEFAULT_WINDOW, ReplayStoreUnavailableError
 
+from ._redis_socket import AsyncRespConnection, AsyncRespConnections, ThreadRespConnections
 from ._replay_store import ReplayVerdict, check_claim_arguments
+from ._resp import BULK, ERROR, INTEGER, Reply, RespAddress, encode_command
 
 if TYPE_CHECKING:
     import redis
@@ -67,6 +70,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLAIM_SCRIPT",
     "ClaimEncoder",
+    "ClaimReplies",
     "INIT_SCRIPT",
     "REVOKE_SCRIPT",
     "DEFAULT_MAX_CLOCK_SKEW",
@@ -164,6 +168,7 @@ return 1
 """
 
 _VERDICTS = {0: ReplayVerdict.FRESH, 1: ReplayVerdict.REPLAY, 2: ReplayVerdict.REVOKED}
+_REPLY_VERDICTS = {Reply(INTEGER, b"%d" % n): verdict for n, verdict in _VERDICTS.items()}
 
 
 def _redis_module() -> Any:
@@ -458,6 +463,53 @@ class _AsyncConnections:
             await connection.disconnect(nowait=True)
 
 
+def _resp_address(client: Any, timeout: float) -> tuple[RespAddress | None, float]:
+    """Where the store's own claim sockets (``_redis_socket``) connect, when the client
+    connects over plain TCP or a unix socket (``None``: redis-py's connections, e.g. for TLS),
+    and their timeout: the client's socket timeout, else the store's (never none at all)."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if not isinstance(kwargs, dict) or not hasattr(select, "poll"):  # (no poll: Windows)
+        return None, timeout
+    address = RespAddress.from_redis_py(getattr(pool, "connection_class", None), kwargs)
+    socket_timeout = kwargs.get("socket_timeout")
+    if isinstance(socket_timeout, int | float) and not isinstance(socket_timeout, bool):
+        timeout = float(socket_timeout) if socket_timeout > 0 else timeout
+    return address, timeout
+
+
+class ClaimReplies:
+    """What the replies to a claim mean, without I/O (the sync and asyncio shells share it):
+    the script's integer is the verdict; NOSCRIPT (a Redis that restarted and lost its
+    scripts) means the claim did not run, so the shell sends ``load_request`` (checked by
+    ``check_loaded``) and the claim once more (``final``). Anything else fails closed."""
+
+    def __init__(self, sha: str) -> None:
+        self.load_request = encode_command(b"SCRIPT", b"LOAD", CLAIM_SCRIPT.encode())
+        self._loaded = Reply(BULK, sha.encode("ascii"))
+
+    def verdict(self, reply: Reply) -> ReplayVerdict | None:
+        """The verdict, or ``None`` for NOSCRIPT."""
+        verdict = _REPLY_VERDICTS.get(reply)
+        if verdict is not None:
+            return verdict
+        if reply.kind == ERROR and reply.value.startswith(b"NOSCRIPT"):
+            return None
+        _LOG.warning("replay store: unexpected answer to a claim: %.200r", reply.value)
+        raise ReplayStoreUnavailableError("replay store gave an unexpected reply")
+
+    def check_loaded(self, reply: Reply) -> None:
+        if reply != self._loaded:
+            raise ReplayStoreUnavailableError("replay store loaded another script")
+
+    def final(self, reply: Reply) -> ReplayVerdict:
+        """The verdict of the claim sent again after loading the script."""
+        verdict = self.verdict(reply)
+        if verdict is None:
+            raise ReplayStoreUnavailableError("replay store lost the script it just loaded")
+        return verdict
+
+
 def _unavailable(exc: BaseException) -> ReplayStoreUnavailableError:
     return ReplayStoreUnavailableError(f"replay store unavailable: {type(exc).__name__}")
 
@@ -528,18 +580,20 @@ class _RedisStoreBase:
 
 class RedisReplayStore(_RedisStoreBase):
     """Replay store on a Redis server shared by the replicas (sync; ``AsyncRedisReplayStore``
-    for asyncio). Thread-safe (redis-py pools connections).
+    for asyncio). Thread-safe (each claiming thread has its own socket).
 
-    ``target``: a ``redis://`` URL (socket, connect and pool-wait timeouts ``timeout``, at
-    most ``max_connections`` sockets, no retries: a failure is reported at once) or a
-    ``redis.Redis`` client (its own settings). ``prefix`` separates services sharing a Redis;
-    every replica of one service uses the same prefix and ``window``. ``max_clock_skew``: how
-    far replicas' clocks may differ from each other and from Redis (keys outlive their ticket
-    by this much; after a data loss, tickets issued within this much of the new marker are
-    refused). ``verify_config``: before its first claim the store reads Redis' eviction and
-    persistence settings (``RedisLayout.check_config``) and, if they could forget claims,
-    fails every claim closed (the reason is logged); a Redis that refuses CONFIG is used with
-    a warning. ``check()`` runs the same judgement and raises."""
+    ``target``: a ``redis://`` or ``unix:///path`` URL (socket, connect and pool-wait
+    timeouts ``timeout``, at most ``max_connections`` sockets for everything but claims, no
+    retries: a failure is reported at once) or a ``redis.Redis`` client (its own settings;
+    claims use its socket timeout, or ``timeout`` if it has none). ``prefix`` separates
+    services sharing a Redis; every replica of one service uses the same prefix and
+    ``window``. ``max_clock_skew``: how far replicas' clocks may differ from each other and
+    from Redis (keys outlive their ticket by this much; after a data loss, tickets issued
+    within this much of the new marker are refused). ``verify_config``: before its first
+    claim the store reads Redis' eviction and persistence settings
+    (``RedisLayout.check_config``) and, if they could forget claims, fails every claim closed
+    (the reason is logged); a Redis that refuses CONFIG is used with a warning. ``check()``
+    runs the same judgement and raises."""
 
     def __init__(
         self,
@@ -565,7 +619,10 @@ class RedisReplayStore(_RedisStoreBase):
             clock=clock,
         )
         self._encoder = ClaimEncoder(self._layout, self._claim_script.sha)
-        self._connections = _ThreadConnections.of(self._client)
+        address, timeout = _resp_address(self._client, timeout)
+        self._resp = None if address is None else ThreadRespConnections(address, timeout)
+        self._connections = None if self._resp else _ThreadConnections.of(self._client)
+        self._replies = ClaimReplies(self._claim_script.sha)
         self._redis_errors = _redis_module().exceptions
 
     @property
@@ -594,6 +651,8 @@ class RedisReplayStore(_RedisStoreBase):
             self._prepare()
         if self._config_refusal is not None:
             raise ReplayStoreUnavailableError("replay store: Redis could forget claims")
+        if self._resp is not None:
+            return self._claim_on_resp(self._encoder.encode(keys, args))
         if self._connections is None:
             try:
                 reply = self._claim_script(keys=keys, args=args)
@@ -602,6 +661,27 @@ class RedisReplayStore(_RedisStoreBase):
         else:
             reply = self._claim_on_own_connection(self._encoder.encode(keys, args))
         return self._layout.verdict(reply)
+
+    def _claim_on_resp(self, request: bytes) -> ReplayVerdict:
+        """Send a pre-encoded claim on this thread's own socket (``_redis_socket``: three system
+        calls, the reply parsed strictly) and return its verdict (``ClaimReplies``). Any failure
+        closes the connection (so a late reply is never read as a later claim's answer) and
+        raises ``ReplayStoreUnavailableError``."""
+        assert self._resp is not None
+        connection = self._resp.get()
+        replies = self._replies
+        try:
+            verdict = replies.verdict(connection.exchange(request))
+            if verdict is None:  # NOSCRIPT: the claim did not run
+                replies.check_loaded(connection.exchange(replies.load_request))
+                verdict = replies.final(connection.exchange(request))
+            return verdict
+        except ReplayStoreUnavailableError:
+            connection.close()
+            raise
+        except Exception as exc:  # fail closed on anything: OSError, a protocol error
+            connection.close()
+            raise _unavailable(exc) from exc
 
     def _claim_on_own_connection(self, request: bytes) -> object:
         """Send a pre-encoded claim on this thread's connection and read its reply.
@@ -688,6 +768,8 @@ class RedisReplayStore(_RedisStoreBase):
         self._layout.check_config(reply)
 
     def close(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
         if self._connections is not None:
             self._connections.close()
         if self._owned:
@@ -731,7 +813,14 @@ class AsyncRedisReplayStore(_RedisStoreBase):
             clock=clock,
         )
         self._encoder = ClaimEncoder(self._layout, self._claim_script.sha)
-        self._connections = _AsyncConnections.of(self._client, max_connections, timeout)
+        address, timeout = _resp_address(self._client, timeout)
+        self._resp = (
+            None if address is None else AsyncRespConnections(address, timeout, max_connections)
+        )
+        self._connections = (
+            None if self._resp else _AsyncConnections.of(self._client, max_connections, timeout)
+        )
+        self._replies = ClaimReplies(self._claim_script.sha)
         self._redis_errors = _redis_module().exceptions
 
     @property
@@ -755,6 +844,14 @@ class AsyncRedisReplayStore(_RedisStoreBase):
             await self._prepare()
         if self._config_refusal is not None:
             raise ReplayStoreUnavailableError("replay store: Redis could forget claims")
+        if self._resp is not None:
+            request = self._encoder.encode(keys, args)
+            try:
+                return await self._resp.call(lambda c: self._claim_on_resp(c, request))
+            except ReplayStoreUnavailableError:
+                raise
+            except Exception as exc:  # fail closed: OSError, a protocol error, a timeout
+                raise _unavailable(exc) from exc
         try:
             if self._connections is None:
                 reply = await self._claim_script(keys=keys, args=args)
@@ -764,6 +861,22 @@ class AsyncRedisReplayStore(_RedisStoreBase):
         except Exception as exc:  # fail closed on anything the client raises
             raise _unavailable(exc) from exc
         return self._layout.verdict(reply)
+
+    async def _claim_on_resp(
+        self, connection: AsyncRespConnection, request: bytes
+    ) -> ReplayVerdict:
+        """As ``RedisReplayStore._claim_on_resp``, on one asyncio connection (which closes
+        itself on an I/O error, a timeout or a cancellation)."""
+        replies = self._replies
+        try:
+            verdict = replies.verdict(await connection.exchange(request))
+            if verdict is None:
+                replies.check_loaded(await connection.exchange(replies.load_request))
+                verdict = replies.final(await connection.exchange(request))
+            return verdict
+        except ReplayStoreUnavailableError:
+            connection.close()
+            raise
 
     async def _exchange(self, connection: Any, request: bytes) -> object:
         """As ``RedisReplayStore._claim_on_own_connection``, on one asyncio connection."""
@@ -832,6 +945,8 @@ class AsyncRedisReplayStore(_RedisStoreBase):
         self._layout.check_config(reply)
 
     async def aclose(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
         if self._connections is not None:
             await self._connections.aclose()
         if self._owned:
