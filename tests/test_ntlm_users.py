@@ -329,8 +329,9 @@ def _negotiate_logon(tmp_path, user: str, password: str, others: int):
 def test_negotiate_uses_the_ntlm_store_no_scan_no_hash_per_logon(tmp_path, monkeypatch) -> None:
     """negotiate's NTLM half goes through the same store as the ntlm package: its client gives
     pyspnego the NT hash made once per handle, its acceptor points pyspnego at the one-entry
-    file of the user the AUTHENTICATE names; an unknown user is refused before pyspnego runs,
-    whatever the size of the user file."""
+    file of the user the AUTHENTICATE names; an unknown user is checked against the decoy
+    (renamed inside the SPNEGO token) and refused, whatever the size of the user file: the
+    same work as a wrong password."""
     counts = Counts(monkeypatch)
     logon = _negotiate_logon(tmp_path, *ALICE, others=5000)
     counts.reset()
@@ -343,8 +344,14 @@ def test_negotiate_uses_the_ntlm_store_no_scan_no_hash_per_logon(tmp_path, monke
         counts.reset()
         with pytest.raises(LogonDeniedError):
             logon()
-        assert counts.calls["scan"] == counts.calls["parse"] == 0
-        assert counts.calls["verify"] == 1  # the client's own response; the acceptor's: none
+        assert counts.calls["parse"] == 0
+        assert counts.scanned == {1}  # the one-line decoy, never the real file
+        assert counts.calls["verify"] == 2  # the client's response, and the acceptor's check
+    wrong = _negotiate_logon(tmp_path, ALICE[0], "not-her-password", others=5000)
+    counts.reset()
+    with pytest.raises(LogonDeniedError):
+        wrong()
+    assert counts.calls["verify"] == 2 and counts.scanned == {1}
 
 
 def test_negotiate_refuses_a_name_with_no_user_part(tmp_path) -> None:

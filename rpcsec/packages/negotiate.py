@@ -41,7 +41,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from hashlib import sha256
 from typing import Any
@@ -52,7 +52,7 @@ from spnego._context import GSSMech
 from spnego.channel_bindings import GssChannelBindings
 
 from rpcsec.packages import _standard_negotiate as _standard
-from rpcsec.packages._ntlm_users import authenticate_user
+from rpcsec.packages._ntlm_users import authenticate_user, with_names
 from rpcsec.packages.kerberos._credentials import KerberosCredentials
 from rpcsec.packages.kerberos._credentials import acquire as acquire_kerberos
 from rpcsec.packages.kerberos._delegation import (
@@ -332,6 +332,28 @@ class _SpnegoHooks:
             return None
         inner = bytes(inner or b"")
         return inner if inner.startswith(b"NTLMSSP\x00\x03\x00\x00\x00") else None
+
+    @staticmethod
+    def with_response_token(token: bytes, inner: bytes) -> bytes:
+        """A SPNEGO NegTokenResp (or NegTokenInit) as received, carrying ``inner`` as its
+        mechanism token instead (RFC 4178 §4.2)."""
+        from spnego._spnego import NegTokenInit, NegTokenResp, unpack_token
+
+        parsed = unpack_token(token)
+        if isinstance(parsed, NegTokenResp):
+            return bytes(
+                NegTokenResp(
+                    parsed.neg_state, parsed.supported_mech, inner, parsed.mech_list_mic
+                ).pack()
+            )
+        return bytes(
+            NegTokenInit(
+                parsed.mech_types,
+                req_flags=parsed.req_flags,
+                mech_token=inner,
+                mech_list_mic=parsed.mech_list_mic,
+            ).pack()
+        )
 
     @staticmethod
     def is_ntlm_authenticate(token: bytes) -> bool:
@@ -614,23 +636,31 @@ class _NegotiateServer(Mechanism):
         self._done = False
         self._kerberos_chosen = False
 
-    def _environment(self, token: bytes = b"") -> Any:
-        """NTLM_USER_FILE for one pyspnego step, as the ntlm package's acceptor sets it
-        (``ntlm.accept_authenticate``): for an NTLM AUTHENTICATE, a one-entry file holding
-        only the user it names, from the handle's store (pyspnego never scans the real
-        file, and a name with no user part -- which pyspnego resolves to the file's first
-        entry -- or an unknown user is refused here, before pyspnego runs); for any other
-        step, an empty file."""
+    def _environment(self, user_file: str | None = None) -> Any:
+        """NTLM_USER_FILE for one pyspnego step (``_ntlm_route`` picks it for an AUTHENTICATE;
+        any other step gets an empty file)."""
         ntlm = self._credentials.ntlm_server
         if ntlm is None:
             return nullcontext()
-        inner = _SpnegoHooks.ntlm_authenticate(token) if token else None
-        if inner is None:
-            return _acceptor_environment(ntlm.store.placeholder)
+        return _acceptor_environment(user_file or ntlm.store.placeholder)
+
+    def _ntlm_route(self, token: bytes) -> tuple[bytes, str | None, bool]:
+        """(token to step, user file, known) as the ntlm package's acceptor does it
+        (``ntlm.accept_authenticate``): for an NTLM AUTHENTICATE, a one-entry file holding only
+        the user it names, from the handle's store -- pyspnego never scans the real file. A user
+        the store does not know (or a name with no user part, which pyspnego resolves to the
+        file's first entry) is renamed, inside the SPNEGO token, to the store's decoy account,
+        so its refusal costs what a wrong password costs (the time does not say which users
+        exist); ``known`` False: refuse whatever pyspnego says."""
+        ntlm = self._credentials.ntlm_server
+        inner = _SpnegoHooks.ntlm_authenticate(token) if ntlm is not None else None
+        if ntlm is None or inner is None:
+            return token, None, True
         user_file = ntlm.store.entry_file(*authenticate_user(inner))
-        if user_file is None:
-            raise LogonDeniedError("ntlm logon failed")
-        return _acceptor_environment(user_file)
+        if user_file is not None:
+            return token, user_file, True
+        decoy = _SpnegoHooks.with_response_token(token, with_names(inner, *ntlm.store.decoy))
+        return decoy, ntlm.store.decoy_file, False
 
     def step(self, token: bytes | None) -> bytes | None:
         if self._done:
@@ -651,7 +681,12 @@ class _NegotiateServer(Mechanism):
             parsed = _SpnegoHooks.parse(first, initial=False)
             if self._kerberos_chosen:
                 _check_kerberos_parts(parsed, parsed.response_token, AP_REQ)
-        out = self._native(lambda: self._spnego.step(first), first)
+        first, user_file, known = self._ntlm_route(first)
+        if not known:
+            with suppress(Exception), self._environment(user_file):
+                self._spnego.step(first)  # nobody knows the decoy's hash: it cannot verify
+            raise LogonDeniedError("ntlm logon failed")
+        out = self._native(lambda: self._spnego.step(first), first, user_file)
         if not self._spnego.complete:
             if not out:
                 raise InvalidTokenError("negotiate handshake stalled")
@@ -659,9 +694,11 @@ class _NegotiateServer(Mechanism):
         self._done = True
         return encode_frame(MAGIC, LEG_SERVER, out, self._finish())
 
-    def _native(self, call: Callable[[], Any], token: bytes = b"") -> bytes:
+    def _native(
+        self, call: Callable[[], Any], token: bytes = b"", user_file: str | None = None
+    ) -> bytes:
         try:
-            with self._environment(token):
+            with self._environment(user_file):
                 return bytes(call() or b"")
         except SecurityError:
             raise
