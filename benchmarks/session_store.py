@@ -264,12 +264,12 @@ async def _async_claims(url: str, repeat: int, batch: int) -> dict[str, Any]:
     """The asyncio store, sequential and 64 concurrent claims, in paired rounds: claims on its
     own asyncio protocol (``_resp``, now) and on redis.asyncio connections (previous); wall
     and this process's CPU per claim."""
-    from rpcsec.session._redis_store import _AsyncConnections
+    from rpcsec.session._redis_store import _redis_py_connections
 
     now = AsyncRedisReplayStore(url, timeout=2.0, prefix="bench:")
     previous = AsyncRedisReplayStore(url, timeout=2.0, prefix="bench:")
     previous._resp = None
-    previous._connections = _AsyncConnections.of(previous.client, 32, 2.0)
+    previous._connections = _redis_py_connections(previous.client, 32, 2.0)
     stores = {"own asyncio protocol (now)": now, "redis.asyncio connection (previous)": previous}
     claims = _Claims()
 

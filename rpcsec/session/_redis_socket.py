@@ -30,15 +30,16 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._resp import OK, Reply, ReplyParser, RespAddress, RespProtocolError
 
 __all__ = [
     "AsyncRespConnection",
-    "AsyncRespConnections",
+    "BoundedConnections",
     "RespConnection",
     "ThreadRespConnections",
+    "resp_connections",
 ]
 
 T = TypeVar("T")
@@ -311,22 +312,36 @@ class AsyncRespConnection:
             raise
 
 
-class AsyncRespConnections:
-    """The asyncio store's claim connections: at most ``limit`` at once (a claim beyond waits
-    for one, at most ``timeout``); an idle one is reused, a failed one reconnects."""
+C = TypeVar("C")
 
-    def __init__(self, address: RespAddress, timeout: float, limit: int) -> None:
+
+class BoundedConnections(Generic[C]):
+    """An asyncio store's claim connections, whatever makes them: at most ``limit`` at once
+    (a claim beyond waits for one, at most ``timeout``); an idle one is reused. An exchange
+    that fails or is cancelled has ``discard(connection)`` awaited first (what is on its
+    socket is stale), so a late reply is never read as another claim's answer."""
+
+    def __init__(
+        self,
+        make: Callable[[], C],
+        limit: int,
+        timeout: float,
+        discard: Callable[[C], Awaitable[object]] | None = None,
+        address: RespAddress | None = None,
+    ) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError("limit must be a positive integer")
-        self.address = address
         self.timeout = _check_timeout(timeout)
+        self.address = address  # where the connections go, when they are our own sockets
+        self._make = make
+        self._discard = discard
         self._limit = limit
         self._slots: asyncio.Semaphore | None = None
-        self._idle: list[AsyncRespConnection] = []
-        self._every: weakref.WeakSet[AsyncRespConnection] = weakref.WeakSet()
+        self._idle: list[C] = []
+        self._every: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    async def call(self, exchanges: Callable[[AsyncRespConnection], Awaitable[T]]) -> T:
-        """Run ``exchanges(connection)`` on an idle connection (or a new one)."""
+    async def call(self, exchange: Callable[[C], Awaitable[T]]) -> T:
+        """Run ``exchange(connection)`` on an idle connection (or a new one)."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._limit)
         if self._slots.locked():  # every connection busy: wait for one, not forever
@@ -335,15 +350,30 @@ class AsyncRespConnections:
             await self._slots.acquire()  # immediate (wait_for would cost a task per claim)
         connection = self._idle.pop() if self._idle else None
         if connection is None:
-            connection = AsyncRespConnection(self.address, self.timeout)
+            connection = self._make()
             self._every.add(connection)
         try:
-            return await exchanges(connection)
+            return await exchange(connection)
+        except BaseException:
+            if self._discard is not None:
+                await self._discard(connection)
+            raise
         finally:
             self._idle.append(connection)
             self._slots.release()
 
-    def close(self) -> None:
+    def drain(self) -> list[C]:
+        """Forget the idle connections; every connection made and still alive (to close)."""
         self._idle.clear()
-        for connection in list(self._every):
-            connection.close()
+        return list(self._every)
+
+
+def resp_connections(
+    address: RespAddress, timeout: float, limit: int
+) -> BoundedConnections[AsyncRespConnection]:
+    """The asyncio store's own RESP connections (each closes itself on an error, a timeout or
+    a cancellation: ``AsyncRespConnection.exchange``)."""
+    timeout = _check_timeout(timeout)
+    return BoundedConnections(
+        lambda: AsyncRespConnection(address, timeout), limit, timeout, address=address
+    )

@@ -46,7 +46,6 @@ connections with the same pre-encoded request. Measured in ``benchmarks/session_
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -54,12 +53,17 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rpcsec.sspi import DEFAULT_WINDOW, ReplayStoreUnavailableError
 
-from ._redis_socket import AsyncRespConnection, AsyncRespConnections, ThreadRespConnections
+from ._redis_socket import (
+    AsyncRespConnection,
+    BoundedConnections,
+    ThreadRespConnections,
+    resp_connections,
+)
 from ._replay_store import ReplayVerdict, check_claim_arguments
 from ._resp import BULK, ERROR, INTEGER, Reply, RespAddress, encode_command
 
@@ -409,58 +413,24 @@ class _ThreadConnections:
             connection.disconnect()
 
 
-class _AsyncConnections:
-    """The asyncio store's claim connections: its own ``redis.asyncio`` connections, made like
-    the client's pool makes them, at most ``limit`` at once (a claim beyond waits for one, at
-    most ``timeout``). An idle connection is taken without the pool's bookkeeping; one that
-    failed, or whose claim was cancelled mid-way, is disconnected before it is used again,
-    so a late reply is never read as another claim's answer."""
-
-    def __init__(
-        self, connection_class: Any, kwargs: dict[str, Any], limit: int, timeout: float
-    ) -> None:
-        self._class = connection_class
-        self._kwargs = kwargs
-        self._timeout = timeout
-        self._limit = limit
-        self._slots: asyncio.Semaphore | None = None
-        self._idle: list[Any] = []
-        self._every: weakref.WeakSet[Any] = weakref.WeakSet()
-
-    @classmethod
-    def of(cls, client: Any, limit: int, timeout: float) -> _AsyncConnections | None:
-        pool = getattr(client, "connection_pool", None)
-        connection_class = getattr(pool, "connection_class", None)
-        kwargs = getattr(pool, "connection_kwargs", None)
-        if connection_class is None or not isinstance(kwargs, dict):
-            return None
-        return cls(connection_class, dict(kwargs), limit, timeout)
-
-    async def call(self, exchange: Callable[[Any], Awaitable[object]]) -> object:
-        """Run ``exchange(connection)`` on an idle connection (or a new one)."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._limit)
-        if self._slots.locked():  # every connection busy: wait for one, not forever
-            await asyncio.wait_for(self._slots.acquire(), self._timeout)
-        else:
-            await self._slots.acquire()  # immediate (wait_for would cost a task per claim)
-        connection = self._idle.pop() if self._idle else None
-        if connection is None:
-            connection = self._class(**self._kwargs)
-            self._every.add(connection)
-        try:
-            return await exchange(connection)
-        except BaseException:  # an error or a cancellation: what is on the socket is stale
-            await connection.disconnect(nowait=True)
-            raise
-        finally:
-            self._idle.append(connection)
-            self._slots.release()
-
-    async def aclose(self) -> None:
-        self._idle.clear()
-        for connection in list(self._every):
-            await connection.disconnect(nowait=True)
+def _redis_py_connections(
+    client: Any, limit: int, timeout: float
+) -> BoundedConnections[Any] | None:
+    """The asyncio store's claim connections where its own sockets cannot go (TLS, custom
+    connection classes): ``redis.asyncio`` connections made like the client's pool makes them,
+    taken without the pool's bookkeeping, disconnected when an exchange fails or is cancelled."""
+    pool = getattr(client, "connection_pool", None)
+    connection_class = getattr(pool, "connection_class", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if connection_class is None or not isinstance(kwargs, dict):
+        return None
+    kwargs = dict(kwargs)
+    return BoundedConnections(
+        lambda: connection_class(**kwargs),
+        limit,
+        timeout,
+        discard=lambda connection: connection.disconnect(nowait=True),
+    )
 
 
 def _resp_address(client: Any, timeout: float) -> tuple[RespAddress | None, float]:
@@ -815,10 +785,10 @@ class AsyncRedisReplayStore(_RedisStoreBase):
         self._encoder = ClaimEncoder(self._layout, self._claim_script.sha)
         address, timeout = _resp_address(self._client, timeout)
         self._resp = (
-            None if address is None else AsyncRespConnections(address, timeout, max_connections)
+            None if address is None else resp_connections(address, timeout, max_connections)
         )
         self._connections = (
-            None if self._resp else _AsyncConnections.of(self._client, max_connections, timeout)
+            None if self._resp else _redis_py_connections(self._client, max_connections, timeout)
         )
         self._replies = ClaimReplies(self._claim_script.sha)
         self._redis_errors = _redis_module().exceptions
@@ -946,9 +916,11 @@ class AsyncRedisReplayStore(_RedisStoreBase):
 
     async def aclose(self) -> None:
         if self._resp is not None:
-            self._resp.close()
+            for connection in self._resp.drain():
+                connection.close()
         if self._connections is not None:
-            await self._connections.aclose()
+            for connection in self._connections.drain():
+                await connection.disconnect(nowait=True)
         if self._owned:
             await self._client.aclose()
 
